@@ -1,0 +1,297 @@
+"""Backpropagation as the explicit costate sweep of a layered dynamical system.
+
+Design note
+-----------
+A network is a discrete-time dynamical system x(l+1) = f_l(x(l); W(l)), l = 0..L-1, and the
+output misfit C depends on the last state only. Its gradient is the solution of a two-point
+problem (Abarbanel, Rozdeba & Shirman 2018): sweep the states forward from the input, then
+sweep the *costate* backward from the output,
+
+    λ(L) = ∂C/∂x(L),   λ(l) = (∂f_l/∂x(l))ᵀ λ(l+1),   ∂C/∂W(l) = (∂f_l/∂W(l))ᵀ λ(l+1).
+
+Sign convention: λ is the backprop costate, λ(l) = ∂C/∂x(l). The canonical momentum of the
+ML action (R_m-weighted input/output misfit plus R_f-weighted model error), p(l+1) ∝ R_f (x(l+1) − f_l(x(l))), ends at p(L) = −∂C/∂x(L) and obeys the
+same linear recursion, so p = −λ as R_f → ∞ (the continuous networks use the same convention).
+
+The sweep is written out here, not delegated to `jax.grad` of the loss: the forward pass
+linearises one layer map at a time with `jax.vjp` (inside a `lax.scan` over a stack of equal
+layers) and stores each layer's VJP residuals; the backward `lax.scan` replays them from the
+output layer down, carrying λ. Residuals that are just the layer's own weights are not
+stored again (the backward scan reads them from the weights themselves), so the sweep keeps
+what reverse-mode autodiff keeps and recomputes nothing.
+
+Protocol
+--------
+Every network class provides, for ONE sample,
+
+    costate_sweep(x, dC_dy) -> (costates, grad)
+
+with `dC_dy` the cotangent of the network output `net(x)`, `costates` the costates λ(0..L)
+(in the network's layout: a tuple of per-layer arrays for a `LayeredNetwork`, one
+(T+1, N) array for a `RecurrentNetwork`), and
+`grad` = ∂C/∂(network) laid out as `eqx.filter_grad` lays it out (the network's structure,
+gradients at the floating-point arrays, `None` elsewhere; identical to `jax.grad` when every
+leaf is a floating-point array).
+
+A network may also provide the batched, faster form
+
+    costate_pullback(xs) -> (ys, pullback),   pullback(dC_dys) -> (costates, grad)
+
+for a batch with a leading axis: the forward pass runs once (no second forward pass for the
+cotangent) and the weight gradient is contracted over the batch inside each layer's VJP
+instead of materialising one gradient per sample. `pullback` is an Equinox module, so it can
+be a residual of a `jax.custom_vjp`. [`deepest.costate_grad`][] uses `costate_pullback` when
+present and `jax.vmap` of `costate_sweep` plus a sum over the batch otherwise, so any network
+with a `costate_sweep` method (e.g. the continuous networks) works unchanged.
+"""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, ArrayLike, PyTree, Scalar
+
+# -- per-layer linearisation with shared residuals --------------------------------------------
+
+
+def linearise(
+    fn: Callable, params: PyTree, data: PyTree, x: PyTree
+) -> tuple[PyTree, list[Array], tuple]:
+    """`fn(params, data, x)` and its VJP in `(params, x)`, the VJP split for storage.
+
+    Returns `(y, stored, spec)`: the residual arrays that are not leaves of `(params, data)`,
+    and a static `spec` with which [`rebuild`][] puts the VJP back together from `stored` and
+    the same `(params, data)`. Leaves are recognised by identity, which holds for arrays the
+    linearisation keeps as they are (a dense layer's weight matrix, an input sequence).
+    """
+    y, vjp_fn = jax.vjp(lambda p, x: fn(p, data, x), params, x)
+    leaves, treedef = jtu.tree_flatten(vjp_fn)
+    known = {id(leaf): i for i, leaf in enumerate(jtu.tree_leaves((params, data)))}
+    where = tuple(known.get(id(leaf)) for leaf in leaves)
+    stored = [leaf for leaf, w in zip(leaves, where, strict=True) if w is None]
+    return y, stored, (treedef, where)
+
+
+def rebuild(stored: list[Array], spec: tuple, params: PyTree, data: PyTree) -> Callable:
+    """The VJP function split by [`linearise`][], rebuilt from its parts."""
+    treedef, where = spec
+    known = jtu.tree_leaves((params, data))
+    stored = iter(stored)
+    return jtu.tree_unflatten(treedef, [next(stored) if w is None else known[w] for w in where])
+
+
+def sum_over_batch(tree: PyTree) -> PyTree:
+    return jtu.tree_map(lambda g: jnp.sum(g, axis=0), tree)
+
+
+class _SweepPullback(eqx.Module):
+    """The pullback of a network that only has the per-sample `costate_sweep`."""
+
+    network: eqx.Module
+    xs: PyTree
+
+    def __call__(self, cotangents):
+        costates, grads = jax.vmap(self.network.costate_sweep)(self.xs, cotangents)
+        return costates, sum_over_batch(grads)
+
+
+def _pullback(net, xs):
+    if hasattr(net, "costate_pullback"):
+        return net.costate_pullback(xs)
+    if hasattr(net, "costate_sweep"):
+        return jax.vmap(net)(xs), _SweepPullback(net, xs)
+    raise TypeError(
+        f"{type(net).__name__} has no `costate_sweep(x, dC_dy)` method, so its costate sweep "
+        "is unknown; use a deepest network (LayeredNetwork, RecurrentNetwork, "
+        "ContinuousNetwork) or give the class that method."
+    )
+
+
+# -- public API ---------------------------------------------------------------------------
+
+
+def costate_sweep(net: eqx.Module, x: PyTree[ArrayLike], dC_dxL: PyTree[ArrayLike]):
+    """The backward costate sweep of `net` for one sample.
+
+    λ(L) = ∂C/∂x(L), λ(l) = (∂f_l/∂x(l))ᵀ λ(l+1), ∂C/∂W(l) = (∂f_l/∂W(l))ᵀ λ(l+1), from the
+    states of the forward pass started at `x`. λ is the backprop costate; the action's
+    canonical momentum is p = −λ.
+
+    **Arguments:**
+
+    - `net`: a network with a `costate_sweep` method ([`deepest.LayeredNetwork`][],
+      [`deepest.RecurrentNetwork`][], `deepest.ContinuousNetwork`).
+    - `x`: one input sample (no batch axis).
+    - `dC_dxL`: ∂C/∂(output), the cotangent of `net(x)`.
+
+    **Returns:** `(costates, grad)`: the costates λ(0..L) in the network's layout, and
+    ∂C/∂(network) with the network's structure (as `eqx.filter_grad` gives it).
+
+    **Example:**
+
+    ```python
+    net = deepest.LayeredNetwork([3, 8, 8, 2], jnp.tanh, key=jr.key(0))
+    x = jnp.ones(3)
+    costates, grad = deepest.costate_sweep(net, x, net(x) - 1.0)  # C = |net(x) - 1|²/2
+    ```
+    """
+    sweep = getattr(net, "costate_sweep", None)
+    if sweep is None:
+        raise TypeError(
+            f"{type(net).__name__} has no `costate_sweep(x, dC_dy)` method; use a deepest "
+            "network or give the class that method."
+        )
+    return sweep(x, dC_dxL)
+
+
+def costate_value_and_grad(
+    output_loss: Callable[[Array, Array], Scalar], *, check_finite: bool = True
+) -> Callable[[eqx.Module, ArrayLike, ArrayLike], tuple[Scalar, PyTree]]:
+    """As [`deepest.costate_grad`][], returning `(loss, grad)`."""
+    if not callable(output_loss):
+        raise TypeError(
+            f"`output_loss` must be a function (y_hat, y) -> scalar; got {output_loss!r}."
+        )
+
+    def value_and_grad(net, x, y):
+        x, y = _check_batch(x, y, check_finite)
+        y_hat, pullback = _pullback(net, x)
+        if y.ndim == y_hat.ndim and y.shape != y_hat.shape:
+            raise ValueError(
+                f"The targets have shape {y.shape} but the network outputs {y_hat.shape} for "
+                "these inputs; give one target per output component."
+            )
+        loss, dC_dy = jax.value_and_grad(output_loss)(y_hat, y)
+        return loss, pullback(dC_dy)[1]
+
+    return value_and_grad
+
+
+def costate_grad(
+    output_loss: Callable[[Array, Array], Scalar], *, check_finite: bool = True
+) -> Callable[[eqx.Module, ArrayLike, ArrayLike], PyTree]:
+    """The gradient of a batched output loss by the costate sweep.
+
+    `costate_grad(output_loss)(net, x, y)` equals
+    `jax.grad(lambda n: output_loss(jax.vmap(n)(x), y))(net)`: the forward pass runs on the
+    batch, ∂C/∂ŷ comes from `jax.grad(output_loss)`, and the costate sweep of every sample is
+    summed over the batch (inside each layer's VJP when the network has `costate_pullback`).
+
+    **Arguments:**
+
+    - `output_loss`: `output_loss(y_hat, y) -> scalar`, a function of the *batched* network
+      output `y_hat` (leading axis: the M samples) and the targets `y`.
+    - `check_finite`: check at run time that the inputs and targets are finite.
+
+    **Returns:** a function `(net, x, y) -> grad` with `x` the M inputs (leading axis M ≥ 1),
+    `y` the M targets, and `grad` shaped like the network (as `eqx.filter_grad` gives it).
+    Raises `ValueError` at trace time for an empty batch, batch sizes that differ, or
+    targets whose shape differs from the output's (when they have the output's rank: integer
+    class labels of rank one less are allowed), and at run time (`eqx.error_if`) for
+    non-finite inputs or targets unless `check_finite=False` (that check costs a fixed
+    ~30 µs per call; [`deepest.fit`][] checks its data once instead).
+
+    **Example:**
+
+    ```python
+    mse = lambda y_hat, y: jnp.mean((y_hat - y) ** 2)
+    grad = jax.jit(deepest.costate_grad(mse))(net, x, y)
+    ```
+    """
+    value_and_grad = costate_value_and_grad(output_loss, check_finite=check_finite)
+
+    def grad(net, x, y):
+        return value_and_grad(net, x, y)[1]
+
+    return grad
+
+
+def _check_batch(x, y, check_finite):
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    if x.ndim == 0 or y.ndim == 0:
+        raise ValueError(
+            "`x` and `y` must carry a leading batch axis (M samples); got shapes "
+            f"{x.shape} and {y.shape}."
+        )
+    if x.shape[0] == 0:
+        raise ValueError("The batch is empty (M = 0); give at least one sample.")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{x.shape[0]} inputs but {y.shape[0]} targets; give one target per input."
+        )
+    # One run-time check for both arrays: each `eqx.error_if` costs a fixed ~30 µs.
+    finite = [jnp.all(jnp.isfinite(a)) for a in (x, y) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    if check_finite and finite:
+        bad = jnp.logical_not(jnp.logical_and(finite[0], finite[-1]))
+        x = eqx.error_if(x, bad, "The inputs or the targets contain NaN or infinite values.")
+    return x, y
+
+
+class CostateVJP(eqx.Module):
+    """A network whose reverse-mode derivative is its explicit costate sweep.
+
+    Built by [`deepest.costate_vjp`][]; call it as the network it wraps (or on a batch, if
+    built with `batched=True`).
+    """
+
+    network: eqx.Module
+    batched: bool = eqx.field(static=True, default=False)
+
+    def __call__(self, x):
+        return _apply_costate(self.network, x, self.batched)
+
+
+@eqx.filter_custom_vjp
+def _apply_costate(net, x, batched):
+    return jax.vmap(net)(x) if batched else net(x)
+
+
+@_apply_costate.def_fwd
+def _apply_costate_fwd(perturbed, net, x, batched):
+    del perturbed
+    xs = x if batched else jtu.tree_map(lambda a: a[None], x)
+    ys, pullback = _pullback(net, xs)
+    out = ys if batched else jtu.tree_map(lambda a: a[0], ys)
+    return out, pullback
+
+
+@_apply_costate.def_bwd
+def _apply_costate_bwd(pullback, dC_dy, perturbed, net, x, batched):
+    del perturbed, net, x
+    if not batched:
+        dC_dy = jtu.tree_map(lambda a: a[None], dC_dy)
+    return pullback(dC_dy)[1]
+
+
+def costate_vjp(net: eqx.Module, *, batched: bool = False) -> CostateVJP:
+    """Wrap `net` in a `jax.custom_vjp` whose backward pass is the costate sweep.
+
+    `jax.grad` (and so optax training) of any loss of the wrapped network then runs the
+    explicit sweep of [`deepest.costate_sweep`][] instead of JAX's reverse mode. Opt-in: the
+    plain network stays plain. Gradients flow to the network only, not to the input.
+
+    **Arguments:**
+
+    - `net`: a network with a `costate_sweep` method.
+    - `batched`: if `False`, the wrapper maps one sample, as `net` does; under `jax.vmap`
+      JAX sums one weight gradient per sample (memory ∝ batch × weights). If `True`, the
+      wrapper maps a batch (leading axis) and the sweep contracts the weight gradient over
+      the batch inside each layer, as [`deepest.costate_grad`][] does.
+
+    **Returns:** a [`deepest.CostateVJP`][] module; its field `network` is the network.
+
+    **Example:**
+
+    ```python
+    model = deepest.costate_vjp(net, batched=True)
+    grad = jax.grad(lambda m: jnp.mean((m(x) - y) ** 2))(model).network
+    ```
+    """
+    if not (hasattr(net, "costate_sweep") or hasattr(net, "costate_pullback")):
+        raise TypeError(
+            f"{type(net).__name__} has no `costate_sweep(x, dC_dy)` method; use a deepest "
+            "network or give the class that method."
+        )
+    return CostateVJP(net, batched)

@@ -1,0 +1,238 @@
+"""Observations of a dynamical system, loaders, and twin experiments."""
+
+import math
+import os
+from collections.abc import Sequence
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
+
+from .models._base import parametrised
+
+
+class Observations(eqx.Module):
+    """Noisy measurements `y_l(t_n)` of components `observed` of a D-component state.
+
+    **Arguments:**
+
+    - `times`: the observation times t_0 < t_1 < … (N_obs,).
+    - `values`: the measurements (N_obs, L), column l measuring component `observed[l]`.
+    - `observed`: the L measured component indices, distinct and non-negative.
+    - `truth`: optional true states at the observation times (N_obs, D), for twin experiments.
+    - `mask`: optional boolean (N_obs, L): which entries were measured (default: all).
+    - `noise`: optional measurement noise σ (scalar or (L,)), if known.
+    - `true_params`: optional dict of the true model parameters, for twin experiments.
+
+    Checks run when the object is built, before any compute: shapes agree, times increase,
+    indices are distinct, and the measured values are finite.
+    """
+
+    times: Float[Array, " n_obs"]
+    values: Float[Array, "n_obs n_observed"]
+    observed: tuple[int, ...] = eqx.field(static=True)
+    truth: Float[Array, "n_obs dim"] | None = None
+    mask: Bool[Array, "n_obs n_observed"] | None = None
+    noise: Float[Array, "*n_observed"] | None = None
+    true_params: dict[str, Array] | None = None
+
+    def __init__(
+        self,
+        times: Float[ArrayLike, " n_obs"],
+        values: Float[ArrayLike, "n_obs n_observed"],
+        observed: Sequence[int] | Int[ArrayLike, " n_observed"],
+        truth: Float[ArrayLike, "n_obs dim"] | None = None,
+        mask: Bool[ArrayLike, "n_obs n_observed"] | None = None,
+        noise: ArrayLike | None = None,
+        true_params: dict[str, ArrayLike] | None = None,
+    ):
+        times = np.asarray(times)
+        values = np.asarray(values)
+        observed = tuple(int(i) for i in np.asarray(observed).reshape(-1))
+        if times.ndim != 1 or times.size < 2:
+            raise ValueError(f"`times` must be 1-D with at least 2 entries; got {times.shape}.")
+        if not np.all(np.isfinite(times)) or np.any(np.diff(times) <= 0):
+            raise ValueError("`times` must be finite and strictly increasing.")
+        if len(observed) == 0:
+            raise ValueError("`observed` must name at least one component.")
+        if min(observed) < 0:
+            raise ValueError(f"Observed indices must be non-negative; got {observed}.")
+        if len(set(observed)) != len(observed):
+            raise ValueError(f"Observed indices must be distinct; got {observed}.")
+        if values.ndim == 1 and len(observed) == 1:
+            values = values[:, None]
+        if values.shape != (times.size, len(observed)):
+            raise ValueError(
+                f"`values` must have shape (n_times, n_observed) = "
+                f"({times.size}, {len(observed)}); got {values.shape}."
+            )
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != values.shape:
+                raise ValueError(f"`mask` must have shape {values.shape}; got {mask.shape}.")
+            if not mask.any():
+                raise ValueError("`mask` hides every measurement.")
+            checked = values[mask]
+        else:
+            checked = values
+        if not np.all(np.isfinite(checked)):
+            raise ValueError("The measured `values` contain NaN or inf.")
+        if truth is not None:
+            truth = np.asarray(truth)
+            if truth.ndim != 2 or truth.shape[0] != times.size:
+                raise ValueError(f"`truth` must have shape (n_times, dim); got {truth.shape}.")
+            if max(observed) >= truth.shape[1]:
+                raise ValueError(
+                    f"Observed index {max(observed)} is out of range for truth of dimension "
+                    f"{truth.shape[1]}."
+                )
+        if noise is not None:
+            noise = np.asarray(noise)
+            if noise.shape not in ((), (len(observed),)) or np.any(noise <= 0):
+                raise ValueError("`noise` must be a positive scalar or one value per component.")
+        self.times = jnp.asarray(times)
+        self.values = jnp.asarray(values)
+        self.observed = observed
+        self.truth = None if truth is None else jnp.asarray(truth)
+        self.mask = None if mask is None else jnp.asarray(mask)
+        self.noise = None if noise is None else jnp.asarray(noise)
+        self.true_params = (
+            None if true_params is None else {k: jnp.asarray(v) for k, v in true_params.items()}
+        )
+
+    @property
+    def n_times(self) -> int:
+        return self.times.shape[0]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the observations to `path` (`.npz`) or, values only, `path` (`.csv`)."""
+        path = os.fspath(path)
+        if path.endswith(".csv"):
+            header = ",".join(["t"] + [f"x{i}" for i in self.observed])
+            table = np.column_stack([np.asarray(self.times), np.asarray(self.values)])
+            if self.mask is not None:
+                table[:, 1:][~np.asarray(self.mask)] = np.nan
+            np.savetxt(path, table, delimiter=",", header=header, comments="")
+            return
+        arrays = {"times": self.times, "values": self.values, "observed": self.observed}
+        for name in ("truth", "mask", "noise"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
+        for name, value in (self.true_params or {}).items():
+            arrays[f"true_params.{name}"] = value
+        np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Observations":
+        """Read observations from `.npz` (as written by `save`) or `.csv`.
+
+        A CSV file has a header `t,x<i>,x<j>,…` naming the measured components, one row per
+        time; empty or NaN cells are unmeasured (they become the `mask`).
+        """
+        path = os.fspath(path)
+        if path.endswith(".csv"):
+            with open(path) as f:
+                header = f.readline().strip().split(",")
+            if header[0].strip() != "t" or not all(h.strip().startswith("x") for h in header[1:]):
+                raise ValueError(f"{path}: the CSV header must read `t,x<i>,x<j>,...`.")
+            observed = [int(h.strip()[1:]) for h in header[1:]]
+            table = np.genfromtxt(path, delimiter=",", skip_header=1, ndmin=2)
+            values = table[:, 1:]
+            mask = np.isfinite(values)
+            return cls(
+                table[:, 0],
+                np.where(mask, values, 0.0),
+                observed,
+                mask=None if mask.all() else mask,
+            )
+        with np.load(path) as f:
+            data = dict(f)
+        true_params = {
+            k.split(".", 1)[1]: data.pop(k) for k in list(data) if k.startswith("true_params.")
+        }
+        return cls(**data, true_params=true_params or None)
+
+
+def integrate(
+    model, x0: Float[ArrayLike, " dim"], times: Float[ArrayLike, " n"], substeps: int = 10,
+    params=None,
+) -> Float[Array, "n dim"]:
+    """Integrate `model` from `x0` at `times[0]`, returning the states at `times`.
+
+    Uses diffrax's Tsit5 with `substeps` fixed steps per interval of `times` (which must
+    be equally spaced).
+    """
+    field, values = parametrised(model, params)
+    times = jnp.asarray(times)
+    dt0 = (times[1] - times[0]) / substeps
+    term = diffrax.ODETerm(lambda t, x, args: field(t, x, {}))
+    sol = diffrax.diffeqsolve(
+        term,
+        diffrax.Tsit5(),
+        times[0],
+        times[-1],
+        dt0,
+        jnp.asarray(x0),
+        saveat=diffrax.SaveAt(ts=times),
+        stepsize_controller=diffrax.ConstantStepSize(),
+        max_steps=substeps * (times.shape[0] - 1) + 16,
+    )
+    return sol.ys
+
+
+def twin_experiment(
+    model,
+    dim: int,
+    n_times: int,
+    dt: float,
+    observed: Sequence[int],
+    noise: float,
+    key: PRNGKeyArray,
+    *,
+    spinup: float = 20.0,
+    substeps: int = 10,
+    x0: Float[ArrayLike, " dim"] | None = None,
+    params=None,
+) -> Observations:
+    """Simulated data: integrate `model` onto its attractor, then observe with noise.
+
+    The initial state (normal draws, or `x0`) is integrated for `spinup` time units, then
+    over `n_times` observation times spaced `dt`, with `substeps` Tsit5 steps per `dt`.
+    The components `observed` are measured with Gaussian noise of standard deviation
+    `noise`; the full true states and parameters are kept as `truth` / `true_params`.
+
+    **Example:**
+
+        data = deepest.twin_experiment(
+            deepest.models.Lorenz96(8.17), dim=20, n_times=161, dt=0.025,
+            observed=range(12), noise=0.4, key=jax.random.key(0))
+    """
+    if dim < 1 or n_times < 2 or dt <= 0 or noise < 0:
+        raise ValueError("twin_experiment needs dim >= 1, n_times >= 2, dt > 0, noise >= 0.")
+    observed = tuple(int(i) for i in observed)
+    if any(i < 0 or i >= dim for i in observed):
+        raise ValueError(f"Observed indices must lie in [0, {dim}); got {observed}.")
+    if hasattr(model, "check_dim"):
+        model.check_dim(dim)
+    _, values = parametrised(model, params)
+    k0, k1 = jr.split(key)
+    dtype = jnp.result_type(float)
+    state = jr.normal(k0, (dim,), dtype) if x0 is None else jnp.asarray(x0, dtype)
+    n_spin = max(int(math.ceil(spinup / dt)), 1)
+    spun = integrate(model, state, dt * jnp.arange(n_spin + 1, dtype=dtype), substeps, params)
+    times = dt * jnp.arange(n_times, dtype=dtype)
+    truth = integrate(model, spun[-1], times, substeps, params)
+    obs = truth[:, jnp.asarray(observed)]
+    values_noisy = obs + noise * jr.normal(k1, obs.shape, dtype)
+    return Observations(
+        times,
+        jax.device_get(values_noisy),
+        observed,
+        truth=truth,
+        noise=noise if noise > 0 else None,
+        true_params=values,
+    )

@@ -1,0 +1,55 @@
+"""The problem protocol shared by everything the annealer solves."""
+
+import abc
+
+import equinox as eqx
+from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree, Scalar
+
+
+class AbstractProblem(eqx.Module):
+    """A variational problem `A(X; R_f) = measurement_error(X) + R_f-weighted model_error(X)`.
+
+    Every problem that [`deepest.anneal`][] solves implements this protocol: the data
+    assimilation [`deepest.Assimilation`][] and the network training `deepest.Training`.
+    The unknowns `X` are a pytree of arrays (the path, and the estimated parameters).
+
+    Subclasses provide:
+
+    - `init(key)`: a random initial guess of the unknowns (one path).
+    - `action(unknowns, rf)`: the action at model weight `rf` (a scalar, or an array that
+      broadcasts against the model residuals, for per-component weights).
+    - `measurement_error(unknowns)`: the R_m-weighted measurement term of the action.
+    - `model_error(unknowns)`: the model term with unit weight, so that
+      `action(u, rf) == measurement_error(u) + rf * model_error(u)` for scalar `rf`.
+
+    Problems may override `view(unknowns)` to expose named views (e.g. `paths`) of a batch
+    of unknowns, and `expected_action` for the level a consistent path reaches.
+    """
+
+    @abc.abstractmethod
+    def init(self, key: PRNGKeyArray) -> PyTree[Array]:
+        """A random initial guess of the unknowns for one path."""
+
+    @abc.abstractmethod
+    def action(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:
+        """The action at model weight `rf`."""
+
+    @abc.abstractmethod
+    def measurement_error(self, unknowns: PyTree[Array]) -> Scalar:
+        """The R_m-weighted measurement term."""
+
+    @abc.abstractmethod
+    def model_error(self, unknowns: PyTree[Array]) -> Scalar:
+        """The model term with unit weight."""
+
+    def check_rf(self, rf: ArrayLike) -> None:  # noqa: B027
+        """Raise `ValueError` if `rf` (a schedule's `rf0`) does not fit this problem."""
+
+    @property
+    def expected_action(self) -> float | None:
+        """The action level of a path consistent with the data, if known."""
+        return None
+
+    def views(self, unknowns: PyTree[Array]) -> dict[str, Array]:
+        """Named arrays of a batch of unknowns (leading axis: paths), for results."""
+        return {}

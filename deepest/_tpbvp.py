@@ -1,0 +1,895 @@
+r"""Two-point boundary value problems of Hamiltonian type, solved with diffrax and optimistix.
+
+A problem is a first-order system for the pair y = (x, p) on [t_0, t_1],
+
+    ẏ = f(t, y),   b(y(t_0), y(t_1)) = 0,   y(τ_k⁺) = J_k(y(τ_k⁻)) at interior nodes τ_k,
+
+with 2·dim boundary conditions b and explicit jump maps J_k (interior measurements). Three
+methods turn it into one square nonlinear system that `optimistix.root_find` solves by
+Newton's method (lineax LU for the linear steps), differentiable with respect to the problem's
+arrays through the implicit function theorem (`optimistix.ImplicitAdjoint`):
+
+- [`deepest.MultipleShooting`][]: unknowns y at segment starts, segments integrated with a
+  diffrax solver (vmapped); residuals are continuity (after the jumps) and boundary conditions.
+- [`deepest.Shooting`][]: one unknown y(t_0), integrated across the whole interval.
+- [`deepest.Collocation`][]: the Lobatto IIIA–IIIB pair (3 stages, order 4, symplectic) with
+  nodes and stages as unknowns on a fixed mesh.
+
+The mesh of every method is static: each interval between consecutive nodes (t_0, the τ_k,
+t_1) is cut into the same number of equal pieces, so the node *times* may be traced (vmap over
+problems with different observation times) while the array shapes stay fixed.
+"""
+
+import abc
+import dataclasses
+from collections.abc import Callable
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+import numpy as np
+import optimistix as optx
+from jaxtyping import Array, ArrayLike, Float, Int, PyTree, Scalar
+
+_Pair = tuple[Array, Array]
+
+
+def _is_concrete(x) -> bool:
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(x))
+
+
+def _tree_where(pred, a, b):
+    return jtu.tree_map(lambda u, v: jnp.where(pred, u, v), a, b)
+
+
+# -------------------------------------------------------------------------------------------
+# Problems
+# -------------------------------------------------------------------------------------------
+
+
+class AbstractBoundaryValueProblem(eqx.Module):
+    """A boundary-value problem for the pair y = (x, p), both of shape (dim,).
+
+    Subclasses provide:
+
+    - `dim`: the size of x (and of p).
+    - `vector_field(t, y, args) -> (ẋ, ṗ)`: a diffrax vector field on the pair.
+    - `node_times()`: the times [t_0, τ_1, …, τ_{K−1}, t_1] (increasing), the interior ones
+      being where `jump` acts. Their number is static; their values may be traced.
+    - `boundary_residual(y0, y1)`: the 2·dim residuals of the boundary conditions.
+
+    and may override `jump(k, y)` (the map at interior node k; default: none),
+    `initial_guess(t)` (default: zeros) and `hamiltonian(t, x, p)`.
+    """
+
+    dim: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def vector_field(self, t: ArrayLike, y: _Pair, args: PyTree) -> _Pair:
+        """The canonical equations (ẋ, ṗ) at time `t`."""
+
+    @abc.abstractmethod
+    def node_times(self) -> Float[Array, " n_nodes"]:
+        """The interval ends and the interior jump times, increasing."""
+
+    @abc.abstractmethod
+    def boundary_residual(self, y0: _Pair, y1: _Pair) -> Float[Array, " 2*dim"]:
+        """The boundary conditions b(y(t_0), y(t_1)), zero at a solution."""
+
+    def jump(self, k: Int[ArrayLike, ""], y: _Pair) -> _Pair:
+        """The state just after interior node `k` (1 ≤ k ≤ K−1), from the state just before."""
+        del k
+        return y
+
+    def initial_guess(self, t: ArrayLike) -> _Pair:
+        """The default starting guess y(t) for Newton's method."""
+        dtype = jnp.result_type(self.node_times())
+        zero = jnp.zeros(self.dim, dtype) + 0 * jnp.asarray(t, dtype)
+        return zero, zero
+
+    def hamiltonian(self, t: ArrayLike, x: Array, p: Array) -> Scalar:
+        """The Hamiltonian 𝓗(t, x, p), where the problem knows one."""
+        raise NotImplementedError(f"{type(self).__name__} does not define a Hamiltonian.")
+
+
+class BoundaryValueProblem(AbstractBoundaryValueProblem):
+    """A user-specified boundary-value problem on the pair y = (x, p).
+
+    **Arguments:**
+
+    - `vector_field`: `f(t, (x, p), args) -> (ẋ, ṗ)`, e.g. from [`deepest.hamiltonian_field`][]
+      or [`deepest.euler_lagrange`][] (then p stands for ẋ).
+    - `boundary`: `b((x0, p0), (x1, p1)) -> residuals` of shape (2·dim,).
+    - `t0`, `t1`: the interval, t0 < t1.
+    - `dim`: the size of x.
+    - `jump_times`: optional interior times τ_k (increasing, inside (t0, t1)).
+    - `jump`: `jump(k, (x, p)) -> (x, p)` at τ_k, k = 1, 2, … (required with `jump_times`).
+    - `guess`: optional default guess `t -> (x, p)`.
+    - `hamiltonian`: optional `H(t, x, p)`, for diagnostics.
+
+    **Example:**
+
+        field = deepest.hamiltonian_field(lambda t, x, p: 0.5 * (p @ p) + jnp.cos(x).sum())
+        bc = lambda y0, y1: jnp.concatenate([y0[0] - 0.5, y1[0] - 1.0])
+        problem = deepest.BoundaryValueProblem(field, bc, 0.0, 1.0, dim=1)
+        sol = deepest.solve_tpbvp(problem)
+    """
+
+    field: Callable
+    boundary: Callable
+    t0: Float[Array, ""]
+    t1: Float[Array, ""]
+    jump_times: Float[Array, " n_jumps"]
+    jump_map: Callable | None
+    guess: Callable | None
+    hamiltonian_fn: Callable | None
+    dim: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        vector_field: Callable,
+        boundary: Callable,
+        t0: ArrayLike,
+        t1: ArrayLike,
+        dim: int,
+        *,
+        jump_times: ArrayLike = (),
+        jump: Callable | None = None,
+        guess: Callable | None = None,
+        hamiltonian: Callable | None = None,
+    ):
+        if int(dim) != dim or dim < 1:
+            raise ValueError(f"`dim` must be a positive integer; got {dim!r}.")
+        dtype = jnp.result_type(float)
+        t0 = jnp.asarray(t0, dtype)
+        t1 = jnp.asarray(t1, dtype)
+        jump_times = jnp.asarray(jump_times, dtype).reshape(-1)
+        if _is_concrete((t0, t1, jump_times)):
+            nodes = np.concatenate([[float(t0)], np.asarray(jump_times), [float(t1)]])
+            if not np.all(np.isfinite(nodes)):
+                raise ValueError("The interval ends and jump times must be finite.")
+            if not float(t1) > float(t0):
+                raise ValueError(f"Need t0 < t1 (a positive interval); got t0={t0}, t1={t1}.")
+            if np.any(np.diff(nodes) <= 0):
+                raise ValueError("`jump_times` must increase strictly and lie inside (t0, t1).")
+        if jump_times.size > 0 and jump is None:
+            raise ValueError("Pass `jump`, the map applied at each of the `jump_times`.")
+        self.field = vector_field
+        self.boundary = boundary
+        self.t0 = t0
+        self.t1 = t1
+        self.jump_times = jump_times
+        self.jump_map = jump
+        self.guess = guess
+        self.hamiltonian_fn = hamiltonian
+        self.dim = int(dim)
+        zero = jnp.zeros(self.dim, dtype)
+        out = jax.eval_shape(boundary, (zero, zero), (zero, zero))
+        if not hasattr(out, "shape") or out.shape != (2 * self.dim,):
+            raise ValueError(
+                f"`boundary` must return 2·dim = {2 * self.dim} residuals (one array of shape "
+                f"({2 * self.dim},)); got {getattr(out, 'shape', out)}."
+            )
+        f_out = jax.eval_shape(vector_field, t0, (zero, zero), None)
+        if jtu.tree_structure(f_out) != jtu.tree_structure((0, 0)) or any(
+            leaf.shape != (self.dim,) for leaf in jtu.tree_leaves(f_out)
+        ):
+            raise ValueError(
+                f"`vector_field(t, (x, p), args)` must return a pair (ẋ, ṗ) of shape "
+                f"({self.dim},) each; got {f_out}."
+            )
+
+    def vector_field(self, t, y, args):
+        return self.field(t, y, args)
+
+    def node_times(self):
+        return jnp.concatenate([self.t0[None], self.jump_times, self.t1[None]])
+
+    def boundary_residual(self, y0, y1):
+        return self.boundary(y0, y1)
+
+    def jump(self, k, y):
+        if self.jump_map is None:
+            return y
+        return self.jump_map(k, y)
+
+    def initial_guess(self, t):
+        if self.guess is None:
+            return super().initial_guess(t)
+        return self.guess(t)
+
+    def hamiltonian(self, t, x, p):
+        if self.hamiltonian_fn is None:
+            return super().hamiltonian(t, x, p)
+        return self.hamiltonian_fn(t, x, p)
+
+
+# -------------------------------------------------------------------------------------------
+# The solution
+# -------------------------------------------------------------------------------------------
+
+
+def _hermite(t0, t1, y0, y1, f0, f1, t):
+    """Cubic Hermite interpolation on [t0, t1] (order 4), safe for t0 == t1."""
+    h = t1 - t0
+    safe_h = jnp.where(h > 0, h, 1)
+    s = jnp.clip((t - t0) / safe_h, 0, 1)
+    h00 = (1 + 2 * s) * (1 - s) ** 2
+    h10 = s * (1 - s) ** 2
+    h01 = s**2 * (3 - 2 * s)
+    h11 = s**2 * (s - 1)
+    return h00 * y0 + h10 * h * f0 + h01 * y1 + h11 * h * f1
+
+
+class TPBVPSolution(eqx.Module):
+    """The solution of [`deepest.solve_tpbvp`][].
+
+    **Fields:**
+
+    - `ts`: the output times (N,). Segment boundaries appear twice: the state just before
+      and just after it (they differ across an interior jump).
+    - `xs`, `ps`: the states x(t) and momenta p(t) at `ts`, (N, dim) each.
+    - `dxs`, `dps`: ẋ and ṗ at `ts` (used for dense output).
+    - `residual_norm`: the max-norm of the final Newton residual (continuity, boundary and,
+      for collocation, stage equations).
+    - `result`: an `optimistix.RESULTS` code; `successful` when Newton converged to a finite
+      root.
+    - `n_newton`: the number of Newton iterations taken.
+
+    `sol.evaluate(t)` gives (x(t), p(t)) by cubic Hermite interpolation (right limit at a
+    jump time); it works for scalar `t` and, vmapped, for arrays of times.
+    """
+
+    ts: Float[Array, " n"]
+    xs: Float[Array, "n dim"]
+    ps: Float[Array, "n dim"]
+    dxs: Float[Array, "n dim"]
+    dps: Float[Array, "n dim"]
+    residual_norm: Float[Array, ""]
+    result: optx.RESULTS
+    n_newton: Int[Array, ""]
+
+    @property
+    def converged(self) -> Array:
+        """Whether Newton converged (a boolean array)."""
+        return self.result == optx.RESULTS.successful
+
+    def evaluate(self, t: Float[ArrayLike, ""]) -> _Pair:
+        """(x(t), p(t)) by cubic Hermite interpolation between the stored states."""
+        t = jnp.asarray(t, self.ts.dtype)
+        n = self.ts.shape[0]
+        i = jnp.clip(jnp.searchsorted(self.ts, t, side="right") - 1, 0, n - 2)
+        args = (self.ts[i], self.ts[i + 1])
+        x = _hermite(*args, self.xs[i], self.xs[i + 1], self.dxs[i], self.dxs[i + 1], t)
+        p = _hermite(*args, self.ps[i], self.ps[i + 1], self.dps[i], self.dps[i + 1], t)
+        return x, p
+
+    def integrate(self, integrand: Callable, order: int = 3) -> PyTree[Array]:
+        """∫ g(t, x(t), p(t)) dt along the solution, Gauss–Legendre (`order` points) on each
+        output interval of the Hermite interpolant; `g` may return any pytree of arrays."""
+        nodes, weights = np.polynomial.legendre.leggauss(order)
+        dtype = self.ts.dtype
+        nodes = jnp.asarray((nodes + 1) / 2, dtype)
+        weights = jnp.asarray(weights / 2, dtype)
+
+        def on_interval(i):
+            t0, t1 = self.ts[i], self.ts[i + 1]
+            h = t1 - t0
+
+            def at(s, w):
+                t = t0 + s * h
+                x = _hermite(t0, t1, self.xs[i], self.xs[i + 1], self.dxs[i], self.dxs[i + 1], t)
+                p = _hermite(t0, t1, self.ps[i], self.ps[i + 1], self.dps[i], self.dps[i + 1], t)
+                return jtu.tree_map(lambda g: (w * h) * g, integrand(t, x, p))
+
+            return jtu.tree_map(lambda g: jnp.sum(g, axis=0), jax.vmap(at)(nodes, weights))
+
+        per_interval = jax.vmap(on_interval)(jnp.arange(self.ts.shape[0] - 1))
+        return jtu.tree_map(lambda g: jnp.sum(g, axis=0), per_interval)
+
+
+# -------------------------------------------------------------------------------------------
+# Integration of one segment with a diffrax solver
+# -------------------------------------------------------------------------------------------
+
+
+def _with_stage_loop(solver: diffrax.AbstractSolver, forward_only: bool):
+    """A Runge–Kutta solver whose stage loop supports the autodiff modes needed.
+
+    Newton's iterations need forward mode only, where a plain `lax` loop is ~5x faster;
+    the implicit-function correction and the dense output need reverse mode too
+    (`bounded`).
+    """
+    if isinstance(solver, diffrax.AbstractRungeKutta) and solver.scan_kind is None:
+        return dataclasses.replace(solver, scan_kind="lax" if forward_only else "bounded")
+    return solver
+
+
+def _fixed_flow(solver, term, ta, tb, y, args, steps):
+    """`steps` equal steps of a diffrax solver from ta to tb; returns all step states.
+
+    Driven by `lax.scan` over `solver.step` so that forward- and reverse-mode derivatives
+    (Newton's Jacobian and the implicit-function gradient) both go through. A failed step
+    (an implicit stage whose Newton solve failed) turns the state into NaN, which the outer
+    Newton then reports instead of returning garbage.
+    """
+    h = (tb - ta) / steps
+    state = solver.init(term, ta, ta + h, y, args)
+
+    def body(carry, i):
+        y, state = carry
+        t0 = ta + i * h
+        t1 = jnp.where(i == steps - 1, tb, t0 + h)
+        y1, _, _, state, result = solver.step(term, t0, t1, y, args, state, made_jump=False)
+        ok = result == diffrax.RESULTS.successful
+        y1 = jtu.tree_map(lambda a: jnp.where(ok, a, jnp.nan), y1)
+        return (y1, state), y1
+
+    _, ys = jax.lax.scan(body, (y, state), jnp.arange(steps, dtype=h.dtype))
+    return jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), y, ys)
+
+
+def _adaptive_flow(solver, controller, max_steps, term, ta, tb, y, args, n_save):
+    """An adaptive diffrax solve from ta to tb, saved at `n_save + 1` equally spaced times.
+
+    `DirectAdjoint` supports both forward and reverse mode (dense output, gradients).
+    """
+    ts = ta + (tb - ta) * jnp.linspace(0, 1, n_save + 1, dtype=jnp.result_type(ta))
+    sol = diffrax.diffeqsolve(
+        term,
+        solver,
+        ta,
+        tb,
+        (tb - ta) / n_save,
+        y,
+        args,
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=controller,
+        adjoint=diffrax.DirectAdjoint(),
+        max_steps=max_steps,
+        throw=False,
+    )
+    ok = sol.result == diffrax.RESULTS.successful
+    return jtu.tree_map(lambda a: jnp.where(ok, a, jnp.nan), sol.ys)
+
+
+# -------------------------------------------------------------------------------------------
+# Methods
+# -------------------------------------------------------------------------------------------
+
+
+def _default_root_finder(dtype) -> optx.AbstractRootFinder:
+    tol = 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-5
+    return optx.Newton(rtol=tol, atol=tol, linear_solver=lx.LU())
+
+
+class AbstractTPBVPMethod(eqx.Module):
+    """A discretisation of a boundary-value problem into one square nonlinear system.
+
+    Every method cuts each interval between consecutive nodes into `pieces` equal segments;
+    the unknowns are the states at segment starts plus method-specific extras.
+    """
+
+    root_finder: eqx.AbstractVar[optx.AbstractRootFinder | optx.AbstractLeastSquaresSolver | None]
+    max_newton_steps: eqx.AbstractVar[int]
+
+    @property
+    @abc.abstractmethod
+    def pieces(self) -> int:
+        """Segments per interval between nodes."""
+
+    @abc.abstractmethod
+    def unknowns_from(self, guess: Callable, ta, tb) -> PyTree[Array]:
+        """The Newton unknowns sampled from a guess `t -> (x, p)`."""
+
+    @abc.abstractmethod
+    def segment_ends(self, problem, ta, tb, unknowns) -> tuple[_Pair, PyTree[Array]]:
+        """(states at the segment ends, extra residuals)."""
+
+    @abc.abstractmethod
+    def dense(self, problem, ta, tb, unknowns) -> tuple[Array, _Pair]:
+        """Output times (segments concatenated) and states there."""
+
+
+def _segment_times(nodes: Float[Array, " n_nodes"], pieces: int):
+    frac = jnp.arange(pieces, dtype=nodes.dtype) / pieces
+    ta = (nodes[:-1, None] + (nodes[1:] - nodes[:-1])[:, None] * frac).reshape(-1)
+    tb = jnp.concatenate([ta[1:], nodes[-1:]])
+    return ta, tb
+
+
+class _ShootingBase(AbstractTPBVPMethod):
+    solver: eqx.AbstractVar[diffrax.AbstractSolver]
+    stepsize_controller: eqx.AbstractVar[diffrax.AbstractStepSizeController | None]
+    max_steps: eqx.AbstractVar[int]
+    forward_only: eqx.AbstractVar[bool]
+
+    @property
+    @abc.abstractmethod
+    def steps(self) -> int:
+        """Fixed steps (or dense points) per segment."""
+
+    def _flow(self, problem, ta, tb, y):
+        term = diffrax.ODETerm(problem.vector_field)
+        solver = _with_stage_loop(self.solver, forward_only=False)
+        if self.stepsize_controller is None:
+            return _fixed_flow(solver, term, ta, tb, y, None, self.steps)
+        return _adaptive_flow(
+            solver, self.stepsize_controller, self.max_steps, term, ta, tb, y, None,
+            self.steps,
+        )
+
+    def _end(self, problem, ta, tb, y):
+        term = diffrax.ODETerm(problem.vector_field)
+        solver = _with_stage_loop(self.solver, self.forward_only)
+        if self.stepsize_controller is None:
+            ys = _fixed_flow(solver, term, ta, tb, y, None, self.steps)
+            return jtu.tree_map(lambda a: a[-1], ys)
+        sol = diffrax.diffeqsolve(
+            term, solver, ta, tb, (tb - ta) / self.steps, y,
+            stepsize_controller=self.stepsize_controller,
+            adjoint=diffrax.ForwardMode() if self.forward_only else diffrax.DirectAdjoint(),
+            max_steps=self.max_steps, throw=False,
+        )
+        ok = sol.result == diffrax.RESULTS.successful
+        return jtu.tree_map(lambda a: jnp.where(ok, a[-1], jnp.nan), sol.ys)
+
+    def _check(self):
+        if int(self.steps) != self.steps or self.steps < 1:
+            raise ValueError(f"The number of steps per segment must be ≥ 1; got {self.steps}.")
+        if self.max_newton_steps < 1:
+            raise ValueError(f"`max_newton_steps` must be ≥ 1; got {self.max_newton_steps}.")
+        if not isinstance(self.solver, diffrax.AbstractSolver):
+            raise TypeError(f"`solver` must be a diffrax solver; got {self.solver!r}.")
+
+
+class MultipleShooting(_ShootingBase):
+    """Multiple shooting: integrate each segment from its unknown start, match the ends.
+
+    Unknowns are y = (x, p) at the start of every segment (`n_segments` per interval between
+    nodes); residuals are the continuity conditions y(end of segment s) → jump → = y(start of
+    s + 1) and the boundary conditions. Segments are integrated in parallel (vmap) with any
+    diffrax solver: explicit ones (default Tsit5 at fixed steps, or adaptive with a
+    `stepsize_controller`) or the symplectic ones of `deepest.integrators`.
+
+    **Arguments:**
+
+    - `n_segments`: segments per interval between consecutive nodes.
+    - `solver`: a diffrax solver for the pair (x, p) (default `diffrax.Tsit5()`).
+    - `steps_per_segment`: fixed steps per segment; with a `stepsize_controller`, the number
+      of dense output points per segment.
+    - `stepsize_controller`: e.g. `diffrax.PIDController(rtol, atol)` for adaptive steps
+      (default: fixed steps).
+    - `root_finder`: an optimistix root finder or least-squares solver (default
+      `optx.Newton` with LU, tolerance 1e-10 in float64; `optx.GaussNewton` or
+      `optx.LevenbergMarquardt` are alternatives for poor guesses).
+    - `max_newton_steps`: Newton iterations before giving up.
+    - `max_steps`: diffrax step budget per segment (adaptive only).
+    """
+
+    n_segments: int = eqx.field(default=4, static=True)
+    solver: diffrax.AbstractSolver = diffrax.Tsit5()
+    steps_per_segment: int = eqx.field(default=8, static=True)
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None
+    root_finder: optx.AbstractRootFinder | optx.AbstractLeastSquaresSolver | None = None
+    max_newton_steps: int = eqx.field(default=32, static=True)
+    max_steps: int = eqx.field(default=256, static=True)
+    forward_only: bool = eqx.field(default=False, static=True)
+
+    @property
+    def steps(self):
+        return self.steps_per_segment
+
+    def __check_init__(self):
+        if int(self.n_segments) != self.n_segments or self.n_segments < 1:
+            raise ValueError(f"`n_segments` must be a positive integer; got {self.n_segments}.")
+        self._check()
+
+    @property
+    def pieces(self):
+        return self.n_segments
+
+    def unknowns_from(self, guess, ta, tb):
+        return jax.vmap(guess)(ta)
+
+    def segment_ends(self, problem, ta, tb, starts):
+        ends = jax.vmap(lambda a, b, y: self._end(problem, a, b, y))(ta, tb, starts)
+        return ends, ()
+
+    def dense(self, problem, ta, tb, starts):
+        ys = jax.vmap(lambda a, b, y: self._flow(problem, a, b, y))(ta, tb, starts)
+        frac = jnp.linspace(0, 1, self.steps + 1, dtype=ta.dtype)
+        ts = (ta[:, None] + (tb - ta)[:, None] * frac).reshape(-1)
+        return ts, jtu.tree_map(lambda a: a.reshape(-1, a.shape[-1]), ys)
+
+
+class Shooting(_ShootingBase):
+    """Single shooting: the one unknown is y(t_0), integrated across [t_0, t_1] with jumps.
+
+    Cheapest per Newton step, but the Jacobian is the whole flow's sensitivity, so it is
+    ill-conditioned over long or unstable intervals (use [`deepest.MultipleShooting`][]).
+
+    **Arguments:** as [`deepest.MultipleShooting`][], with `steps_per_interval` fixed steps
+    (or dense points) per interval between nodes.
+    """
+
+    solver: diffrax.AbstractSolver = diffrax.Tsit5()
+    steps_per_interval: int = eqx.field(default=32, static=True)
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None
+    root_finder: optx.AbstractRootFinder | optx.AbstractLeastSquaresSolver | None = None
+    max_newton_steps: int = eqx.field(default=32, static=True)
+    max_steps: int = eqx.field(default=1024, static=True)
+    forward_only: bool = eqx.field(default=False, static=True)
+
+    @property
+    def steps(self):
+        return self.steps_per_interval
+
+    def __check_init__(self):
+        self._check()
+
+    @property
+    def pieces(self):
+        return 1
+
+    def unknowns_from(self, guess, ta, tb):
+        return guess(ta[0])
+
+    def _sweep(self, problem, ta, tb, y0, dense):
+        n = ta.shape[0]
+
+        def body(y, inputs):
+            k, a, b = inputs
+            ys = self._flow(problem, a, b, y) if dense else None
+            end = jtu.tree_map(lambda u: u[-1], ys) if dense else self._end(problem, a, b, y)
+            jumped = problem.jump(jnp.minimum(k + 1, n - 1), end)
+            after = _tree_where(k + 1 < n, jumped, end)
+            return after, (ys, end)
+
+        _, (ys, ends) = jax.lax.scan(body, y0, (jnp.arange(n), ta, tb))
+        return ys, ends
+
+    def segment_ends(self, problem, ta, tb, y0):
+        _, ends = self._sweep(problem, ta, tb, y0, dense=False)
+        # Only the last end enters a residual; earlier ends are continuous by construction.
+        return jtu.tree_map(lambda a: a[-1:], ends), ()
+
+    def dense(self, problem, ta, tb, y0):
+        ys, _ = self._sweep(problem, ta, tb, y0, dense=True)
+        frac = jnp.linspace(0, 1, self.steps + 1, dtype=ta.dtype)
+        ts = (ta[:, None] + (tb - ta)[:, None] * frac).reshape(-1)
+        return ts, jtu.tree_map(lambda a: a.reshape(-1, a.shape[-1]), ys)
+
+
+# Lobatto IIIA (for x) and IIIB (for p), 3 stages: c = (0, ½, 1), b = (1/6, 2/3, 1/6).
+# HLW (Geometric Numerical Integration) II.2.2 and VI.4: the pair satisfies
+# b_i â_ij + b_j a_ji = b_i b_j, so it is symplectic for any Hamiltonian, and has order 4.
+_LOBATTO_C = np.array([0.0, 0.5, 1.0])
+_LOBATTO_B = np.array([1 / 6, 2 / 3, 1 / 6])
+_LOBATTO_A = np.array([[0, 0, 0], [5 / 24, 1 / 3, -1 / 24], [1 / 6, 2 / 3, 1 / 6]])
+_LOBATTO_AHAT = np.array([[1 / 6, -1 / 6, 0], [1 / 6, 1 / 3, 0], [1 / 6, 5 / 6, 0]])
+
+
+class Collocation(AbstractTPBVPMethod):
+    r"""Collocation with the Lobatto IIIA–IIIB pair (3 stages, order 4, symplectic).
+
+    On each mesh interval [t_n, t_n + h], with stage times t_n + c_i h, c = (0, ½, 1),
+
+        X_i = x_n + h Σ_j a_ij ẋ(X_j, P_j),   P_i = p_n + h Σ_j â_ij ṗ(X_j, P_j),
+        x_{n+1} = X_3,   p_{n+1} = p_n + h Σ_j b_j ṗ(X_j, P_j),
+
+    with a from Lobatto IIIA and â from Lobatto IIIB (X_1 = x_n and X_3 = x_{n+1} are
+    collocation conditions at the mesh nodes). The unknowns are the node states and the
+    stages X_2, X_3, P_1, P_2, P_3 of every interval; all equations form one sparse-in-fact,
+    dense-in-storage Newton system. The 3-stage pair is chosen over the 2-stage (trapezoid /
+    Störmer–Verlet) pair for its order 4 — the order of scipy's `solve_bvp`, so equal accuracy
+    needs the same mesh — at 5·dim extra unknowns per interval instead of 3·dim. The mesh
+    is fixed (`n_nodes` per interval between nodes), so the method runs under `jit` and `vmap`;
+    a zero-length interval (coinciding nodes) is harmless, its equations reduce to identities.
+
+    **Arguments:**
+
+    - `n_nodes`: mesh nodes per interval between consecutive problem nodes (≥ 2).
+    - `root_finder`, `max_newton_steps`: as [`deepest.MultipleShooting`][].
+    """
+
+    n_nodes: int = eqx.field(default=33, static=True)
+    root_finder: optx.AbstractRootFinder | optx.AbstractLeastSquaresSolver | None = None
+    max_newton_steps: int = eqx.field(default=32, static=True)
+
+    def __check_init__(self):
+        if int(self.n_nodes) != self.n_nodes or self.n_nodes < 2:
+            raise ValueError(f"`n_nodes` must be an integer ≥ 2; got {self.n_nodes}.")
+        if self.max_newton_steps < 1:
+            raise ValueError(f"`max_newton_steps` must be ≥ 1; got {self.max_newton_steps}.")
+
+    @property
+    def pieces(self):
+        return self.n_nodes - 1
+
+    def unknowns_from(self, guess, ta, tb):
+        starts = jax.vmap(guess)(ta)
+        mid = jax.vmap(guess)((ta + tb) / 2)
+        end = jax.vmap(guess)(tb)
+        stages = {"X2": mid[0], "X3": end[0], "P1": starts[1], "P2": mid[1], "P3": end[1]}
+        return starts, stages
+
+    def _one(self, problem, ta, tb, y, z):
+        x, p = y
+        h = tb - ta
+        dtype = x.dtype
+        a, ahat, b = (jnp.asarray(m, dtype) for m in (_LOBATTO_A, _LOBATTO_AHAT, _LOBATTO_B))
+        X = jnp.stack([x, z["X2"], z["X3"]])
+        P = jnp.stack([z["P1"], z["P2"], z["P3"]])
+        ts = ta + h * jnp.asarray(_LOBATTO_C, dtype)
+        F, G = jax.vmap(lambda t, xi, pi: problem.vector_field(t, (xi, pi), None))(ts, X, P)
+        res_x = X[1:] - x - h * (a[1:] @ F)
+        res_p = P - p - h * (ahat @ G)
+        end = (X[2], p + h * (b @ G))
+        return end, (res_x, res_p)
+
+    def segment_ends(self, problem, ta, tb, unknowns):
+        starts, stages = unknowns
+        return jax.vmap(lambda a, b_, y, z: self._one(problem, a, b_, y, z))(
+            ta, tb, starts, stages
+        )
+
+    def dense(self, problem, ta, tb, unknowns):
+        starts, stages = unknowns
+        ends, _ = self.segment_ends(problem, ta, tb, unknowns)
+        ts = jnp.stack([ta, tb], axis=1).reshape(-1)
+        ys = jtu.tree_map(
+            lambda s, e: jnp.stack([s, e], axis=1).reshape(-1, s.shape[-1]), starts, ends
+        )
+        return ts, ys
+
+
+def _starts(method, unknowns):
+    return unknowns[0] if isinstance(method, Collocation) else unknowns
+
+
+# -------------------------------------------------------------------------------------------
+# The solve
+# -------------------------------------------------------------------------------------------
+
+
+def _residual(problem, method, unknowns, nodes):
+    ta, tb = _segment_times(nodes, method.pieces)
+    if isinstance(method, Shooting):
+        ta, tb = nodes[:-1], nodes[1:]
+    starts = _starts(method, unknowns)
+    ends, extra = method.segment_ends(problem, ta, tb, unknowns)
+    first = starts if isinstance(method, Shooting) else jtu.tree_map(lambda a: a[0], starts)
+    last = jtu.tree_map(lambda a: a[-1], ends)
+    boundary = problem.boundary_residual(first, last)
+    if isinstance(method, Shooting):
+        return boundary, extra
+    n_nodes = nodes.shape[0]
+    m = method.pieces
+    if n_nodes > 2:
+        idx = np.arange(1, n_nodes - 1) * m - 1
+        jumped = jax.vmap(problem.jump)(jnp.arange(1, n_nodes - 1), jtu.tree_map(
+            lambda a: a[idx], ends))
+        ends = jtu.tree_map(lambda a, j: a.at[idx].set(j), ends, jumped)
+    continuity = jtu.tree_map(lambda e, s: e[:-1] - s[1:], ends, starts)
+    return continuity, boundary, extra
+
+
+def _check_problem(problem):
+    if not isinstance(problem, AbstractBoundaryValueProblem):
+        raise TypeError(
+            f"`problem` must be a deepest boundary-value problem (e.g. "
+            f"deepest.ContinuousAssimilation or deepest.BoundaryValueProblem); got "
+            f"{type(problem).__name__}."
+        )
+    nodes = problem.node_times()
+    if _is_concrete(nodes):
+        nodes_np = np.asarray(nodes)
+        if not np.all(np.isfinite(nodes_np)) or np.any(np.diff(nodes_np) <= 0):
+            raise ValueError(
+                f"The problem's node times must be finite and strictly increasing (T > 0); "
+                f"got {nodes_np}."
+            )
+    return nodes
+
+
+def _guess_function(problem, guess) -> Callable:
+    if guess is None:
+        return problem.initial_guess
+    if isinstance(guess, TPBVPSolution):
+        return guess.evaluate
+    if callable(guess):
+        return guess
+    raise TypeError(
+        "`guess` must be None, a callable t -> (x, p), or a deepest.TPBVPSolution; got "
+        f"{type(guess).__name__}."
+    )
+
+
+def _check_guess(problem, unknowns):
+    leaves = jtu.tree_leaves(unknowns)
+    starts = jtu.tree_leaves(unknowns)[:2]
+    for leaf in starts:
+        if leaf.shape[-1:] != (problem.dim,):
+            raise ValueError(
+                f"The initial guess must give x and p of shape ({problem.dim},); got "
+                f"{leaf.shape[-1:]}."
+            )
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+    message = "The initial guess contains NaN or inf; pass a finite guess."
+    if _is_concrete(leaves):
+        if not bool(finite):
+            raise ValueError(message)
+        return unknowns
+    return eqx.error_if(unknowns, ~finite, message)
+
+
+_NOT_CONVERGED = (
+    "solve_tpbvp: Newton's method did not converge to a finite root of the boundary-value "
+    "problem. Try a better `guess`, more segments or nodes, continuation in R_f "
+    "(deepest.anneal_tpbvp), or pass throw=False to inspect the result code."
+)
+
+
+def solve_tpbvp(
+    problem: AbstractBoundaryValueProblem,
+    method: AbstractTPBVPMethod | None = None,
+    guess: Callable | TPBVPSolution | None = None,
+    *,
+    throw: bool = True,
+) -> TPBVPSolution:
+    """Solve a two-point boundary value problem for the pair (x, p).
+
+    The method turns the problem into a square system R(u) = 0 (see
+    [`deepest.MultipleShooting`][], [`deepest.Shooting`][], [`deepest.Collocation`][]), solved
+    by `optimistix.root_find` (Newton with lineax LU by default). Gradients with respect to
+    the problem's arrays (model weights, data, R_m, R_f) come from the implicit function
+    theorem, not from unrolling Newton. Runs under `jit` and `vmap` (over problems or
+    guesses).
+
+    **Arguments:**
+
+    - `problem`: a [`deepest.ContinuousAssimilation`][] or [`deepest.BoundaryValueProblem`][].
+    - `method`: the discretisation (default `MultipleShooting()`).
+    - `guess`: `None` (the problem's default guess), a callable `t -> (x, p)`, or a previous
+      [`deepest.TPBVPSolution`][] (continuation).
+    - `throw`: raise if Newton does not converge (default); with `False` the failure is
+      reported in `solution.result` (check `solution.converged`).
+
+    **Returns:** a [`deepest.TPBVPSolution`][].
+
+    **Example:**
+
+        problem = deepest.ContinuousAssimilation(model, data, rm=100.0, rf=10.0)
+        sol = deepest.solve_tpbvp(problem, deepest.MultipleShooting(8))
+        x_mid, p_mid = sol.evaluate(0.5)
+    """
+    if method is None:
+        method = MultipleShooting()
+    if not isinstance(method, AbstractTPBVPMethod):
+        raise TypeError(f"`method` must be a deepest TPBVP method; got {type(method).__name__}.")
+    nodes = _check_problem(problem)
+    guess_fn = _guess_function(problem, guess)
+    ta, tb = _segment_times(nodes, method.pieces)
+    if isinstance(method, Shooting):
+        ta, tb = nodes[:-1], nodes[1:]
+    unknowns0 = _check_guess(problem, method.unknowns_from(guess_fn, ta, tb))
+    dtype = nodes.dtype
+    root_finder = method.root_finder or _default_root_finder(dtype)
+
+    def fn(unknowns, prob, m):
+        return _residual(prob, m, unknowns, prob.node_times())
+
+    dynamic, static = eqx.partition(problem, eqx.is_inexact_array)
+    if isinstance(method, _ShootingBase):
+        # Newton iterates with forward-mode-only flows (fast); derivatives with respect to
+        # the problem then come from one implicit-function-theorem step at the root,
+        # u = u* − J⁻¹ R(u*, θ) with J frozen: its value is u* (R(u*) ≈ 0) and its
+        # derivative is exactly −J⁻¹ ∂R/∂θ.
+        fast = dataclasses.replace(method, forward_only=True)
+        frozen = jax.lax.stop_gradient(dynamic)
+        solution = optx.root_find(
+            lambda u, d: fn(u, eqx.combine(d, static), fast),
+            root_finder,
+            unknowns0,
+            frozen,
+            max_steps=method.max_newton_steps,
+            throw=False,
+        )
+        root = jax.lax.stop_gradient(solution.value)
+        flat_root, unravel = jax.flatten_util.ravel_pytree(root)
+
+        def flat_residual(v, prob, m):
+            return jax.flatten_util.ravel_pytree(fn(unravel(v), prob, m))[0]
+
+        jac = jax.jacfwd(flat_residual)(flat_root, eqx.combine(frozen, static), fast)
+        residual = flat_residual(flat_root, problem, method)
+        correction = lx.linear_solve(
+            lx.MatrixLinearOperator(jac), residual, lx.LU(), throw=False
+        ).value
+        unknowns = unravel(flat_root - correction)
+        residual = jax.lax.stop_gradient(residual)
+    else:
+        solution = optx.root_find(
+            lambda u, d: fn(u, eqx.combine(d, static), method),
+            root_finder,
+            unknowns0,
+            dynamic,
+            max_steps=method.max_newton_steps,
+            adjoint=optx.ImplicitAdjoint(linear_solver=lx.LU()),
+            throw=False,
+        )
+        unknowns = solution.value
+        residual = fn(jax.lax.stop_gradient(unknowns), problem, method)
+    norm = jnp.max(jnp.stack([jnp.max(jnp.abs(r)) for r in jtu.tree_leaves(residual)]))
+    ts, (xs, ps) = method.dense(problem, ta, tb, unknowns)
+    dxs, dps = jax.vmap(lambda t, x, p: problem.vector_field(t, (x, p), None))(ts, xs, ps)
+    finite = jnp.isfinite(norm) & jnp.all(jnp.isfinite(xs)) & jnp.all(jnp.isfinite(ps))
+    result = optx.RESULTS.where(finite, solution.result, optx.RESULTS.nonfinite)
+    if throw:
+        xs = eqx.error_if(xs, result != optx.RESULTS.successful, _NOT_CONVERGED)
+    return TPBVPSolution(
+        ts=ts,
+        xs=xs,
+        ps=ps,
+        dxs=dxs,
+        dps=dps,
+        residual_norm=norm,
+        result=result,
+        n_newton=solution.stats["num_steps"],
+    )
+
+
+def anneal_tpbvp(
+    problem: AbstractBoundaryValueProblem,
+    rfs: Float[ArrayLike, " n_rf"],
+    method: AbstractTPBVPMethod | None = None,
+    guess: Callable | TPBVPSolution | None = None,
+    *,
+    throw: bool = True,
+) -> TPBVPSolution:
+    """Continuation in R_f (annealing in continuous time): solve at each `rfs[i]` in turn,
+    starting Newton from the solution at `rfs[i − 1]`.
+
+    Small R_f makes the problem nearly the measurement-only one (easy); increasing R_f
+    follows the solution branch to the model-dominated regime, where Newton from a poor
+    guess would fail. Runs in one `lax.scan` (one compile), under `jit` and `vmap`.
+
+    **Arguments:**
+
+    - `problem`: a problem with an `rf` field (e.g. [`deepest.ContinuousAssimilation`][]).
+    - `rfs`: the R_f values, typically geometric, `rf0 * alpha ** jnp.arange(n_beta)`.
+    - `method`, `guess`, `throw`: as [`deepest.solve_tpbvp`][]; `throw` applies to each
+      solve.
+
+    **Returns:** the [`deepest.TPBVPSolution`][]s stacked along a leading axis of size n_rf.
+
+    **Example:**
+
+        sols = deepest.anneal_tpbvp(problem, 1e-2 * 2.0 ** jnp.arange(20))
+        best = jax.tree.map(lambda a: a[-1], sols)
+    """
+    if not hasattr(problem, "rf"):
+        raise TypeError(f"{type(problem).__name__} has no `rf` field to anneal.")
+    rfs = jnp.asarray(rfs, jnp.result_type(problem.rf))
+    if rfs.ndim != 1 or rfs.shape[0] < 1:
+        raise ValueError(f"`rfs` must be a non-empty 1-D array; got shape {rfs.shape}.")
+    if _is_concrete(rfs) and not bool(jnp.all(rfs > 0)):
+        raise ValueError("Every R_f in `rfs` must be positive.")
+
+    def at(rf):
+        return eqx.tree_at(lambda p: p.rf, problem, jnp.broadcast_to(rf, jnp.shape(problem.rf)))
+
+    first = solve_tpbvp(at(rfs[0]), method, guess, throw=throw)
+
+    def body(previous, rf):
+        sol = solve_tpbvp(at(rf), method, previous, throw=throw)
+        return sol, sol
+
+    _, rest = jax.lax.scan(body, first, rfs[1:])
+    return jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+

@@ -1,0 +1,4 @@
+"""Dynamical models dx/dt = F(t, x, θ)."""
+
+from ._base import AbstractModel as AbstractModel, parametrised as parametrised
+from ._lorenz import Lorenz63 as Lorenz63, Lorenz96 as Lorenz96

@@ -1,0 +1,108 @@
+"""Models dx/dt = F(t, x, θ), and the parameter plumbing that names θ for estimation."""
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+
+class AbstractModel(eqx.Module):
+    """A vector field dx/dt = F(t, x) whose parameters are the module's array fields.
+
+    Subclasses implement `__call__(t, x)`; their floating-point fields are the parameters
+    that `estimate=(...)` may name. `check_dim(dim)` raises if the model cannot have `dim`
+    components.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, t: ArrayLike, x: Float[Array, " dim"]) -> Float[Array, " dim"]:
+        """The vector field at time `t` and state `x`."""
+
+    def check_dim(self, dim: int) -> None:  # noqa: B027
+        """Raise `ValueError` if the model is not defined for `dim` components."""
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """The names of the model's parameters (its array-like fields)."""
+        return tuple(
+            f.name
+            for f in self.__dataclass_fields__.values()
+            if not f.metadata.get("static", False)
+        )
+
+
+class _WithParams(eqx.Module):
+    """A user callable `F(t, x, params)` with a dict of named parameter values."""
+
+    fn: Callable = eqx.field(static=True)
+    params: dict[str, Array]
+
+    def __call__(self, t, x, theta):
+        return self.fn(t, x, {**self.params, **theta})
+
+
+class _ModuleWithParams(eqx.Module):
+    model: AbstractModel
+
+    def __call__(self, t, x, theta):
+        names = tuple(theta)
+        if names:
+            model = eqx.tree_at(
+                lambda m: tuple(getattr(m, n) for n in names),
+                self.model,
+                tuple(theta[n] for n in names),
+            )
+        else:
+            model = self.model
+        return model(t, x)
+
+
+def parametrised(
+    model: AbstractModel | eqx.Module | Callable,
+    params: Mapping[str, ArrayLike] | None = None,
+) -> tuple[Callable, dict[str, Array]]:
+    """Normalise a model to `field(t, x, theta)` plus the values of its named parameters.
+
+    `theta` is a dict holding the parameters being estimated; the others keep their values.
+
+    **Arguments:**
+
+    - `model`: an [`deepest.models.AbstractModel`][] (its fields are the parameters), any
+      Equinox module called as `model(t, x)` (its float fields are the parameters), or a
+      callable `F(t, x, params)` with `params` a dict.
+    - `params`: the parameter values of a callable model (not allowed for a module).
+
+    **Returns:** `(field, values)`, with `field(t, x, theta)` and `values` a dict of arrays.
+    """
+    if isinstance(model, eqx.Module) and params is None:
+        values = {
+            name: jnp.asarray(getattr(model, name))
+            for name in model.__dataclass_fields__
+            if not model.__dataclass_fields__[name].metadata.get("static", False)
+            and eqx.is_inexact_array_like(getattr(model, name))
+        }
+        return _ModuleWithParams(model), values
+    if not callable(model):
+        raise TypeError(f"A model must be callable as F(t, x) or F(t, x, params); got {model!r}.")
+    values = {name: jnp.asarray(v) for name, v in dict(params or {}).items()}
+    return _WithParams(model, values), values
+
+
+def check_estimate(estimate: Sequence[str], values: Mapping[str, Array]) -> tuple[str, ...]:
+    """Check that every name in `estimate` is a parameter, once; return it as a tuple."""
+    estimate = (estimate,) if isinstance(estimate, str) else tuple(estimate)
+    for name in estimate:
+        if name not in values:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(values), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"Cannot estimate unknown parameter {name!r}; the model's parameters are "
+                f"{sorted(values)}.{hint}"
+            )
+    if len(set(estimate)) != len(estimate):
+        raise ValueError(f"`estimate` names a parameter twice: {estimate}.")
+    return estimate

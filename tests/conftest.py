@@ -1,0 +1,19 @@
+import jax
+import jax.random as jr
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+@pytest.fixture
+def getkey():
+    """A fresh, deterministic PRNG key on each call."""
+    key = jr.key(5678)
+
+    def _getkey():
+        nonlocal key
+        key, sub = jr.split(key)
+        return sub
+
+    return _getkey
