@@ -22,6 +22,7 @@ jax.config.update("jax_enable_x64", True)
 from deepest._cli import _load_config  # noqa: E402
 from deepest._experiments import (  # noqa: E402
     build_data,
+    mean_baseline,
     resolve_train_config,
     run_annealing,
     run_backprop,
@@ -73,6 +74,7 @@ def main():
              bp["wall_time"] - n_runs * c, n_runs * c),
             (name, bp_label, "best validation", bp["best_validation"],
              bp["wall_time"] - n_runs * c, n_runs * c),
+            (name, "predict the mean training target", "–", mean_baseline(data), 0.0, 0.0),
         ]
     print("| experiment | method | network chosen by | train MSE | validation MSE | test MSE "
           "| test accuracy | time (s) | compile (s) |")

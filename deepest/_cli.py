@@ -57,11 +57,33 @@ def resolve_anneal_config(config: dict) -> dict:
     twin = config["data"]["twin"]
     if config["data"]["file"] is None and twin["observed"] is None:
         raise ValueError("Set `data.twin.observed` (the measured components) or `data.file`.")
+    n_paths = config["anneal"]["n_paths"]
+    if not isinstance(n_paths, int) or n_paths < 1:
+        raise ValueError(f"`anneal.n_paths` must be a positive integer; got {n_paths!r}.")
     problem = config["problem"]
     if problem["rm"] is None:
         if config["data"]["file"] is not None:
             raise ValueError("Set `problem.rm` (1/σ² of the data).")
         problem["rm"] = 1.0 / float(twin["noise"]) ** 2
+    # Checks that need no data, so that a bad config fails before any compute.
+    rm = np.asarray(problem["rm"], dtype=float)
+    if not np.all(np.isfinite(rm)) or np.any(rm <= 0):
+        raise ValueError(f"`problem.rm` must be positive and finite; got {problem['rm']}.")
+    from .models._base import check_estimate, parametrised
+
+    model = _build_model(model, problem["initial_params"])
+    check_estimate(problem["estimate"], parametrised(model)[1])
+    if config["data"]["file"] is None:
+        dim = int(config["model"]["dim"])
+        model.check_dim(dim)
+        if any(int(i) < 0 or int(i) >= dim for i in twin["observed"]):
+            raise ValueError(
+                f"`data.twin.observed` has indices out of range [0, {dim}): {twin['observed']}."
+            )
+    a = config["anneal"]
+    from ._anneal import AnnealSchedule
+
+    AnnealSchedule(np.asarray(a["rf0"], dtype=float), float(a["alpha"]), a["n_beta"])
     return config
 
 
@@ -161,8 +183,8 @@ def _out_dir(out: str | None, config_path: str, overwrite: bool) -> str:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = os.path.join("results", f"{stem}-{stamp}")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise SystemExit(
-            f"error: {out} exists and is not empty; choose another --out or pass --overwrite."
+        raise FileExistsError(
+            f"{out} exists and is not empty; choose another --out or pass --overwrite."
         )
     os.makedirs(out, exist_ok=True)
     return out
@@ -199,8 +221,8 @@ def run_anneal(config_path: str, sets, out, overwrite, progress) -> str:
     from ._anneal import anneal
     from ._plot import plot_action_levels, plot_estimates
 
-    problem, schedule, data, true_model = build_anneal(config)
     out = _out_dir(out, config_path, overwrite)
+    problem, schedule, data, true_model = build_anneal(config)
     with open(os.path.join(out, "config.yaml"), "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
     a = config["anneal"]
@@ -253,7 +275,7 @@ def main(argv=None) -> int:
 
             out = run_train(args.config, args.set, args.out, args.overwrite,
                             not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"results: {out}")

@@ -266,7 +266,7 @@ def residual_network(field: Callable, t1: float, n_layers: int):
     as L grows its minimiser converges to the TPBVP solution at the order of the layer map
     (1 for this forward-Euler map).
     """
-    from ._continuous import _TimeField, _takes_time
+    from ._continuous import _takes_time, _TimeField
     from ._networks import LayeredNetwork
 
     if n_layers < 1 or not t1 > 0:

@@ -215,7 +215,7 @@ def twin_experiment(
         raise ValueError("twin_experiment needs dim >= 1, n_times >= 2, dt > 0, noise >= 0.")
     observed = tuple(int(i) for i in observed)
     if any(i < 0 or i >= dim for i in observed):
-        raise ValueError(f"Observed indices must lie in [0, {dim}); got {observed}.")
+        raise ValueError(f"Observed indices are out of range [0, {dim}): {observed}.")
     if hasattr(model, "check_dim"):
         model.check_dim(dim)
     _, values = parametrised(model, params)

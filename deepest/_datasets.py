@@ -68,7 +68,9 @@ def twin_generator(
     )
 
 
-def standardised_inputs(n: int, width: int, key: PRNGKeyArray, dtype=None) -> Float[Array, "n width"]:
+def standardised_inputs(
+    n: int, width: int, key: PRNGKeyArray, dtype=None
+) -> Float[Array, "n width"]:
     """`n` inputs with i.i.d. N(0, 1) entries, each shifted and scaled to mean 0 and standard
     deviation 1 over its `width` entries (varanneal's twin inputs)."""
     z = jr.normal(key, (int(n), int(width)), dtype or jnp.zeros(()).dtype)
@@ -176,9 +178,10 @@ def bar_images(
     k_perm, k_pos, k_noise = jr.split(key, 3)
     labels = np.asarray(jr.permutation(k_perm, np.arange(n_images) % 4))
     choice = np.asarray(jr.uniform(k_pos, (n_images,)))
-    clean = np.stack(
-        [templates[c][int(u * len(templates[c]))].reshape(-1) for c, u in zip(labels, choice)]
-    )
+    clean = np.stack([
+        templates[c][int(u * len(templates[c]))].reshape(-1)
+        for c, u in zip(labels, choice, strict=True)
+    ])
     images = jnp.asarray(clean, dtype) + noise * (
         jr.uniform(k_noise, clean.shape, dtype) - 0.5
     )

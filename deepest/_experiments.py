@@ -150,10 +150,10 @@ def build_data(config: dict) -> dict:
         gen = twin_generator(k_gen, d["variant"], width=int(d["width"]),
                              n_layers=int(d["generator_layers"]), gain=float(d["gain"]))
         out["generator"] = gen
-        for (split, n), k in zip(sizes.items(), keys):
+        for (split, n), k in zip(sizes.items(), keys, strict=False):
             out[split] = noisy_pairs(gen, n, k, noise=float(d["noise"]))
     elif config["experiment"] == "bar_images":
-        for (split, n), k in zip(sizes.items(), keys):
+        for (split, n), k in zip(sizes.items(), keys, strict=False):
             out[split] = bar_images(n, k, size=int(d["size"]), noise=float(d["pixel_noise"]),
                                     positions=d["positions"])
     else:
@@ -161,7 +161,7 @@ def build_data(config: dict) -> dict:
                        scale=float(d["scale"]))
         out["generator"] = flow
         lo, hi = (float(v) for v in d["input_range"])
-        for (split, n), k in zip(sizes.items(), keys):
+        for (split, n), k in zip(sizes.items(), keys, strict=False):
             k_in, k_pairs = jr.split(k)
             inputs = jr.uniform(k_in, (n, int(d["dim"])), minval=lo, maxval=hi)
             out[split] = noisy_pairs(flow, n, k_pairs, noise=float(d["noise"]), inputs=inputs)
@@ -283,7 +283,7 @@ def run_backprop(config: dict, data: dict, *, depth: int | None = None, progress
 
     runs = []
     start = time.perf_counter()
-    for i, key in enumerate(jr.split(jr.key(int(b["seed"])), int(b["n_runs"]))):
+    for key in jr.split(jr.key(int(b["seed"])), int(b["n_runs"])):
         k_init, k_fit = jr.split(key)
         net, history = fit(
             factory(k_init), mse, data["train"], optax.adam(float(b["learning_rate"])),
@@ -304,6 +304,13 @@ def run_backprop(config: dict, data: dict, *, depth: int | None = None, progress
     }
 
 
+def mean_baseline(data: dict) -> dict:
+    """Test MSE of predicting the mean training target for every input (the level any
+    useful network must beat)."""
+    mean = np.asarray(data["train"][1]).mean(axis=0)
+    return {"test_error": float(np.mean((np.asarray(data["test"][1]) - mean) ** 2))}
+
+
 def _errors_line(e: dict) -> str:
     line = (f"train MSE {e['train_error']:.4g}   validation MSE {e['validation_error']:.4g}   "
             f"test MSE {e['test_error']:.4g}")
@@ -313,7 +320,8 @@ def _errors_line(e: dict) -> str:
     return line
 
 
-def summary_text(config: dict, annealing: dict, backprop: dict, depth: int | None = None) -> str:
+def summary_text(config: dict, annealing: dict, backprop: dict, depth: int | None = None,
+                 baseline: dict | None = None) -> str:
     """The summary of one trained architecture: annealing and backprop side by side."""
     a, b, d = config["anneal"], config["backprop"], config["data"]
     head = f"experiment: {config['experiment']}" + (f"   depth L = {depth}" if depth else "")
@@ -338,6 +346,9 @@ def summary_text(config: dict, annealing: dict, backprop: dict, depth: int | Non
         f"  best-validation run {backprop['best_validation_run']}:",
         "    " + _errors_line(backprop["best_validation"]),
     ]
+    if baseline is not None:
+        lines.append(f"baseline (predict the mean training target): test MSE "
+                     f"{baseline['test_error']:.4g}")
     return "\n".join(lines) + "\n"
 
 
@@ -367,7 +378,7 @@ def run_train(config_path: str, sets, out, overwrite, progress) -> str:
     )
     fig, axes = plt.subplots(1, len(depths), figsize=(5 * len(depths), 4), squeeze=False)
     texts, record = [], {}
-    for depth, ax in zip(depths, axes[0]):
+    for depth, ax in zip(depths, axes[0], strict=False):
         result, _, annealing = run_annealing(config, data, depth=depth, progress=progress)
         backprop = run_backprop(config, data, depth=depth, progress=progress)
         folder = out if depth is None else os.path.join(out, f"L{depth:03d}")
@@ -375,7 +386,7 @@ def run_train(config_path: str, sets, out, overwrite, progress) -> str:
         plot_action_levels(result, ax=ax)
         if depth is not None:
             ax.set_title(f"L = {depth}, {result.n_paths} paths")
-        texts.append(summary_text(config, annealing, backprop, depth))
+        texts.append(summary_text(config, annealing, backprop, depth, mean_baseline(data)))
         record[str(depth) if depth else "network"] = {"anneal": annealing, "backprop": backprop}
     fig.savefig(os.path.join(out, "action_levels.png"), dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -40,11 +40,9 @@ def _initialise(init: Initialiser, key, shape, dtype, fan_in: int, name: str) ->
     )
 
 
-def _check_activation(activation, name="activation"):
-    if not callable(activation):
-        raise TypeError(
-            f"`{name}` must be a function of an array, e.g. jnp.tanh; got {activation!r}."
-        )
+def _check_callable(value, name="activation", example="jnp.tanh"):
+    if not callable(value):
+        raise TypeError(f"`{name}` must be callable, e.g. {example}; got {value!r}.")
 
 
 def _float_dtype(dtype):
@@ -181,7 +179,7 @@ class LayeredNetwork(eqx.Module):
             if not layers:
                 raise ValueError("`layers` is empty; a network needs at least one layer.")
             for i, layer in enumerate(layers):
-                _check_activation(layer, f"layers[{i}]")
+                _check_callable(layer, f"layers[{i}]", "eqx.nn.Linear(3, 4, key=key)")
             layers = [
                 layer if isinstance(layer, eqx.Module) else _Function(layer) for layer in layers
             ]
@@ -198,7 +196,7 @@ class LayeredNetwork(eqx.Module):
             if callable(activation):
                 activation = [activation] * n_layers
             elif isinstance(activation, str) or not isinstance(activation, Sequence):
-                _check_activation(activation)
+                _check_callable(activation)
             else:
                 activation = list(activation)
                 if len(activation) != n_layers:
@@ -207,7 +205,7 @@ class LayeredNetwork(eqx.Module):
                         "function, or one per layer."
                     )
             for i, a in enumerate(activation):
-                _check_activation(a, f"activation[{i}]" if n_layers > 1 else "activation")
+                _check_callable(a, f"activation[{i}]" if n_layers > 1 else "activation")
             if residual_step is not None and len(set(widths)) != 1:
                 raise ValueError(
                     f"A residual network x + h·F(x) keeps the width; got widths {widths}."
@@ -503,8 +501,8 @@ class RecurrentNetwork(eqx.Module):
                 raise ValueError("A custom `cell` needs a `readout` and an `initial_state`.")
             if input_size is not None or state_size is not None or output_size is not None:
                 raise ValueError("Give either the sizes (a dense network) or `cell`, not both.")
-            _check_activation(cell, "cell")
-            _check_activation(readout, "readout")
+            _check_callable(cell, "cell", "a module (h, u) -> h'")
+            _check_callable(readout, "readout", "eqx.nn.Linear(n_state, n_out, key=key)")
             self.cell, self.readout = cell, readout
             self.initial_state = jnp.asarray(initial_state)
             if self.initial_state.ndim != 1:
@@ -517,7 +515,7 @@ class RecurrentNetwork(eqx.Module):
             )
         if key is None:
             raise ValueError("A dense network needs a PRNG `key` for its initial weights.")
-        _check_activation(activation)
+        _check_callable(activation)
         n_u, n_h, n_y = (int(s) for s in sizes)
         dtype = _float_dtype(dtype)
         kh, ku, ky = jr.split(key, 3)

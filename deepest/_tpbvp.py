@@ -419,7 +419,14 @@ class _ShootingBase(AbstractTPBVPMethod):
         if self.stepsize_controller is None:
             return _fixed_flow(solver, term, ta, tb, y, None, self.steps)
         return _adaptive_flow(
-            solver, self.stepsize_controller, self.max_steps, term, ta, tb, y, None,
+            solver,
+            self.stepsize_controller,
+            self.max_steps,
+            term,
+            ta,
+            tb,
+            y,
+            None,
             self.steps,
         )
 
@@ -430,10 +437,16 @@ class _ShootingBase(AbstractTPBVPMethod):
             ys = _fixed_flow(solver, term, ta, tb, y, None, self.steps)
             return jtu.tree_map(lambda a: a[-1], ys)
         sol = diffrax.diffeqsolve(
-            term, solver, ta, tb, (tb - ta) / self.steps, y,
+            term,
+            solver,
+            ta,
+            tb,
+            (tb - ta) / self.steps,
+            y,
             stepsize_controller=self.stepsize_controller,
             adjoint=diffrax.ForwardMode() if self.forward_only else diffrax.DirectAdjoint(),
-            max_steps=self.max_steps, throw=False,
+            max_steps=self.max_steps,
+            throw=False,
         )
         ok = sol.result == diffrax.RESULTS.successful
         return jtu.tree_map(lambda a: jnp.where(ok, a[-1], jnp.nan), sol.ys)
@@ -469,6 +482,13 @@ class MultipleShooting(_ShootingBase):
       `optx.LevenbergMarquardt` are alternatives for poor guesses).
     - `max_newton_steps`: Newton iterations before giving up.
     - `max_steps`: diffrax step budget per segment (adaptive only).
+    - `forward_only`: internal; [`deepest.solve_tpbvp`][] sets it for Newton's iterations,
+      which need only forward-mode derivatives of the flows (faster stage loops).
+
+    **Example:**
+
+        method = deepest.MultipleShooting(8, deepest.integrators.GaussLegendre(),
+                                          steps_per_segment=16)
     """
 
     n_segments: int = eqx.field(default=4, static=True)
@@ -515,6 +535,10 @@ class Shooting(_ShootingBase):
 
     **Arguments:** as [`deepest.MultipleShooting`][], with `steps_per_interval` fixed steps
     (or dense points) per interval between nodes.
+
+    **Example:**
+
+        sol = deepest.solve_tpbvp(problem, deepest.Shooting(steps_per_interval=64))
     """
 
     solver: diffrax.AbstractSolver = diffrax.Tsit5()
@@ -634,9 +658,7 @@ class Collocation(AbstractTPBVPMethod):
 
     def segment_ends(self, problem, ta, tb, unknowns):
         starts, stages = unknowns
-        return jax.vmap(lambda a, b_, y, z: self._one(problem, a, b_, y, z))(
-            ta, tb, starts, stages
-        )
+        return jax.vmap(lambda a, b_, y, z: self._one(problem, a, b_, y, z))(ta, tb, starts, stages)
 
     def dense(self, problem, ta, tb, unknowns):
         starts, stages = unknowns
@@ -672,8 +694,9 @@ def _residual(problem, method, unknowns, nodes):
     m = method.pieces
     if n_nodes > 2:
         idx = np.arange(1, n_nodes - 1) * m - 1
-        jumped = jax.vmap(problem.jump)(jnp.arange(1, n_nodes - 1), jtu.tree_map(
-            lambda a: a[idx], ends))
+        jumped = jax.vmap(problem.jump)(
+            jnp.arange(1, n_nodes - 1), jtu.tree_map(lambda a: a[idx], ends)
+        )
         ends = jtu.tree_map(lambda a, j: a.at[idx].set(j), ends, jumped)
     continuity = jtu.tree_map(lambda e, s: e[:-1] - s[1:], ends, starts)
     return continuity, boundary, extra
@@ -719,12 +742,12 @@ def _check_guess(problem, unknowns):
                 f"The initial guess must give x and p of shape ({problem.dim},); got "
                 f"{leaf.shape[-1:]}."
             )
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
     message = "The initial guess contains NaN or inf; pass a finite guess."
     if _is_concrete(leaves):
-        if not bool(finite):
+        if not all(np.all(np.isfinite(np.asarray(leaf))) for leaf in leaves):
             raise ValueError(message)
         return unknowns
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
     return eqx.error_if(unknowns, ~finite, message)
 
 
@@ -875,21 +898,52 @@ def anneal_tpbvp(
     """
     if not hasattr(problem, "rf"):
         raise TypeError(f"{type(problem).__name__} has no `rf` field to anneal.")
+    if _is_concrete(rfs) and not np.all(np.asarray(rfs) > 0):
+        raise ValueError("Every R_f in `rfs` must be positive.")
     rfs = jnp.asarray(rfs, jnp.result_type(problem.rf))
     if rfs.ndim != 1 or rfs.shape[0] < 1:
         raise ValueError(f"`rfs` must be a non-empty 1-D array; got shape {rfs.shape}.")
-    if _is_concrete(rfs) and not bool(jnp.all(rfs > 0)):
-        raise ValueError("Every R_f in `rfs` must be positive.")
 
     def at(rf):
         return eqx.tree_at(lambda p: p.rf, problem, jnp.broadcast_to(rf, jnp.shape(problem.rf)))
 
-    first = solve_tpbvp(at(rfs[0]), method, guess, throw=throw)
+    method = MultipleShooting() if method is None else method
+    if isinstance(guess, TPBVPSolution):
+        start = guess
+    else:
+        # The first guess as a solution-shaped carry (its values at the output times of the
+        # method's mesh), so that every R_f runs the same compiled solve inside the scan.
+        guess_fn = _guess_function(problem, guess)
+        nodes = _check_problem(problem)
+        ts = _output_times(method, nodes)
+        xs, ps = jax.vmap(guess_fn)(ts)
+        zero = jnp.zeros((), xs.dtype)
+        start = TPBVPSolution(
+            ts,
+            xs,
+            ps,
+            jnp.zeros_like(xs),
+            jnp.zeros_like(ps),
+            zero,
+            optx.RESULTS.successful,
+            jnp.array(0),
+        )
 
     def body(previous, rf):
         sol = solve_tpbvp(at(rf), method, previous, throw=throw)
         return sol, sol
 
-    _, rest = jax.lax.scan(body, first, rfs[1:])
-    return jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+    _, sols = jax.lax.scan(body, start, rfs)
+    return sols
 
+
+def _output_times(method, nodes):
+    """The output times of `method.dense` on the problem's nodes."""
+    if isinstance(method, Shooting):
+        ta, tb = nodes[:-1], nodes[1:]
+    else:
+        ta, tb = _segment_times(nodes, method.pieces)
+    if isinstance(method, Collocation):
+        return jnp.stack([ta, tb], axis=1).reshape(-1)
+    frac = jnp.linspace(0, 1, method.steps + 1, dtype=ta.dtype)
+    return (ta[:, None] + (tb - ta)[:, None] * frac).reshape(-1)

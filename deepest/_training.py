@@ -180,7 +180,9 @@ class Training(AbstractProblem):
         if noise is not None and not (np.isfinite(noise) and noise > 0):
             raise ValueError(f"`noise` must be a positive number or None; got {noise}.")
         if not (isinstance(weight_init, str) or callable(weight_init)):
-            raise TypeError("`weight_init` must be 'resample', 'network' or a function key -> network.")
+            raise TypeError(
+                "`weight_init` must be 'resample', 'network' or a function key -> network."
+            )
         if isinstance(weight_init, str) and weight_init not in ("resample", "network"):
             raise ValueError(
                 f"`weight_init` must be 'resample', 'network' or a function key -> network; got "
@@ -243,6 +245,9 @@ class Training(AbstractProblem):
         digits = max(3, len(str(n - 1)))
         return [f"{prefix}{i:0{digits}d}" for i in range(n)]
 
+    def _named(self, prefix: str, arrays: list) -> dict[str, Array]:
+        return dict(zip(self._names(prefix, len(arrays)), arrays, strict=True))
+
     def to_model(self, unknowns: PyTree[ArrayLike]) -> eqx.Module:
         """The network with the weights of one path's `unknowns`."""
         weights = unknowns["weights"]
@@ -267,14 +272,15 @@ class Training(AbstractProblem):
                     "shapes of `net`."
                 )
             dtypes = [a.dtype for a in jtu.tree_leaves(ours)]
-            leaves = [a.astype(d) for a, d in zip(jtu.tree_leaves(theirs), dtypes)]
-            return self.to_model({"weights": dict(zip(self._names("w", len(leaves)), leaves))})
+            leaves = [a.astype(d) for a, d in zip(jtu.tree_leaves(theirs), dtypes, strict=True)]
+            return self.to_model({"weights": self._named("w", leaves)})
         leaves = self._weight_leaves(self.net)
-        keys = jr.split(key, max(len(leaves), 1))
+        keys = jr.split(key, max(len(leaves), 1))[: len(leaves)]
         new = [
-            jnp.sqrt(jnp.mean(a**2)) * jr.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)
+            jnp.sqrt(jnp.mean(a**2)) * jr.normal(k, a.shape, a.dtype)
+            for a, k in zip(leaves, keys, strict=True)
         ]
-        return self.to_model({"weights": dict(zip(self._names("w", len(new)), new))})
+        return self.to_model({"weights": self._named("w", new)})
 
     def init(self, key: PRNGKeyArray) -> PyTree[Array]:
         """Weights by `weight_init`; hidden states the forward pass plus noise; input and
@@ -282,16 +288,19 @@ class Training(AbstractProblem):
         k_weights, k_states = jr.split(key)
         net = self._initial_network(k_weights)
         leaves = self._weight_leaves(net)
-        weights = dict(zip(self._names("w", len(leaves)), leaves))
+        weights = self._named("w", leaves)
         if self.recurrent:
             hs = jax.vmap(net.states)(self.inputs)[:, 1:]
             hs = hs + self.state_noise * jr.normal(k_states, hs.shape, hs.dtype)
             return {"states": hs, "weights": weights}
         states = list(jax.vmap(net.states)(self.inputs))
         keys = jr.split(k_states, len(states))
-        states = [x + self.state_noise * jr.normal(k, x.shape, x.dtype) for x, k in zip(states, keys)]
+        states = [
+            x + self.state_noise * jr.normal(k, x.shape, x.dtype)
+            for x, k in zip(states, keys, strict=True)
+        ]
         states[0], states[-1] = self.inputs, self.targets
-        return {"states": dict(zip(self._names("x", len(states)), states)), "weights": weights}
+        return {"states": self._named("x", states), "weights": weights}
 
     def _states(self, unknowns) -> list[Array]:
         states = unknowns["states"]
@@ -324,8 +333,8 @@ class Training(AbstractProblem):
         states = self._states(unknowns)
         h = net.residual_step
         total = 0.0
-        l = 0
-        for layer, n in zip(net.layers, net.stack_lengths):
+        first = 0  # index of the segment's first layer
+        for layer, n in zip(net.layers, net.stack_lengths, strict=True):
             # Given the states, every layer's residual is independent of the others: a
             # stacked run of layers is one vmap over the layer axis, not a scan.
             params, static = eqx.partition(layer, eqx.is_array)
@@ -335,14 +344,13 @@ class Training(AbstractProblem):
                 return y if h is None else x + h * y
 
             if n == 1:
-                predicted = forward(params, states[l])
-                residual = states[l + 1] - predicted
+                residual = states[first + 1] - forward(params, states[first])
             else:
-                x_in = jnp.stack(states[l : l + n])
-                x_out = jnp.stack(states[l + 1 : l + n + 1])
+                x_in = jnp.stack(states[first : first + n])
+                x_out = jnp.stack(states[first + 1 : first + n + 1])
                 residual = x_out - jax.vmap(forward)(params, x_in)
             total = total + jnp.sum(residual**2)
-            l += n
+            first += n
         return total / (self.n_pairs * sum(self.widths[1:]))
 
     def action(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:

@@ -24,9 +24,7 @@ class TanhField(eqx.Module):
 
 def _field(key, dim=2, scale=1.0):
     kw, kb = jr.split(key)
-    return TanhField(
-        scale * jr.normal(kw, (dim, dim)) / jnp.sqrt(dim), 0.5 * jr.normal(kb, (dim,))
-    )
+    return TanhField(scale * jr.normal(kw, (dim, dim)) / jnp.sqrt(dim), 0.5 * jr.normal(kb, (dim,)))
 
 
 def _network_problem(field, rf, fixed_start=False, rm=10.0):
@@ -83,15 +81,20 @@ def test_discrete_action_minimiser_converges_at_the_discretisation_order():
             rf, rm, dim=dim, t1=t_span, n_steps=n_steps, n_measured=values.size
         )
         problem = deepest.Assimilation(
-            field, data, rm_d, dim=dim, discretization="trapezoid",
+            field,
+            data,
+            rm_d,
+            dim=dim,
+            discretization="trapezoid",
             steps_per_obs=n_steps // 2,
         )
         init = problem.init(jr.key(0))
         # The discrete action is smooth: Newton on its gradient converges to rounding.
         minimum = optx.root_find(
-            lambda u, _: jax.grad(problem.action)(u, rf_d),
+            lambda u, args: jax.grad(args[0].action)(u, args[1]),
             optx.Newton(rtol=1e-12, atol=1e-12),
             init,
+            (problem, rf_d),
             max_steps=50,
         ).value
         exact = jax.vmap(lambda t: reference.evaluate(t)[0])(problem.ts)
@@ -135,8 +138,15 @@ def test_training_continuous_network_reduces_the_action(getkey):
     student = _field(getkey())
     method = deepest.MultipleShooting(2, steps_per_segment=8)
     trained, losses = deepest.train_continuous(
-        student, inputs, targets, t1=1.0, rm=100.0, rf=10.0,
-        optimiser=optax.adam(0.05), n_steps=30, method=method,
+        student,
+        inputs,
+        targets,
+        t1=1.0,
+        rm=100.0,
+        rf=10.0,
+        optimiser=optax.adam(0.05),
+        n_steps=30,
+        method=method,
     )
     assert bool(jnp.all(jnp.isfinite(losses)))
     assert losses[-1] < 0.3 * losses[0], losses

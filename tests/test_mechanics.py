@@ -17,9 +17,7 @@ def _lorenz63(t, x):
 
 def _lorenz63_jacobian(t, x):
     s, r, b = 10.0, 28.0, 8.0 / 3.0
-    return jnp.array(
-        [[-s, s, 0.0], [r - x[2], -1.0, -x[0]], [x[1], x[0], -b]]
-    )
+    return jnp.array([[-s, s, 0.0], [r - x[2], -1.0, -x[0]], [x[1], x[0], -b]])
 
 
 def _mass(x):

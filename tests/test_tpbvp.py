@@ -46,9 +46,7 @@ def solve():
     def _solve(problem, name, **kwargs):
         key = (name, tuple(sorted(kwargs)))
         if key not in cache:
-            cache[key] = eqx.filter_jit(
-                lambda p, **kw: deepest.solve_tpbvp(p, METHODS[name], **kw)
-            )
+            cache[key] = eqx.filter_jit(lambda p, **kw: deepest.solve_tpbvp(p, METHODS[name], **kw))
         return cache[key](problem, **kwargs)
 
     return _solve
@@ -182,7 +180,11 @@ def scipy_solutions():
         for j, i in enumerate(observed):
             guess[i] = np.interp(mesh, times, np.asarray(values)[:, j])
         sol = scipy.integrate.solve_bvp(
-            lambda t, y, rf=rf, f=numpy_field: f(y, rf), bc, mesh, guess, tol=1e-10,
+            lambda t, y, rf=rf, f=numpy_field: f(y, rf),
+            bc,
+            mesh,
+            guess,
+            tol=1e-10,
             max_nodes=100_000,
         )
         assert sol.status == 0
@@ -253,8 +255,14 @@ def test_hamiltonian_conserved_to_integrator_order(solver, order, long_pendulum)
     @jax.jit
     def drift(dt):
         out = diffrax.diffeqsolve(
-            diffrax.ODETerm(problem.vector_field), solver, 0.0, 4.0, dt, y0,
-            saveat=diffrax.SaveAt(steps=True), max_steps=64,
+            diffrax.ODETerm(problem.vector_field),
+            solver,
+            0.0,
+            4.0,
+            dt,
+            y0,
+            saveat=diffrax.SaveAt(steps=True),
+            max_steps=64,
         )
         energy = jax.vmap(problem.hamiltonian, in_axes=(None, 0, 0))(0.0, *out.ys)
         done = jnp.isfinite(out.ts)
@@ -279,9 +287,8 @@ def test_vmap_over_problems_and_guesses(solve):
     with_values = lambda v: eqx.tree_at(lambda p: p.values, problem, v)
     start = problem.values[0]
     # One batch mixing different data (problems) and different initial guesses.
-    values = jnp.stack(
-        [jnp.stack([start, jnp.array(end)]) for end in ([-0.5, 0.3],) * 3 + ([0.4, -0.2], [1.0, 1.0])]
-    )
+    ends = ([-0.5, 0.3],) * 3 + ([0.4, -0.2], [1.0, 1.0])
+    values = jnp.stack([jnp.stack([start, jnp.array(end)]) for end in ends])
     offsets = jnp.array([0.0, 0.3, -0.3, 0.0, 0.0])
 
     def one(v, c):

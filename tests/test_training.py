@@ -41,24 +41,24 @@ def test_action_against_numpy(residual):
     rm = np.array([3.0, 0.5])
     problem = deepest.Training(net, x, y, rm=rm, state_noise=0.3, weight_init="network")
     u = problem.init(k3)
-    states = [np.asarray(u["states"][f"x{l:03d}"]) for l in range(len(widths))]
+    states = [np.asarray(u["states"][f"x{j:03d}"]) for j in range(len(widths))]
     meas = rm[0] * np.sum((states[0] - np.asarray(x)) ** 2) + rm[1] * np.sum(
         (states[-1] - np.asarray(y)) ** 2
     )
     model = 0.0
-    for l in range(len(widths) - 1):
-        layer = net.layer(l)
+    for j in range(len(widths) - 1):
+        layer = net.layer(j)
         w, b = np.asarray(layer.weight), np.asarray(layer.bias)
-        z = states[l] @ w.T + b
-        f = np.tanh(z) if (residual or l < 3) else z
-        pred = states[l] + h * f if residual else f
-        model += np.sum((states[l + 1] - pred) ** 2)
+        z = states[j] @ w.T + b
+        f = np.tanh(z) if (residual or j < 3) else z
+        pred = states[j] + h * f if residual else f
+        model += np.sum((states[j + 1] - pred) ** 2)
     assert float(problem.measurement_error(u)) == pytest.approx(
         meas / (3 * (widths[0] + widths[-1])), rel=1e-13)
     assert float(problem.model_error(u)) == pytest.approx(model / (3 * sum(widths[1:])), rel=1e-13)
     rebuilt = problem.to_model(u)
     assert all(bool(jnp.all(a == b)) for a, b in zip(jax.tree_util.tree_leaves(rebuilt),
-                                                     jax.tree_util.tree_leaves(net)))
+                                                     jax.tree_util.tree_leaves(net), strict=False))
 
 
 def test_gradient_finite_differences():
@@ -186,7 +186,7 @@ def test_rf_scaling_matches_continuous_action():
         xs = path(jnp.linspace(0.0, T, L + 1))
         problem = deepest.Training(net, xs[:1], xs[-1:], rm=1.0, weight_init="network")
         u = {**problem.init(jr.key(0)),
-             "states": {f"x{l:03d}": xs[l][None] for l in range(L + 1)}}
+             "states": {f"x{j:03d}": xs[j][None] for j in range(L + 1)}}
         discrete = rf_cont * D * T / (2 * h**2) * float(problem.model_error(u))
         errors.append(abs(discrete - continuous) / continuous)
     assert max(errors) < 0.02  # without the L² scaling the term would change 1024-fold

@@ -1,0 +1,99 @@
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+import deepest
+from deepest._cli import main
+
+from .helpers import ROOT
+
+TINY = {
+    "model": {"name": "lorenz96", "dim": 8, "params": {"forcing": 8.17}},
+    "data": {"twin": {"n_times": 21, "dt": 0.05, "observed": [0, 2, 4, 6], "noise": 0.4}},
+    "problem": {"estimate": ["forcing"], "param_ranges": {"forcing": [6.0, 10.0]}},
+    "anneal": {"rf0": 1e-3, "alpha": 2.0, "n_beta": 12, "n_paths": 4},
+    "output": {"forecast_horizon": 0.3},
+}
+
+
+def _write(tmp_path, config):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_anneal_command(tmp_path, capsys):
+    config = _write(tmp_path, TINY)
+    out = tmp_path / "run"
+    assert main(["anneal", config, "--out", str(out), "--no-progress",
+                 "--set", "anneal.n_paths=3"]) == 0
+    for name in ("config.yaml", "result.npz", "action_levels.png", "estimates.png",
+                 "summary.txt", "data.npz"):
+        assert (out / name).exists(), name
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["anneal"]["n_paths"] == 3
+    assert resolved["problem"]["rm"] == pytest.approx(1 / 0.4**2)
+    summary = (out / "summary.txt").read_text()
+    for text in ("measurement error (best)", "RMS error, unobserved components",
+                 "estimated forcing", "forecast RMS error over 0.3"):
+        assert text in summary
+    result = deepest.load_result(out)
+    assert result.action.shape == (12, 3)
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "action_levels.png" in printed
+    # a second run never overwrites what the first one saved
+    before = (out / "result.npz").read_bytes()
+    assert main(["anneal", config, "--out", str(out), "--no-progress"]) != 0
+    assert (out / "result.npz").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"anneal": {"n_path": 4}}, "Did you mean 'n_paths'"),
+        ({"anneal": {"alpha": 1.0}}, "alpha"),
+        ({"anneal": {"rf0": 0.0}}, "rf0"),
+        ({"anneal": {"n_beta": 0}}, "n_beta"),
+        ({"anneal": {"n_paths": 0}}, "n_paths"),
+        ({"problem": {"rm": -1.0}}, "rm"),
+        ({"problem": {"estimate": ["forcng"]}}, "Did you mean 'forcing'"),
+        ({"data": {"twin": {"observed": [0, 9]}}}, "range"),
+        ({"modle": {}}, "Did you mean 'model'"),
+    ],
+)
+def test_bad_config(tmp_path, capsys, change, message):
+    config = {k: dict(v) for k, v in TINY.items()}
+    for section, values in change.items():
+        config.setdefault(section, {})
+        for k, v in values.items():
+            if isinstance(v, dict) and isinstance(config[section].get(k), dict):
+                config[section][k] = {**config[section][k], **v}
+            else:
+                config[section][k] = v
+    out = tmp_path / "bad"
+    assert main(["anneal", _write(tmp_path, config), "--out", str(out), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "result.npz").exists()
+
+
+def test_unknown_set_key(tmp_path, capsys):
+    config = _write(tmp_path, TINY)
+    assert main(["anneal", config, "--set", "anneal.alfa=2", "--no-progress",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "Did you mean 'alpha'" in capsys.readouterr().err
+
+
+def test_shipped_configs_resolve():
+    from deepest._cli import resolve_anneal_config
+
+    for name in ("lorenz96_L12.yaml", "lorenz96_L8.yaml"):
+        with open(os.path.join(ROOT, "configs", name)) as f:
+            config = resolve_anneal_config(yaml.safe_load(f))
+        assert config["model"]["dim"] == 20
+        assert config["data"]["twin"]["n_times"] == 161
+        assert config["data"]["twin"]["noise"] == 0.4
+        assert config["model"]["params"]["forcing"] == 8.17
+        assert config["problem"]["estimate"] == ["forcing"]
+    assert len(np.unique(config["data"]["twin"]["observed"])) == 8
