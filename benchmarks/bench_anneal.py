@@ -53,7 +53,7 @@ def main():
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"devices {jax.devices()}, jax {jax.__version__}\n")
-    rows = []
+    rows, lanes = [], []
     for name in args.configs:
         problem, schedule, config = load(name)
         key = jr.key(config["anneal"]["seed"])
@@ -76,8 +76,12 @@ def main():
             t = r.stats["run_time"] / n
             it = r.iterations.sum(0).mean()
             util = r.stats["lane_steps"] / (r.stats["loop_steps"] * n)
-            rows.append((name, f"deepest.anneal (lane use {util:.0%})", n, t, s_time / t, it,
+            rows.append((name, "deepest.anneal", n, t, s_time / t, it,
                          lowest_fraction(r.action[-1], lowest), r.stats["compile_time"]))
+            # What a loop that waits at every β for its slowest path would have run.
+            synchronous = int(r.iterations.max(axis=1).sum())
+            lanes.append((name, n, r.stats["loop_steps"], synchronous, util,
+                          r.stats["lane_steps"] / (synchronous * n)))
         # same initial paths: the per-path minima agree where both converge alike
         r16 = results[min(args.sizes)]
         k = min(args.serial_paths, r16.n_paths)
@@ -92,6 +96,12 @@ def main():
         name, method, n, t, speed, it, frac, comp = row
         print(f"| {name} | {method} | {n} | {t:.3f} | {speed:.1f}x | {it:.0f} | {frac:.2f} | "
               f"{comp:.1f} |")
+    print()
+    print("| config | paths | loop steps (each path its own β) | loop steps if each β waited "
+          "for its slowest path | lanes busy | lanes busy if synchronous |")
+    print("|---|---|---|---|---|---|")
+    for name, n, steps, synchronous, util, sync_util in lanes:
+        print(f"| {name} | {n} | {steps} | {synchronous} | {util:.0%} | {sync_util:.0%} |")
 
 
 if __name__ == "__main__":

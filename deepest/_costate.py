@@ -10,8 +10,9 @@ sweep the *costate* backward from the output,
     λ(L) = ∂C/∂x(L),   λ(l) = (∂f_l/∂x(l))ᵀ λ(l+1),   ∂C/∂W(l) = (∂f_l/∂W(l))ᵀ λ(l+1).
 
 Sign convention: λ is the backprop costate, λ(l) = ∂C/∂x(l). The canonical momentum of the
-ML action (R_m-weighted input/output misfit plus R_f-weighted model error), p(l+1) ∝ R_f (x(l+1) − f_l(x(l))), ends at p(L) = −∂C/∂x(L) and obeys the
-same linear recursion, so p = −λ as R_f → ∞ (the continuous networks use the same convention).
+ML action (R_m-weighted input/output misfit plus R_f-weighted model error),
+p(l+1) ∝ R_f (x(l+1) − f_l(x(l))), ends at p(L) = −∂C/∂x(L) and obeys the same linear
+recursion, so p = −λ as R_f → ∞ (the continuous networks use the same convention).
 
 The sweep is written out here, not delegated to `jax.grad` of the loss: the forward pass
 linearises one layer map at a time with `jax.vjp` (inside a `lax.scan` over a stack of equal
@@ -82,7 +83,7 @@ def rebuild(stored: list[Array], spec: tuple, params: PyTree, data: PyTree) -> C
     return jtu.tree_unflatten(treedef, [next(stored) if w is None else known[w] for w in where])
 
 
-def sum_over_batch(tree: PyTree) -> PyTree:
+def _sum_over_batch(tree: PyTree) -> PyTree:
     return jtu.tree_map(lambda g: jnp.sum(g, axis=0), tree)
 
 
@@ -94,7 +95,7 @@ class _SweepPullback(eqx.Module):
 
     def __call__(self, cotangents):
         costates, grads = jax.vmap(self.network.costate_sweep)(self.xs, cotangents)
-        return costates, sum_over_batch(grads)
+        return costates, _sum_over_batch(grads)
 
 
 def _pullback(net, xs):

@@ -175,6 +175,20 @@ class LayeredNetwork(eqx.Module):
         if (widths is None) == (layers is None):
             raise ValueError("Give either `widths` (a dense network) or `layers`, not both.")
         if layers is not None:
+            dense_only = {
+                "activation": activation is not jnp.tanh,
+                "key": key is not None,
+                "use_bias": use_bias is not True,
+                "init": not (isinstance(init, str) and init == "normal"),
+                "bias_init": not (isinstance(bias_init, str) and bias_init == "zeros"),
+                "dtype": dtype is not None,
+            }
+            given = [name for name, is_given in dense_only.items() if is_given]
+            if given:
+                raise ValueError(
+                    f"{', '.join(f'`{n}`' for n in given)} configure dense layers; with "
+                    "`layers` the modules carry their own weights, so leave them out."
+                )
             layers = list(layers)
             if not layers:
                 raise ValueError("`layers` is empty; a network needs at least one layer.")

@@ -619,6 +619,13 @@ class Collocation(AbstractTPBVPMethod):
 
     - `n_nodes`: mesh nodes per interval between consecutive problem nodes (≥ 2).
     - `root_finder`, `max_newton_steps`: as [`deepest.MultipleShooting`][].
+
+    The Newton system is dense (lineax LU), (7·(n_nodes − 1)·K + …)·dim unknowns for K
+    intervals: prefer [`deepest.MultipleShooting`][] for long horizons or many observations.
+
+    **Example:**
+
+        sol = deepest.solve_tpbvp(problem, deepest.Collocation(33))
     """
 
     n_nodes: int = eqx.field(default=33, static=True)

@@ -61,7 +61,7 @@ def test_train_depth_resolution_folder_per_depth(tmp_path):
         result = deepest.load_result(out / f"L{depth:03d}")
         # R_f^disc = R_f^cont·D·T/(2h²) with D = 2, T = 1, h = 1/L, R_f^cont = 1e-4.
         np.testing.assert_allclose(result.rf[0], 1e-4 * 2 * 1.0 / (2 / depth**2), rtol=1e-12)
-    assert "L =   3" in (out / "summary.txt").read_text()
+    assert "depth L = 3" in (out / "summary.txt").read_text()
 
 
 @pytest.mark.parametrize(

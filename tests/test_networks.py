@@ -120,6 +120,8 @@ def test_bad_construction_and_input(getkey):
         deepest.LayeredNetwork(
             layers=[eqx.nn.Linear(3, 4, key=k[0]), eqx.nn.Linear(5, 2, key=k[1])]
         )
+    with pytest.raises(ValueError, match="`key` configure dense layers"):
+        deepest.LayeredNetwork(layers=[eqx.nn.Linear(3, 4, key=k[0])], key=k[1])
     with pytest.raises(TypeError, match=r"layers\[0\]"):
         deepest.LayeredNetwork(layers=["dense"])
     net = deepest.LayeredNetwork([3, 4, 2], key=getkey())

@@ -184,8 +184,9 @@ def test_rf_scaling_matches_continuous_action():
         h = T / L
         net = deepest.LayeredNetwork(layers=[field] * L, residual_step=h)
         xs = path(jnp.linspace(0.0, T, L + 1))
-        problem = deepest.Training(net, xs[:1], xs[-1:], rm=1.0, weight_init="network")
-        u = {**problem.init(jr.key(0)),
+        problem = deepest.Training(net, xs[:1], xs[-1:], rm=1.0)
+        weights = jax.tree_util.tree_leaves(eqx.filter(net, eqx.is_inexact_array))
+        u = {"weights": {f"w{i:03d}": w for i, w in enumerate(weights)},
              "states": {f"x{j:03d}": xs[j][None] for j in range(L + 1)}}
         discrete = rf_cont * D * T / (2 * h**2) * float(problem.model_error(u))
         errors.append(abs(discrete - continuous) / continuous)
