@@ -51,8 +51,10 @@ def main():
     parser.add_argument("--configs", nargs="+", default=["L12", "L8"])
     parser.add_argument("--history", type=int, default=10)
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-          f"devices {jax.devices()}, jax {jax.__version__}\n")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"devices {jax.devices()}, jax {jax.__version__}\n"
+    )
     rows, lanes = [], []
     for name in args.configs:
         problem, schedule, config = load(name)
@@ -64,41 +66,77 @@ def main():
         s_final = serial["action"][-1]
         results = {}
         for n in args.sizes:
-            u = jax.tree.map(lambda a: a[:n], init)
-            results[n] = deepest.anneal(problem, schedule, n, key, init=u, progress=False,
-                                        history_length=args.history)
+            u = jax.tree.map(lambda a, n=n: a[:n], init)
+            results[n] = deepest.anneal(
+                problem, schedule, n, key, init=u, progress=False, history_length=args.history
+            )
         lowest = min([np.nanmin(s_final)] + [np.nanmin(r.action[-1]) for r in results.values()])
         s_time = serial["run_time"] / args.serial_paths
-        rows.append((name, "serial scipy L-BFGS-B", args.serial_paths, s_time, 1.0,
-                     serial["iterations"].sum(0).mean(), lowest_fraction(s_final, lowest),
-                     serial["compile_time"]))
+        rows.append(
+            (
+                name,
+                "serial scipy L-BFGS-B",
+                args.serial_paths,
+                s_time,
+                1.0,
+                serial["iterations"].sum(0).mean(),
+                lowest_fraction(s_final, lowest),
+                serial["compile_time"],
+            )
+        )
         for n, r in results.items():
             t = r.stats["run_time"] / n
             it = r.iterations.sum(0).mean()
             util = r.stats["lane_steps"] / (r.stats["loop_steps"] * n)
-            rows.append((name, "deepest.anneal", n, t, s_time / t, it,
-                         lowest_fraction(r.action[-1], lowest), r.stats["compile_time"]))
+            rows.append(
+                (
+                    name,
+                    "deepest.anneal",
+                    n,
+                    t,
+                    s_time / t,
+                    it,
+                    lowest_fraction(r.action[-1], lowest),
+                    r.stats["compile_time"],
+                )
+            )
             # What a loop that waits at every β for its slowest path would have run.
             synchronous = int(r.iterations.max(axis=1).sum())
-            lanes.append((name, n, r.stats["loop_steps"], synchronous, util,
-                          r.stats["lane_steps"] / (synchronous * n)))
+            lanes.append(
+                (
+                    name,
+                    n,
+                    r.stats["loop_steps"],
+                    synchronous,
+                    util,
+                    r.stats["lane_steps"] / (synchronous * n),
+                )
+            )
         # same initial paths: the per-path minima agree where both converge alike
         r16 = results[min(args.sizes)]
         k = min(args.serial_paths, r16.n_paths)
         agree = np.mean(np.isclose(r16.action[-1, :k], s_final[:k], rtol=1e-3))
-        print(f"{name}: lowest final action {lowest:.6g}; deepest and serial reach the same "
-              f"final action (to 1e-3) on {agree:.0%} of the shared initial paths")
+        print(
+            f"{name}: lowest final action {lowest:.6g}; deepest and serial reach the same "
+            f"final action (to 1e-3) on {agree:.0%} of the shared initial paths"
+        )
     print()
-    print("| config | method | paths | time per path (s) | speed-up vs serial | "
-          "evaluations per path | fraction at lowest level (5%) | compile (s) |")
+    print(
+        "| config | method | paths | time per path (s) | speed-up vs serial | "
+        "evaluations per path | fraction at lowest level (5%) | compile (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         name, method, n, t, speed, it, frac, comp = row
-        print(f"| {name} | {method} | {n} | {t:.3f} | {speed:.1f}x | {it:.0f} | {frac:.2f} | "
-              f"{comp:.1f} |")
+        print(
+            f"| {name} | {method} | {n} | {t:.3f} | {speed:.1f}x | {it:.0f} | {frac:.2f} | "
+            f"{comp:.1f} |"
+        )
     print()
-    print("| config | paths | loop steps (each path its own β) | loop steps if each β waited "
-          "for its slowest path | lanes busy | lanes busy if synchronous |")
+    print(
+        "| config | paths | loop steps (each path its own β) | loop steps if each β waited "
+        "for its slowest path | lanes busy | lanes busy if synchronous |"
+    )
     print("|---|---|---|---|---|---|")
     for name, n, steps, synchronous, util, sync_util in lanes:
         print(f"| {name} | {n} | {steps} | {synchronous} | {util:.0%} | {sync_util:.0%} |")

@@ -45,7 +45,8 @@ def serial_anneal(problem, schedule, init, ftol=1e-8, gtol=1e-8, maxiter=15000):
     out["nit"] = np.zeros(shape, int)
     start = time.perf_counter()
     for p in range(n_paths):
-        y = np.asarray(ravel_pytree(jax.tree.map(lambda a: a[p], init))[0], dtype=np.float64)
+        path = jax.tree.map(lambda a, p=p: a[p], init)
+        y = np.asarray(ravel_pytree(path)[0], dtype=np.float64)
         for b, rf in enumerate(rfs):
             rf = jnp.asarray(rf)
 
@@ -54,7 +55,10 @@ def serial_anneal(problem, schedule, init, ftol=1e-8, gtol=1e-8, maxiter=15000):
                 return float(f), np.asarray(g, dtype=np.float64)
 
             res = scipy.optimize.minimize(
-                fg, y, jac=True, method="L-BFGS-B",
+                fg,
+                y,
+                jac=True,
+                method="L-BFGS-B",
                 options={"ftol": ftol, "gtol": gtol, "maxiter": maxiter, "maxfun": 10 * maxiter},
             )
             y = res.x

@@ -161,8 +161,13 @@ class AnnealResult(eqx.Module):
         arrays = {
             name: getattr(self, name)
             for name in (
-                "rf", "action", "measurement_error", "model_error", "converged",
-                "iterations", "finite",
+                "rf",
+                "action",
+                "measurement_error",
+                "model_error",
+                "converged",
+                "iterations",
+                "finite",
             )
         }
         arrays.update(_flatten("unknowns", self.unknowns))
@@ -344,9 +349,7 @@ def _run_lanes(problem, y0, rf_table, bar_id, config: _Config):
         # scipy's L-BFGS-B rule: relative decrease of f, or the largest gradient entry.
         scale = jnp.maximum(jnp.maximum(jnp.abs(lane.f_accepted), jnp.abs(f)), 1.0)
         f_conv = (
-            accepted
-            & jnp.isfinite(lane.f_accepted)
-            & (lane.f_accepted - f <= config.ftol * scale)
+            accepted & jnp.isfinite(lane.f_accepted) & (lane.f_accepted - f <= config.ftol * scale)
         )
         g_conv = accepted & (jnp.max(jnp.abs(grad)) <= config.gtol)
         converged = (f_conv | g_conv) & finite
@@ -369,9 +372,7 @@ def _run_lanes(problem, y0, rf_table, bar_id, config: _Config):
             rejections=jnp.where(done, 0, rejections),
             f_accepted=jnp.where(done, jnp.inf, jnp.where(accepted, f, lane.f_accepted)),
             action=jnp.where(bad & later, jnp.nan, record(f, lane.action)),
-            measurement_error=jnp.where(
-                bad & later, jnp.nan, record(meas, lane.measurement_error)
-            ),
+            measurement_error=jnp.where(bad & later, jnp.nan, record(meas, lane.measurement_error)),
             model_error=jnp.where(bad & later, jnp.nan, record(model, lane.model_error)),
             converged=jnp.where(at_beta, converged, lane.converged),
             iterations=jnp.where(at_beta, steps, lane.iterations),
@@ -431,9 +432,7 @@ def _resolve_dtype(dtype):
 
 
 def _cast(tree, dtype):
-    return jtu.tree_map(
-        lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree
-    )
+    return jtu.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
 
 
 def anneal(

@@ -164,7 +164,9 @@ class Assimilation(AbstractProblem):
             raise ValueError(f"`rm` must be positive and finite; got {rm}.")
         lo, hi = (float(v) for v in state_range)
         if not lo < hi:
-            raise ValueError(f"`state_range` must be (low, high) with low < high; got {state_range}.")
+            raise ValueError(
+                f"`state_range` must be (low, high) with low < high; got {state_range}."
+            )
         field, values = parametrised(model, params)
         estimate = check_estimate(estimate, values)
         param_ranges = dict(param_ranges or {})
@@ -266,7 +268,11 @@ class Assimilation(AbstractProblem):
         theta = {**self.values, **self.parameters(unknowns)}
         theta = {n: theta[n] for n in self.estimate}
         residuals = model_residuals(
-            self.field, self.discretization, self.ts, unknowns["path"], theta,
+            self.field,
+            self.discretization,
+            self.ts,
+            unknowns["path"],
+            theta,
             unknowns.get("midpoints"),
         )
         total = sum(jnp.sum(rf * r**2) for r in residuals)

@@ -15,17 +15,36 @@ ANNEAL_DEFAULTS = {
     "data": {
         "file": None,
         "twin": {
-            "n_times": 161, "dt": 0.025, "observed": None, "noise": 0.4, "seed": 0,
-            "spinup": 20.0, "substeps": 10,
+            "n_times": 161,
+            "dt": 0.025,
+            "observed": None,
+            "noise": 0.4,
+            "seed": 0,
+            "spinup": 20.0,
+            "substeps": 10,
         },
     },
     "problem": {
-        "rm": None, "discretization": "trapezoid", "steps_per_obs": 1, "estimate": [],
-        "initial_params": {}, "state_range": [-10.0, 10.0], "param_ranges": {}, "bounds": {},
+        "rm": None,
+        "discretization": "trapezoid",
+        "steps_per_obs": 1,
+        "estimate": [],
+        "initial_params": {},
+        "state_range": [-10.0, 10.0],
+        "param_ranges": {},
+        "bounds": {},
     },
     "anneal": {
-        "rf0": 1e-6, "alpha": 2.0, "n_beta": 31, "n_paths": 16, "seed": 1, "ftol": None,
-        "gtol": None, "max_steps": 5000, "history_length": 10, "dtype": "float64",
+        "rf0": 1e-6,
+        "alpha": 2.0,
+        "n_beta": 31,
+        "n_paths": 16,
+        "seed": 1,
+        "ftol": None,
+        "gtol": None,
+        "max_steps": 5000,
+        "history_length": 10,
+        "dtype": "float64",
     },
     "output": {"forecast_horizon": 1.0, "save_betas": []},
 }
@@ -38,8 +57,12 @@ def _merge(defaults: dict, config: dict, where: str) -> dict:
     check_keys(config, defaults, where)
     out = copy.deepcopy(defaults)
     for key, value in config.items():
-        if isinstance(defaults[key], dict) and key not in ("params", "initial_params",
-                                                              "param_ranges", "bounds"):
+        if isinstance(defaults[key], dict) and key not in (
+            "params",
+            "initial_params",
+            "param_ranges",
+            "bounds",
+        ):
             if not isinstance(value, dict):
                 raise ValueError(f"`{where}.{key}` must be a section (a mapping).")
             out[key] = _merge(defaults[key], value, f"{where}.{key}")
@@ -110,22 +133,34 @@ def build_anneal(config: dict):
     else:
         twin = config["data"]["twin"]
         data = twin_experiment(
-            true_model, config["model"]["dim"], int(twin["n_times"]), float(twin["dt"]),
-            twin["observed"], float(twin["noise"]), jr.key(int(twin["seed"])),
-            spinup=float(twin["spinup"]), substeps=int(twin["substeps"]),
+            true_model,
+            config["model"]["dim"],
+            int(twin["n_times"]),
+            float(twin["dt"]),
+            twin["observed"],
+            float(twin["noise"]),
+            jr.key(int(twin["seed"])),
+            spinup=float(twin["spinup"]),
+            substeps=int(twin["substeps"]),
         )
     p = config["problem"]
     model = _build_model(config["model"], p["initial_params"])
     problem = Assimilation(
-        model, data, np.asarray(p["rm"], dtype=float), dim=config["model"]["dim"],
-        discretization=p["discretization"], steps_per_obs=int(p["steps_per_obs"]),
-        estimate=tuple(p["estimate"]), state_range=tuple(p["state_range"]),
+        model,
+        data,
+        np.asarray(p["rm"], dtype=float),
+        dim=config["model"]["dim"],
+        discretization=p["discretization"],
+        steps_per_obs=int(p["steps_per_obs"]),
+        estimate=tuple(p["estimate"]),
+        state_range=tuple(p["state_range"]),
         param_ranges={k: tuple(v) for k, v in p["param_ranges"].items()},
         bounds={k: tuple(v) for k, v in p["bounds"].items()},
     )
     a = config["anneal"]
-    schedule = AnnealSchedule(np.asarray(a["rf0"], dtype=float), float(a["alpha"]),
-                              int(a["n_beta"]))
+    schedule = AnnealSchedule(
+        np.asarray(a["rf0"], dtype=float), float(a["alpha"]), int(a["n_beta"])
+    )
     return problem, schedule, data, true_model
 
 
@@ -147,9 +182,9 @@ def anneal_summary(result, data, true_model, horizon: float) -> str:
         f"{np.mean(result.action[-1] <= 1.05 * np.nanmin(result.action[-1])):.3f}",
         f"non-finite paths: {int(np.sum(~result.finite))}",
         f"run time: {s['run_time']:.2f} s   compile time: {s['compile_time']:.2f} s",
-        f"iterations per β (mean over paths): "
+        "iterations per β (mean over paths): "
         + " ".join(f"{v:.0f}" for v in s["mean_iterations_per_beta"]),
-        f"iterations per β (max over paths):  "
+        "iterations per β (max over paths):  "
         + " ".join(f"{v:.0f}" for v in s["max_iterations_per_beta"]),
     ]
     for name, value in result.params.items():
@@ -227,10 +262,17 @@ def run_anneal(config_path: str, sets, out, overwrite, progress) -> str:
         yaml.safe_dump(config, f, sort_keys=False)
     a = config["anneal"]
     result = anneal(
-        problem, schedule, int(a["n_paths"]), jr.key(int(a["seed"])),
-        save_betas=config["output"]["save_betas"], ftol=a["ftol"], gtol=a["gtol"],
-        max_steps=int(a["max_steps"]), history_length=int(a["history_length"]),
-        dtype=jnp.dtype(a["dtype"]), progress=progress,
+        problem,
+        schedule,
+        int(a["n_paths"]),
+        jr.key(int(a["seed"])),
+        save_betas=config["output"]["save_betas"],
+        ftol=a["ftol"],
+        gtol=a["gtol"],
+        max_steps=int(a["max_steps"]),
+        history_length=int(a["history_length"]),
+        dtype=jnp.dtype(a["dtype"]),
+        progress=progress,
     )
     result.save(out, overwrite=overwrite)
     data.save(os.path.join(out, "data.npz"))
@@ -239,13 +281,12 @@ def run_anneal(config_path: str, sets, out, overwrite, progress) -> str:
     plt.close(ax.figure)
     if data.truth is not None:
         horizon = float(config["output"]["forecast_horizon"])
-        axes = plot_estimates(result, data,
-                              forecast=float(data.times[-1]) + horizon if horizon > 0 else None)
-        axes[0].figure.savefig(os.path.join(out, "estimates.png"), dpi=120,
-                               bbox_inches="tight")
+        axes = plot_estimates(
+            result, data, forecast=float(data.times[-1]) + horizon if horizon > 0 else None
+        )
+        axes[0].figure.savefig(os.path.join(out, "estimates.png"), dpi=120, bbox_inches="tight")
         plt.close(axes[0].figure)
-    summary = anneal_summary(result, data, true_model,
-                             float(config["output"]["forecast_horizon"]))
+    summary = anneal_summary(result, data, true_model, float(config["output"]["forecast_horizon"]))
     with open(os.path.join(out, "summary.txt"), "w") as f:
         f.write(summary)
     print(summary, end="")
@@ -255,26 +296,32 @@ def run_anneal(config_path: str, sets, out, overwrite, progress) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="deepest", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (("anneal", "variational annealing of a data-assimilation problem"),
-                        ("train", "train a network by annealing and by backpropagation")):
+    for name, help_ in (
+        ("anneal", "variational annealing of a data-assimilation problem"),
+        ("train", "train a network by annealing and by backpropagation"),
+    ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("config", help="YAML experiment file")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config entry, e.g. --set anneal.n_paths=64")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config entry, e.g. --set anneal.n_paths=64",
+        )
         p.add_argument("--out", default=None, help="results folder (default: results/NAME-TIME)")
-        p.add_argument("--overwrite", action="store_true",
-                       help="allow writing into a non-empty results folder")
+        p.add_argument(
+            "--overwrite", action="store_true", help="allow writing into a non-empty results folder"
+        )
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     try:
         if args.command == "anneal":
-            out = run_anneal(args.config, args.set, args.out, args.overwrite,
-                             not args.no_progress)
+            out = run_anneal(args.config, args.set, args.out, args.overwrite, not args.no_progress)
         else:
             from ._experiments import run_train
 
-            out = run_train(args.config, args.set, args.out, args.overwrite,
-                            not args.no_progress)
+            out = run_train(args.config, args.set, args.out, args.overwrite, not args.no_progress)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

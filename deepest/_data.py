@@ -158,7 +158,10 @@ class Observations(eqx.Module):
 
 
 def integrate(
-    model, x0: Float[ArrayLike, " dim"], times: Float[ArrayLike, " n"], substeps: int = 10,
+    model,
+    x0: Float[ArrayLike, " dim"],
+    times: Float[ArrayLike, " n"],
+    substeps: int = 10,
     params=None,
 ) -> Float[Array, "n dim"]:
     """Integrate `model` from `x0` at `times[0]`, returning the states at `times`.

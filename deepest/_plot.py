@@ -36,8 +36,13 @@ def plot_action_levels(result, ax=None, *, x="beta", expected: float | None = No
         raise ValueError(f"`x` must be 'beta' or 'rf'; got {x!r}.")
     best = result.best
     for i in range(result.action.shape[1]):
-        ax.plot(xs, result.action[:, i], color="C0" if i != best else "C3",
-                lw=0.6 if i != best else 1.8, alpha=0.5 if i != best else 1.0)
+        ax.plot(
+            xs,
+            result.action[:, i],
+            color="C0" if i != best else "C3",
+            lw=0.6 if i != best else 1.8,
+            alpha=0.5 if i != best else 1.0,
+        )
     level = result.expected_action if expected is None else expected
     if level is not None:
         ax.axhline(level, color="k", ls="--", lw=1, label="expected level")
@@ -48,8 +53,9 @@ def plot_action_levels(result, ax=None, *, x="beta", expected: float | None = No
     return ax
 
 
-def plot_estimates(result, data, components=None, *, path=None, forecast: float | None = None,
-                   axes=None):
+def plot_estimates(
+    result, data, components=None, *, path=None, forecast: float | None = None, axes=None
+):
     """Estimated against true components of one path, with the forecast past the window.
 
     **Arguments:**
@@ -73,8 +79,9 @@ def plot_estimates(result, data, components=None, *, path=None, forecast: float 
         unobserved = [i for i in range(dim) if i not in data.observed]
         components = unobserved[:2] or [0]
     if axes is None:
-        _, axes = plt.subplots(len(components), 1, figsize=(7, 2.2 * len(components)),
-                               sharex=True, squeeze=False)
+        _, axes = plt.subplots(
+            len(components), 1, figsize=(7, 2.2 * len(components)), sharex=True, squeeze=False
+        )
         axes = axes[:, 0]
     ts = np.asarray(result.problem.ts) if result.problem is not None else None
     if ts is None:
@@ -87,12 +94,12 @@ def plot_estimates(result, data, components=None, *, path=None, forecast: float 
             ax.plot(data.times, np.asarray(data.truth)[:, c], "k-", lw=1, label="truth")
         if c in data.observed:
             col = data.observed.index(c)
-            ax.plot(data.times, np.asarray(data.values)[:, col], ".", ms=2, color="0.5",
-                    label="data")
+            ax.plot(
+                data.times, np.asarray(data.values)[:, col], ".", ms=2, color="0.5", label="data"
+            )
         ax.plot(ts, paths[path, :, c], "C3--", lw=1.2, label="estimate")
         if fc is not None:
-            ax.plot(np.asarray(fc[0]), np.asarray(fc[1])[:, c], "C2-", lw=1.2,
-                    label="forecast")
+            ax.plot(np.asarray(fc[0]), np.asarray(fc[1])[:, c], "C2-", lw=1.2, label="forecast")
         ax.set_ylabel(f"$x_{{{c}}}$")
     axes[0].legend(loc="upper right", fontsize="small", ncol=4)
     axes[-1].set_xlabel("t")

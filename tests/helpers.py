@@ -17,9 +17,14 @@ def small_problem(discretization="trapezoid", steps_per_obs=1, n_times=21, dim=8
         deepest.models.Lorenz96(8.17), dim, n_times, 0.05, range(0, dim, 2), 0.4, jr.key(0)
     )
     return deepest.Assimilation(
-        deepest.models.Lorenz96(8.0), data, rm=1 / 0.4**2, discretization=discretization,
-        steps_per_obs=steps_per_obs, estimate=("forcing",),
-        param_ranges={"forcing": (6.0, 10.0)}, **kwargs,
+        deepest.models.Lorenz96(8.0),
+        data,
+        rm=1 / 0.4**2,
+        discretization=discretization,
+        steps_per_obs=steps_per_obs,
+        estimate=("forcing",),
+        param_ranges={"forcing": (6.0, 10.0)},
+        **kwargs,
     )
 
 

@@ -21,8 +21,9 @@ N_PATHS = 4  # one shape for the small runs, so that they share one compile
 @pytest.fixture(scope="module")
 def small():
     problem = small_problem()
-    result = deepest.anneal(problem, SCHEDULE, N_PATHS, jr.key(3), progress=False,
-                            save_betas=[0, 11])
+    result = deepest.anneal(
+        problem, SCHEDULE, N_PATHS, jr.key(3), progress=False, save_betas=[0, 11]
+    )
     return problem, result
 
 
@@ -37,8 +38,9 @@ def test_twin_L12_every_path_consistent():
     problem, schedule, data, _, config = config_problem("lorenz96_L12.yaml")
     n_paths = config["anneal"]["n_paths"]
     assert n_paths >= 16
-    result = deepest.anneal(problem, schedule, n_paths, jr.key(config["anneal"]["seed"]),
-                            progress=False)
+    result = deepest.anneal(
+        problem, schedule, n_paths, jr.key(config["anneal"]["seed"]), progress=False
+    )
     meas = result.measurement_error[-1]
     assert np.all((meas > 0.7) & (meas < 1.3)), meas
     for i in range(n_paths):
@@ -51,8 +53,9 @@ def test_twin_L8_levels(record_property):
     problem, schedule, data, _, config = config_problem("lorenz96_L8.yaml")
     n_paths = config["anneal"]["n_paths"]
     assert n_paths >= 64
-    result = deepest.anneal(problem, schedule, n_paths, jr.key(config["anneal"]["seed"]),
-                            progress=False)
+    result = deepest.anneal(
+        problem, schedule, n_paths, jr.key(config["anneal"]["seed"]), progress=False
+    )
     final = result.action[-1]
     assert result.best == int(np.argmin(final))
     ratio = float(final.max() / final.min())
@@ -72,8 +75,9 @@ def test_twin_L8_levels(record_property):
 def test_same_key_same_result_and_one_compile(small):
     problem, a = small
     before = TRACES["anneal"]
-    b = deepest.anneal(small_problem(), SCHEDULE, N_PATHS, jr.key(3), progress=False,
-                       save_betas=[0, 11])
+    b = deepest.anneal(
+        small_problem(), SCHEDULE, N_PATHS, jr.key(3), progress=False, save_betas=[0, 11]
+    )
     np.testing.assert_array_equal(a.action, b.action)
     np.testing.assert_array_equal(a.paths, b.paths)
     other = deepest.AnnealSchedule(5e-3, 1.5, 12)  # new keys and rf values, same shapes
@@ -86,14 +90,14 @@ def test_levels_and_iterations_recorded(small):
     problem, result = small
     assert result.action.shape == result.iterations.shape == (12, N_PATHS)
     np.testing.assert_allclose(
-        result.action, result.measurement_error + result.rf[:, None] * result.model_error,
+        result.action,
+        result.measurement_error + result.rf[:, None] * result.model_error,
         rtol=1e-12,
     )
     # the saved minimiser of the last β is the final one
     np.testing.assert_array_equal(result.saved[11]["path"], result.unknowns["path"])
     u0 = jax.tree.map(lambda a: a[2], result.saved[0])
-    assert float(problem.action(u0, result.rf[0])) == pytest.approx(result.action[0, 2],
-                                                                      rel=1e-12)
+    assert float(problem.action(u0, result.rf[0])) == pytest.approx(result.action[0, 2], rel=1e-12)
     assert (result.iterations >= 1).all()
     assert result.stats["lane_steps"] == result.iterations.sum()
     # lanes run through β at their own pace: the loop is as long as the longest path
@@ -133,8 +137,9 @@ def test_non_finite_path_is_flagged_and_others_unchanged():
     assert not hit.converged[first_bad:, 1].any()
     keep = [0, 2, 3]
     np.testing.assert_array_equal(hit.action[:, keep], clean.action[:, keep])
-    np.testing.assert_array_equal(hit.unknowns["inner"]["path"][keep],
-                                  clean.unknowns["inner"]["path"][keep])
+    np.testing.assert_array_equal(
+        hit.unknowns["inner"]["path"][keep], clean.unknowns["inner"]["path"][keep]
+    )
     assert hit.best != 1
 
 
@@ -157,9 +162,13 @@ def test_float32_run(small, tmp_path):
     # float32 is for speed with x64 off (as on a GPU); here in a process of its own, on the
     # same (float64-made) data.
     small[0].data.save(tmp_path / "data.npz")
-    proc = subprocess.run([sys.executable, "-c", _FLOAT32, ROOT, str(tmp_path / "data.npz")],
-                          capture_output=True,
-                          text=True, env={**os.environ, "JAX_ENABLE_X64": "0"}, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FLOAT32, ROOT, str(tmp_path / "data.npz")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_ENABLE_X64": "0"},
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["dtype"] == "float32"
@@ -240,10 +249,14 @@ print(json.dumps(out))
 
 
 def test_sharded_over_four_devices_matches_one():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", _SHARDED, ROOT], env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHARDED, ROOT], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for n, row in out.items():
@@ -260,8 +273,13 @@ def test_float64_without_x64_is_an_error():
         "p = deepest.Assimilation(deepest.models.Lorenz96(), data, rm=1., dim=5)\n"
         "deepest.anneal(p, deepest.AnnealSchedule(1., 2., 2), 2, jr.key(0))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "JAX_ENABLE_X64": "0"}, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_ENABLE_X64": "0"},
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "jax_enable_x64" in proc.stderr
 

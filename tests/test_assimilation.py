@@ -15,8 +15,13 @@ def _linear_problem(discretization):
     # F(t, x, p) = a x with a = -1: a case small enough to work out by hand.
     data = deepest.Observations([0.0, 0.5, 1.0], [[1.0], [0.5], [0.2]], observed=[0])
     return deepest.Assimilation(
-        lambda t, x, p: p["a"] * x, data, rm=2.0, dim=2, discretization=discretization,
-        params={"a": -1.0}, estimate=("a",),
+        lambda t, x, p: p["a"] * x,
+        data,
+        rm=2.0,
+        dim=2,
+        discretization=discretization,
+        params={"a": -1.0},
+        estimate=("a",),
     )
 
 
@@ -55,11 +60,16 @@ def test_gradient_finite_differences(discretization, getkey):
     mask = np.ones((11, 3), bool)
     mask[3, 1] = mask[7, 0] = False
     base = small_problem(discretization, steps_per_obs=2, n_times=11, dim=6)
-    data = deepest.Observations(base.data.times, base.data.values, base.data.observed,
-                                truth=base.data.truth, mask=mask)
+    data = deepest.Observations(
+        base.data.times, base.data.values, base.data.observed, truth=base.data.truth, mask=mask
+    )
     problem = deepest.Assimilation(
-        deepest.models.Lorenz96(8.0), data, rm=jnp.array([4.0, 6.0, 8.0]),
-        discretization=discretization, steps_per_obs=2, estimate=("forcing",),
+        deepest.models.Lorenz96(8.0),
+        data,
+        rm=jnp.array([4.0, 6.0, 8.0]),
+        discretization=discretization,
+        steps_per_obs=2,
+        estimate=("forcing",),
         bounds={"forcing": (5.0, 11.0)},
     )
     u = problem.init(getkey())
@@ -96,8 +106,10 @@ def _own_trajectory(discretization, field, x0, h, n):
 
         def res(z, _):
             y, m = z
-            return (y - x - h / 6 * (field(x) + 4 * field(m) + field(y)),
-                    m - (x + y) / 2 - h / 8 * (field(x) - field(y)))
+            return (
+                y - x - h / 6 * (field(x) + 4 * field(m) + field(y)),
+                m - (x + y) / 2 - h / 8 * (field(x) - field(y)),
+            )
 
         y, m = optx.root_find(res, newton, (rk4(x), x + h / 2 * field(x))).value
         return y, (x, m)
@@ -115,8 +127,7 @@ def test_model_error_vanishes_on_own_trajectory(discretization):
     h = float(problem.ts[1] - problem.ts[0])
     model = deepest.models.Lorenz96(8.17)
     field = lambda x: model(0.0, x)
-    path, mids = _own_trajectory(discretization, field, problem.data.truth[0], h,
-                                 problem.n_model)
+    path, mids = _own_trajectory(discretization, field, problem.data.truth[0], h, problem.n_model)
     u = {"path": path, "params": {"forcing": jnp.array(8.17)}}
     if mids is not None:
         u["midpoints"] = mids
@@ -154,8 +165,9 @@ def test_steps_per_obs_grid():
     ],
 )
 def test_bad_problem_input(kwargs, match):
-    data = deepest.twin_experiment(deepest.models.Lorenz96(8.0), 8, 11, 0.05, [0, 2, 4, 6],
-                                   0.4, jr.key(0))
+    data = deepest.twin_experiment(
+        deepest.models.Lorenz96(8.0), 8, 11, 0.05, [0, 2, 4, 6], 0.4, jr.key(0)
+    )
     args = {"rm": 1.0, "dim": 8, **kwargs}
     with pytest.raises(ValueError, match=match):
         deepest.Assimilation(deepest.models.Lorenz96(8.0), data, **args)

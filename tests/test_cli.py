@@ -27,17 +27,29 @@ def _write(tmp_path, config):
 def test_anneal_command(tmp_path, capsys):
     config = _write(tmp_path, TINY)
     out = tmp_path / "run"
-    assert main(["anneal", config, "--out", str(out), "--no-progress",
-                 "--set", "anneal.n_paths=3"]) == 0
-    for name in ("config.yaml", "result.npz", "action_levels.png", "estimates.png",
-                 "summary.txt", "data.npz"):
+    assert (
+        main(["anneal", config, "--out", str(out), "--no-progress", "--set", "anneal.n_paths=3"])
+        == 0
+    )
+    for name in (
+        "config.yaml",
+        "result.npz",
+        "action_levels.png",
+        "estimates.png",
+        "summary.txt",
+        "data.npz",
+    ):
         assert (out / name).exists(), name
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["anneal"]["n_paths"] == 3
     assert resolved["problem"]["rm"] == pytest.approx(1 / 0.4**2)
     summary = (out / "summary.txt").read_text()
-    for text in ("measurement error (best)", "RMS error, unobserved components",
-                 "estimated forcing", "forecast RMS error over 0.3"):
+    for text in (
+        "measurement error (best)",
+        "RMS error, unobserved components",
+        "estimated forcing",
+        "forecast RMS error over 0.3",
+    ):
         assert text in summary
     result = deepest.load_result(out)
     assert result.action.shape == (12, 3)
@@ -80,8 +92,20 @@ def test_bad_config(tmp_path, capsys, change, message):
 
 def test_unknown_set_key(tmp_path, capsys):
     config = _write(tmp_path, TINY)
-    assert main(["anneal", config, "--set", "anneal.alfa=2", "--no-progress",
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "anneal",
+                config,
+                "--set",
+                "anneal.alfa=2",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "Did you mean 'alpha'" in capsys.readouterr().err
 
 

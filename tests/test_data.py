@@ -7,8 +7,9 @@ import deepest
 
 
 def test_twin_experiment_noise_and_truth():
-    data = deepest.twin_experiment(deepest.models.Lorenz96(8.17), 20, 161, 0.025,
-                                   [0, 5, 10, 15], 0.4, jr.key(0))
+    data = deepest.twin_experiment(
+        deepest.models.Lorenz96(8.17), 20, 161, 0.025, [0, 5, 10, 15], 0.4, jr.key(0)
+    )
     assert data.values.shape == (161, 4) and data.truth.shape == (161, 20)
     noise = np.asarray(data.values) - np.asarray(data.truth)[:, [0, 5, 10, 15]]
     # 644 draws of N(0, 0.4²): the sample std is within a few percent of 0.4
@@ -17,8 +18,7 @@ def test_twin_experiment_noise_and_truth():
     assert 1.0 < np.asarray(data.truth).mean() < 4.0
     assert float(data.true_params["forcing"]) == 8.17
     # the truth follows the model: integrating from its first state reproduces it
-    again = deepest.integrate(deepest.models.Lorenz96(8.17), data.truth[0], data.times,
-                              substeps=10)
+    again = deepest.integrate(deepest.models.Lorenz96(8.17), data.truth[0], data.times, substeps=10)
     np.testing.assert_allclose(again, data.truth, rtol=0, atol=1e-10)
 
 
@@ -39,8 +39,9 @@ def test_lorenz96_model():
 
 
 def test_npz_and_csv_round_trip(tmp_path):
-    data = deepest.twin_experiment(deepest.models.Lorenz96(8.17), 6, 11, 0.05, [0, 3], 0.4,
-                                   jr.key(1))
+    data = deepest.twin_experiment(
+        deepest.models.Lorenz96(8.17), 6, 11, 0.05, [0, 3], 0.4, jr.key(1)
+    )
     data.save(tmp_path / "d.npz")
     back = deepest.Observations.load(tmp_path / "d.npz")
     np.testing.assert_array_equal(back.values, data.values)
@@ -72,8 +73,7 @@ def test_npz_and_csv_round_trip(tmp_path):
     ],
 )
 def test_bad_observations(kwargs, match):
-    args = {"times": np.linspace(0, 1, 5), "values": np.zeros((5, 2)), "observed": [0, 1],
-            **kwargs}
+    args = {"times": np.linspace(0, 1, 5), "values": np.zeros((5, 2)), "observed": [0, 1], **kwargs}
     with pytest.raises(ValueError, match=match):
         deepest.Observations(**args)
 
