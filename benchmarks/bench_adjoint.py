@@ -18,10 +18,12 @@ autodiff (RecursiveCheckpointAdjoint) through the *same* discrete forward pass (
 the first four, ReversibleRK for `reversible`, ReversibleHeun for the last); `disc err` is
 that reference's own discretisation error, against Tsit5 at 8× finer steps (omitted
 where that would exceed 10⁵ steps); `time` is one gradient evaluation with compile
-excluded, `/RC` its ratio to RecursiveCheckpoint; `compile` the lower+compile time; `memory`
+excluded (the minimum over repeated runs, see `measure`), `/RC` its ratio to
+RecursiveCheckpoint; `compile` the lower+compile time; `memory`
 the compiled peak (temp + arguments + outputs, from `memory_analysis()`).
 
-Run: `python benchmarks/bench_adjoint.py` (add `--quick` for a small grid).
+Run: `python benchmarks/bench_adjoint.py` (`--part neural|lorenz` for one table, `--quick`
+for a small grid).
 """
 
 import argparse
@@ -140,9 +142,12 @@ def measure(method, field, t1, n_steps, x0, weights):
     )
     start = time.perf_counter()
     result = jax.block_until_ready(compiled(field))
-    seconds = [time.perf_counter() - start]
-    # The minimum of three more runs (the machine is shared), unless one takes seconds.
-    for _ in range(3 if seconds[0] < 2.0 else 0):
+    warm_up = time.perf_counter() - start
+    # The machine is shared: the minimum over repeated runs after the warm-up run, 10 for
+    # calls under 0.1 s, 3 under 2 s; slower calls are timed by the warm-up run alone.
+    repeats = 10 if warm_up < 0.1 else 3 if warm_up < 2.0 else 0
+    seconds = [warm_up] if repeats == 0 else []
+    for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(compiled(field))
         seconds.append(time.perf_counter() - start)

@@ -431,6 +431,12 @@ class _ShootingBase(AbstractTPBVPMethod):
         )
 
     def _end(self, problem, ta, tb, y):
+        if self.forward_only:
+            dynamic, static = eqx.partition(problem, eqx.is_inexact_array)
+            return _end_with_sensitivity(self, static, dynamic, ta, tb, y)
+        return self._integrate_end(problem, ta, tb, y)
+
+    def _integrate_end(self, problem, ta, tb, y):
         term = diffrax.ODETerm(problem.vector_field)
         solver = _with_stage_loop(self.solver, self.forward_only)
         if self.stepsize_controller is None:
@@ -458,6 +464,38 @@ class _ShootingBase(AbstractTPBVPMethod):
             raise ValueError(f"`max_newton_steps` must be ≥ 1; got {self.max_newton_steps}.")
         if not isinstance(self.solver, diffrax.AbstractSolver):
             raise TypeError(f"`solver` must be a diffrax solver; got {self.solver!r}.")
+
+
+@eqx.filter_custom_jvp
+def _end_with_sensitivity(method, static, dynamic, ta, tb, y):
+    """The segment's end state; its JVP is the segment's sensitivity matrix times the tangent.
+
+    Newton's Jacobian materialises the JVP of the residual for every unknown. Computing each
+    segment's 2·dim × 2·dim sensitivity once (forward mode, its own start only) and applying
+    it to the tangents costs 2·dim tangent integrations per segment instead of one per
+    unknown of the whole system. Used only where the problem is held fixed (Newton's
+    iterations), so the tangents of the problem and of the times are not propagated.
+    """
+    return method._integrate_end(eqx.combine(dynamic, static), ta, tb, y)
+
+
+@_end_with_sensitivity.def_jvp
+def _end_with_sensitivity_jvp(primals, tangents):
+    method, static, dynamic, ta, tb, y = primals
+    problem = eqx.combine(dynamic, static)
+    flat, unravel = jax.flatten_util.ravel_pytree(y)
+
+    def end(v):
+        return jax.flatten_util.ravel_pytree(method._integrate_end(problem, ta, tb, unravel(v)))[0]
+
+    def end_twice(v):
+        out = end(v)
+        return out, out
+
+    sensitivity, out = jax.jacfwd(end_twice, has_aux=True)(flat)
+    dy = tangents[-1]
+    dflat = jnp.zeros_like(flat) if dy is None else jax.flatten_util.ravel_pytree(dy)[0]
+    return unravel(out), unravel(sensitivity @ dflat)
 
 
 class MultipleShooting(_ShootingBase):
