@@ -30,8 +30,14 @@ from deepest._experiments import (  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = {"a: twin (tanh)": "twin_network.yaml", "b: bar images": "bar_images.yaml"}
-SMOKE = ["anneal.n_paths=2", "anneal.n_beta=4", "backprop.steps=20", "backprop.n_runs=1",
-         "data.n_test=50", "data.n_validation=20"]
+SMOKE = [
+    "anneal.n_paths=2",
+    "anneal.n_beta=4",
+    "backprop.steps=20",
+    "backprop.n_runs=1",
+    "data.n_test=50",
+    "data.n_validation=20",
+]
 
 
 def backprop_compile_time(config, data):
@@ -49,14 +55,18 @@ def fmt(e, key):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an entry of both configs")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an entry of both configs",
+    )
     args = parser.parse_args()
     sets = (SMOKE if args.smoke else []) + args.set
     rows = []
     for name, file in EXPERIMENTS.items():
-        config = resolve_train_config(_load_config(os.path.join(ROOT, "configs", file), []),
-                                      sets)
+        config = resolve_train_config(_load_config(os.path.join(ROOT, "configs", file), []), sets)
         data = build_data(config)
         _, _, ann = run_annealing(config, data)
         c = backprop_compile_time(config, data)
@@ -66,23 +76,51 @@ def main():
         ann_label = f"annealing, {a['n_paths']} paths × {a['n_beta']} β"
         bp_label = f"Adam + costate, {n_runs} runs × {b['steps']} steps"
         rows += [
-            (name, ann_label, "lowest action", ann["lowest_action"], ann["run_time"],
-             ann["compile_time"]),
-            (name, ann_label, "best validation", ann["best_validation"], ann["run_time"],
-             ann["compile_time"]),
-            (name, bp_label, "lowest train loss", bp["lowest_train"],
-             bp["wall_time"] - n_runs * c, n_runs * c),
-            (name, bp_label, "best validation", bp["best_validation"],
-             bp["wall_time"] - n_runs * c, n_runs * c),
+            (
+                name,
+                ann_label,
+                "lowest action",
+                ann["lowest_action"],
+                ann["run_time"],
+                ann["compile_time"],
+            ),
+            (
+                name,
+                ann_label,
+                "best validation",
+                ann["best_validation"],
+                ann["run_time"],
+                ann["compile_time"],
+            ),
+            (
+                name,
+                bp_label,
+                "lowest train loss",
+                bp["lowest_train"],
+                bp["wall_time"] - n_runs * c,
+                n_runs * c,
+            ),
+            (
+                name,
+                bp_label,
+                "best validation",
+                bp["best_validation"],
+                bp["wall_time"] - n_runs * c,
+                n_runs * c,
+            ),
             (name, "predict the mean training target", "–", mean_baseline(data), 0.0, 0.0),
         ]
-    print("| experiment | method | network chosen by | train MSE | validation MSE | test MSE "
-          "| test accuracy | time (s) | compile (s) |")
+    print(
+        "| experiment | method | network chosen by | train MSE | validation MSE | test MSE "
+        "| test accuracy | time (s) | compile (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, method, rule, e, run, comp in rows:
-        print(f"| {name} | {method} | {rule} | {fmt(e, 'train_error')} | "
-              f"{fmt(e, 'validation_error')} | {fmt(e, 'test_error')} | "
-              f"{fmt(e, 'test_accuracy')} | {run:.1f} | {comp:.1f} |")
+        print(
+            f"| {name} | {method} | {rule} | {fmt(e, 'train_error')} | "
+            f"{fmt(e, 'validation_error')} | {fmt(e, 'test_error')} | "
+            f"{fmt(e, 'test_accuracy')} | {run:.1f} | {comp:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """deepest: machine learning as statistical data assimilation, in JAX."""
+# ruff: noqa: I001 (the public API is grouped by topic, not sorted)
 
 from . import models as models
 from ._data import (

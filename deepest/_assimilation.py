@@ -10,7 +10,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
-from ._data import Observations, integrate
+from ._data import Observations, check_dimension, integrate
 from ._problem import AbstractProblem
 from .models._base import check_estimate, parametrised
 
@@ -136,14 +136,7 @@ class Assimilation(AbstractProblem):
             if data.truth is None:
                 raise ValueError("Pass `dim`: the data carry no `truth` to read it from.")
             dim = data.truth.shape[1]
-        dim = int(dim)
-        if max(data.observed) >= dim:
-            raise ValueError(
-                f"Observed index {max(data.observed)} is out of range for a model with "
-                f"dim={dim} components."
-            )
-        if hasattr(model, "check_dim"):
-            model.check_dim(dim)
+        dim = check_dimension(model, data.observed, dim)
         if discretization not in DISCRETIZATIONS:
             raise ValueError(
                 f"Unknown discretization {discretization!r}; use one of {DISCRETIZATIONS}."

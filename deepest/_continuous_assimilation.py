@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 
-from ._data import Observations
+from ._data import Observations, check_dimension
 from ._tpbvp import AbstractBoundaryValueProblem, TPBVPSolution
 from .models._base import parametrised
 
@@ -89,14 +89,7 @@ class ContinuousAssimilation(AbstractBoundaryValueProblem):
                 dim = len(data.observed)
             else:
                 raise ValueError("Pass `dim`: it cannot be read from the data.")
-        dim = int(dim)
-        if max(data.observed) >= dim:
-            raise ValueError(
-                f"Observed index {max(data.observed)} is out of range for a model with "
-                f"dim={dim} components."
-            )
-        if hasattr(model, "check_dim"):
-            model.check_dim(dim)
+        dim = check_dimension(model, data.observed, dim)
         times = np.asarray(data.times)
         if not times[-1] > times[0]:
             raise ValueError("The observation times must span an interval T > 0.")

@@ -157,6 +157,18 @@ class Observations(eqx.Module):
         return cls(**data, true_params=true_params or None)
 
 
+def check_dimension(model, observed: Sequence[int], dim) -> int:
+    """Check that a model of `dim` components exists and holds the `observed` indices."""
+    dim = int(dim)
+    if max(observed) >= dim:
+        raise ValueError(
+            f"Observed index {max(observed)} is out of range for a model with dim={dim} components."
+        )
+    if hasattr(model, "check_dim"):
+        model.check_dim(dim)
+    return dim
+
+
 def integrate(
     model,
     x0: Float[ArrayLike, " dim"],

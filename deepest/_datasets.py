@@ -57,13 +57,21 @@ def twin_generator(
     widths = [int(width)] * int(n_layers)
     if variant == "authors":
         return LayeredNetwork(
-            widths, jax.nn.sigmoid, key=key, use_bias=False, dtype=dtype,
+            widths,
+            jax.nn.sigmoid,
+            key=key,
+            use_bias=False,
+            dtype=dtype,
             init=lambda k, shape, dt: jr.uniform(k, shape, dt, -1.0, 1.0) / shape[1],
         )
     if not (np.isfinite(gain) and gain > 0):
         raise ValueError(f"`gain` must be positive; got {gain}.")
     return LayeredNetwork(
-        widths, jnp.tanh, key=key, use_bias=False, dtype=dtype,
+        widths,
+        jnp.tanh,
+        key=key,
+        use_bias=False,
+        dtype=dtype,
         init=lambda k, shape, dt: gain * jr.normal(k, shape, dt) / np.sqrt(shape[1]),
     )
 
@@ -178,13 +186,13 @@ def bar_images(
     k_perm, k_pos, k_noise = jr.split(key, 3)
     labels = np.asarray(jr.permutation(k_perm, np.arange(n_images) % 4))
     choice = np.asarray(jr.uniform(k_pos, (n_images,)))
-    clean = np.stack([
-        templates[c][int(u * len(templates[c]))].reshape(-1)
-        for c, u in zip(labels, choice, strict=True)
-    ])
-    images = jnp.asarray(clean, dtype) + noise * (
-        jr.uniform(k_noise, clean.shape, dtype) - 0.5
+    clean = np.stack(
+        [
+            templates[c][int(u * len(templates[c]))].reshape(-1)
+            for c, u in zip(labels, choice, strict=True)
+        ]
     )
+    images = jnp.asarray(clean, dtype) + noise * (jr.uniform(k_noise, clean.shape, dtype) - 0.5)
     return images, jax.nn.one_hot(labels, 4, dtype=dtype)
 
 
@@ -215,8 +223,9 @@ class FlowMap(eqx.Module):
     bias: Float[Array, " dim"]
     horizon: float = eqx.field(static=True)
 
-    def __init__(self, dim: int, key: PRNGKeyArray, *, horizon: float = 1.0, scale: float = 2.0,
-                 dtype=None):
+    def __init__(
+        self, dim: int, key: PRNGKeyArray, *, horizon: float = 1.0, scale: float = 2.0, dtype=None
+    ):
         if int(dim) != dim or dim < 1:
             raise ValueError(f"`dim` must be a positive integer; got {dim}.")
         if not (np.isfinite(horizon) and horizon > 0):
@@ -239,8 +248,12 @@ class FlowMap(eqx.Module):
         """x(T) from x(0) = x."""
         x = jnp.asarray(x)
         sol = dfx.diffeqsolve(
-            dfx.ODETerm(lambda t, y, args: self.field(y)), dfx.Tsit5(), 0.0, self.horizon,
-            self.horizon / 20, x,
+            dfx.ODETerm(lambda t, y, args: self.field(y)),
+            dfx.Tsit5(),
+            0.0,
+            self.horizon,
+            self.horizon / 20,
+            x,
             stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-10),
             max_steps=4096,
         )

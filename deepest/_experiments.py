@@ -23,15 +23,31 @@ from ._cli import _load_config, _merge, _out_dir
 from ._config import check_keys, set_dotted
 
 _ANNEAL = {
-    "rf0": 1e-4, "alpha": 2.0, "n_beta": 30, "n_paths": 16, "seed": 1, "ftol": None,
-    "gtol": None, "max_steps": 5000, "history_length": 10, "dtype": "float64",
+    "rf0": 1e-4,
+    "alpha": 2.0,
+    "n_beta": 30,
+    "n_paths": 16,
+    "seed": 1,
+    "ftol": None,
+    "gtol": None,
+    "max_steps": 5000,
+    "history_length": 10,
+    "dtype": "float64",
 }
 _BACKPROP = {
-    "learning_rate": 1e-2, "steps": 2000, "batch_size": None, "n_runs": 4, "seed": 2,
+    "learning_rate": 1e-2,
+    "steps": 2000,
+    "batch_size": None,
+    "n_runs": 4,
+    "seed": 2,
 }
 _NETWORK = {
-    "widths": [10, 10], "activation": "tanh", "output_activation": "tanh", "use_bias": False,
-    "init": "normal", "seed": 3,
+    "widths": [10, 10],
+    "activation": "tanh",
+    "output_activation": "tanh",
+    "use_bias": False,
+    "init": "normal",
+    "seed": 3,
 }
 _PROBLEM = {"rm": None, "state_noise": 0.1}
 
@@ -39,8 +55,15 @@ DEFAULTS = {
     "twin_network": {
         "experiment": "twin_network",
         "data": {
-            "variant": "tanh", "width": 10, "generator_layers": 100, "gain": 1.2,
-            "noise": 0.005, "n_train": 10, "n_validation": 200, "n_test": 1000, "seed": 0,
+            "variant": "tanh",
+            "width": 10,
+            "generator_layers": 100,
+            "gain": 1.2,
+            "noise": 0.005,
+            "n_train": 10,
+            "n_validation": 200,
+            "n_test": 1000,
+            "seed": 0,
         },
         "network": dict(_NETWORK, widths=[10] * 20),
         "problem": dict(_PROBLEM),
@@ -51,11 +74,19 @@ DEFAULTS = {
     "bar_images": {
         "experiment": "bar_images",
         "data": {
-            "size": 5, "positions": "centered", "pixel_noise": 0.35, "n_train": 40,
-            "n_validation": 200, "n_test": 1000, "seed": 0,
+            "size": 5,
+            "positions": "centered",
+            "pixel_noise": 0.35,
+            "n_train": 40,
+            "n_validation": 200,
+            "n_test": 1000,
+            "seed": 0,
         },
         "network": dict(
-            _NETWORK, widths=[25, 30, 4], activation="sigmoid", output_activation="sigmoid",
+            _NETWORK,
+            widths=[25, 30, 4],
+            activation="sigmoid",
+            output_activation="sigmoid",
             use_bias=True,
         ),
         "problem": dict(_PROBLEM, rm=1.0),
@@ -66,12 +97,22 @@ DEFAULTS = {
     "depth_resolution": {
         "experiment": "depth_resolution",
         "data": {
-            "dim": 2, "horizon": 1.0, "scale": 2.0, "noise": 0.01, "input_range": [-1.0, 1.0],
-            "n_train": 20, "n_validation": 200, "n_test": 1000, "seed": 0,
+            "dim": 2,
+            "horizon": 1.0,
+            "scale": 2.0,
+            "noise": 0.01,
+            "input_range": [-1.0, 1.0],
+            "n_train": 20,
+            "n_validation": 200,
+            "n_test": 1000,
+            "seed": 0,
         },
         "network": {
-            "depths": [5, 10, 20, 40], "activation": "tanh", "use_bias": True,
-            "init": "normal", "seed": 3,
+            "depths": [5, 10, 20, 40],
+            "activation": "tanh",
+            "use_bias": True,
+            "init": "normal",
+            "seed": 3,
         },
         "problem": {"rm": None, "rf0_continuous": 1e-4, "state_noise": 0.01},
         "anneal": {k: v for k, v in _ANNEAL.items() if k != "rf0"},
@@ -87,8 +128,12 @@ def _activation(name: str):
     import jax
     import jax.numpy as jnp
 
-    table = {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "identity": lambda z: z,
-             "relu": jax.nn.relu}
+    table = {
+        "tanh": jnp.tanh,
+        "sigmoid": jax.nn.sigmoid,
+        "identity": lambda z: z,
+        "relu": jax.nn.relu,
+    }
     if name not in table:
         raise ValueError(f"Unknown activation {name!r}; use one of {ACTIVATIONS}.")
     return table[name]
@@ -147,18 +192,23 @@ def build_data(config: dict) -> dict:
     k_gen, *keys = jr.split(jr.key(int(d["seed"])), 4)
     out = {"generator": None}
     if config["experiment"] == "twin_network":
-        gen = twin_generator(k_gen, d["variant"], width=int(d["width"]),
-                             n_layers=int(d["generator_layers"]), gain=float(d["gain"]))
+        gen = twin_generator(
+            k_gen,
+            d["variant"],
+            width=int(d["width"]),
+            n_layers=int(d["generator_layers"]),
+            gain=float(d["gain"]),
+        )
         out["generator"] = gen
         for (split, n), k in zip(sizes.items(), keys, strict=False):
             out[split] = noisy_pairs(gen, n, k, noise=float(d["noise"]))
     elif config["experiment"] == "bar_images":
         for (split, n), k in zip(sizes.items(), keys, strict=False):
-            out[split] = bar_images(n, k, size=int(d["size"]), noise=float(d["pixel_noise"]),
-                                    positions=d["positions"])
+            out[split] = bar_images(
+                n, k, size=int(d["size"]), noise=float(d["pixel_noise"]), positions=d["positions"]
+            )
     else:
-        flow = FlowMap(int(d["dim"]), k_gen, horizon=float(d["horizon"]),
-                       scale=float(d["scale"]))
+        flow = FlowMap(int(d["dim"]), k_gen, horizon=float(d["horizon"]), scale=float(d["scale"]))
         out["generator"] = flow
         lo, hi = (float(v) for v in d["input_range"])
         for (split, n), k in zip(sizes.items(), keys, strict=False):
@@ -179,7 +229,11 @@ def network_factory(config: dict, depth: int | None = None):
         h = float(config["data"]["horizon"]) / depth
         act = _activation(net["activation"])
         return lambda key: LayeredNetwork(
-            [dim] * (depth + 1), act, key=key, use_bias=bool(net["use_bias"]), init=net["init"],
+            [dim] * (depth + 1),
+            act,
+            key=key,
+            use_bias=bool(net["use_bias"]),
+            init=net["init"],
             residual_step=h,
         )
     widths = [int(w) for w in net["widths"]]
@@ -232,18 +286,29 @@ def run_annealing(config: dict, data: dict, *, depth: int | None = None, progres
     net = factory(jr.key(int(config["network"]["seed"])))
     noise = config["data"].get("noise")
     problem = Training(
-        net, *data["train"], rm=np.asarray(p["rm"], dtype=float), validation=data["validation"],
-        noise=None if noise is None else float(noise), weight_init=factory,
+        net,
+        *data["train"],
+        rm=np.asarray(p["rm"], dtype=float),
+        validation=data["validation"],
+        noise=None if noise is None else float(noise),
+        weight_init=factory,
         state_noise=float(p["state_noise"]),
     )
     rf0 = float(a["rf0"]) if depth is None else float(p["rf0_continuous"]) * rf_scale(config, depth)
     schedule = AnnealSchedule(rf0, float(a["alpha"]), int(a["n_beta"]))
     start = time.perf_counter()
     result = anneal(
-        problem, schedule, int(a["n_paths"]), jr.key(int(a["seed"])),
-        save_betas=config["output"]["save_betas"], ftol=a["ftol"], gtol=a["gtol"],
-        max_steps=int(a["max_steps"]), history_length=int(a["history_length"]),
-        dtype=jnp.dtype(a["dtype"]), progress=progress,
+        problem,
+        schedule,
+        int(a["n_paths"]),
+        jr.key(int(a["seed"])),
+        save_betas=config["output"]["save_betas"],
+        ftol=a["ftol"],
+        gtol=a["gtol"],
+        max_steps=int(a["max_steps"]),
+        history_length=int(a["history_length"]),
+        dtype=jnp.dtype(a["dtype"]),
+        progress=progress,
     )
     wall = time.perf_counter() - start
     best = result.best
@@ -286,8 +351,12 @@ def run_backprop(config: dict, data: dict, *, depth: int | None = None, progress
     for key in jr.split(jr.key(int(b["seed"])), int(b["n_runs"])):
         k_init, k_fit = jr.split(key)
         net, history = fit(
-            factory(k_init), mse, data["train"], optax.adam(float(b["learning_rate"])),
-            int(b["steps"]), k_fit,
+            factory(k_init),
+            mse,
+            data["train"],
+            optax.adam(float(b["learning_rate"])),
+            int(b["steps"]),
+            k_fit,
             batch_size=None if b["batch_size"] is None else int(b["batch_size"]),
             progress=progress,
         )
@@ -312,22 +381,38 @@ def mean_baseline(data: dict) -> dict:
 
 
 def _errors_line(e: dict) -> str:
-    line = (f"train MSE {e['train_error']:.4g}   validation MSE {e['validation_error']:.4g}   "
-            f"test MSE {e['test_error']:.4g}")
+    line = (
+        f"train MSE {e['train_error']:.4g}   validation MSE {e['validation_error']:.4g}   "
+        f"test MSE {e['test_error']:.4g}"
+    )
     if "test_accuracy" in e:
-        line += (f"   accuracy train {e['train_accuracy']:.3f}  validation "
-                 f"{e['validation_accuracy']:.3f}  test {e['test_accuracy']:.3f}")
+        line += (
+            f"   accuracy train {e['train_accuracy']:.3f}  validation "
+            f"{e['validation_accuracy']:.3f}  test {e['test_accuracy']:.3f}"
+        )
     return line
 
 
-def summary_text(config: dict, annealing: dict, backprop: dict, depth: int | None = None,
-                 baseline: dict | None = None) -> str:
+def summary_text(
+    config: dict,
+    annealing: dict,
+    backprop: dict,
+    depth: int | None = None,
+    baseline: dict | None = None,
+) -> str:
     """The summary of one trained architecture: annealing and backprop side by side."""
     a, b, d = config["anneal"], config["backprop"], config["data"]
     head = f"experiment: {config['experiment']}" + (f"   depth L = {depth}" if depth else "")
-    lines = [head, f"pairs: train {d['n_train']}   validation {d['n_validation']}   test "
-             f"{d['n_test']}" + (f"   noise σ = {d['noise']} (MSE floor σ² = "
-                                  f"{float(d['noise']) ** 2:.3g})" if "noise" in d else "")]
+    lines = [
+        head,
+        f"pairs: train {d['n_train']}   validation {d['n_validation']}   test "
+        f"{d['n_test']}"
+        + (
+            f"   noise σ = {d['noise']} (MSE floor σ² = {float(d['noise']) ** 2:.3g})"
+            if "noise" in d
+            else ""
+        ),
+    ]
     lines += [
         f"annealing: {a['n_paths']} paths, {a['n_beta']} β, rf0 {annealing['rf0']:.4g}, α "
         f"{a['alpha']}: wall {annealing['wall_time']:.2f} s (run {annealing['run_time']:.2f} s,"
@@ -347,8 +432,9 @@ def summary_text(config: dict, annealing: dict, backprop: dict, depth: int | Non
         "    " + _errors_line(backprop["best_validation"]),
     ]
     if baseline is not None:
-        lines.append(f"baseline (predict the mean training target): test MSE "
-                     f"{baseline['test_error']:.4g}")
+        lines.append(
+            f"baseline (predict the mean training target): test MSE {baseline['test_error']:.4g}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -374,7 +460,8 @@ def run_train(config_path: str, sets, out, overwrite, progress) -> str:
         yaml.safe_dump(copy.deepcopy(config), f, sort_keys=False)
     depths = (
         [int(L) for L in config["network"]["depths"]]
-        if config["experiment"] == "depth_resolution" else [None]
+        if config["experiment"] == "depth_resolution"
+        else [None]
     )
     fig, axes = plt.subplots(1, len(depths), figsize=(5 * len(depths), 4), squeeze=False)
     texts, record = [], {}
@@ -395,9 +482,11 @@ def run_train(config_path: str, sets, out, overwrite, progress) -> str:
         summary += "\ntest MSE against depth (annealing, lowest action | backprop, lowest loss):\n"
         for depth in depths:
             r = record[str(depth)]
-            summary += (f"  L = {depth:3d}: {r['anneal']['lowest_action']['test_error']:.4g} | "
-                        f"{r['backprop']['lowest_train']['test_error']:.4g}   final action "
-                        f"{r['anneal']['final_action']:.4g}\n")
+            summary += (
+                f"  L = {depth:3d}: {r['anneal']['lowest_action']['test_error']:.4g} | "
+                f"{r['backprop']['lowest_train']['test_error']:.4g}   final action "
+                f"{r['anneal']['final_action']:.4g}\n"
+            )
     with open(os.path.join(out, "summary.txt"), "w") as f:
         f.write(summary)
     with open(os.path.join(out, "errors.json"), "w") as f:

@@ -31,7 +31,9 @@ def _as_data(a, name: str) -> Array:
 def _is_one_hot(targets: np.ndarray) -> bool:
     t = np.asarray(targets)
     return (
-        t.ndim >= 2 and t.shape[-1] >= 2 and bool(np.all((t == 0) | (t == 1)))
+        t.ndim >= 2
+        and t.shape[-1] >= 2
+        and bool(np.all((t == 0) | (t == 1)))
         and bool(np.all(t.sum(axis=-1) == 1))
     )
 

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -149,6 +151,13 @@ def test_steps_per_obs_grid():
     # observed components start at the data at observation times
     obs = np.asarray(problem.data.observed)
     np.testing.assert_allclose(u["path"][::3][:, obs], problem.data.values, atol=1e-15)
+
+
+@functools.cache
+def _shared_data():
+    return deepest.twin_experiment(
+        deepest.models.Lorenz96(8.0), 8, 11, 0.05, [0, 2, 4, 6], 0.4, jr.key(0)
+    )
 
 
 @pytest.mark.parametrize(

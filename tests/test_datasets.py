@@ -70,8 +70,14 @@ def test_bar_images(positions):
 def test_flow_map_against_scipy():
     flow = deepest.FlowMap(3, jr.key(0), horizon=1.5)
     x0 = np.array([0.3, -0.7, 0.2])
-    sol = scipy.integrate.solve_ivp(lambda t, x: np.asarray(flow.field(jnp.asarray(x))),
-                                    (0.0, 1.5), x0, method="DOP853", rtol=1e-12, atol=1e-12)
+    sol = scipy.integrate.solve_ivp(
+        lambda t, x: np.asarray(flow.field(jnp.asarray(x))),
+        (0.0, 1.5),
+        x0,
+        method="DOP853",
+        rtol=1e-12,
+        atol=1e-12,
+    )
     np.testing.assert_allclose(np.asarray(flow(x0)), sol.y[:, -1], rtol=0, atol=1e-8)
 
 

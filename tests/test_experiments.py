@@ -25,14 +25,22 @@ def _write(tmp_path, config):
 def test_train_twin_writes_results(tmp_path, capsys):
     config = {
         "experiment": "twin_network",
-        "data": {"width": 3, "generator_layers": 4, "n_train": 4, "n_validation": 5,
-                 "n_test": 6},
+        "data": {"width": 3, "generator_layers": 4, "n_train": 4, "n_validation": 5, "n_test": 6},
         "network": {"widths": [3, 3, 3]},
         **TINY,
     }
     out = tmp_path / "out"
-    code = main(["train", _write(tmp_path, config), "--out", str(out), "--no-progress",
-                 "--set", "backprop.learning_rate=0.02"])
+    code = main(
+        [
+            "train",
+            _write(tmp_path, config),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "backprop.learning_rate=0.02",
+        ]
+    )
     assert code == 0
     for name in ("config.yaml", "result.npz", "action_levels.png", "summary.txt"):
         assert (out / name).is_file()
@@ -89,8 +97,9 @@ def test_shipped_configs_resolve():
 
 
 def test_rf_scale():
-    config = resolve_train_config({"experiment": "depth_resolution",
-                                   "data": {"dim": 3, "horizon": 2.0}})
+    config = resolve_train_config(
+        {"experiment": "depth_resolution", "data": {"dim": 3, "horizon": 2.0}}
+    )
     # D·T/(2h²) with h = T/L = 0.2.
     assert rf_scale(config, 10) == pytest.approx(3 * 2.0 / (2 * 0.04))
 

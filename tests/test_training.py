@@ -19,8 +19,10 @@ def test_action_hand_computed():
     net = deepest.LayeredNetwork([1, 1], _identity, key=jr.key(0), use_bias=False)
     net = eqx.tree_at(lambda n: n.layers[0].weight, net, jnp.array([[2.0]]))
     problem = deepest.Training(net, [[1.0]], [[3.0]], rm=2.0)
-    u = {"states": {"x000": jnp.array([[1.5]]), "x001": jnp.array([[2.5]])},
-         "weights": {"w000": jnp.array([[2.0]])}}
+    u = {
+        "states": {"x000": jnp.array([[1.5]]), "x001": jnp.array([[2.5]])},
+        "weights": {"w000": jnp.array([[2.0]])},
+    }
     assert float(problem.measurement_error(u)) == pytest.approx(0.5, rel=1e-15)
     assert float(problem.model_error(u)) == pytest.approx(0.25, rel=1e-15)
     assert float(problem.action(u, 4.0)) == pytest.approx(1.5, rel=1e-15)
@@ -33,8 +35,9 @@ def test_action_against_numpy(residual):
     widths = [4] * 5 if residual else [3, 4, 4, 4, 2]
     h = 0.25 if residual else None
     acts = [jnp.tanh, jnp.tanh, jnp.tanh, _identity]
-    net = deepest.LayeredNetwork(widths, jnp.tanh if residual else acts, key=jr.key(1),
-                                 residual_step=h, bias_init="normal")
+    net = deepest.LayeredNetwork(
+        widths, jnp.tanh if residual else acts, key=jr.key(1), residual_step=h, bias_init="normal"
+    )
     k1, k2, k3 = jr.split(jr.key(2), 3)
     x = jr.normal(k1, (3, widths[0]))
     y = jr.normal(k2, (3, widths[-1]))
@@ -54,11 +57,16 @@ def test_action_against_numpy(residual):
         pred = states[j] + h * f if residual else f
         model += np.sum((states[j + 1] - pred) ** 2)
     assert float(problem.measurement_error(u)) == pytest.approx(
-        meas / (3 * (widths[0] + widths[-1])), rel=1e-13)
+        meas / (3 * (widths[0] + widths[-1])), rel=1e-13
+    )
     assert float(problem.model_error(u)) == pytest.approx(model / (3 * sum(widths[1:])), rel=1e-13)
     rebuilt = problem.to_model(u)
-    assert all(bool(jnp.all(a == b)) for a, b in zip(jax.tree_util.tree_leaves(rebuilt),
-                                                     jax.tree_util.tree_leaves(net), strict=False))
+    assert all(
+        bool(jnp.all(a == b))
+        for a, b in zip(
+            jax.tree_util.tree_leaves(rebuilt), jax.tree_util.tree_leaves(net), strict=False
+        )
+    )
 
 
 def test_gradient_finite_differences():
@@ -92,8 +100,9 @@ def twin_result():
 def test_anneal_reaches_low_training_error(twin_result):
     problem, result = twin_result
     best = result.best
-    initial = jax.jit(lambda k: problem.views(jax.vmap(problem.init)(jr.split(k, 4))))(
-        jr.key(4))["train_error"]
+    initial = jax.jit(lambda k: problem.views(jax.vmap(problem.init)(jr.split(k, 4))))(jr.key(4))[
+        "train_error"
+    ]
     # 64 noisy target values against 80 weights: the annealed network fits the training
     # pairs below the noise floor σ² = 1e-4; the initial networks are ~100x worse.
     assert result.train_error[best] < 1e-4
@@ -132,10 +141,12 @@ def test_recurrent_training():
     u = {**u, "states": hs}
     h_prev = jnp.concatenate([jnp.zeros((4, 1, 3)), hs[:, :-1]], axis=1)
     pred = jax.vmap(jax.vmap(rnn.cell))(h_prev, us)
-    assert float(problem.model_error(u)) == pytest.approx(float(jnp.mean((hs - pred) ** 2)),
-                                                          rel=1e-13)
-    result = deepest.anneal(problem, deepest.AnnealSchedule(1.0, 10.0, 4), 2, jr.key(3),
-                            progress=False, max_steps=2000)
+    assert float(problem.model_error(u)) == pytest.approx(
+        float(jnp.mean((hs - pred) ** 2)), rel=1e-13
+    )
+    result = deepest.anneal(
+        problem, deepest.AnnealSchedule(1.0, 10.0, 4), 2, jr.key(3), progress=False, max_steps=2000
+    )
     best = result.best
     assert result.model_error[-1, best] < 1e-6
     # ys are reachable (a shifted readout bias fits them exactly).
@@ -153,7 +164,8 @@ def test_classification_views():
     assert views["train_accuracy"].shape == (3,)
     assert np.all((views["train_accuracy"] >= 0) & (views["train_accuracy"] <= 1))
     assert problem.errors(net, images, labels)["accuracy"] == pytest.approx(
-        float(np.mean(np.argmax(out, 1) == np.argmax(labels, 1))))
+        float(np.mean(np.argmax(out, 1) == np.argmax(labels, 1)))
+    )
 
 
 class _Field(eqx.Module):
@@ -186,8 +198,10 @@ def test_rf_scaling_matches_continuous_action():
         xs = path(jnp.linspace(0.0, T, L + 1))
         problem = deepest.Training(net, xs[:1], xs[-1:], rm=1.0)
         weights = jax.tree_util.tree_leaves(eqx.filter(net, eqx.is_inexact_array))
-        u = {"weights": {f"w{i:03d}": w for i, w in enumerate(weights)},
-             "states": {f"x{j:03d}": xs[j][None] for j in range(L + 1)}}
+        u = {
+            "weights": {f"w{i:03d}": w for i, w in enumerate(weights)},
+            "states": {f"x{j:03d}": xs[j][None] for j in range(L + 1)},
+        }
         discrete = rf_cont * D * T / (2 * h**2) * float(problem.model_error(u))
         errors.append(abs(discrete - continuous) / continuous)
     assert max(errors) < 0.02  # without the L² scaling the term would change 1024-fold
