@@ -237,31 +237,15 @@ def _load_config(path: str, sets: list[str]) -> dict:
     return config
 
 
-def run_anneal(config_path: str, sets, out, overwrite, progress) -> str:
-    """`deepest anneal`: returns the results folder."""
-    import yaml
-
-    config = resolve_anneal_config(_load_config(config_path, sets))
-    import jax
-
-    if config["anneal"]["dtype"] == "float64":
-        jax.config.update("jax_enable_x64", True)
+def anneal_from_config(problem, schedule, config: dict, progress: bool):
+    """Run [`deepest.anneal`][] with the settings of a resolved config's `anneal` section."""
     import jax.numpy as jnp
     import jax.random as jr
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from ._anneal import anneal
-    from ._plot import plot_action_levels, plot_estimates
 
-    out = _out_dir(out, config_path, overwrite)
-    problem, schedule, data, true_model = build_anneal(config)
-    with open(os.path.join(out, "config.yaml"), "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
     a = config["anneal"]
-    result = anneal(
+    return anneal(
         problem,
         schedule,
         int(a["n_paths"]),
@@ -274,6 +258,29 @@ def run_anneal(config_path: str, sets, out, overwrite, progress) -> str:
         dtype=jnp.dtype(a["dtype"]),
         progress=progress,
     )
+
+
+def run_anneal(config_path: str, sets, out, overwrite, progress) -> str:
+    """`deepest anneal`: returns the results folder."""
+    import yaml
+
+    config = resolve_anneal_config(_load_config(config_path, sets))
+    import jax
+
+    if config["anneal"]["dtype"] == "float64":
+        jax.config.update("jax_enable_x64", True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ._plot import plot_action_levels, plot_estimates
+
+    out = _out_dir(out, config_path, overwrite)
+    problem, schedule, data, true_model = build_anneal(config)
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    result = anneal_from_config(problem, schedule, config, progress)
     result.save(out, overwrite=overwrite)
     data.save(os.path.join(out, "data.npz"))
     ax = plot_action_levels(result)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._cli import _load_config, _merge, _out_dir
+from ._cli import _load_config, _merge, _out_dir, anneal_from_config
 from ._config import check_keys, set_dotted
 
 _ANNEAL = {
@@ -275,10 +275,9 @@ def errors_of(net, data: dict, classification: bool) -> dict:
 def run_annealing(config: dict, data: dict, *, depth: int | None = None, progress: bool = False):
     """Anneal the config's `Training` problem. **Returns:** `(result, problem, summary)`,
     the summary a dict of the lowest-action path's and the best-validation path's errors."""
-    import jax.numpy as jnp
     import jax.random as jr
 
-    from ._anneal import AnnealSchedule, anneal
+    from ._anneal import AnnealSchedule
     from ._training import Training
 
     p, a = config["problem"], config["anneal"]
@@ -297,19 +296,7 @@ def run_annealing(config: dict, data: dict, *, depth: int | None = None, progres
     rf0 = float(a["rf0"]) if depth is None else float(p["rf0_continuous"]) * rf_scale(config, depth)
     schedule = AnnealSchedule(rf0, float(a["alpha"]), int(a["n_beta"]))
     start = time.perf_counter()
-    result = anneal(
-        problem,
-        schedule,
-        int(a["n_paths"]),
-        jr.key(int(a["seed"])),
-        save_betas=config["output"]["save_betas"],
-        ftol=a["ftol"],
-        gtol=a["gtol"],
-        max_steps=int(a["max_steps"]),
-        history_length=int(a["history_length"]),
-        dtype=jnp.dtype(a["dtype"]),
-        progress=progress,
-    )
+    result = anneal_from_config(problem, schedule, config, progress)
     wall = time.perf_counter() - start
     best = result.best
     by_validation = int(np.nanargmin(np.asarray(result.validation_error)))
