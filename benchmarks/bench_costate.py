@@ -2,9 +2,9 @@
 
 For each (depth, width, batch) a tanh network of `depth` equal layers (one `lax.scan`) and a
 mean-squared output loss: `deepest.costate_grad` against the reference
-`jax.grad(lambda n: mse(jax.vmap(n)(x), y))`, both jitted. `costate_grad` checks at run time
-that the data are finite (a fixed cost of a few tens of µs); the column "no check" times
-`costate_grad(mse, check_finite=False)`, the same computation as the reference. Times exclude
+`jax.grad(lambda n: mse(jax.vmap(n)(x), y))`, both jitted. Inside `jit` the default
+`costate_grad` does not check that the data are finite (it checks concrete data on the host);
+the column "no check" times `costate_grad(mse, check_finite=False)`, the same program. Times exclude
 compilation (reported separately) and are medians over repeats after a warm-up call, with
 `block_until_ready`; memory is XLA's `memory_analysis()` of the compiled function
 (temporaries + outputs).

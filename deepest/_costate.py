@@ -52,6 +52,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, ArrayLike, PyTree, Scalar
 
 # -- per-layer linearisation with shared residuals --------------------------------------------
@@ -148,7 +149,7 @@ def costate_sweep(net: eqx.Module, x: PyTree[ArrayLike], dC_dxL: PyTree[ArrayLik
 
 
 def costate_value_and_grad(
-    output_loss: Callable[[Array, Array], Scalar], *, check_finite: bool = True
+    output_loss: Callable[[Array, Array], Scalar], *, check_finite: bool | None = None
 ) -> Callable[[eqx.Module, ArrayLike, ArrayLike], tuple[Scalar, PyTree]]:
     """As [`deepest.costate_grad`][], returning `(loss, grad)`."""
     if not callable(output_loss):
@@ -171,7 +172,7 @@ def costate_value_and_grad(
 
 
 def costate_grad(
-    output_loss: Callable[[Array, Array], Scalar], *, check_finite: bool = True
+    output_loss: Callable[[Array, Array], Scalar], *, check_finite: bool | None = None
 ) -> Callable[[eqx.Module, ArrayLike, ArrayLike], PyTree]:
     """The gradient of a batched output loss by the costate sweep.
 
@@ -184,15 +185,17 @@ def costate_grad(
 
     - `output_loss`: `output_loss(y_hat, y) -> scalar`, a function of the *batched* network
       output `y_hat` (leading axis: the M samples) and the targets `y`.
-    - `check_finite`: check at run time that the inputs and targets are finite.
+    - `check_finite`: whether to check that the inputs and targets are finite. `None`
+      (default): checked on the host, before any compute, when they are concrete arrays, and
+      not checked inside a `jax.jit` (where the check would cost time on every call).
+      `True`: also checked inside `jit`, at run time with `eqx.error_if`. `False`: never.
 
     **Returns:** a function `(net, x, y) -> grad` with `x` the M inputs (leading axis M ≥ 1),
     `y` the M targets, and `grad` shaped like the network (as `eqx.filter_grad` gives it).
     Raises `ValueError` at trace time for an empty batch, batch sizes that differ, or
     targets whose shape differs from the output's (when they have the output's rank: integer
-    class labels of rank one less are allowed), and at run time (`eqx.error_if`) for
-    non-finite inputs or targets unless `check_finite=False` (that check costs a fixed
-    ~30 µs per call; [`deepest.fit`][] checks its data once instead).
+    class labels of rank one less are allowed), and for non-finite inputs or targets as
+    `check_finite` says ([`deepest.fit`][] checks its data once, up front).
 
     **Example:**
 
@@ -222,9 +225,16 @@ def _check_batch(x, y, check_finite):
         raise ValueError(
             f"{x.shape[0]} inputs but {y.shape[0]} targets; give one target per input."
         )
-    # One run-time check for both arrays: each `eqx.error_if` costs a fixed ~30 µs.
-    finite = [jnp.all(jnp.isfinite(a)) for a in (x, y) if jnp.issubdtype(a.dtype, jnp.inexact)]
-    if check_finite and finite:
+    inexact = [a for a in (x, y) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    if check_finite is False or not inexact:
+        return x, y
+    if not any(isinstance(a, jax.core.Tracer) for a in inexact):
+        if not all(np.all(np.isfinite(np.asarray(a))) for a in inexact):
+            raise ValueError("The inputs or the targets contain NaN or infinite values.")
+        return x, y
+    if check_finite:
+        # One run-time check for both arrays: each `eqx.error_if` costs a fixed ~30 µs.
+        finite = [jnp.all(jnp.isfinite(a)) for a in inexact]
         bad = jnp.logical_not(jnp.logical_and(finite[0], finite[-1]))
         x = eqx.error_if(x, bad, "The inputs or the targets contain NaN or infinite values.")
     return x, y

@@ -384,10 +384,17 @@ def test_bad_input(getkey):
         grad(net, x, jnp.ones((4, 3)))
     with pytest.raises(ValueError, match="one target per input"):
         grad(net, x, jnp.ones((5, 2)))
-    with pytest.raises(eqx.EquinoxRuntimeError, match="NaN or infinite"):
-        eqx.filter_jit(grad)(net, x.at[1, 2].set(jnp.nan), y)
-    with pytest.raises(eqx.EquinoxRuntimeError, match="NaN or infinite"):
+    # concrete data: checked on the host before any compute
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        grad(net, x.at[1, 2].set(jnp.nan), y)
+    with pytest.raises(ValueError, match="NaN or infinite"):
         grad(net, x, y.at[0, 0].set(jnp.inf))
+    # inside jit: checked at run time only when asked for
+    checked = eqx.filter_jit(deepest.costate_grad(mse, check_finite=True))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="NaN or infinite"):
+        checked(net, x.at[1, 2].set(jnp.nan), y)
+    unchecked = eqx.filter_jit(grad)(net, x.at[1, 2].set(jnp.nan), y)
+    assert not all(jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(unchecked))
     with pytest.raises(TypeError, match="costate_sweep"):
         deepest.costate_sweep(eqx.nn.Linear(3, 2, key=getkey()), x[0], y[0])
     with pytest.raises(TypeError, match="costate_sweep"):
