@@ -19,21 +19,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._cli import _load_config, _merge, _out_dir, anneal_from_config
+from ._cli import ANNEAL_DEFAULTS, _load_config, _merge, _out_dir, anneal_from_config
 from ._config import check_keys, set_dotted
 
-_ANNEAL = {
-    "rf0": 1e-4,
-    "alpha": 2.0,
-    "n_beta": 30,
-    "n_paths": 16,
-    "seed": 1,
-    "ftol": None,
-    "gtol": None,
-    "max_steps": 5000,
-    "history_length": 10,
-    "dtype": "float64",
-}
+# The anneal section of `deepest anneal`, with a schedule suited to networks.
+_ANNEAL = {**ANNEAL_DEFAULTS["anneal"], "rf0": 1e-4, "n_beta": 30}
 _BACKPROP = {
     "learning_rate": 1e-2,
     "steps": 2000,
