@@ -17,6 +17,12 @@ from ._anneal import (
     load_result as load_result,
 )
 from ._assimilation import Assimilation as Assimilation
+from ._minimisers import (
+    AbstractMinimiser as AbstractMinimiser,
+    LBFGS as LBFGS,
+    LevenbergMarquardt as LevenbergMarquardt,
+    solve_block_tridiagonal as solve_block_tridiagonal,
+)
 from ._plot import plot_action_levels as plot_action_levels, plot_estimates as plot_estimates
 
 # -- layered networks, costate sweep, training (issue 3) --
@@ -67,6 +73,7 @@ from ._tpbvp import (
     Collocation as Collocation,
     MultipleShooting as MultipleShooting,
     Shooting as Shooting,
+    TPBVPResults as TPBVPResults,
     TPBVPSolution as TPBVPSolution,
     anneal_tpbvp as anneal_tpbvp,
     solve_tpbvp as solve_tpbvp,

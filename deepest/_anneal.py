@@ -1,11 +1,12 @@
 """Variational annealing of many initial paths at once, in one compiled program.
 
 Design. Each path is a lane of a `jax.vmap`. A lane holds its own β index and its own
-optimistix L-BFGS state, and takes one quasi-Newton step (one value-and-gradient evaluation:
-optimistix's line search runs across steps, not inside them) per iteration of a single
-`lax.while_loop`. When a lane's minimisation at its β meets the stopping rule, the lane
-records its action levels, moves to the next β (R_f ← α R_f) from its minimum and resets
-its L-BFGS memory, while the other lanes carry on. So the loop runs for the largest
+optimistix solver state (L-BFGS, or Levenberg–Marquardt: see `_minimisers.py`), and takes
+one step (one evaluation of the action: optimistix's line search and trust region run
+across steps, not inside them) per iteration of a single `lax.while_loop`. When a lane's
+minimisation at its β meets the stopping rule, the lane records its action levels, moves
+to the next β (R_f ← α R_f) from its minimum and resets its solver, while the other lanes
+carry on. So the loop runs for the largest
 *total* number of steps of any path, not the sum over β of the slowest path at each β: a
 path that is slow at one β is fast at another, and no lane waits for the batch to finish a
 β. A lane that turns non-finite leaves at once. With several devices the lanes are split
@@ -25,9 +26,9 @@ import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
 import optimistix as optx
-from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
+from ._minimisers import LBFGS, AbstractMinimiser
 from ._problem import AbstractProblem
 
 
@@ -68,7 +69,7 @@ class AnnealResult(eqx.Module):
     """The outcome of [`deepest.anneal`][].
 
     Arrays indexed `[beta, path]`: `action`, `measurement_error`, `model_error`,
-    `converged`, `iterations` (value-and-gradient evaluations spent at that β).
+    `converged`, `iterations` (solver steps, one evaluation each, spent at that β).
 
     - `rf`: the model weights of the schedule, (n_beta,) or (n_beta, dim).
     - `finite`: (n_paths,) False for a path that turned non-finite (its later levels NaN).
@@ -259,7 +260,7 @@ class _Config(eqx.Module):
     gtol: float = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
     max_rejections: int = eqx.field(static=True)
-    history_length: int = eqx.field(static=True)
+    minimiser: AbstractMinimiser = eqx.field(static=True)
     progress: bool = eqx.field(static=True)
 
 
@@ -275,28 +276,15 @@ def _progress(bar_id, n_done, lowest_beta):
         bar.set_postfix_str(f"lowest β running: {int(lowest_beta)}", refresh=False)
 
 
-def _objective(problem, unravel):
-    def fn(y, rf):
-        u = unravel(y)
-        meas = problem.measurement_error(u)
-        model = problem.model_error(u)
-        action = problem.action(u, rf)
-        return action, (meas, model)
-
-    return fn
-
-
 def _run_lanes(problem, y0, rf_table, bar_id, config: _Config):
     """Anneal a batch of flat initial paths `y0` (n_lanes, n); one while loop."""
     TRACES["anneal"] += 1
-    template = jax.eval_shape(problem.init, jr.key(0))
-    _, unravel = ravel_pytree(jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), template))
-    fn = _objective(problem, unravel)
-    solver = optx.LBFGS(rtol=0.0, atol=0.0, history_length=config.history_length)
+    minimiser = config.minimiser
+    solver, fn = minimiser.solver_and_fn(problem, y0[0])
     dtype = y0.dtype
     n_beta = config.n_beta
     f_struct, aux_struct = jax.eval_shape(fn, y0[0], rf_table[0])
-    f_struct = jax.ShapeDtypeStruct(f_struct.shape, f_struct.dtype)
+    f_struct = jtu.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), f_struct)
     options = {}
     tags = frozenset()
 
@@ -327,7 +315,8 @@ def _run_lanes(problem, y0, rf_table, bar_id, config: _Config):
         # Only the small leaves are reset. The (history_length, n) L-BFGS memories are
         # left as they are: zeroing the stored inner products 1/⟨s, y⟩ (small leaves)
         # removes their pairs from the two-loop recursion, and copying them every
-        # step would cost more than the gradient.
+        # step would cost more than the gradient. (Levenberg–Marquardt's first step
+        # after a reset is accepted unconditionally and recomputes its blocks.)
         return jtu.tree_map(
             lambda a, b: jnp.where(done, a, b) if eqx.is_array(a) and a.ndim <= 1 else b,
             fresh,
@@ -341,8 +330,7 @@ def _run_lanes(problem, y0, rf_table, bar_id, config: _Config):
         rf = rf_table[beta]
         y, state, _ = solver.step(fn, lane.y, rf, options, lane.state, tags)
         accepted = state.num_accepted_steps > lane.state.num_accepted_steps
-        f = state.f_info.f
-        grad = state.f_info.grad
+        f, grad = minimiser.action_and_grad(state)
         meas, model = state.aux
         finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(grad)) & jnp.all(jnp.isfinite(y))
         bad = active & accepted & ~finite
@@ -446,19 +434,19 @@ def anneal(
     ftol: float | None = None,
     gtol: float | None = None,
     max_steps: int = 5000,
-    history_length: int = 10,
+    minimiser: AbstractMinimiser | None = None,
     dtype=None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = True,
 ) -> AnnealResult:
     r"""Variational annealing: minimise `problem.action(X, R_f)` for R_f = rf0·α^β, β = 0…
 
-    Each β is minimised by L-BFGS (optimistix) from the previous β's minimum; the first
-    from `problem.init` draws (or `init`). All `n_paths` paths run together in one
-    compiled program, each with its own β (see the module notes), split over `devices`.
-    A minimisation stops, as scipy's L-BFGS-B does, when
+    Each β is minimised by the `minimiser` (L-BFGS by default) from the previous β's
+    minimum; the first from `problem.init` draws (or `init`). All `n_paths` paths run
+    together in one compiled program, each with its own β (see the module notes), split
+    over `devices`. A minimisation stops, as scipy's L-BFGS-B does, when
     (f_k − f_{k+1})/max(|f_k|, |f_{k+1}|, 1) ≤ ftol or max|∇f| ≤ gtol, or after
-    `max_steps` value-and-gradient evaluations (then `converged` is False).
+    `max_steps` steps, each one evaluation of the action (then `converged` is False).
 
     **Arguments:**
 
@@ -470,7 +458,9 @@ def anneal(
     - `init`: optional initial unknowns with a leading `n_paths` axis (replaces the draws).
     - `ftol`, `gtol`: tolerances; default 1e-8 in float64 (varanneal's), 1e-6 in float32.
     - `max_steps`: the most evaluations per β and path.
-    - `history_length`: the L-BFGS memory.
+    - `minimiser`: the minimiser of each β: [`deepest.LBFGS`][] (default, any problem)
+      or [`deepest.LevenbergMarquardt`][] (problems with banded residuals, e.g.
+      [`deepest.Assimilation`][]: far fewer steps, each a block-banded linear solve).
     - `dtype`: float64 (default; needs x64 on) or float32.
     - `devices`: devices to split the paths over (default: all of the default backend).
     - `progress`: show a tqdm bar of finished (path, β) minimisations.
@@ -483,8 +473,15 @@ def anneal(
         raise TypeError("`schedule` must be a deepest.AnnealSchedule.")
     if int(n_paths) != n_paths or n_paths < 1:
         raise ValueError(f"`n_paths` must be a positive integer; got {n_paths}.")
-    if max_steps < 1 or history_length < 1:
-        raise ValueError("`max_steps` and `history_length` must be positive.")
+    if int(max_steps) != max_steps or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive integer; got {max_steps}.")
+    minimiser = LBFGS() if minimiser is None else minimiser
+    if not isinstance(minimiser, AbstractMinimiser):
+        raise TypeError(
+            f"`minimiser` must be deepest.LBFGS() or deepest.LevenbergMarquardt(); "
+            f"got {type(minimiser).__name__}."
+        )
+    minimiser.check(problem)
     n_paths = int(n_paths)
     problem.check_rf(schedule.rf0)
     save_betas = tuple(sorted({int(b) for b in (save_betas or ())}))
@@ -510,8 +507,11 @@ def anneal(
         expected = jtu.tree_structure(jax.eval_shape(problem.init, key))
         if jtu.tree_structure(unknowns) != expected:
             raise ValueError("`init` must have the structure of `problem.init(key)`.")
-    y0 = jax.vmap(lambda u: ravel_pytree(u)[0])(unknowns).astype(dtype)
-    _, unravel = ravel_pytree(jtu.tree_map(lambda a: a[0], unknowns))
+    y0 = jax.vmap(lambda u: minimiser.flatten(problem, u))(unknowns).astype(dtype)
+
+    def unravel(y):
+        return minimiser.unflatten(problem, y)
+
     rf_table = jnp.asarray(schedule.rf, dtype)
 
     devices = list(jax.devices() if devices is None else devices)
@@ -527,7 +527,7 @@ def anneal(
         gtol=gtol,
         max_steps=int(max_steps),
         max_rejections=30,
-        history_length=int(history_length),
+        minimiser=minimiser,
         progress=bool(progress),
     )
     params, static = eqx.partition(problem, eqx.is_array)

@@ -279,6 +279,79 @@ class Assimilation(AbstractProblem):
         """The action A(X, θ; R_f) = measurement_error + model term."""
         return self.measurement_error(unknowns) + self.model_term(unknowns, rf)
 
+    # -- banded residuals (for deepest.LevenbergMarquardt) ----------------------------
+    @property
+    def has_banded_residuals(self) -> bool:
+        return True
+
+    @property
+    def banded_shape(self) -> tuple[int, int, int]:
+        width = 2 * self.dim if self.discretization == "simpson_hermite" else self.dim
+        n_params = sum(int(np.size(self.values[name])) for name in self.estimate)
+        return self.n_model, width, n_params
+
+    def to_banded(self, unknowns: PyTree[Array]) -> tuple[Array, Array]:
+        """States (N_model, D), or (N_model, 2D) with each interval's midpoint beside its
+        first node (the last row's midpoint slot is padding, zero), and the estimated
+        parameters flattened in `estimate` order."""
+        states = unknowns["path"]
+        if self.discretization == "simpson_hermite":
+            mid = jnp.concatenate([unknowns["midpoints"], jnp.zeros_like(states[:1])])
+            states = jnp.concatenate([states, mid], axis=1)
+        flat = [jnp.ravel(unknowns["params"][name]) for name in self.estimate]
+        params = jnp.concatenate(flat) if flat else jnp.zeros((0,), states.dtype)
+        return states, params
+
+    def from_banded(self, states: Array, params: Array) -> PyTree[Array]:
+        out, start = {}, 0
+        for name in self.estimate:
+            shape = jnp.shape(self.values[name])
+            size = int(np.prod(shape, dtype=int))
+            out[name] = params[start : start + size].reshape(shape)
+            start += size
+        unknowns = {"path": states[:, : self.dim], "params": out}
+        if self.discretization == "simpson_hermite":
+            unknowns["midpoints"] = states[:-1, self.dim :]
+        return unknowns
+
+    def banded_residuals(
+        self, states: Array, params: Array, rf: ArrayLike
+    ) -> tuple[Float[Array, "n_model n_observed"], Float[Array, "n_model-1 k"]]:
+        """Node residuals √(R_m/(L N_obs))·(x_l − y_l) at the observation times (zero
+        rows between them, zero where masked) and interval residuals
+        √(R_f/(D (N_model − 1)))·(model residual), Simpson's and Hermite's side by side."""
+        unknowns = self.from_banded(states, params)
+        path = unknowns["path"]
+        observed = path[:: self.steps_per_obs][:, jnp.asarray(self.data.observed)]
+        values = self.data.values
+        if self.data.mask is None:
+            diff = observed - values
+            count = values.size
+        else:
+            mask = self.data.mask
+            diff = jnp.where(mask, observed - jnp.where(mask, values, 0), 0)
+            count = jnp.sum(mask, dtype=diff.dtype)
+        node = jnp.sqrt(self.rm / count) * diff
+        if self.steps_per_obs > 1:
+            node = (
+                jnp.zeros((self.n_model, node.shape[1]), node.dtype)
+                .at[:: self.steps_per_obs]
+                .set(node)
+            )
+        theta = {**self.values, **self.parameters(unknowns)}
+        theta = {n: theta[n] for n in self.estimate}
+        residuals = model_residuals(
+            self.field,
+            self.discretization,
+            self.ts,
+            path,
+            theta,
+            unknowns.get("midpoints"),
+        )
+        weight = jnp.sqrt(jnp.asarray(rf) / (self.dim * (self.n_model - 1)))
+        interval = jnp.concatenate([weight * r for r in residuals], axis=1)
+        return node, interval
+
     def check_rf(self, rf: ArrayLike) -> None:
         if np.shape(rf) not in ((), (self.dim,)):
             raise ValueError(

@@ -43,7 +43,9 @@ ANNEAL_DEFAULTS = {
         "ftol": None,
         "gtol": None,
         "max_steps": 5000,
+        "minimiser": "lbfgs",
         "history_length": 10,
+        "damping": 1e-3,
         "dtype": "float64",
     },
     "output": {"forecast_horizon": 1.0, "save_betas": []},
@@ -107,7 +109,22 @@ def resolve_anneal_config(config: dict) -> dict:
     from ._anneal import AnnealSchedule
 
     AnnealSchedule(np.asarray(a["rf0"], dtype=float), float(a["alpha"]), a["n_beta"])
+    _minimiser(a)
     return config
+
+
+MINIMISERS = ("lbfgs", "levenberg_marquardt")
+
+
+def _minimiser(a: dict):
+    """The `anneal.minimiser` of a config, with its setting (checked)."""
+    from ._minimisers import LBFGS, LevenbergMarquardt
+
+    if a["minimiser"] == "lbfgs":
+        return LBFGS(history_length=a["history_length"])
+    if a["minimiser"] == "levenberg_marquardt":
+        return LevenbergMarquardt(damping=float(a["damping"]))
+    raise ValueError(f"Unknown `anneal.minimiser` {a['minimiser']!r}; use one of {MINIMISERS}.")
 
 
 def _build_model(spec: dict, params: dict):
@@ -254,7 +271,7 @@ def anneal_from_config(problem, schedule, config: dict, progress: bool):
         ftol=a["ftol"],
         gtol=a["gtol"],
         max_steps=int(a["max_steps"]),
-        history_length=int(a["history_length"]),
+        minimiser=_minimiser(a),
         dtype=jnp.dtype(a["dtype"]),
         progress=progress,
     )

@@ -164,6 +164,12 @@ def resolve_train_config(config: dict, sets: Sequence[str] = ()) -> dict:
         if "noise" not in data:
             raise ValueError("Set `problem.rm`.")
         config["problem"]["rm"] = 1.0 / float(data["noise"]) ** 2
+    if config["anneal"]["minimiser"] != "lbfgs":
+        # a network's action is not banded in time per unknown: its weights are per layer
+        raise ValueError(
+            f"`anneal.minimiser` must be 'lbfgs' for network training; "
+            f"got {config['anneal']['minimiser']!r}."
+        )
     return config
 
 

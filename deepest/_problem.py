@@ -24,6 +24,14 @@ class AbstractProblem(eqx.Module):
 
     Problems may override `view(unknowns)` to expose named views (e.g. `paths`) of a batch
     of unknowns, and `expected_action` for the level a consistent path reaches.
+
+    Banded residuals (optional, for [`deepest.LevenbergMarquardt`][]). A problem whose
+    action is a sum of squares of residuals local in time provides `to_banded(unknowns)
+    -> (states (N, d), params (p,))`, its inverse `from_banded`, and
+    `banded_residuals(states, params, rf) -> (node (N, q), interval (N − 1, k))` with
+    `action == Σ node² + Σ interval²`, where row n of `node` depends on `states[n]` and
+    `params` only, and row n of `interval` on `states[n]`, `states[n + 1]` and `params`
+    only.
     """
 
     @abc.abstractmethod
@@ -49,6 +57,29 @@ class AbstractProblem(eqx.Module):
     def expected_action(self) -> float | None:
         """The action level of a path consistent with the data, if known."""
         return None
+
+    @property
+    def has_banded_residuals(self) -> bool:
+        """Whether the problem provides banded residuals (see the class notes)."""
+        return False
+
+    @property
+    def banded_shape(self) -> tuple[int, int, int]:
+        """(N, d, p): the times, the state width and the parameter count of `to_banded`."""
+        raise NotImplementedError
+
+    def to_banded(self, unknowns: PyTree[Array]) -> tuple[Array, Array]:
+        """The unknowns as (states (N, d), params (p,))."""
+        raise NotImplementedError
+
+    def from_banded(self, states: Array, params: Array) -> PyTree[Array]:
+        """The inverse of `to_banded`."""
+        raise NotImplementedError
+
+    def banded_residuals(self, states: Array, params: Array, rf: ArrayLike) -> tuple[Array, Array]:
+        """(node residuals (N, q), interval residuals (N − 1, k)) whose squares sum to the
+        action at `rf`."""
+        raise NotImplementedError
 
     def views(self, unknowns: PyTree[Array]) -> dict[str, Array]:
         """Named arrays of a batch of unknowns (leading axis: paths), for results."""

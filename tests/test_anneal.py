@@ -34,12 +34,20 @@ def _rms_unobserved(result, data, path):
     return float(np.sqrt(np.mean((est[:, unobs] - truth[:, unobs]) ** 2)))
 
 
-def test_twin_L12_every_path_consistent():
+@pytest.mark.parametrize(
+    "minimiser", [deepest.LBFGS(), deepest.LevenbergMarquardt()], ids=["lbfgs", "lm"]
+)
+def test_twin_L12_every_path_consistent(minimiser):
     problem, schedule, data, _, config = config_problem("lorenz96_L12.yaml")
     n_paths = config["anneal"]["n_paths"]
     assert n_paths >= 16
     result = deepest.anneal(
-        problem, schedule, n_paths, jr.key(config["anneal"]["seed"]), progress=False
+        problem,
+        schedule,
+        n_paths,
+        jr.key(config["anneal"]["seed"]),
+        minimiser=minimiser,
+        progress=False,
     )
     meas = result.measurement_error[-1]
     assert np.all((meas > 0.7) & (meas < 1.3)), meas

@@ -111,3 +111,7 @@ def test_bad_values():
         resolve_train_config({"experiment": "bar_images", "data": {"n_train": 0}})
     with pytest.raises(ValueError, match="experiment"):
         resolve_train_config({})
+    with pytest.raises(ValueError, match="minimiser"):
+        resolve_train_config(
+            {"experiment": "bar_images", "anneal": {"minimiser": "levenberg_marquardt"}}
+        )

@@ -1,0 +1,181 @@
+"""The minimisers of each β: banded residuals, the block-tridiagonal solve, and
+Levenberg–Marquardt against L-BFGS."""
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import deepest
+from deepest._minimisers import _normal
+
+from .helpers import small_problem
+
+CASES = [
+    ("euler", 1, False),
+    ("trapezoid", 2, True),
+    ("rk4", 1, True),
+    ("simpson_hermite", 2, False),
+]
+
+
+@functools.cache
+def _data():
+    problem = small_problem(n_times=9, dim=6)
+    return problem.data
+
+
+def _problem(discretization, steps_per_obs, masked):
+    data = _data()
+    rm = 1 / 0.4**2
+    if masked:
+        mask = np.ones(data.values.shape, bool)
+        mask[3, 1] = mask[7, 0] = False
+        data = deepest.Observations(
+            data.times, data.values, data.observed, truth=data.truth, mask=mask, noise=data.noise
+        )
+        rm = np.linspace(5.0, 7.0, len(data.observed))
+    return deepest.Assimilation(
+        deepest.models.Lorenz96(8.0),
+        data,
+        rm=rm,
+        discretization=discretization,
+        steps_per_obs=steps_per_obs,
+        estimate=("forcing",),
+    )
+
+
+@pytest.mark.parametrize("discretization, steps_per_obs, masked", CASES)
+def test_banded_residuals_sum_to_the_action(discretization, steps_per_obs, masked):
+    problem = _problem(discretization, steps_per_obs, masked)
+    u = problem.init(jr.key(3))
+    states, params = problem.to_banded(u)
+    assert (states.shape[0], states.shape[1], params.shape[0]) == problem.banded_shape
+    back = problem.from_banded(states, params)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), back, u))
+    for rf in (2.5, jnp.linspace(1.0, 3.0, problem.dim)):
+        node, interval = eqx.filter_jit(problem.banded_residuals)(states, params, rf)
+        total = jnp.sum(node**2) + jnp.sum(interval**2)
+        action = eqx.filter_jit(problem.action)(u, rf)
+        assert float(total) == pytest.approx(float(action), rel=1e-13)
+
+
+@pytest.mark.parametrize("discretization, steps_per_obs, masked", CASES)
+def test_banded_residuals_are_local_in_time(discretization, steps_per_obs, masked):
+    problem = _problem(discretization, steps_per_obs, masked)
+    states, params = problem.to_banded(problem.init(jr.key(4)))
+    n, d, _ = problem.banded_shape
+    jacobian = jax.jit(lambda s, p: jax.jacfwd(problem.banded_residuals)(s, p, 1.0))
+    node_jac, interval_jac = jacobian(states, params)
+    # node row i may depend on states[i] only; interval row i on states[i], states[i + 1]
+    touched = np.abs(np.asarray(node_jac)).sum(axis=(1, 3)) > 0  # (rows, times)
+    assert not np.any(touched & ~np.eye(n, dtype=bool))
+    touched = np.abs(np.asarray(interval_jac)).sum(axis=(1, 3)) > 0
+    allowed = np.eye(n - 1, n, dtype=bool) | np.eye(n - 1, n, k=1, dtype=bool)
+    assert not np.any(touched & ~allowed)
+    assert touched[allowed].all()
+
+
+@pytest.mark.parametrize("discretization, steps_per_obs, masked", CASES)
+def test_normal_blocks_match_the_dense_jacobian(discretization, steps_per_obs, masked):
+    problem = _problem(discretization, steps_per_obs, masked)
+    minimiser = deepest.LevenbergMarquardt()
+    y = minimiser.flatten(problem, problem.init(jr.key(5)))
+    _, fn = minimiser.solver_and_fn(problem, y)
+    n, d, p = problem.banded_shape
+
+    def residual(y):
+        node, interval = fn(y, 3.0)[0]
+        return jnp.concatenate([node.ravel(), interval.ravel()])
+
+    @jax.jit
+    def normal(y):
+        residuals, linear = jax.linearize(lambda y: fn(y, 3.0)[0], y)
+
+        class Jacobian:
+            mv = staticmethod(linear)
+
+        return _normal(Jacobian, residuals, n, d, p, y.dtype)
+
+    blocks = normal(y)
+    jac = jax.jit(jax.jacfwd(residual))(y)
+    dense = np.asarray(jac.T @ jac)
+    grad = np.asarray(jac.T @ residual(y))
+    scale = np.abs(dense).max()
+    for i in range(n):
+        rows = slice(i * d, (i + 1) * d)
+        np.testing.assert_allclose(blocks.diagonal[i], dense[rows, rows], atol=1e-13 * scale)
+        np.testing.assert_allclose(blocks.border[i], dense[rows, n * d :], atol=1e-13 * scale)
+        if i < n - 1:
+            nxt = slice((i + 1) * d, (i + 2) * d)
+            np.testing.assert_allclose(blocks.off[i], dense[rows, nxt], atol=1e-13 * scale)
+    np.testing.assert_allclose(blocks.corner, dense[n * d :, n * d :], atol=1e-13 * scale)
+    np.testing.assert_allclose(blocks.grad, grad, atol=1e-13 * np.abs(grad).max())
+
+
+@pytest.mark.parametrize("n_params", [0, 2])
+def test_block_tridiagonal_solve_matches_dense(getkey, n_params):
+    n, d, p = 7, 3, n_params
+    jac = jr.normal(getkey(), (4 * n * d, n * d + p))
+    # keep only the bordered block-tridiagonal pattern of JᵀJ, then make it SPD
+    full = np.asarray(jac.T @ jac)
+    pattern = np.zeros_like(full, bool)
+    for i in range(n):
+        for j in range(max(0, i - 1), min(n, i + 2)):
+            pattern[i * d : (i + 1) * d, j * d : (j + 1) * d] = True
+    pattern[n * d :, :] = pattern[:, n * d :] = True
+    matrix = np.where(pattern, full, 0) + n * d * np.eye(n * d + p)
+    rhs = np.asarray(jr.normal(getkey(), (n * d + p,)))
+    blocks = [matrix[i * d : (i + 1) * d] for i in range(n)]
+    diagonal = np.stack([b[:, i * d : (i + 1) * d] for i, b in enumerate(blocks)])
+    off = np.stack([blocks[i][:, (i + 1) * d : (i + 2) * d] for i in range(n - 1)])
+    border = np.stack([b[:, n * d :] for b in blocks])
+    x, theta = deepest.solve_block_tridiagonal(
+        diagonal, off, border, matrix[n * d :, n * d :], rhs[: n * d].reshape(n, d), rhs[n * d :]
+    )
+    expected = np.linalg.solve(matrix, rhs)
+    np.testing.assert_allclose(np.concatenate([np.ravel(x), theta]), expected, rtol=1e-12)
+
+
+def test_levenberg_marquardt_reaches_the_lbfgs_minima_in_fewer_steps():
+    problem = _problem("trapezoid", 1, False)
+    schedule = deepest.AnnealSchedule(1e-2, 2.0, 12)
+    runs = {
+        name: deepest.anneal(problem, schedule, 4, jr.key(0), minimiser=m, progress=False)
+        for name, m in (("lbfgs", deepest.LBFGS()), ("lm", deepest.LevenbergMarquardt()))
+    }
+    lbfgs, lm = runs["lbfgs"], runs["lm"]
+    assert lm.converged.all() and lbfgs.converged.all()
+    # The same final minima. (At small R_f the action is ≪ 1, and the rule's decrease
+    # max(|f|, 1)·ftol is then absolute: L-BFGS stops short where LM's steps land on the
+    # minimum, so only the last levels are compared.)
+    np.testing.assert_allclose(lm.action[-3:], lbfgs.action[-3:], rtol=1e-6)
+    assert np.all(lm.action <= lbfgs.action * (1 + 1e-9))
+    # Nine observation times pin the forcing weakly: L-BFGS's own paths stop 1.5e-3
+    # apart along that flat direction, LM's agree with each other to 1e-8.
+    np.testing.assert_allclose(lm.params["forcing"], lbfgs.params["forcing"], atol=5e-3)
+    assert np.ptp(lm.params["forcing"]) < 1e-8
+    assert lm.iterations.sum() * 5 < lbfgs.iterations.sum()
+    # at LM's final points the action is stationary
+    rf = float(schedule.rf[-1])
+    grads = jax.vmap(jax.grad(lambda u: problem.action(u, rf)))(lm.unknowns)
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads)) < 1e-6
+
+
+def test_minimiser_arguments_are_checked():
+    problem = _problem("trapezoid", 1, False)
+    schedule = deepest.AnnealSchedule(1e-2, 2.0, 2)
+    with pytest.raises(TypeError, match="minimiser"):
+        deepest.anneal(problem, schedule, 2, jr.key(0), minimiser="lbfgs")
+    with pytest.raises(ValueError, match="damping"):
+        deepest.LevenbergMarquardt(damping=0.0)
+    with pytest.raises(ValueError, match="history_length"):
+        deepest.LBFGS(history_length=0)
+    xs = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    training = deepest.Training(deepest.LayeredNetwork([3, 3, 3], key=jr.key(0)), xs, xs, rm=1.0)
+    with pytest.raises(ValueError, match="banded residuals"):
+        deepest.anneal(training, schedule, 2, jr.key(0), minimiser=deepest.LevenbergMarquardt())
