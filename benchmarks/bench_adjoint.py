@@ -4,26 +4,36 @@ against diffrax's adjoints, side by side in one run.
 Methods (all at fixed steps h = T/n, float64):
 
 - `costate`: `deepest.ContinuousNetwork(adjoint="costate")`, Tsit5 forward, exact partner sweep.
-- `reversible`: `adjoint="reversible"`, `ReversibleRK(Tsit5, coupling=0.999)`; on Lorenz-63
-  also with coupling 0.5 (`reversible λ=0.5`), which keeps the forward scheme stable
-  there (it needs λ < R(hσ) ≈ 0.8 for the field's contracting eigenvalue σ ≈ −22.8).
+- `reversible`: `adjoint="reversible"`, `ReversibleRK(Tsit5)` with its default coupling
+  rate κ = 1 (λ = exp(−κh) per step, so the rebuild amplifies rounding by at most e^{κT}
+  along its spurious mode). On the neural ODE at 10⁴ and 10⁵ steps also with the fixed
+  coupling λ = 0.999 (`reversible λ=0.999`), whose amplification 1.001^n grows with n;
+  on Lorenz-63 also with κ = 23 (`reversible κ=23`), which keeps the forward scheme
+  stable there (λ = e^{−0.23} ≈ 0.79 < R(hσ) ≈ 0.8 for the field's most contracting
+  Jacobian eigenvalue σ ≈ −22.8).
 - `RecursiveCheckpoint`: diffrax `RecursiveCheckpointAdjoint`, Tsit5 (the time baseline).
 - `Backsolve`: diffrax `BacksolveAdjoint`, Tsit5 (re-integrates the state backward).
-- `Direct`: diffrax `DirectAdjoint`, Tsit5 (only up to 10³ steps: its compile time and
-  memory grow with max_steps).
+- `Direct`: diffrax `DirectAdjoint`, Tsit5.
 - `RevHeun+Backsolve`: diffrax `ReversibleHeun` with `BacksolveAdjoint`.
 
 Columns: `grad err` is the relative 2-norm error of the parameter gradient against JAX
 autodiff (RecursiveCheckpointAdjoint) through the *same* discrete forward pass (Tsit5 for
 the first four, ReversibleRK for `reversible`, ReversibleHeun for the last); `disc err` is
 that reference's own discretisation error, against Tsit5 at 8× finer steps (omitted
-where that would exceed 10⁵ steps); `time` is one gradient evaluation with compile
-excluded (the minimum over repeated runs, see `measure`), `/RC` its ratio to
+beyond 10⁵ fine steps, and at width 256 beyond 8·10³); `time` is one gradient evaluation
+with compile excluded (the minimum over repeated runs, see `measure`), `/RC` its ratio to
 RecursiveCheckpoint; `compile` the lower+compile time; `memory`
 the compiled peak (temp + arguments + outputs, from `memory_analysis()`).
 
-Run: `python benchmarks/bench_adjoint.py` (`--part neural|lorenz` for one table, `--quick`
-for a small grid).
+Table (c) walks the Lorenz-63 horizon to find where exact reversal breaks: the
+reversible gradient's error against autodiff through the same scheme, next to the
+field's own backward expansion 1/s_min, s_min the smallest singular value of the flow's
+Jacobian ∂x(T)/∂x(0) (from the exact `costate` sweep); ε/s_min is the rounding error any
+exact reversal of the states must suffer.
+
+Run: `python benchmarks/bench_adjoint.py` (`--part neural|lorenz|horizon` for one table,
+`--quick` for a small grid, `--skip-large` to leave out width 256 at 10⁴ steps, the
+slowest case, `--large-only` for that case alone).
 """
 
 import argparse
@@ -78,7 +88,11 @@ class Lorenz63(eqx.Module):
 
 
 TERM = diffrax.ODETerm(lambda t, x, field: field(t, x))
-COUPLINGS = {"reversible": 0.999, "reversible λ=0.5": 0.5}
+COUPLINGS = {
+    "reversible": dict(),
+    "reversible λ=0.999": dict(coupling=0.999),
+    "reversible κ=23": dict(coupling_rate=23.0),
+}
 
 
 def _loss(x_final, weights):
@@ -93,7 +107,7 @@ def make_grad(method, t1, n_steps, x0, weights):
             adjoint = "costate"
         else:
             scheme = method.removesuffix(" (autodiff)")
-            solver = ReversibleRK(solver, coupling=COUPLINGS[scheme])
+            solver = ReversibleRK(solver, **COUPLINGS[scheme])
             adjoint = "autodiff" if method.endswith("(autodiff)") else "reversible"
 
         def loss(field):
@@ -166,7 +180,8 @@ REFERENCE = {
     "Direct": "RecursiveCheckpoint",
     "RecursiveCheckpoint": "RecursiveCheckpoint",
     "reversible": "reversible (autodiff)",
-    "reversible λ=0.5": "reversible λ=0.5 (autodiff)",
+    "reversible λ=0.999": "reversible λ=0.999 (autodiff)",
+    "reversible κ=23": "reversible κ=23 (autodiff)",
     "RevHeun+Backsolve": "RevHeun (autodiff)",
 }
 
@@ -178,7 +193,7 @@ def run_case(label, field, t1, n_steps, x0, weights, methods, fine):
     for method in set(REFERENCE[m] for m in methods) - set(results):
         results[method] = measure(method, field, t1, n_steps, x0, weights)
     exact = None
-    if fine and 8 * n_steps <= 100_000:
+    if fine:
         exact = measure("RecursiveCheckpoint", field, t1, 8 * n_steps, x0, weights)[0]
     base_time = results["RecursiveCheckpoint"][1]
     rows = []
@@ -204,15 +219,15 @@ ALL = ["costate", "reversible", "RecursiveCheckpoint", "Backsolve", "Direct", "R
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a small grid")
-    parser.add_argument("--part", choices=["all", "neural", "lorenz"], default="all")
+    parser.add_argument("--skip-large", action="store_true", help="no width 256 at 10⁴ steps")
+    parser.add_argument("--large-only", action="store_true", help="width 256 at 10⁴ steps only")
+    parser.add_argument("--part", choices=["all", "neural", "lorenz", "horizon"], default="all")
     args = parser.parse_args()
     key = jr.key(0)
     if args.quick:
         neural_grid = [(32, 100), (32, 1000)]
         horizons = [1.0, 2.0]
     else:
-        # Width 256 at 10⁴ steps is skipped: BacksolveAdjoint alone takes ~3 min per
-        # gradient there on a shared 2-core CPU (and the 8×-finer reference ~2 min).
         neural_grid = [
             (32, 100),
             (32, 1_000),
@@ -220,12 +235,19 @@ def main():
             (32, 100_000),
             (256, 100),
             (256, 1_000),
+            (256, 10_000),
         ]
+        if args.skip_large:
+            neural_grid.remove((256, 10_000))
+        if args.large_only:
+            neural_grid = [(256, 10_000)]
         horizons = [1.0, 2.0, 5.0, 10.0]
     if args.part in ("all", "neural"):
         neural(key, neural_grid)
     if args.part in ("all", "lorenz"):
         lorenz(horizons)
+    if args.part in ("all", "horizon"):
+        lorenz_horizon([0.5, 1.0, 1.5, 2.0])
 
 
 def neural(key, neural_grid):
@@ -235,9 +257,12 @@ def neural(key, neural_grid):
         field = TanhMLP(width, jr.fold_in(key, width))
         x0 = jr.normal(jr.fold_in(key, 1), (width,))
         weights = jr.normal(jr.fold_in(key, 2), (width,))
-        methods = [m for m in ALL if m != "Direct" or n_steps <= 1_000]
+        methods = list(ALL)
+        if n_steps >= 10_000 and width == 32:
+            methods.insert(2, "reversible λ=0.999")
+        fine = 8 * n_steps <= 100_000 and width**2 * n_steps <= 256**2 * 1_000
         for row in run_case(
-            f"w={width}, n={n_steps}", field, 1.0, n_steps, x0, weights, methods, fine=True
+            f"w={width}, n={n_steps}", field, 1.0, n_steps, x0, weights, methods, fine
         ):
             print(row, flush=True)
 
@@ -250,9 +275,35 @@ def lorenz(horizons):
     weights = jnp.array([1.0, 1.0, 1.0])
     for t1 in horizons:
         n_steps = round(t1 / 0.01)
-        methods = ALL[:2] + ["reversible λ=0.5"] + ALL[2:]
+        methods = ALL[:2] + ["reversible κ=23"] + ALL[2:]
         for row in run_case(f"T={t1:g}", field, t1, n_steps, x0, weights, methods, fine=True):
             print(row, flush=True)
+
+
+def lorenz_horizon(horizons):
+    print("\n### (c) Lorenz-63: where exact reversal breaks, h = 0.01\n")
+    print(
+        "| T | reversible (κ=1) grad err | reversible κ=23 grad err | 1/s_min | ε/s_min |\n"
+        "|---|---|---|---|---|"
+    )
+    field = Lorenz63(jnp.array(10.0), jnp.array(28.0), jnp.array(8 / 3))
+    x0 = jnp.array([1.0, 1.0, 1.0])
+    weights = jnp.array([1.0, 1.0, 1.0])
+    for t1 in horizons:
+        n_steps = round(t1 / 0.01)
+        errors = []
+        for method in ["reversible", "reversible κ=23"]:
+            grad = jax.jit(make_grad(method, t1, n_steps, x0, weights))(field)
+            reference = jax.jit(make_grad(REFERENCE[method], t1, n_steps, x0, weights))(field)
+            errors.append(relative_error(grad, reference))
+        net = deepest.ContinuousNetwork(field, t1, n_steps, solver=diffrax.Tsit5())
+        flow_jacobian = jax.jit(jax.jacrev(net))(x0)
+        s_min = float(jnp.linalg.svd(flow_jacobian, compute_uv=False)[-1])
+        eps = float(jnp.finfo(jnp.float64).eps)
+        print(
+            f"| {t1:g} | {errors[0]:.1e} | {errors[1]:.1e} | {1 / s_min:.1e} | {eps / s_min:.1e} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

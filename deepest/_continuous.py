@@ -118,6 +118,10 @@ class ContinuousNetwork(eqx.Module):
     - `"reversible"`: the forward scheme is the reversible RK of McCallum & Foster
         (2024) around `solver` ([`deepest.integrators.ReversibleRK`][]); the backward
         pass rebuilds the states exactly, so its memory does not grow with `n_steps`.
+        A plain `solver` gets the default coupling rate κ = 1 (coupling λ = e^{−κh}
+        per step), which bounds the rebuild's amplification of rounding by e^{κT}
+        however many steps are taken; pass a `ReversibleRK` to choose κ for a
+        dissipative field (see its docstring for the stability trade-off).
 
     λ is the backprop costate; the action's canonical momentum is p = −λ.
 

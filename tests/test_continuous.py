@@ -140,6 +140,10 @@ def test_bad_input_gets_clear_errors(getkey):
         deepest.PiecewiseConstant(field, 0)
     with pytest.raises(ValueError, match="coupling"):
         ReversibleRK(RK4(), coupling=0.0)
+    with pytest.raises(ValueError, match="coupling rate"):
+        ReversibleRK(RK4(), coupling_rate=-1.0)
+    with pytest.raises(ValueError, match="not both"):
+        ReversibleRK(RK4(), coupling=0.5, coupling_rate=1.0)
     net = deepest.ContinuousNetwork(field, 1.0, 10)
     with pytest.raises(ValueError, match="vmap"):
         net(jnp.ones((4, 3)))
