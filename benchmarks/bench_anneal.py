@@ -81,6 +81,7 @@ def main():
     parser.add_argument("--configs", nargs="+", default=["L12", "L8"])
     parser.add_argument("--history", type=int, default=10)
     parser.add_argument("--minimisers", nargs="+", default=["lbfgs", "lm"])
+    parser.add_argument("--lm-sizes", type=int, nargs="+", default=None, help="default: --sizes")
     args = parser.parse_args()
     minimisers = {
         "lbfgs": ("deepest.anneal, L-BFGS", deepest.LBFGS(history_length=args.history)),
@@ -94,14 +95,15 @@ def main():
     for name in args.configs:
         problem, schedule, config = load(name)
         key = jr.key(config["anneal"]["seed"])
-        n_max = max(args.sizes + [args.serial_paths])
+        n_max = max(args.sizes + (args.lm_sizes or []) + [args.serial_paths])
         init = jax.vmap(problem.init)(jr.split(key, n_max))
         sub = jax.tree.map(lambda a: a[: args.serial_paths], init)
         serial = serial_anneal(problem, schedule, sub)
         s_final = serial["action"][-1]
         results = {}
         for m in args.minimisers:
-            for n in args.sizes:
+            sizes = args.lm_sizes if m == "lm" and args.lm_sizes else args.sizes
+            for n in sizes:
                 u = jax.tree.map(lambda a, n=n: a[:n], init)
                 results[m, n] = deepest.anneal(
                     problem, schedule, n, key, init=u, progress=False, minimiser=minimisers[m][1]
@@ -170,7 +172,7 @@ def main():
         )
         # same initial paths: the per-path minima agree where both converge alike
         for m in args.minimisers:
-            r16 = results[m, min(args.sizes)]
+            r16 = results[m, min(n for mm, n in results if mm == m)]
             k = min(args.serial_paths, r16.n_paths)
             agree = np.mean(np.isclose(r16.action[-1, :k], s_final[:k], rtol=1e-3))
             print(

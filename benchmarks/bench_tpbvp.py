@@ -4,11 +4,21 @@ Both solve the canonical equations of the continuous assimilation action (pendul
 observed at both ends; Lorenz-63, components 0 and 2 observed at both ends). Accuracy is
 measured against a reference solve (multiple shooting, Tsit5, 8 x 128 steps, error ~1e-13),
 as the max error of x and p over 101 times. scipy runs at tol = 1e-5 (with its default
-finite-difference Jacobians) and our mesh is chosen so that our error is no larger than
-scipy's ("equal accuracy"; both ≈ 1e-7–1e-6). JAX time excludes compilation (reported
-separately); each timing is the median of repeats. Batched: 64 problems with different data
-(vmap, one call) against scipy solving them in a loop; errors over the problems both
-solved, with the count each solved.
+finite-difference Jacobians) and our meshes are chosen so that our error is no larger than
+scipy's ("equal accuracy"; both ≈ 1e-7–1e-6). Two of our methods:
+
+- collocation: `deepest.Collocation` (Lobatto IIIA–IIIB, order 4) on a uniform mesh; for
+  Lorenz-63 with nested iteration: an 11-node collocation solve (Newton to 1e-2) is the
+  fine solve's `guess` (both inside the timed call). Measured on this machine it pays for
+  Lorenz-63 (poor default guess: ~10 Newton steps on the fine mesh, 2 after the coarse
+  solve) and not for the pendulum (7 steps, cheap).
+- multiple shooting: `deepest.MultipleShooting` with Tsit5 at fixed steps.
+
+JAX time excludes compilation (reported separately); each timing is the median of repeats,
+and single-problem timings alternate JAX and scipy calls, so that both see the same load on a
+shared machine.
+Batched: 64 problems with different data (vmap, one call) against scipy solving them in a
+loop; errors over the problems both solved, with the count each solved.
 
     .venv/bin/python benchmarks/bench_tpbvp.py            # full
     .venv/bin/python benchmarks/bench_tpbvp.py --quick    # smoke
@@ -63,6 +73,31 @@ def lorenz_numpy(y, rf, s=10.0, r=28.0, b=8.0 / 3.0):
 # discretisation error either way, one iteration sooner.
 NEWTON = optx.Newton(rtol=1e-9, atol=1e-9, linear_solver=lx.LU())
 
+
+def collocation(n_nodes, coarse_nodes=None):
+    """Collocation on `n_nodes` uniform nodes; with `coarse_nodes`, started from a coarser
+    collocation solve (nested iteration).
+
+    The coarse solve only needs to bring Newton's fine-mesh iterations into their fast
+    phase, hence its loose Newton tolerance; the fine one stops at 1e-8 (relative step),
+    below the ≈ 1e-7 discretisation error.
+    """
+    fine = deepest.Collocation(n_nodes, newton_tol=1e-8)
+    if coarse_nodes is None:
+        return lambda problem: deepest.solve_tpbvp(problem, fine, throw=False)
+    coarse = deepest.Collocation(coarse_nodes, newton_tol=1e-2)
+
+    def solve(problem):
+        start = deepest.solve_tpbvp(problem, coarse, throw=False)
+        return deepest.solve_tpbvp(problem, fine, start, throw=False)
+
+    return solve
+
+
+def shooting(method):
+    return lambda problem: deepest.solve_tpbvp(problem, method, throw=False)
+
+
 PROBLEMS = {
     "pendulum (D=2, T=1)": dict(
         model=Pendulum(jnp.asarray(4.0)),
@@ -73,7 +108,12 @@ PROBLEMS = {
         rm=10.0,
         rf=1.0,
         numpy=pendulum_numpy,
-        method=deepest.MultipleShooting(2, steps_per_segment=16, root_finder=NEWTON),
+        methods={
+            "collocation, 33 nodes": collocation(33),
+            "multiple shooting, 2 × 16 Tsit5 steps": shooting(
+                deepest.MultipleShooting(2, steps_per_segment=16, root_finder=NEWTON)
+            ),
+        },
         scipy_tol=1e-5,
     ),
     "Lorenz-63 (D=3, T=0.3, 2 observed)": dict(
@@ -85,7 +125,12 @@ PROBLEMS = {
         rm=20.0,
         rf=1.0,
         numpy=lorenz_numpy,
-        method=deepest.MultipleShooting(4, steps_per_segment=16, root_finder=NEWTON),
+        methods={
+            "collocation, 61 nodes (from 11)": collocation(61, 11),
+            "multiple shooting, 4 × 16 Tsit5 steps": shooting(
+                deepest.MultipleShooting(4, steps_per_segment=16, root_finder=NEWTON)
+            ),
+        },
         scipy_tol=1e-5,
     ),
 }
@@ -114,6 +159,17 @@ def scipy_solve(spec, values, tol):
     return sol
 
 
+def paired_median_times(fn_a, fn_b, repeats):
+    """Medians of alternating timings of two functions (both see the same machine load)."""
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_a), statistics.median(times_b)
+
+
 def median_time(fn, repeats):
     times = []
     for _ in range(repeats):
@@ -123,8 +179,16 @@ def median_time(fn, repeats):
     return statistics.median(times)
 
 
-def run_problem(name, spec, repeats, batch, rng, reference_method):
-    rows = []
+def max_error(x, p, ref_x, ref_p, mask=None):
+    ex = jnp.abs(x - ref_x)
+    ep = jnp.abs(p - ref_p)
+    if mask is not None:
+        ex = jnp.where(mask[:, None, None], ex, 0)
+        ep = jnp.where(mask[:, None, None], ep, 0)
+    return max(float(jnp.max(ex)), float(jnp.max(ep)))
+
+
+def run_problem(name, spec, repeats, batch, rng, reference_solve):
     data = deepest.Observations(spec["times"], spec["values"], spec["observed"])
     problem = deepest.ContinuousAssimilation(
         spec["model"], data, spec["rm"], spec["rf"], dim=spec["dim"]
@@ -132,30 +196,14 @@ def run_problem(name, spec, repeats, batch, rng, reference_method):
     with_values = lambda v: eqx.tree_at(lambda p: p.values, problem, v)
     ts = jnp.linspace(spec["times"][0], spec["times"][1], 101)
 
-    def solve_one(v, method):
-        sol = deepest.solve_tpbvp(with_values(v), method, throw=False)
+    def solve_one(v, solve):
+        sol = solve(with_values(v))
         x, p = jax.vmap(sol.evaluate)(ts)
         return x, p, sol.converged
 
     d = spec["dim"]
-    reference = jax.jit(lambda v: solve_one(v, reference_method))
     values = jnp.asarray(spec["values"])
-    ref_x, ref_p, _ = reference(values)
-
-    fn = jax.jit(lambda v: solve_one(v, spec["method"]))
-    start = time.perf_counter()
-    compiled = fn.lower(values).compile()
-    compile_single = time.perf_counter() - start
-    x, p, ok = compiled(values)
-    assert bool(ok)
-    err_jax = max(float(jnp.max(jnp.abs(x - ref_x))), float(jnp.max(jnp.abs(p - ref_p))))
-    t_jax = median_time(lambda: jax.block_until_ready(compiled(values)), repeats)
-
-    s = scipy_solve(spec, np.asarray(values), spec["scipy_tol"])
-    y = s.sol(np.asarray(ts))
-    err_scipy = max(float(np.max(np.abs(y[:d].T - ref_x))), float(np.max(np.abs(y[d:].T - ref_p))))
-    t_scipy = median_time(lambda: scipy_solve(spec, np.asarray(values), spec["scipy_tol"]), repeats)
-
+    ref_x, ref_p, _ = jax.jit(lambda v: solve_one(v, reference_solve))(values)
     # A batch of problems: the end data perturbed.
     batch_values = values[None] + jnp.asarray(
         np.concatenate(
@@ -166,52 +214,78 @@ def run_problem(name, spec, repeats, batch, rng, reference_method):
             axis=1,
         )
     )
-    fn_batch = jax.jit(jax.vmap(lambda v: solve_one(v, spec["method"])))
-    start = time.perf_counter()
-    compiled_batch = fn_batch.lower(batch_values).compile()
-    compile_batch = time.perf_counter() - start
-    t_jax_batch = median_time(
-        lambda: jax.block_until_ready(compiled_batch(batch_values)), max(1, repeats // 4)
-    )
-    ref_batch = jax.jit(jax.vmap(lambda v: solve_one(v, reference_method)))(batch_values)
-    xb, pb, okb = compiled_batch(batch_values)
-    both = okb & ref_batch[2]
-    err_jax_batch = max(
-        float(jnp.max(jnp.where(both[:, None, None], jnp.abs(xb - ref_batch[0]), 0))),
-        float(jnp.max(jnp.where(both[:, None, None], jnp.abs(pb - ref_batch[1]), 0))),
-    )
+    ref_batch = jax.jit(jax.vmap(lambda v: solve_one(v, reference_solve)))(batch_values)
 
-    def scipy_batch():
-        return [scipy_solve(spec, np.asarray(v), spec["scipy_tol"]) for v in batch_values]
-
+    # scipy, single and batched (solved one after another).
+    s = scipy_solve(spec, np.asarray(values), spec["scipy_tol"])
+    y = s.sol(np.asarray(ts))
+    err_scipy = max_error(y[:d].T, y[d:].T, ref_x, ref_p)
     start = time.perf_counter()
-    sols = scipy_batch()
+    sols = [scipy_solve(spec, np.asarray(v), spec["scipy_tol"]) for v in batch_values]
     t_scipy_batch = time.perf_counter() - start
-    err_scipy_batch = 0.0
     scipy_ok = np.array([s_i.status == 0 for s_i in sols])
-    for i, s_i in enumerate(sols):
-        if not (scipy_ok[i] and bool(both[i])):
-            continue
-        y = s_i.sol(np.asarray(ts))
-        err_scipy_batch = max(
-            err_scipy_batch,
-            float(np.max(np.abs(y[:d].T - ref_batch[0][i]))),
-            float(np.max(np.abs(y[d:].T - ref_batch[1][i]))),
+    scipy_batch = np.stack([s_i.sol(np.asarray(ts)) for s_i in sols])  # (batch, 2d, 101)
+
+    rows = []
+    for method_name, solve in spec["methods"].items():
+        fn = jax.jit(lambda v, solve=solve: solve_one(v, solve))
+        start = time.perf_counter()
+        compiled = fn.lower(values).compile()
+        compile_single = time.perf_counter() - start
+        x, p, ok = compiled(values)
+        assert bool(ok)
+        err_jax = max_error(x, p, ref_x, ref_p)
+        t_jax, t_scipy = paired_median_times(
+            lambda c=compiled: jax.block_until_ready(c(values)),
+            lambda: scipy_solve(spec, np.asarray(values), spec["scipy_tol"]),
+            repeats,
         )
-    rows.append((name, "single", t_jax, compile_single, err_jax, "1/1", t_scipy, err_scipy, "1/1"))
-    rows.append(
-        (
-            name,
-            f"batch of {batch}",
-            t_jax_batch,
-            compile_batch,
-            err_jax_batch,
-            f"{int(jnp.sum(okb))}/{batch}",
-            t_scipy_batch,
-            err_scipy_batch,
-            f"{int(scipy_ok.sum())}/{batch}",
+
+        fn_batch = jax.jit(jax.vmap(lambda v, solve=solve: solve_one(v, solve)))
+        start = time.perf_counter()
+        compiled_batch = fn_batch.lower(batch_values).compile()
+        compile_batch = time.perf_counter() - start
+        t_jax_batch = median_time(
+            lambda c=compiled_batch: jax.block_until_ready(c(batch_values)), max(1, repeats // 4)
         )
-    )
+        xb, pb, okb = compiled_batch(batch_values)
+        both = np.asarray(okb & ref_batch[2]) & scipy_ok
+        err_jax_batch = max_error(xb, pb, ref_batch[0], ref_batch[1], jnp.asarray(both))
+        err_scipy_batch = max_error(
+            jnp.swapaxes(scipy_batch[:, :d], 1, 2),
+            jnp.swapaxes(scipy_batch[:, d:], 1, 2),
+            ref_batch[0],
+            ref_batch[1],
+            jnp.asarray(both),
+        )
+        rows.append(
+            (
+                name,
+                method_name,
+                "single",
+                t_jax,
+                compile_single,
+                err_jax,
+                "1/1",
+                t_scipy,
+                err_scipy,
+                "1/1" if s.status == 0 else "0/1",
+            )
+        )
+        rows.append(
+            (
+                name,
+                method_name,
+                f"batch of {batch}",
+                t_jax_batch,
+                compile_batch,
+                err_jax_batch,
+                f"{int(jnp.sum(okb))}/{batch}",
+                t_scipy_batch,
+                err_scipy_batch,
+                f"{int(scipy_ok.sum())}/{batch}",
+            )
+        )
     return rows
 
 
@@ -222,21 +296,21 @@ def main():
     repeats = 3 if args.quick else 20
     batch = 8 if args.quick else 64
     rng = np.random.default_rng(0)
-    reference_method = deepest.MultipleShooting(8, steps_per_segment=128)
+    reference = shooting(deepest.MultipleShooting(8, steps_per_segment=128))
     rows = []
     for name, spec in PROBLEMS.items():
-        rows += run_problem(name, spec, repeats, batch, rng, reference_method)
+        rows += run_problem(name, spec, repeats, batch, rng, reference)
 
     print(f"jax {jax.__version__}, devices {jax.devices()}, repeats {repeats}\n")
     print(
-        "| problem | case | solve_tpbvp time | compile | error | converged | "
+        "| problem | method | case | solve_tpbvp time | compile | error | converged | "
         "scipy solve_bvp time | scipy error | scipy converged | speed-up |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, case, tj, tc, ej, cj, ts_, es, cs in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, method, case, tj, tc, ej, cj, ts_, es, cs in rows:
         print(
-            f"| {name} | {case} | {tj * 1e3:.2f} ms | {tc:.1f} s | {ej:.1e} | {cj} | "
-            f"{ts_ * 1e3:.1f} ms | {es:.1e} | {cs} | {ts_ / tj:.0f}x |"
+            f"| {name} | {method} | {case} | {tj * 1e3:.2f} ms | {tc:.1f} s | {ej:.1e} | {cj} | "
+            f"{ts_ * 1e3:.1f} ms | {es:.1e} | {cs} | {ts_ / tj:.1f}x |"
         )
 
 

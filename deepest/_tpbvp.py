@@ -5,19 +5,22 @@ A problem is a first-order system for the pair y = (x, p) on [t_0, t_1],
     ẏ = f(t, y),   b(y(t_0), y(t_1)) = 0,   y(τ_k⁺) = J_k(y(τ_k⁻)) at interior nodes τ_k,
 
 with 2·dim boundary conditions b and explicit jump maps J_k (interior measurements). Three
-methods turn it into one square nonlinear system that `optimistix.root_find` solves by
-Newton's method (lineax LU for the linear steps), differentiable with respect to the problem's
-arrays through the implicit function theorem (`optimistix.ImplicitAdjoint`):
+methods turn it into one square nonlinear system solved by Newton's method (the shooting
+methods by `optimistix.root_find` with lineax LU; collocation with a structured linear solve),
+differentiable with respect to the problem's arrays through the implicit function theorem
+(one Newton step with the Jacobian frozen, taken at the root):
 
 - [`deepest.MultipleShooting`][]: unknowns y at segment starts, segments integrated with a
   diffrax solver (vmapped); residuals are continuity (after the jumps) and boundary conditions.
 - [`deepest.Shooting`][]: one unknown y(t_0), integrated across the whole interval.
 - [`deepest.Collocation`][]: the Lobatto IIIA–IIIB pair (3 stages, order 4, symplectic) with
-  nodes and stages as unknowns on a fixed mesh.
+  nodes and stages as unknowns, its Newton system solved with its block structure, and
+  residual-controlled mesh refinement on a fixed maximal mesh with masking.
 
-The mesh of every method is static: each interval between consecutive nodes (t_0, the τ_k,
-t_1) is cut into the same number of equal pieces, so the node *times* may be traced (vmap over
-problems with different observation times) while the array shapes stay fixed.
+Array shapes are static: the shooting methods cut each interval between consecutive nodes
+(t_0, the τ_k, t_1) into the same number of equal pieces, collocation keeps a maximal mesh of
+which a traced number of nodes is active; so the node *times* may be traced (vmap over problems
+with different observation times) while the shapes stay fixed.
 """
 
 import abc
@@ -225,6 +228,16 @@ def _hermite(t0, t1, y0, y1, f0, f1, t):
     return h00 * y0 + h10 * h * f0 + h01 * y1 + h11 * h * f1
 
 
+class TPBVPResults(optx.RESULTS):
+    """The result codes of [`deepest.solve_tpbvp`][]: optimistix's, plus one for mesh
+    refinement."""
+
+    max_nodes_reached = (
+        "The collocation mesh reached `max_nodes` before every interval's residual fell "
+        "below `tol`."
+    )
+
+
 class TPBVPSolution(eqx.Module):
     """The solution of [`deepest.solve_tpbvp`][].
 
@@ -236,9 +249,13 @@ class TPBVPSolution(eqx.Module):
     - `dxs`, `dps`: ẋ and ṗ at `ts` (used for dense output).
     - `residual_norm`: the max-norm of the final Newton residual (continuity, boundary and,
       for collocation, stage equations).
-    - `result`: an `optimistix.RESULTS` code; `successful` when Newton converged to a finite
-      root.
-    - `n_newton`: the number of Newton iterations taken.
+    - `result`: a [`deepest.TPBVPResults`][] code (optimistix's codes, promoted):
+      `successful` when Newton converged to a finite root (and, for a refining
+      [`deepest.Collocation`][], every interval met `tol`); `max_nodes_reached` when the
+      collocation mesh filled up first (the solution on the full mesh is returned).
+    - `n_newton`: the number of Newton iterations taken (over all meshes).
+    - `n_nodes`: the mesh nodes used (collocation: the active nodes of the refined mesh;
+      shooting: the segment boundaries).
 
     `sol.evaluate(t)` gives (x(t), p(t)) by cubic Hermite interpolation (right limit at a
     jump time); it works for scalar `t` and, vmapped, for arrays of times.
@@ -250,13 +267,14 @@ class TPBVPSolution(eqx.Module):
     dxs: Float[Array, "n dim"]
     dps: Float[Array, "n dim"]
     residual_norm: Float[Array, ""]
-    result: optx.RESULTS
+    result: TPBVPResults
     n_newton: Int[Array, ""]
+    n_nodes: Int[Array, ""]
 
     @property
     def converged(self) -> Array:
         """Whether Newton converged (a boolean array)."""
-        return self.result == optx.RESULTS.successful
+        return self.result == TPBVPResults.successful
 
     def evaluate(self, t: Float[ArrayLike, ""]) -> _Pair:
         """(x(t), p(t)) by cubic Hermite interpolation between the stored states."""
@@ -368,14 +386,28 @@ def _default_root_finder(dtype) -> optx.AbstractRootFinder:
 
 
 class AbstractTPBVPMethod(eqx.Module):
-    """A discretisation of a boundary-value problem into one square nonlinear system.
+    """A discretisation of a boundary-value problem for [`deepest.solve_tpbvp`][]:
+    [`deepest.MultipleShooting`][], [`deepest.Shooting`][] or [`deepest.Collocation`][]."""
 
-    Every method cuts each interval between consecutive nodes into `pieces` equal segments;
-    the unknowns are the states at segment starts plus method-specific extras.
-    """
+    max_newton_steps: eqx.AbstractVar[int]
+
+
+def _segment_times(nodes: Float[Array, " n_nodes"], pieces: int):
+    frac = jnp.arange(pieces, dtype=nodes.dtype) / pieces
+    ta = (nodes[:-1, None] + (nodes[1:] - nodes[:-1])[:, None] * frac).reshape(-1)
+    tb = jnp.concatenate([ta[1:], nodes[-1:]])
+    return ta, tb
+
+
+class _ShootingBase(AbstractTPBVPMethod):
+    """Shooting methods: each interval between consecutive nodes is cut into `pieces` equal
+    segments; the unknowns are the states at segment starts, solved by optimistix."""
 
     root_finder: eqx.AbstractVar[optx.AbstractRootFinder | optx.AbstractLeastSquaresSolver | None]
-    max_newton_steps: eqx.AbstractVar[int]
+    solver: eqx.AbstractVar[diffrax.AbstractSolver]
+    stepsize_controller: eqx.AbstractVar[diffrax.AbstractStepSizeController | None]
+    max_steps: eqx.AbstractVar[int]
+    forward_only: eqx.AbstractVar[bool]
 
     @property
     @abc.abstractmethod
@@ -393,20 +425,6 @@ class AbstractTPBVPMethod(eqx.Module):
     @abc.abstractmethod
     def dense(self, problem, ta, tb, unknowns) -> tuple[Array, _Pair]:
         """Output times (segments concatenated) and states there."""
-
-
-def _segment_times(nodes: Float[Array, " n_nodes"], pieces: int):
-    frac = jnp.arange(pieces, dtype=nodes.dtype) / pieces
-    ta = (nodes[:-1, None] + (nodes[1:] - nodes[:-1])[:, None] * frac).reshape(-1)
-    tb = jnp.concatenate([ta[1:], nodes[-1:]])
-    return ta, tb
-
-
-class _ShootingBase(AbstractTPBVPMethod):
-    solver: eqx.AbstractVar[diffrax.AbstractSolver]
-    stepsize_controller: eqx.AbstractVar[diffrax.AbstractStepSizeController | None]
-    max_steps: eqx.AbstractVar[int]
-    forward_only: eqx.AbstractVar[bool]
 
     @property
     @abc.abstractmethod
@@ -635,88 +653,542 @@ _LOBATTO_B = np.array([1 / 6, 2 / 3, 1 / 6])
 _LOBATTO_A = np.array([[0, 0, 0], [5 / 24, 1 / 3, -1 / 24], [1 / 6, 2 / 3, 1 / 6]])
 _LOBATTO_AHAT = np.array([[1 / 6, -1 / 6, 0], [1 / 6, 1 / 3, 0], [1 / 6, 5 / 6, 0]])
 
+# The interior points of 5-point Lobatto quadrature on [0, 1] and their weights (the end
+# points carry no residual): scipy's `solve_bvp` estimates the rms residual with them.
+_RMS_POINTS = np.array([0.5 - 0.5 * np.sqrt(3 / 7), 0.5, 0.5 + 0.5 * np.sqrt(3 / 7)])
+_RMS_WEIGHTS = np.array([49 / 90, 32 / 45, 49 / 90])
+
 
 class Collocation(AbstractTPBVPMethod):
-    r"""Collocation with the Lobatto IIIA–IIIB pair (3 stages, order 4, symplectic).
+    r"""Collocation with the Lobatto IIIA–IIIB pair (3 stages, order 4, symplectic), with
+    residual-controlled mesh refinement on a fixed maximal mesh.
 
     On each mesh interval [t_n, t_n + h], with stage times t_n + c_i h, c = (0, ½, 1),
 
         X_i = x_n + h Σ_j a_ij ẋ(X_j, P_j),   P_i = p_n + h Σ_j â_ij ṗ(X_j, P_j),
         x_{n+1} = X_3,   p_{n+1} = p_n + h Σ_j b_j ṗ(X_j, P_j),
 
-    with a from Lobatto IIIA and â from Lobatto IIIB (X_1 = x_n and X_3 = x_{n+1} are
-    collocation conditions at the mesh nodes). The unknowns are the node states and the
-    stages X_2, X_3, P_1, P_2, P_3 of every interval; all equations form one sparse-in-fact,
-    dense-in-storage Newton system. The 3-stage pair is chosen over the 2-stage (trapezoid /
-    Störmer–Verlet) pair for its order 4 — the order of scipy's `solve_bvp`, so equal accuracy
-    needs the same mesh — at 5·dim extra unknowns per interval instead of 3·dim. The mesh
-    is fixed (`n_nodes` per interval between nodes), so the method runs under `jit` and `vmap`;
-    a zero-length interval (coinciding nodes) is harmless, its equations reduce to identities.
+    with a from Lobatto IIIA and â from Lobatto IIIB (HLW, *Geometric Numerical
+    Integration*, II.2.2 and VI.4). The 3-stage pair has order 4, the order of scipy's
+    `solve_bvp`, so equal accuracy needs a mesh of similar size.
+
+    **The Newton system, solved with its structure.** The unknowns are the node states
+    y_n = (x_n, p_n) and the stages Z_n = (X_2, X_3, P_1, P_2, P_3) of each interval. The
+    Jacobian is assembled per interval (a vmapped local `jacfwd`); each interval's stage
+    equations are condensed locally (batched 5·dim solves), which leaves
+    δy_{n+1} = S_n δy_n + r_n; the products S_n ⋯ S_0 come from a parallel prefix
+    (doubling, log depth), and the boundary conditions close a 2·dim system for δy_0.
+    Every operation is vectorised over the intervals: one Newton step costs O(log n)
+    sequential operations, not a dense LU of the whole system. The factorisation is reused
+    while the steps contract well (simplified Newton, as scipy's `solve_bvp` reuses its
+    Jacobian), so near the root a step costs one residual evaluation. (The condensed
+    recursion carries the flow's sensitivity across [t_0, t_1], as single shooting does:
+    for long, strongly unstable horizons prefer [`deepest.MultipleShooting`][].) A
+    solution on a coarser mesh, passed as `guess`, starts Newton near the root (nested
+    iteration), which saves the expensive first iterations on a fine mesh.
+
+    **Mesh refinement inside `jit`.** The mesh has `max_nodes` nodes fixed at trace time;
+    the first ones are active, the rest sit at t_1, where their zero-length intervals reduce
+    to identities, so shapes never change. With a `tol`, after Newton converges the rms of
+    the relative collocation residual (ẏ − f)/(1 + |f|) of the cubic Hermite interpolant is
+    estimated on each interval by 5-point Lobatto quadrature, and intervals above `tol` are
+    split in two (or in three above 100·tol), as scipy's `solve_bvp` does (Kierzenka &
+    Shampine 2001); Newton restarts from the interpolated solution, until every interval
+    passes or the mesh is full (then the result is `TPBVPResults.max_nodes_reached`).
+    Different problems in a `vmap` refine to different active node counts. Without a
+    `tol` the mesh stays uniform.
 
     **Arguments:**
 
-    - `n_nodes`: mesh nodes per interval between consecutive problem nodes (≥ 2).
-    - `root_finder`, `max_newton_steps`: as [`deepest.MultipleShooting`][].
+    - `n_nodes`: initial mesh nodes per interval between consecutive problem nodes (≥ 2),
+      uniformly spaced.
+    - `tol`: the rms relative residual each interval must reach (default `None`: no
+      refinement).
+    - `max_nodes`: the maximal number of mesh nodes (default: the initial mesh, or eight
+      times as many intervals with a `tol`).
+    - `newton_tol`: Newton stops when every update satisfies |δ| ≤ newton_tol·(1 + |u|)
+      (default 1e-10 in float64, 1e-5 in float32).
 
-    The Newton system is dense (lineax LU), (7·(n_nodes − 1)·K + …)·dim unknowns for K
-    intervals: prefer [`deepest.MultipleShooting`][] for long horizons or many observations.
+    Derivatives with respect to the problem's arrays come from the implicit function
+    theorem at the root (the Jacobian is factorised there only when differentiating). The
+    refined mesh is held fixed in relative position (its nodes follow the problem's node
+    times): the choice of mesh is piecewise constant in the problem.
+    - `max_newton_steps`: Newton iterations per mesh before giving up.
 
     **Example:**
 
-        sol = deepest.solve_tpbvp(problem, deepest.Collocation(33))
+        sol = deepest.solve_tpbvp(problem, deepest.Collocation(9, tol=1e-6, max_nodes=257))
+        print(sol.n_nodes, sol.result)
     """
 
     n_nodes: int = eqx.field(default=33, static=True)
-    root_finder: optx.AbstractRootFinder | optx.AbstractLeastSquaresSolver | None = None
+    tol: float | None = eqx.field(default=None, static=True)
+    max_nodes: int | None = eqx.field(default=None, static=True)
+    newton_tol: float | None = eqx.field(default=None, static=True)
     max_newton_steps: int = eqx.field(default=32, static=True)
 
     def __check_init__(self):
         if int(self.n_nodes) != self.n_nodes or self.n_nodes < 2:
             raise ValueError(f"`n_nodes` must be an integer ≥ 2; got {self.n_nodes}.")
+        if self.tol is not None and not self.tol > 0:
+            raise ValueError(f"`tol` must be positive (or None: no refinement); got {self.tol}.")
+        if self.max_nodes is not None and (
+            int(self.max_nodes) != self.max_nodes or self.max_nodes < self.n_nodes
+        ):
+            raise ValueError(
+                f"`max_nodes` must be an integer ≥ n_nodes = {self.n_nodes}; got {self.max_nodes}."
+            )
+        if self.newton_tol is not None and not self.newton_tol > 0:
+            raise ValueError(f"`newton_tol` must be positive; got {self.newton_tol}.")
         if self.max_newton_steps < 1:
             raise ValueError(f"`max_newton_steps` must be ≥ 1; got {self.max_newton_steps}.")
 
-    @property
-    def pieces(self):
-        return self.n_nodes - 1
+    def mesh_size(self, n_problem_nodes: int) -> tuple[int, int]:
+        """(initial active intervals, maximal intervals) for a problem with that many nodes."""
+        initial = (n_problem_nodes - 1) * (self.n_nodes - 1)
+        if self.max_nodes is not None:
+            maximal = self.max_nodes - 1
+        else:
+            maximal = 8 * initial if self.tol is not None else initial
+        if maximal < initial:
+            raise ValueError(
+                f"`max_nodes` = {self.max_nodes} cannot hold the initial mesh of "
+                f"{initial + 1} nodes ({self.n_nodes} per interval between the problem's "
+                f"{n_problem_nodes} nodes); raise `max_nodes` or lower `n_nodes`."
+            )
+        return initial, maximal
 
-    def unknowns_from(self, guess, ta, tb):
-        starts = jax.vmap(guess)(ta)
-        mid = jax.vmap(guess)((ta + tb) / 2)
-        end = jax.vmap(guess)(tb)
-        stages = {"X2": mid[0], "X3": end[0], "P1": starts[1], "P2": mid[1], "P3": end[1]}
-        return starts, stages
 
-    def _one(self, problem, ta, tb, y, z):
-        x, p = y
-        h = tb - ta
-        dtype = x.dtype
-        a, ahat, b = (jnp.asarray(m, dtype) for m in (_LOBATTO_A, _LOBATTO_AHAT, _LOBATTO_B))
-        X = jnp.stack([x, z["X2"], z["X3"]])
-        P = jnp.stack([z["P1"], z["P2"], z["P3"]])
-        ts = ta + h * jnp.asarray(_LOBATTO_C, dtype)
-        F, G = jax.vmap(lambda t, xi, pi: problem.vector_field(t, (xi, pi), None))(ts, X, P)
-        res_x = X[1:] - x - h * (a[1:] @ F)
-        res_p = P - p - h * (ahat @ G)
-        end = (X[2], p + h * (b @ G))
-        return end, (res_x, res_p)
+class _Mesh(eqx.Module):
+    """A mesh on the problem's node intervals: node i at t = τ_{j_i} + s_i (τ_{j_i+1} − τ_{j_i}).
 
-    def segment_ends(self, problem, ta, tb, unknowns):
-        starts, stages = unknowns
-        return jax.vmap(lambda a, b_, y, z: self._one(problem, a, b_, y, z))(ta, tb, starts, stages)
+    Storing (j, s) rather than t keeps the times differentiable in the problem's node times.
+    The node at an interior τ_j is (j, 0); inactive nodes are (K − 2, 1) = t_1.
+    """
 
-    def dense(self, problem, ta, tb, unknowns):
-        starts, stages = unknowns
-        ends, _ = self.segment_ends(problem, ta, tb, unknowns)
-        ts = jnp.stack([ta, tb], axis=1).reshape(-1)
-        ys = jtu.tree_map(
-            lambda s, e: jnp.stack([s, e], axis=1).reshape(-1, s.shape[-1]), starts, ends
+    interval: Int[Array, " n"]
+    fraction: Float[Array, " n"]
+    n_active: Int[Array, ""]
+
+    def times(self, nodes):
+        return nodes[self.interval] + self.fraction * (
+            nodes[self.interval + 1] - nodes[self.interval]
         )
-        return ts, ys
+
+    def jump_index(self):
+        """k_n ≥ 1 where interval n ends at interior problem node τ_k (then p jumps), else 0."""
+        j, s = self.interval[1:], self.fraction[1:]
+        return jnp.where((s == 0) & (j >= 1), j, 0)
 
 
-def _starts(method, unknowns):
-    return unknowns[0] if isinstance(method, Collocation) else unknowns
+def _initial_mesh(n_problem_nodes, pieces, n_intervals, dtype):
+    k = n_problem_nodes - 1
+    active = k * pieces
+    interval = np.full(n_intervals + 1, k - 1)
+    fraction = np.ones(n_intervals + 1)
+    interval[:active] = np.repeat(np.arange(k), pieces)
+    fraction[:active] = np.tile(np.arange(pieces) / pieces, k)
+    return _Mesh(jnp.asarray(interval), jnp.asarray(fraction, dtype), jnp.asarray(active))
+
+
+def _flat(y: _Pair) -> Array:
+    return jnp.concatenate(y, axis=-1)
+
+
+def _pair(v: Array, dim: int) -> _Pair:
+    return v[..., :dim], v[..., dim:]
+
+
+def _lobatto_interval(problem, ta, h, y, z):
+    """Stage residuals (5·dim) and the end state before any jump (2·dim) of one interval."""
+    d = problem.dim
+    x, p = _pair(y, d)
+    dtype = y.dtype
+    a, ahat, b, c = (
+        jnp.asarray(m, dtype) for m in (_LOBATTO_A, _LOBATTO_AHAT, _LOBATTO_B, _LOBATTO_C)
+    )
+    big_x = jnp.stack([x, z[:d], z[d : 2 * d]])
+    big_p = z[2 * d :].reshape(3, d)
+    f, g = jax.vmap(lambda t, xi, pi: problem.vector_field(t, (xi, pi), None))(
+        ta + h * c, big_x, big_p
+    )
+    res_x = big_x[1:] - x - h * (a[1:] @ f)
+    res_p = big_p - p - h * (ahat @ g)
+    end = jnp.concatenate([big_x[2], p + h * (b @ g)])
+    return jnp.concatenate([res_x.reshape(-1), res_p.reshape(-1)]), end
+
+
+def _apply_jump(problem, has_jumps, k, end):
+    if not has_jumps:
+        return end
+    jumped = _flat(problem.jump(jnp.maximum(k, 1), _pair(end, problem.dim)))
+    return jnp.where(k > 0, jumped, end)
+
+
+def _collocation_residual(problem, mesh, nodes, has_jumps, ys, zs):
+    """(stage residuals (n, 5·dim), continuity residuals (n, 2·dim), boundary (2·dim))."""
+    t = mesh.times(nodes)
+    stage, ends = jax.vmap(lambda ta, h, y, z: _lobatto_interval(problem, ta, h, y, z))(
+        t[:-1], t[1:] - t[:-1], ys[:-1], zs
+    )
+    ends = jax.vmap(lambda k, e: _apply_jump(problem, has_jumps, k, e))(mesh.jump_index(), ends)
+    d = problem.dim
+    boundary = problem.boundary_residual(_pair(ys[0], d), _pair(ys[-1], d))
+    return stage, ends - ys[1:], boundary
+
+
+def _collocation_jacobian(problem, mesh, nodes, has_jumps, ys, zs):
+    """The residuals and the blocks of their Jacobian, per interval (local `jacfwd`)."""
+    t = mesh.times(nodes)
+    d = problem.dim
+
+    def local(v, ta, h, k):
+        stage, end = _lobatto_interval(problem, ta, h, v[: 2 * d], v[2 * d :])
+        out = jnp.concatenate([stage, _apply_jump(problem, has_jumps, k, end)])
+        return out, out
+
+    jac, out = jax.vmap(jax.jacfwd(local, has_aux=True))(
+        jnp.concatenate([ys[:-1], zs], axis=1), t[:-1], t[1:] - t[:-1], mesh.jump_index()
+    )
+
+    def boundary(v):
+        out = problem.boundary_residual(_pair(v[: 2 * d], d), _pair(v[2 * d :], d))
+        return out, out
+
+    bjac, bres = jax.jacfwd(boundary, has_aux=True)(jnp.concatenate([ys[0], ys[-1]]))
+    residual = (out[:, : 5 * d], out[:, 5 * d :] - ys[1:], bres)
+    return residual, (jac, bjac)
+
+
+def _batched_solve(a, b):
+    """Solve a_n v_n = b_n for many small systems at once.
+
+    Gauss–Jordan elimination vectorised over the batch (batch axis last, one fused update
+    per column): on CPU, looping LAPACK over hundreds of 15 × 15 systems costs several times
+    more. No pivoting: the stage matrices are I − O(h ‖∂f/∂y‖), diagonally dominant on any
+    mesh that resolves the solution; a zero pivot gives non-finite values, which Newton
+    reports (`TPBVPResults.nonfinite`) and mesh refinement does not hide.
+    """
+    m = a.shape[-1]
+    aug = jnp.moveaxis(jnp.concatenate([a, b], axis=-1), 0, -1)
+    for k in range(m):
+        # Row k becomes row k / pivot; every other row loses its multiple of it.
+        row = aug[k] / aug[k, k]
+        aug = (aug - aug[:, k][:, None] * row[None]).at[k].set(row)
+    return jnp.moveaxis(aug[:, m:], -1, 0)
+
+
+class _Factors(eqx.Module):
+    """The structured factorisation of the collocation Jacobian (see `_factorise`)."""
+
+    inv_gz: Array  # G_z⁻¹ per interval
+    inv_gz_gy: Array  # G_z⁻¹ G_y per interval
+    e_z: Array  # ∂(continuity)/∂Z per interval
+    levels: tuple[Array, ...]  # the doubling rounds' left factors
+    phi: Array  # Φ_n: δy_{n+1} = Φ_n δy_0 + ψ_n
+    b1: Array  # ∂(boundary)/∂y_N
+    inv_m: Array  # (B_0 + B_1 Φ_N)⁻¹
+
+
+def _factorise(blocks, dim) -> _Factors:
+    """Factorise the Newton matrix J with its structure.
+
+    Stage equations g_n + G_y δy_n + G_z δZ_n = 0 give δZ_n = −G_z⁻¹(g_n + G_y δy_n) (a
+    local solve per interval, batched); continuity c_n + E_y δy_n + E_z δZ_n − δy_{n+1} = 0
+    then reads δy_{n+1} = S_n δy_n + r_n with S_n = E_y − E_z G_z⁻¹ G_y. The products
+    Φ_n = S_n ⋯ S_0 come from Hillis–Steele doubling, ⌈log₂ n⌉ rounds of one batched
+    matrix product each (n log n work, but few sequential operations, which is what costs
+    on small blocks), and the boundary conditions B_0 δy_0 + B_1 δy_N = −b close the system.
+    """
+    jac, bjac = blocks
+    s5, s2 = 5 * dim, 2 * dim
+    g_y, g_z = jac[:, :s5, :s2], jac[:, :s5, s2:]
+    e_y, e_z = jac[:, s5:, :s2], jac[:, s5:, s2:]
+    n = jac.shape[0]
+    eye5 = jnp.broadcast_to(jnp.eye(s5, dtype=jac.dtype), (n, s5, s5))
+    local = _batched_solve(g_z, jnp.concatenate([g_y, eye5], axis=-1))
+    inv_gz_gy, inv_gz = local[..., :s2], local[..., s2:]
+    s = e_y - e_z @ inv_gz_gy
+    levels = []
+    shift = 1
+    while shift < n:
+        levels.append(s)
+        eye = jnp.broadcast_to(jnp.eye(s2, dtype=s.dtype), (shift, s2, s2))
+        s = s @ jnp.concatenate([eye, s[:-shift]])
+        shift *= 2
+    b0, b1 = bjac[:, :s2], bjac[:, s2:]
+    inv_m = jnp.linalg.inv(b0 + b1 @ s[-1])
+    return _Factors(inv_gz, inv_gz_gy, e_z, tuple(levels), s, b1, inv_m)
+
+
+def _apply_factors(factors: _Factors, residual):
+    """The Newton step δ = −J⁻¹ R from the factorisation (linear in R)."""
+    stage, continuity, boundary = residual
+    inv_g = jnp.einsum("nij,nj->ni", factors.inv_gz, stage)
+    r = continuity - jnp.einsum("nij,nj->ni", factors.e_z, inv_g)
+    shift = 1
+    for s in factors.levels:
+        r_before = jnp.concatenate([jnp.zeros((shift, r.shape[1]), r.dtype), r[:-shift]])
+        r = jnp.einsum("nij,nj->ni", s, r_before) + r
+        shift *= 2
+    dy0 = factors.inv_m @ (-boundary - factors.b1 @ r[-1])
+    dys = jnp.concatenate([dy0[None], factors.phi @ dy0 + r])
+    dzs = -(inv_g + jnp.einsum("nij,nj->ni", factors.inv_gz_gy, dys[:-1]))
+    return dys, dzs
+
+
+def _newton(problem, mesh, nodes, has_jumps, ys, zs, factors, tol, max_steps):
+    """Newton's method on one mesh, reusing the factorised Jacobian while it contracts well.
+
+    A fresh Jacobian is factorised at the first iteration and whenever the previous step
+    shrank by less than a factor 4 (simplified Newton otherwise, as scipy's `solve_bvp`
+    also reuses its Jacobian): near the root a step then costs one residual evaluation.
+
+    **Returns:** `(ys, zs, factors, result, steps)`.
+    """
+
+    def cond(carry):
+        step, *_, done, _ = carry
+        return (step < max_steps) & ~done
+
+    def body(carry):
+        step, ys, zs, factors, refactor, last, _, _ = carry
+
+        def fresh(_):
+            residual, blocks = _collocation_jacobian(problem, mesh, nodes, has_jumps, ys, zs)
+            return residual, _factorise(blocks, problem.dim)
+
+        def reuse(factors):
+            return _collocation_residual(problem, mesh, nodes, has_jumps, ys, zs), factors
+
+        residual, factors = jax.lax.cond(refactor, fresh, reuse, factors)
+        dys, dzs = _apply_factors(factors, residual)
+        ys, zs = ys + dys, zs + dzs
+        size = jnp.maximum(
+            jnp.max(jnp.abs(dys) / (1 + jnp.abs(ys))), jnp.max(jnp.abs(dzs) / (1 + jnp.abs(zs)))
+        )
+        finite = jnp.isfinite(size)
+        # A lane that turned non-finite stops at once (it would hold a vmapped batch).
+        done = (size <= tol) | ~finite
+        return step + 1, ys, zs, factors, size > 0.25 * last, size, done, finite
+
+    inf = jnp.asarray(jnp.inf, ys.dtype)
+    init = (jnp.array(0), ys, zs, factors, jnp.array(True), inf, jnp.array(False), jnp.array(True))
+    steps, ys, zs, factors, _, _, done, finite = jax.lax.while_loop(cond, body, init)
+    result = TPBVPResults.where(
+        done, TPBVPResults.successful, TPBVPResults.nonlinear_max_steps_reached
+    )
+    result = TPBVPResults.where(finite, result, TPBVPResults.nonfinite)
+    return ys, zs, factors, result, steps
+
+
+@eqx.filter_custom_jvp
+def _at_root(dynamic, static, mesh, has_jumps, ys, zs):
+    """The root (ys, zs) of the collocation equations, as a function of the problem.
+
+    Its value is the root found by Newton; its derivative is the implicit function
+    theorem's, δu = −J⁻¹ (∂R/∂θ) δθ, with J factorised at the root (only when differentiated,
+    so the solve itself pays nothing for it).
+    """
+    del dynamic, static, mesh, has_jumps
+    return ys, zs
+
+
+@_at_root.def_jvp
+def _at_root_jvp(primals, tangents):
+    dynamic, static, mesh, has_jumps, ys, zs = primals
+    # Symbolic-zero tangents (None) of the problem's arrays, made explicit for `jax.jvp`.
+    t_dynamic = jtu.tree_map(
+        lambda p, t: p if p is None else (jnp.zeros_like(p) if t is None else t),
+        dynamic,
+        tangents[0],
+        is_leaf=lambda x: x is None,
+    )
+
+    def residual(d):
+        problem = eqx.combine(d, static)
+        return _collocation_residual(problem, mesh, problem.node_times(), has_jumps, ys, zs)
+
+    _, d_residual = jax.jvp(residual, (dynamic,), (t_dynamic,))
+    problem = eqx.combine(dynamic, static)
+    _, blocks = _collocation_jacobian(problem, mesh, problem.node_times(), has_jumps, ys, zs)
+    factors = _factorise(blocks, problem.dim)
+    return (ys, zs), _apply_factors(factors, d_residual)
+
+
+def _hermite_pieces(s, h, y0, y1, f0, f1):
+    """The cubic Hermite interpolant on an interval and its time derivative at fraction s."""
+    h00, h10 = (1 + 2 * s) * (1 - s) ** 2, s * (1 - s) ** 2
+    h01, h11 = s**2 * (3 - 2 * s), s**2 * (s - 1)
+    value = h00 * y0 + h10 * h * f0 + h01 * y1 + h11 * h * f1
+    d00, d10 = 6 * s**2 - 6 * s, 3 * s**2 - 4 * s + 1
+    d01, d11 = 6 * s - 6 * s**2, 3 * s**2 - 2 * s
+    slope = (d00 * y0 + d01 * y1) / jnp.where(h > 0, h, 1) + d10 * f0 + d11 * f1
+    return value, slope
+
+
+def _interval_ends(problem, mesh, nodes, ys, zs):
+    """Per interval: start time, length, start state, end state before any jump, and ẏ there."""
+    t = mesh.times(nodes)
+    ta, h = t[:-1], t[1:] - t[:-1]
+    _, ends = jax.vmap(lambda a, b, y, z: _lobatto_interval(problem, a, b, y, z))(
+        ta, h, ys[:-1], zs
+    )
+    d = problem.dim
+
+    def field(t, y):
+        return _flat(problem.vector_field(t, _pair(y, d), None))
+
+    return ta, h, ys[:-1], ends, jax.vmap(field)(ta, ys[:-1]), jax.vmap(field)(ta + h, ends)
+
+
+def _rms_residuals(problem, ta, h, y0, y1, f0, f1):
+    """scipy's estimate: rms over each interval of (S' − f(S))/(1 + |f(S)|), S the cubic
+    Hermite interpolant, by 5-point Lobatto quadrature (zero at the ends)."""
+    d = problem.dim
+    dtype = y0.dtype
+
+    def one(ta, h, y0, y1, f0, f1):
+        def at(s):
+            value, slope = _hermite_pieces(s, h, y0, y1, f0, f1)
+            f = _flat(problem.vector_field(ta + s * h, _pair(value, d), None))
+            return jnp.sum(((slope - f) / (1 + jnp.abs(f))) ** 2)
+
+        squares = jax.vmap(at)(jnp.asarray(_RMS_POINTS, dtype))
+        rms = jnp.sqrt(0.5 * jnp.sum(jnp.asarray(_RMS_WEIGHTS, dtype) * squares))
+        return jnp.where(h > 0, rms, 0)
+
+    return jax.vmap(one)(ta, h, y0, y1, f0, f1)
+
+
+def _refine(mesh, intervals, ys, zs, pieces, d):
+    """Split each interval into `pieces` (1: keep, 2: halve, 3: thirds); the solution is
+    carried over by its cubic Hermite interpolant (unsplit intervals keep their stages)."""
+    _, h, y0, y1, f0, f1 = intervals
+    n = zs.shape[0]
+    start_index = jnp.cumsum(pieces) - pieces
+    j, s0 = mesh.interval[:-1], mesh.fraction[:-1]
+    same = mesh.interval[1:] == j
+    s1 = jnp.where(same, mesh.fraction[1:], 1)
+    dtype = ys.dtype
+    total = mesh.n_active + jnp.sum(pieces) - n
+
+    end_y = ys[-1]
+    end_z = jnp.concatenate([end_y[:d], end_y[:d], end_y[d:], end_y[d:], end_y[d:]])
+    new_j = jnp.full(n + 1, mesh.interval[-1])
+    new_s = jnp.ones(n + 1, dtype)
+    new_ys = jnp.broadcast_to(end_y, ys.shape)
+    new_zs = jnp.broadcast_to(end_z, zs.shape)
+    width = 1 / pieces.astype(dtype)
+
+    def interp(frac):
+        return _hermite_pieces(frac[:, None], h[:, None], y0, y1, f0, f1)[0]
+
+    for i in range(3):
+        # Piece i of each interval lands at its new index (dropped where i ≥ pieces).
+        index = jnp.where(i < pieces, start_index + i, n + 1)
+        a = i * width
+        start = y0 if i == 0 else interp(a)
+        mid, end = interp(a + width / 2), interp(a + width)
+        stage = jnp.concatenate(
+            [mid[:, :d], end[:, :d], start[:, d:], mid[:, d:], end[:, d:]], axis=1
+        )
+        stage = jnp.where((pieces == 1)[:, None], zs, stage)
+        new_j = new_j.at[index].set(j, mode="drop")
+        new_s = new_s.at[index].set(s0 + a * (s1 - s0), mode="drop")
+        new_ys = new_ys.at[index].set(start, mode="drop")
+        new_zs = new_zs.at[index].set(stage, mode="drop")
+    return _Mesh(new_j, new_s, total), new_ys, new_zs
+
+
+def _solve_collocation(problem, method, guess_fn):
+    """Newton (with mesh refinement when `method.tol` is set) on the collocation equations.
+
+    **Returns:** `(ts, (xs, ps), residual, result, n_newton, n_nodes)` for the solution.
+    """
+    nodes = problem.node_times()
+    n_problem = nodes.shape[0]
+    initial, maximal = method.mesh_size(n_problem)
+    dtype = nodes.dtype
+    d = problem.dim
+    mesh = _initial_mesh(n_problem, method.n_nodes - 1, maximal, dtype)
+    has_jumps = n_problem > 2
+    newton_tol = method.newton_tol
+    if newton_tol is None:
+        newton_tol = 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-5
+
+    t = mesh.times(nodes)
+    starts = jax.vmap(guess_fn)(t)
+    mids = jax.vmap(guess_fn)((t[:-1] + t[1:]) / 2)
+    starts, mids = _check_guess(problem, (starts, mids))
+    ys = _flat(starts)
+    (x0, p0), (xm, pm) = starts, mids
+    zs = jnp.concatenate([xm, x0[1:], p0[:-1], pm, p0[1:]], axis=1)
+
+    # Newton and the mesh refinement run on the problem with its gradients stopped; the
+    # derivatives come from the implicit function theorem at the root (`_at_root`).
+    dynamic, static = eqx.partition(problem, eqx.is_inexact_array)
+    frozen = eqx.combine(jax.lax.stop_gradient(dynamic), static)
+    frozen_nodes = jax.lax.stop_gradient(nodes)
+    factors = jax.eval_shape(
+        lambda: _factorise(
+            _collocation_jacobian(frozen, mesh, frozen_nodes, has_jumps, ys, zs)[1], d
+        )
+    )
+    factors = jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), factors)
+
+    def newton(mesh, ys, zs, factors):
+        return _newton(
+            frozen,
+            mesh,
+            frozen_nodes,
+            has_jumps,
+            ys,
+            zs,
+            factors,
+            newton_tol,
+            method.max_newton_steps,
+        )
+
+    if method.tol is None:
+        ys, zs, _, result, n_newton = newton(mesh, ys, zs, factors)
+    else:
+
+        def cond(carry):
+            return ~carry[-1]
+
+        def body(carry):
+            mesh, ys, zs, factors, _, n_newton, _ = carry
+            ys, zs, factors, result, steps = newton(mesh, ys, zs, factors)
+            intervals = _interval_ends(frozen, mesh, frozen_nodes, ys, zs)
+            rms = _rms_residuals(frozen, *intervals)
+            active = jnp.arange(rms.shape[0]) < mesh.n_active
+            bad = active & (rms > method.tol)
+            pieces = jnp.where(bad, jnp.where(rms < 100 * method.tol, 2, 3), 1)
+            # Insert in order along the mesh while there is room.
+            pieces = jnp.where(jnp.cumsum(pieces - 1) <= maximal - mesh.n_active, pieces, 1)
+            solved = result == TPBVPResults.successful
+            passed = ~jnp.any(bad)
+            stuck = jnp.all(pieces == 1)
+            result = TPBVPResults.where(solved & ~passed, TPBVPResults.max_nodes_reached, result)
+            done = ~solved | passed | stuck
+            refined = _refine(mesh, intervals, ys, zs, pieces, d)
+            mesh, ys, zs = _tree_where(done, (mesh, ys, zs), refined)
+            return mesh, ys, zs, factors, result, n_newton + steps, done
+
+        init = (mesh, ys, zs, factors, TPBVPResults.successful, jnp.array(0), jnp.array(False))
+        mesh, ys, zs, _, result, n_newton, _ = jax.lax.while_loop(cond, body, init)
+
+    mesh = jax.lax.stop_gradient(mesh)
+    ys, zs = _at_root(dynamic, static, mesh, has_jumps, *jax.lax.stop_gradient((ys, zs)))
+    residual = _collocation_residual(frozen, mesh, frozen_nodes, has_jumps, ys, zs)
+    t = mesh.times(nodes)
+    _, ends = jax.vmap(lambda a, h, y, z: _lobatto_interval(problem, a, h, y, z))(
+        t[:-1], t[1:] - t[:-1], ys[:-1], zs
+    )
+    ts = jnp.stack([t[:-1], t[1:]], axis=1).reshape(-1)
+    out = jnp.stack([ys[:-1], ends], axis=1).reshape(-1, 2 * d)
+    return ts, _pair(out, d), jax.lax.stop_gradient(residual), result, n_newton, mesh.n_active + 1
 
 
 # -------------------------------------------------------------------------------------------
@@ -728,7 +1200,7 @@ def _residual(problem, method, unknowns, nodes):
     ta, tb = _segment_times(nodes, method.pieces)
     if isinstance(method, Shooting):
         ta, tb = nodes[:-1], nodes[1:]
-    starts = _starts(method, unknowns)
+    starts = unknowns
     ends, extra = method.segment_ends(problem, ta, tb, unknowns)
     first = starts if isinstance(method, Shooting) else jtu.tree_map(lambda a: a[0], starts)
     last = jtu.tree_map(lambda a: a[-1], ends)
@@ -801,6 +1273,11 @@ _NOT_CONVERGED = (
     "problem. Try a better `guess`, more segments or nodes, continuation in R_f "
     "(deepest.anneal_tpbvp), or pass throw=False to inspect the result code."
 )
+_MAX_NODES = (
+    "solve_tpbvp: the collocation mesh reached `max_nodes` before every interval's residual "
+    "fell below `tol`. Raise `max_nodes`, loosen `tol`, or pass throw=False to use the "
+    "solution on the full mesh (flagged TPBVPResults.max_nodes_reached)."
+)
 
 
 def solve_tpbvp(
@@ -814,10 +1291,11 @@ def solve_tpbvp(
 
     The method turns the problem into a square system R(u) = 0 (see
     [`deepest.MultipleShooting`][], [`deepest.Shooting`][], [`deepest.Collocation`][]), solved
-    by `optimistix.root_find` (Newton with lineax LU by default). Gradients with respect to
-    the problem's arrays (model weights, data, R_m, R_f) come from the implicit function
-    theorem, not from unrolling Newton. Runs under `jit` and `vmap` (over problems or
-    guesses).
+    by Newton's method: `optimistix.root_find` (lineax LU by default) for the shooting
+    methods, a structured factorisation for collocation (which may also refine its mesh).
+    Gradients with respect to the problem's arrays (model weights, data, R_m, R_f) come from
+    the implicit function theorem, not from unrolling Newton. Runs under `jit` and `vmap`
+    (over problems or guesses).
 
     **Arguments:**
 
@@ -825,8 +1303,9 @@ def solve_tpbvp(
     - `method`: the discretisation (default `MultipleShooting()`).
     - `guess`: `None` (the problem's default guess), a callable `t -> (x, p)`, or a previous
       [`deepest.TPBVPSolution`][] (continuation).
-    - `throw`: raise if Newton does not converge (default); with `False` the failure is
-      reported in `solution.result` (check `solution.converged`).
+    - `throw`: raise if Newton does not converge or a refining collocation mesh fills up
+      (default); with `False` the failure is reported in `solution.result` (check
+      `solution.converged`).
 
     **Returns:** a [`deepest.TPBVPSolution`][].
 
@@ -840,66 +1319,26 @@ def solve_tpbvp(
         method = MultipleShooting()
     if not isinstance(method, AbstractTPBVPMethod):
         raise TypeError(f"`method` must be a deepest TPBVP method; got {type(method).__name__}.")
-    nodes = _check_problem(problem)
+    _check_problem(problem)
     guess_fn = _guess_function(problem, guess)
-    ta, tb = _segment_times(nodes, method.pieces)
-    if isinstance(method, Shooting):
-        ta, tb = nodes[:-1], nodes[1:]
-    unknowns0 = _check_guess(problem, method.unknowns_from(guess_fn, ta, tb))
-    dtype = nodes.dtype
-    root_finder = method.root_finder or _default_root_finder(dtype)
-
-    def fn(unknowns, prob, m):
-        return _residual(prob, m, unknowns, prob.node_times())
-
-    dynamic, static = eqx.partition(problem, eqx.is_inexact_array)
-    if isinstance(method, _ShootingBase):
-        # Newton iterates with forward-mode-only flows (fast); derivatives with respect to
-        # the problem then come from one implicit-function-theorem step at the root,
-        # u = u* − J⁻¹ R(u*, θ) with J frozen: its value is u* (R(u*) ≈ 0) and its
-        # derivative is exactly −J⁻¹ ∂R/∂θ.
-        fast = dataclasses.replace(method, forward_only=True)
-        frozen = jax.lax.stop_gradient(dynamic)
-        solution = optx.root_find(
-            lambda u, d: fn(u, eqx.combine(d, static), fast),
-            root_finder,
-            unknowns0,
-            frozen,
-            max_steps=method.max_newton_steps,
-            throw=False,
+    if isinstance(method, Collocation):
+        ts, (xs, ps), residual, result, n_newton, n_nodes = _solve_collocation(
+            problem, method, guess_fn
         )
-        root = jax.lax.stop_gradient(solution.value)
-        flat_root, unravel = jax.flatten_util.ravel_pytree(root)
-
-        def flat_residual(v, prob, m):
-            return jax.flatten_util.ravel_pytree(fn(unravel(v), prob, m))[0]
-
-        jac = jax.jacfwd(flat_residual)(flat_root, eqx.combine(frozen, static), fast)
-        residual = flat_residual(flat_root, problem, method)
-        correction = lx.linear_solve(
-            lx.MatrixLinearOperator(jac), residual, lx.LU(), throw=False
-        ).value
-        unknowns = unravel(flat_root - correction)
-        residual = jax.lax.stop_gradient(residual)
     else:
-        solution = optx.root_find(
-            lambda u, d: fn(u, eqx.combine(d, static), method),
-            root_finder,
-            unknowns0,
-            dynamic,
-            max_steps=method.max_newton_steps,
-            adjoint=optx.ImplicitAdjoint(linear_solver=lx.LU()),
-            throw=False,
+        ts, (xs, ps), residual, result, n_newton, n_nodes = _solve_shooting(
+            problem, method, guess_fn
         )
-        unknowns = solution.value
-        residual = fn(jax.lax.stop_gradient(unknowns), problem, method)
     norm = jnp.max(jnp.stack([jnp.max(jnp.abs(r)) for r in jtu.tree_leaves(residual)]))
-    ts, (xs, ps) = method.dense(problem, ta, tb, unknowns)
     dxs, dps = jax.vmap(lambda t, x, p: problem.vector_field(t, (x, p), None))(ts, xs, ps)
     finite = jnp.isfinite(norm) & jnp.all(jnp.isfinite(xs)) & jnp.all(jnp.isfinite(ps))
-    result = optx.RESULTS.where(finite, solution.result, optx.RESULTS.nonfinite)
+    result = TPBVPResults.where(finite, result, TPBVPResults.nonfinite)
     if throw:
-        xs = eqx.error_if(xs, result != optx.RESULTS.successful, _NOT_CONVERGED)
+        newton_failed = (result != TPBVPResults.successful) & (
+            result != TPBVPResults.max_nodes_reached
+        )
+        xs = eqx.error_if(xs, newton_failed, _NOT_CONVERGED)
+        xs = eqx.error_if(xs, result == TPBVPResults.max_nodes_reached, _MAX_NODES)
     return TPBVPSolution(
         ts=ts,
         xs=xs,
@@ -908,7 +1347,56 @@ def solve_tpbvp(
         dps=dps,
         residual_norm=norm,
         result=result,
-        n_newton=solution.stats["num_steps"],
+        n_newton=n_newton,
+        n_nodes=jnp.asarray(n_nodes),
+    )
+
+
+def _solve_shooting(problem, method, guess_fn):
+    nodes = problem.node_times()
+    ta, tb = _segment_times(nodes, method.pieces)
+    if isinstance(method, Shooting):
+        ta, tb = nodes[:-1], nodes[1:]
+    unknowns0 = _check_guess(problem, method.unknowns_from(guess_fn, ta, tb))
+    root_finder = method.root_finder or _default_root_finder(nodes.dtype)
+
+    def fn(unknowns, prob, m):
+        return _residual(prob, m, unknowns, prob.node_times())
+
+    dynamic, static = eqx.partition(problem, eqx.is_inexact_array)
+    # Newton iterates with forward-mode-only flows (fast); derivatives with respect to the
+    # problem then come from one implicit-function-theorem step at the root,
+    # u = u* − J⁻¹ R(u*, θ) with J frozen: its value is u* (R(u*) ≈ 0) and its derivative
+    # is exactly −J⁻¹ ∂R/∂θ.
+    fast = dataclasses.replace(method, forward_only=True)
+    frozen = jax.lax.stop_gradient(dynamic)
+    solution = optx.root_find(
+        lambda u, d: fn(u, eqx.combine(d, static), fast),
+        root_finder,
+        unknowns0,
+        frozen,
+        max_steps=method.max_newton_steps,
+        throw=False,
+    )
+    root = jax.lax.stop_gradient(solution.value)
+    flat_root, unravel = jax.flatten_util.ravel_pytree(root)
+
+    def flat_residual(v, prob, m):
+        return jax.flatten_util.ravel_pytree(fn(unravel(v), prob, m))[0]
+
+    jac = jax.jacfwd(flat_residual)(flat_root, eqx.combine(frozen, static), fast)
+    residual = flat_residual(flat_root, problem, method)
+    correction = lx.linear_solve(lx.MatrixLinearOperator(jac), residual, lx.LU(), throw=False).value
+    unknowns = unravel(flat_root - correction)
+    ts, ys = method.dense(problem, ta, tb, unknowns)
+    result = TPBVPResults.promote(solution.result)
+    return (
+        ts,
+        ys,
+        jax.lax.stop_gradient(residual),
+        result,
+        solution.stats["num_steps"],
+        ta.shape[0] + 1,
     )
 
 
@@ -970,7 +1458,8 @@ def anneal_tpbvp(
             jnp.zeros_like(xs),
             jnp.zeros_like(ps),
             zero,
-            optx.RESULTS.successful,
+            TPBVPResults.successful,
+            jnp.array(0),
             jnp.array(0),
         )
 
@@ -983,12 +1472,15 @@ def anneal_tpbvp(
 
 
 def _output_times(method, nodes):
-    """The output times of `method.dense` on the problem's nodes."""
+    """The output times of a solve with `method` on the problem's nodes (initial mesh)."""
+    if isinstance(method, Collocation):
+        _, maximal = method.mesh_size(nodes.shape[0])
+        mesh = _initial_mesh(nodes.shape[0], method.n_nodes - 1, maximal, nodes.dtype)
+        t = mesh.times(nodes)
+        return jnp.stack([t[:-1], t[1:]], axis=1).reshape(-1)
     if isinstance(method, Shooting):
         ta, tb = nodes[:-1], nodes[1:]
     else:
         ta, tb = _segment_times(nodes, method.pieces)
-    if isinstance(method, Collocation):
-        return jnp.stack([ta, tb], axis=1).reshape(-1)
     frac = jnp.linspace(0, 1, method.steps + 1, dtype=ta.dtype)
     return (ta[:, None] + (tb - ta)[:, None] * frac).reshape(-1)

@@ -5,7 +5,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
 import pytest
 import scipy.integrate
 import scipy.linalg
@@ -317,9 +316,12 @@ def test_continuation_in_rf_reaches_the_direct_solution():
     assert misfit[0, 0] < misfit[-1, 0]
 
 
-def test_solution_differentiable_through_implicit_function_theorem():
-    method = deepest.MultipleShooting(4, steps_per_segment=16)
-
+@pytest.mark.parametrize(
+    "method",
+    [deepest.MultipleShooting(4, steps_per_segment=16), deepest.Collocation(17)],
+    ids=["multiple-shooting", "collocation"],
+)
+def test_solution_differentiable_through_implicit_function_theorem(method):
     problem = _pendulum_problem()
 
     def x_end(g):
@@ -331,6 +333,91 @@ def test_solution_differentiable_through_implicit_function_theorem():
     fd = (jax.jit(x_end)(4.0 + h) - jax.jit(x_end)(4.0 - h)) / (2 * h)
     # Central difference: truncation O(h²) ~ 1e-10, rounding ~1e-11/h ~ 1e-6·|x|.
     assert jnp.allclose(grad, fd, rtol=1e-6, atol=1e-8)
+
+
+# -- collocation: mesh refinement inside jit ----------------------------------------------
+
+REFINING = deepest.Collocation(5, tol=1e-6, max_nodes=257)
+
+
+def _scipy_nodes(name, tol):
+    """The mesh size scipy's solve_bvp needs for an rms residual `tol` on the same problem."""
+    _, times, values, observed, rm, rf, numpy_field = NONLINEAR[name]
+    d = 2 if name == "pendulum" else 3
+    w = np.zeros((2, d))
+    w[:, observed] = 1.0
+    yv = np.zeros((2, d))
+    yv[:, observed] = values
+    mesh = np.linspace(times[0], times[1], 11)
+    guess = np.zeros((2 * d, mesh.size))
+    for j, i in enumerate(observed):
+        guess[i] = np.interp(mesh, times, np.asarray(values)[:, j])
+    sol = scipy.integrate.solve_bvp(
+        lambda t, y: numpy_field(y, rf),
+        lambda a, b: np.concatenate(
+            [a[d:] - rm * w[0] * (a[:d] - yv[0]), b[d:] + rm * w[1] * (b[:d] - yv[1])]
+        ),
+        mesh,
+        guess,
+        tol=tol,
+    )
+    assert sol.status == 0
+    return sol.x.size
+
+
+@pytest.mark.parametrize("name", list(NONLINEAR))
+def test_collocation_refines_until_the_tolerance_is_met(name, scipy_solutions):
+    model, times, values, observed, rm, rf, _ = NONLINEAR[name]
+    dim = 2 if name == "pendulum" else 3
+    problem = deepest.ContinuousAssimilation(
+        model, deepest.Observations(times, values, observed), rm, rf, dim=dim
+    )
+    solve = eqx.filter_jit(deepest.solve_tpbvp)
+    # The uniform 5-node mesh does not meet the tolerance (no room to refine: flagged) …
+    coarse = solve(problem, deepest.Collocation(5, tol=1e-6, max_nodes=5), throw=False)
+    assert coarse.result == deepest.TPBVPResults.max_nodes_reached
+    assert int(coarse.n_nodes) == 5
+    # … the refined mesh does, with a mesh of the size scipy's solve_bvp chooses for the same
+    # rms residual (the same estimate and splitting rule), and agrees with scipy at 1e-10.
+    refined = solve(problem, REFINING)
+    assert refined.converged
+    n_scipy = _scipy_nodes(name, 1e-6)
+    assert 0.5 * n_scipy < int(refined.n_nodes) < 2 * n_scipy, (int(refined.n_nodes), n_scipy)
+    reference = scipy_solutions[name]
+    scale = max(1.0, float(np.max(np.abs(reference.y))))
+    errors = []
+    for sol in (coarse, refined):
+        x, p = jax.vmap(sol.evaluate)(jnp.asarray(reference.x))
+        errors.append(
+            max(np.max(np.abs(x - reference.y[:dim].T)), np.max(np.abs(p - reference.y[dim:].T)))
+        )
+    # An rms relative residual of 1e-6 on an order-4 mesh: errors ≈ 1e-8 here (measured
+    # 2e-8), the coarse mesh ≈ 1e-3.
+    assert errors[1] < 1e-6 * scale, errors
+    assert errors[0] > 100 * errors[1], errors
+    if name == "pendulum":  # one compile suffices to check the raise
+        with pytest.raises(RuntimeError, match="max_nodes"):
+            solve(problem, deepest.Collocation(5, tol=1e-6, max_nodes=5))
+
+
+def test_collocation_refinement_under_vmap():
+    # Problems with different data refine to different meshes inside one vmapped call;
+    # every lane equals its own single solve.
+    problem = _pendulum_problem()
+    with_values = lambda v: eqx.tree_at(lambda p: p.values, problem, v)
+    start = problem.values[0]
+    ends = ([-0.5, 0.3], [0.0, 0.0], [1.5, -1.0])
+    values = jnp.stack([jnp.stack([start, jnp.array(end)]) for end in ends])
+    solve = lambda v: deepest.solve_tpbvp(with_values(v), REFINING)
+    sols = eqx.filter_jit(jax.vmap(solve))(values)
+    assert bool(jnp.all(sols.converged))
+    assert len(set(np.asarray(sols.n_nodes).tolist())) > 1, sols.n_nodes
+    single = eqx.filter_jit(solve)
+    for i in range(len(ends)):
+        one = single(values[i])
+        assert int(one.n_nodes) == int(sols.n_nodes[i])
+        assert jnp.allclose(sols.xs[i], one.xs, atol=1e-10)
+        assert jnp.allclose(sols.ps[i], one.ps, atol=1e-10)
 
 
 # -- bad input -----------------------------------------------------------------------------
@@ -362,6 +449,16 @@ def test_bad_input_is_refused_before_compute():
         deepest.ContinuousAssimilation(Pendulum(jnp.asarray(1.0)), data, 1.0, -1.0)
     with pytest.raises(ValueError, match="n_segments"):
         deepest.MultipleShooting(0)
+    with pytest.raises(ValueError, match="tol"):
+        deepest.Collocation(5, tol=-1e-6)
+    with pytest.raises(ValueError, match="max_nodes"):
+        deepest.Collocation(5, tol=1e-6, max_nodes=3)
+    with pytest.raises(ValueError, match="max_nodes"):
+        # 5 nodes on each of the two intervals between the three node times need 9.
+        three_nodes = deepest.BoundaryValueProblem(
+            _field, bc, 0.0, 1.0, dim=1, jump_times=[0.5], jump=lambda k, y: y
+        )
+        deepest.solve_tpbvp(three_nodes, deepest.Collocation(5, tol=1e-6, max_nodes=8))
 
 
 def test_nonconvergence_is_flagged_or_raised():
@@ -371,6 +468,6 @@ def test_nonconvergence_is_flagged_or_raised():
     solve = eqx.filter_jit(deepest.solve_tpbvp)
     sol = solve(problem, method, throw=False)
     assert not bool(sol.converged)
-    assert sol.result == optx.RESULTS.nonlinear_max_steps_reached
+    assert sol.result == deepest.TPBVPResults.nonlinear_max_steps_reached
     with pytest.raises(RuntimeError, match="did not converge"):
         solve(problem, method, throw=True)
