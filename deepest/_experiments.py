@@ -19,11 +19,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._cli import ANNEAL_DEFAULTS, _load_config, _merge, _out_dir, anneal_from_config
+from ._cli import (
+    ANNEAL_DEFAULTS,
+    _load_config,
+    _merge,
+    _minimiser,
+    _out_dir,
+    anneal_from_config,
+)
 from ._config import check_keys, set_dotted
 
-# The anneal section of `deepest anneal`, with a schedule suited to networks.
-_ANNEAL = {**ANNEAL_DEFAULTS["anneal"], "rf0": 1e-4, "n_beta": 30}
+# The anneal section of `deepest anneal`, with a schedule suited to networks, less the
+# Levenberg–Marquardt setting (a network's action has no banded residuals: L-BFGS only).
+_ANNEAL = {
+    **{k: v for k, v in ANNEAL_DEFAULTS["anneal"].items() if k != "damping"},
+    "rf0": 1e-4,
+    "n_beta": 30,
+}
 _BACKPROP = {
     "learning_rate": 1e-2,
     "steps": 2000,
@@ -170,6 +182,7 @@ def resolve_train_config(config: dict, sets: Sequence[str] = ()) -> dict:
             f"`anneal.minimiser` must be 'lbfgs' for network training; "
             f"got {config['anneal']['minimiser']!r}."
         )
+    _minimiser(config["anneal"])  # checks its settings before any compute
     return config
 
 

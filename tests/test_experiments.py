@@ -115,3 +115,5 @@ def test_bad_values():
         resolve_train_config(
             {"experiment": "bar_images", "anneal": {"minimiser": "levenberg_marquardt"}}
         )
+    with pytest.raises(ValueError, match="history_length"):
+        resolve_train_config({"experiment": "bar_images", "anneal": {"history_length": 0}})
