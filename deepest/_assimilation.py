@@ -256,11 +256,10 @@ class Assimilation(AbstractProblem):
         mask = self.data.mask
         return jnp.sum(jnp.where(mask, sq, 0)) / jnp.sum(mask, dtype=sq.dtype)
 
-    def model_term(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:
-        """R_f/(D·(N_model − 1)) Σ residual², with `rf` scalar or per component (D,)."""
+    def _model_residuals(self, unknowns: PyTree[Array]) -> tuple[Array, ...]:
         theta = {**self.values, **self.parameters(unknowns)}
         theta = {n: theta[n] for n in self.estimate}
-        residuals = model_residuals(
+        return model_residuals(
             self.field,
             self.discretization,
             self.ts,
@@ -268,6 +267,10 @@ class Assimilation(AbstractProblem):
             theta,
             unknowns.get("midpoints"),
         )
+
+    def model_term(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:
+        """R_f/(D·(N_model − 1)) Σ residual², with `rf` scalar or per component (D,)."""
+        residuals = self._model_residuals(unknowns)
         total = sum(jnp.sum(rf * r**2) for r in residuals)
         return total / (self.dim * (self.n_model - 1))
 
@@ -338,16 +341,7 @@ class Assimilation(AbstractProblem):
                 .at[:: self.steps_per_obs]
                 .set(node)
             )
-        theta = {**self.values, **self.parameters(unknowns)}
-        theta = {n: theta[n] for n in self.estimate}
-        residuals = model_residuals(
-            self.field,
-            self.discretization,
-            self.ts,
-            path,
-            theta,
-            unknowns.get("midpoints"),
-        )
+        residuals = self._model_residuals(unknowns)
         weight = jnp.sqrt(jnp.asarray(rf) / (self.dim * (self.n_model - 1)))
         interval = jnp.concatenate([weight * r for r in residuals], axis=1)
         return node, interval
