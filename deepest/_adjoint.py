@@ -28,9 +28,9 @@ from jaxtyping import Array, Float, PyTree
 
 from .integrators._reversible import ReversibleRK
 from .integrators._tableaux import (
-    _needed_stages,
-    _stage_input,
+    linearise_stages,
     partner_sweep,
+    stages_parameter_vjp,
     tableau_coefficients,
 )
 
@@ -137,58 +137,6 @@ def solve_costate(field, x0, t0, t1, integration):
     return _costate_solve((field, x0), t0, t1, integration)
 
 
-def _linearise_stages(field, coefficients, t0, h, x):
-    # One RK increment Ψ_h(t_0, x) and the transpose of its dependence on x alone: the
-    # stages are linearised in x only (no parameter cotangents per stage). The transpose
-    # also returns each stage's time, input and cotangent K̄_i, so that the parameter
-    # gradient of many stages can be taken in one batched VJP (`_stages_parameter_vjp`).
-    a, b, c = coefficients
-    s = len(b)
-    needed = _needed_stages(a, b)
-    ks: list = [None] * s
-    stages: list = []
-    for i in range(s):
-        if needed[i]:
-            t_i = t0 + c[i] * h
-            x_i = _stage_input(x, h, a[i, :i], ks[:i])
-            ks[i], vjp_i = jax.vjp(lambda y, t_i=t_i: field(t_i, y), x_i)
-            stages.append((i, t_i, x_i, vjp_i))
-    increment = h * _stage_input(jnp.zeros_like(x), 1.0, b, ks)
-
-    def transpose(cotangent):
-        stage_costates: list = [None] * s
-        total = jnp.zeros_like(x)
-        times, inputs, k_bars = [], [], []
-        for i, t_i, x_i, vjp_i in reversed(stages):
-            k_bar = b[i] * cotangent if b[i] != 0 else jnp.zeros_like(cotangent)
-            for j in range(i + 1, s):
-                if a[j, i] != 0 and stage_costates[j] is not None:
-                    k_bar = k_bar + a[j, i] * stage_costates[j]
-            (stage_costates[i],) = vjp_i(h * k_bar)
-            total = total + stage_costates[i]
-            times.append(t_i)
-            inputs.append(x_i)
-            k_bars.append(h * k_bar)
-        return total, times, inputs, k_bars
-
-    return increment, transpose
-
-
-def _stages_parameter_vjp(params, static, times, inputs, k_bars):
-    # Σ_i (∂F/∂θ(t_i, X_i))ᵀ K̄_i as one VJP of the field vmapped over the stages. It
-    # evaluates the stages once more, batched, but for dense layers the sum of per-stage
-    # outer products becomes one matrix product, and the parameter cotangents are
-    # accumulated once per step instead of once per stage (the reversible step has two
-    # increments' worth of stages).
-    def stage_values(p):
-        field = eqx.combine(p, static)
-        return jax.vmap(field)(jnp.stack(times), jnp.stack(inputs))
-
-    _, vjp = jax.vjp(stage_values, params)
-    (grad,) = vjp(jnp.stack(k_bars))
-    return grad
-
-
 def reversible_sweep(
     field: Callable,
     solver: ReversibleRK,
@@ -239,16 +187,16 @@ def reversible_sweep(
         f = eqx.combine(params, static)
         t_start = t0 + index.astype(dtype) * h
         t_end = t0 + (index + 1).astype(dtype) * h
-        back_increment, back_transpose = _linearise_stages(f, coefficients, t_end, -h, y1)
+        back_increment, back_transpose = linearise_stages(f, coefficients, t_end, -h, y1)
         z0 = z1 + back_increment
-        forward_increment, forward_transpose = _linearise_stages(f, coefficients, t_start, h, z0)
+        forward_increment, forward_transpose = linearise_stages(f, coefficients, t_start, h, z0)
         y0 = (y1 - (1 - coupling) * z0 - forward_increment) / coupling
         dy, back_times, back_inputs, back_k_bars = back_transpose(z1_bar)
         y1_bar = y1_bar - dy
         dz, times, inputs, k_bars = forward_transpose(y1_bar)
         # z_{n+1} = z_n − Ψ_{−h}(y_{n+1}): the backward increment's stages enter with a
         # minus sign.
-        step_grad = _stages_parameter_vjp(
+        step_grad = stages_parameter_vjp(
             params,
             static,
             back_times + times,

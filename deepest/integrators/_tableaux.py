@@ -211,6 +211,15 @@ def _tree_add(u, v):
     return jax.tree.map(lambda p, q: p + q, u, v)
 
 
+def _stage_weight(a, b, i, cotangent, stage_costates):
+    # K̄_i / h = b_i v + Σ_{j>i} a_ji Λ_j, the partner scheme's division-free stage weight.
+    k_bar = b[i] * cotangent if b[i] != 0 else jnp.zeros_like(cotangent)
+    for j in range(i + 1, len(b)):
+        if a[j, i] != 0 and stage_costates[j] is not None:
+            k_bar = k_bar + a[j, i] * stage_costates[j]
+    return k_bar
+
+
 def linearise_increment(
     field: Callable,
     coefficients: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -255,16 +264,62 @@ def linearise_increment(
         for i in reversed(range(s)):
             if not needed[i]:
                 continue
-            k_bar = b[i] * cotangent if b[i] != 0 else jnp.zeros_like(cotangent)
-            for j in range(i + 1, s):
-                if a[j, i] != 0 and stage_costates[j] is not None:
-                    k_bar = k_bar + a[j, i] * stage_costates[j]
+            k_bar = _stage_weight(a, b, i, cotangent, stage_costates)
             grad_i, stage_costates[i] = vjps[i](h * k_bar)
             total = total + stage_costates[i]
             field_grad = grad_i if field_grad is None else _tree_add(field_grad, grad_i)
         return total, eqx.filter(field_grad, eqx.is_inexact_array)
 
     return increment, transpose
+
+
+def linearise_stages(field, coefficients, t0, h, x):
+    # One RK increment Ψ_h(t_0, x) and the transpose of its dependence on x alone: the
+    # stages are linearised in x only (no parameter cotangents per stage). The transpose
+    # also returns each stage's time, input and cotangent K̄_i, so that the parameter
+    # gradient of many stages can be taken in one batched VJP (`stages_parameter_vjp`).
+    a, b, c = coefficients
+    s = len(b)
+    needed = _needed_stages(a, b)
+    ks: list = [None] * s
+    stages: list = []
+    for i in range(s):
+        if needed[i]:
+            t_i = t0 + c[i] * h
+            x_i = _stage_input(x, h, a[i, :i], ks[:i])
+            ks[i], vjp_i = jax.vjp(lambda y, t_i=t_i: field(t_i, y), x_i)
+            stages.append((i, t_i, x_i, vjp_i))
+    increment = h * _stage_input(jnp.zeros_like(x), 1.0, b, ks)
+
+    def transpose(cotangent):
+        stage_costates: list = [None] * s
+        total = jnp.zeros_like(x)
+        times, inputs, k_bars = [], [], []
+        for i, t_i, x_i, vjp_i in reversed(stages):
+            k_bar = _stage_weight(a, b, i, cotangent, stage_costates)
+            (stage_costates[i],) = vjp_i(h * k_bar)
+            total = total + stage_costates[i]
+            times.append(t_i)
+            inputs.append(x_i)
+            k_bars.append(h * k_bar)
+        return total, times, inputs, k_bars
+
+    return increment, transpose
+
+
+def stages_parameter_vjp(params, static, times, inputs, k_bars):
+    # Σ_i (∂F/∂θ(t_i, X_i))ᵀ K̄_i as one VJP of the field vmapped over the stages. It
+    # evaluates the stages once more, batched, but for dense layers the sum of per-stage
+    # outer products becomes one matrix product, and the parameter cotangents are
+    # accumulated once per step instead of once per stage (the reversible step has two
+    # increments' worth of stages).
+    def stage_values(p):
+        field = eqx.combine(p, static)
+        return jax.vmap(field)(jnp.stack(times), jnp.stack(inputs))
+
+    _, vjp = jax.vjp(stage_values, params)
+    (grad,) = vjp(jnp.stack(k_bars))
+    return grad
 
 
 def partner_step(
