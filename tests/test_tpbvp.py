@@ -10,6 +10,7 @@ import scipy.integrate
 import scipy.linalg
 
 import deepest
+from deepest import _tpbvp
 
 
 class Linear(deepest.models.AbstractModel):
@@ -333,6 +334,54 @@ def test_solution_differentiable_through_implicit_function_theorem(method):
     fd = (jax.jit(x_end)(4.0 + h) - jax.jit(x_end)(4.0 - h)) / (2 * h)
     # Central difference: truncation O(h²) ~ 1e-10, rounding ~1e-11/h ~ 1e-6·|x|.
     assert jnp.allclose(grad, fd, rtol=1e-6, atol=1e-8)
+
+
+# -- collocation: the structured Newton matrix -------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["linear-with-jump", "lorenz63-partial"])
+def test_collocation_jacobian_blocks_match_autodiff(name):
+    # The per-interval blocks are assembled from the field's Jacobian at the stages and the
+    # Lobatto coefficients; they must equal jacfwd of the residual itself (exact up to
+    # rounding), with the interior jump included.
+    if name == "linear-with-jump":
+        data = deepest.Observations(TIMES, Y, [0, 1], mask=MASK)
+        problem = deepest.ContinuousAssimilation(Linear(jnp.asarray(A)), data, RM, RF)
+    else:
+        model, times, values, observed, rm, rf, _ = NONLINEAR[name]
+        data = deepest.Observations(times, values, observed)
+        problem = deepest.ContinuousAssimilation(model, data, rm, rf, dim=3)
+    nodes = problem.node_times()
+    k = nodes.shape[0]
+    mesh = _tpbvp._initial_mesh(k, 3, 3 * (k - 1), nodes.dtype)
+    d = problem.dim
+    n = 3 * (k - 1)
+    ys = jnp.sin(jnp.arange((n + 1) * 2 * d, dtype=float)).reshape(n + 1, 2 * d)
+    zs = jnp.cos(jnp.arange(n * 5 * d, dtype=float)).reshape(n, 5 * d)
+    has_jumps = k > 2
+
+    def residual_fn(ys, zs):
+        return _tpbvp._collocation_residual(problem, mesh, nodes, has_jumps, ys, zs)
+
+    @jax.jit
+    def both(ys, zs):
+        assembled = _tpbvp._collocation_jacobian(problem, mesh, nodes, has_jumps, ys, zs)
+        return assembled, residual_fn(ys, zs), jax.jacfwd(residual_fn, argnums=(0, 1))(ys, zs)
+
+    (residual, (jac, bjac)), want_residual, full = both(ys, zs)
+    for got, want in zip(residual, want_residual):
+        assert jnp.allclose(got, want, rtol=0, atol=1e-12)
+    (stage_y, stage_z), (cont_y, cont_z), (bound_y, _) = full
+    i = np.arange(n)
+    want = jnp.concatenate(
+        [
+            jnp.concatenate([stage_y[i, :, i], stage_z[i, :, i]], axis=-1),
+            jnp.concatenate([cont_y[i, :, i], cont_z[i, :, i]], axis=-1),
+        ],
+        axis=1,
+    )
+    assert jnp.allclose(jac, want, rtol=0, atol=1e-12)
+    assert jnp.allclose(bjac, jnp.concatenate([bound_y[:, 0], bound_y[:, -1]], axis=1))
 
 
 # -- collocation: mesh refinement inside jit ----------------------------------------------
