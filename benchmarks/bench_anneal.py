@@ -9,7 +9,11 @@ The serial baseline's time per path does not depend on how many paths there are,
 is measured on the first `--serial-paths` paths; deepest runs 16, 64 and 256 paths.
 
     python benchmarks/bench_anneal.py [--sizes 16 64 256] [--serial-paths 16] [--configs L12 L8]
-                                      [--minimisers lbfgs lm]
+                                      [--minimisers lbfgs lm] [--sharded-sizes 64]
+
+The CPU is split into one XLA device per core. Every row runs on one core, as the serial
+baseline does, except the "N cores" rows (`--sharded-sizes`), where `deepest.anneal`
+shards the paths over all of them.
 
 Both of deepest's minimisers run: L-BFGS (the default) and the block-banded
 Levenberg–Marquardt. A "floor" row times the vmapped value-and-gradient alone (64 paths, a
@@ -23,7 +27,11 @@ import platform
 import sys
 import time
 
-import jax
+# One XLA CPU device per core, so that the "all cores" rows can shard the paths over them
+# (the other rows run on one device, i.e. one core, as the serial baseline does).
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={os.cpu_count()}")
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
@@ -82,6 +90,13 @@ def main():
     parser.add_argument("--history", type=int, default=10)
     parser.add_argument("--minimisers", nargs="+", default=["lbfgs", "lm"])
     parser.add_argument("--lm-sizes", type=int, nargs="+", default=None, help="default: --sizes")
+    parser.add_argument(
+        "--sharded-sizes",
+        type=int,
+        nargs="*",
+        default=[64],
+        help="sizes also run with the paths sharded over every core (one device per core)",
+    )
     args = parser.parse_args()
     minimisers = {
         "lbfgs": ("deepest.anneal, L-BFGS", deepest.LBFGS(history_length=args.history)),
@@ -101,12 +116,23 @@ def main():
         serial = serial_anneal(problem, schedule, sub)
         s_final = serial["action"][-1]
         results = {}
+        one_core, all_cores = jax.devices()[:1], jax.devices()
         for m in args.minimisers:
             sizes = args.lm_sizes if m == "lm" and args.lm_sizes else args.sizes
-            for n in sizes:
+            runs = [(n, one_core) for n in sizes]
+            if len(all_cores) > 1:
+                runs += [(n, all_cores) for n in args.sharded_sizes]
+            for n, devices in runs:
                 u = jax.tree.map(lambda a, n=n: a[:n], init)
-                results[m, n] = deepest.anneal(
-                    problem, schedule, n, key, init=u, progress=False, minimiser=minimisers[m][1]
+                results[m, n, len(devices)] = deepest.anneal(
+                    problem,
+                    schedule,
+                    n,
+                    key,
+                    init=u,
+                    progress=False,
+                    minimiser=minimisers[m][1],
+                    devices=devices,
                 )
         lowest = min([np.nanmin(s_final)] + [np.nanmin(r.action[-1]) for r in results.values()])
         s_time = serial["run_time"] / args.serial_paths
@@ -122,14 +148,15 @@ def main():
                 serial["compile_time"],
             )
         )
-        for (m, n), r in results.items():
+        for (m, n, n_dev), r in results.items():
+            method = minimisers[m][0] + (f", {n_dev} cores" if n_dev > 1 else "")
             t = r.stats["run_time"] / n
             it = r.iterations.sum(0).mean()
             util = r.stats["lane_steps"] / (r.stats["loop_steps"] * n)
             rows.append(
                 (
                     name,
-                    minimisers[m][0],
+                    method,
                     n,
                     t,
                     s_time / t,
@@ -143,7 +170,7 @@ def main():
             lanes.append(
                 (
                     name,
-                    minimisers[m][0],
+                    method,
                     n,
                     r.stats["loop_steps"],
                     synchronous,
@@ -172,7 +199,7 @@ def main():
         )
         # same initial paths: the per-path minima agree where both converge alike
         for m in args.minimisers:
-            r16 = results[m, min(n for mm, n in results if mm == m)]
+            r16 = results[m, min(n for mm, n, _ in results if mm == m), 1]
             k = min(args.serial_paths, r16.n_paths)
             agree = np.mean(np.isclose(r16.action[-1, :k], s_final[:k], rtol=1e-3))
             print(

@@ -12,7 +12,7 @@ interval residual r_n (one model step) on s_n and s_{n+1} only, both also on the
 parameters θ. So the Gauss–Newton matrix JᵀJ is block tridiagonal in time, bordered by
 the θ rows. It is assembled from 2·dim + n_params Jacobian-vector products (the states
 of even and of odd times never share a residual, so two colours suffice), and the damped
-system (JᵀJ + λ diag JᵀJ) δ = −Jᵀr is solved by a block Cholesky sweep over time, with a
+system (JᵀJ + λ diag JᵀJ) δ = −Jᵀr is solved by block elimination forward in time, with a
 Schur complement for θ: O(N dim³) work instead of O((N dim)³).
 """
 
@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import optimistix as optx
 from jax.flatten_util import ravel_pytree
-from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, Float, PyTree
 
+from ._linalg import gauss_jordan
 from ._problem import AbstractProblem
 
 
@@ -115,7 +115,7 @@ class LevenbergMarquardt(AbstractMinimiser):
 
     $$(J^\top J + λ\,\mathrm{diag}(J^\top J))\,δ = −J^\top r$$
 
-    by a block Cholesky sweep over time (J^T J is block tridiagonal, bordered by the
+    by block elimination over time (J^T J is block tridiagonal, bordered by the
     parameters), with λ = `damping` / s and the trust-region size s of
     [`optimistix.ClassicalTrustRegion`][] (Marquardt's scaling makes λ independent of
     the units of the unknowns). Converges in far fewer steps than L-BFGS; each step costs
@@ -206,8 +206,8 @@ def _normal(jac, residual, n, d, p, dtype) -> _BandedNormal:
     m, r = residual
     node_jac, first, second, node_params, interval_params = _blocks(jac, n, d, p, dtype)
 
-    def tt(a, b):  # aᵀb, block by block
-        return jnp.einsum("nki,nkj->nij", a, b)
+    def tt(a, b):  # aᵀb, block by block; XLA's CPU dot is 3× faster than this einsum's
+        return jnp.swapaxes(a, -1, -2) @ b
 
     diagonal = tt(node_jac, node_jac).at[:-1].add(tt(first, first)).at[1:].add(tt(second, second))
     off = tt(first, second)
@@ -246,44 +246,45 @@ def solve_block_tridiagonal(
         [T   B] [x]   [a]
         [Bᵀ  C] [θ] = [b],   T = tridiag(offᵀ, diagonal, off),
 
-    by a block Cholesky sweep forward in time, the Schur complement C − Bᵀ T⁻¹ B for θ,
-    and back substitution.
+    by block elimination forward in time (S_0 = D_0, S_n = D_n − O_{n−1}ᵀ S_{n−1}⁻¹ O_{n−1},
+    each S_n positive definite), back substitution for T⁻¹[a | B], and the Schur
+    complement C − Bᵀ T⁻¹ B for θ. Each S_n is eliminated by a Gauss–Jordan sweep in plain
+    XLA operations rather than LAPACK (see `_linalg.py`: batched LAPACK calls deadlock in
+    programs sharded over several CPU devices, and are no faster on blocks this small).
 
     **Returns:** `(x, θ)`.
     """
-    d = diagonal.shape[-1]
+    n, d, _ = diagonal.shape
     p = corner.shape[0]
     rhs = jnp.concatenate([rhs_states[:, :, None], border], axis=2)  # (n, d, 1 + p)
     off_next = jnp.concatenate([off, jnp.zeros_like(diagonal[:1])])
+    off_prev = jnp.concatenate([jnp.zeros_like(diagonal[:1]), off])
 
     def forward(carry, block):
-        w_prev, y_prev = carry
-        diag, off_n, rhs_n = block
-        chol = jnp.linalg.cholesky(diag - w_prev.T @ w_prev)
-        # one triangular solve for the coupling to the next time and the right-hand sides
-        right = jnp.concatenate([off_n, rhs_n - w_prev.T @ y_prev], axis=1)
-        both = solve_triangular(chol, right, lower=True)
-        w, y = both[:, :d], both[:, d:]
-        return (w, y), (chol, w, y)
+        g_prev, y_prev = carry  # S⁻¹O and S⁻¹(right-hand sides) of the previous time
+        diag, o_prev, o_next, rhs_n = block
+        schur = diag - o_prev.T @ g_prev
+        aug = jnp.concatenate([schur, o_next, rhs_n - o_prev.T @ y_prev], axis=1)
+        solved = gauss_jordan(aug[None], d)[0, :, d:]
+        g, y = solved[:, :d], solved[:, d:]
+        return (g, y), (g, y)
 
     start = (jnp.zeros((d, d), diagonal.dtype), jnp.zeros_like(rhs[0]))
-    _, (chol, w, y) = jax.lax.scan(forward, start, (diagonal, off_next, rhs))
-    y_a, y_b = y[:, :, 0], y[:, :, 1:]
-    if p:
-        schur = corner - jnp.einsum("nip,niq->pq", y_b, y_b)
-        theta = jnp.linalg.solve(schur, rhs_params - jnp.einsum("nip,ni->p", y_b, y_a))
-        v = y_a - y_b @ theta
-    else:
-        theta = rhs_params
-        v = y_a
+    _, (g, y) = jax.lax.scan(forward, start, (diagonal, off_prev, off_next, rhs))
 
-    def backward(x_next, block):
-        chol_n, w_n, v_n = block
-        x = solve_triangular(chol_n.T, v_n - w_n @ x_next, lower=False)
-        return x, x
+    def backward(z_next, block):
+        g_n, y_n = block
+        z = y_n - g_n @ z_next
+        return z, z
 
-    _, x = jax.lax.scan(backward, jnp.zeros_like(v[0]), (chol, w, v), reverse=True)
-    return x, theta
+    _, z = jax.lax.scan(backward, jnp.zeros_like(y[0]), (g, y), reverse=True)
+    z_a, z_b = z[:, :, 0], z[:, :, 1:]  # T⁻¹a, T⁻¹B
+    if not p:
+        return z_a, rhs_params
+    schur = corner - jnp.einsum("nip,niq->pq", border, z_b)
+    rhs_theta = rhs_params - jnp.einsum("nip,ni->p", border, z_a)
+    theta = gauss_jordan(jnp.concatenate([schur, rhs_theta[:, None]], axis=1)[None], p)[0, :, p]
+    return z_a - z_b @ theta, theta
 
 
 class _BandedDampedNewton(optx.AbstractDescent):

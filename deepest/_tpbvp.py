@@ -38,6 +38,8 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree, Scalar
 
+from ._linalg import gauss_jordan
+
 _Pair = tuple[Array, Array]
 
 
@@ -924,28 +926,6 @@ def _collocation_jacobian(problem, mesh, nodes, has_jumps, ys, zs):
     return (stage, ends - ys[1:], bres), (jac, bjac)
 
 
-def _batched_sweep(a, m):
-    """Gauss–Jordan sweep of the first `m` pivots of many small matrices at once.
-
-    For a = [A | B] with A of size m × m this returns [A⁻¹ | A⁻¹B]: the inverse is built in
-    place (a pivot's column turns into the inverse's column), so no identity block is
-    carried along. Vectorised over the batch (batch axis last, one fused update per pivot):
-    on CPU, LAPACK over hundreds of 15 × 15 systems costs several times more, and so does a
-    `lax.fori_loop` over the pivots. No pivoting: the stage matrices are I − O(h ‖∂f/∂y‖),
-    diagonally dominant on any mesh that resolves the solution; a zero pivot gives
-    non-finite values, which Newton reports (`TPBVPResults.nonfinite`) and mesh refinement
-    does not hide.
-    """
-    aug = jnp.moveaxis(a, 0, -1)
-    for k in range(m):
-        inv = 1 / aug[k, k]
-        row = aug[k] * inv
-        # Row i ≠ k loses aug[i, k] times row k; column k becomes −aug[i, k] / pivot.
-        update = aug - aug[:, k][:, None] * row.at[k].add(inv)[None]
-        aug = update.at[k].set(row.at[k].set(inv))
-    return jnp.moveaxis(aug, -1, 0)
-
-
 class _Factors(eqx.Module):
     """The structured factorisation of the collocation Jacobian (see `_factorise`)."""
 
@@ -972,7 +952,10 @@ def _factorise(blocks, dim) -> _Factors:
     s5, s2 = 5 * dim, 2 * dim
     g_y, g_z = jac[:, :s5, :s2], jac[:, :s5, s2:]
     e_y, e_z = jac[:, s5:, :s2], jac[:, s5:, s2:]
-    local = _batched_sweep(jnp.concatenate([g_z, g_y], axis=-1), s5)
+    # No pivoting: the stage matrices G_z are I − O(h ‖∂f/∂y‖), diagonally dominant on any
+    # mesh that resolves the solution; a zero pivot gives non-finite values, which Newton
+    # reports (`TPBVPResults.nonfinite`) and mesh refinement does not hide.
+    local = gauss_jordan(jnp.concatenate([g_z, g_y], axis=-1), s5)
     inv_gz, inv_gz_gy = local[..., :s5], local[..., s5:]
     s = e_y - e_z @ inv_gz_gy
 

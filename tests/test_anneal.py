@@ -245,9 +245,14 @@ assert len(jax.devices()) == 4
 problem = small_problem()
 schedule = deepest.AnnealSchedule(1e-3, 2.0, 10)
 out = {}
-for n in (8, 6):
-    many = deepest.anneal(problem, schedule, n, jr.key(2), progress=False)
-    one = deepest.anneal(problem, schedule, n, jr.key(2), progress=False,
+# 6 paths: not a multiple of the devices. Levenberg–Marquardt with 48 lanes per device and
+# 20 × 20 blocks: jaxlib spreads a batched LAPACK call this large over its thread pool, which
+# deadlocked in a sharded program (the banded solve now uses no LAPACK).
+wide = small_problem(dim=20, n_times=11)
+for n, minimiser in ((8, None), (6, None), (192, deepest.LevenbergMarquardt())):
+    problem = wide if minimiser else problem
+    many = deepest.anneal(problem, schedule, n, jr.key(2), progress=False, minimiser=minimiser)
+    one = deepest.anneal(problem, schedule, n, jr.key(2), progress=False, minimiser=minimiser,
                          devices=jax.devices()[:1])
     out[n] = {"rel": float(np.max(np.abs(many.action[-1] / one.action[-1] - 1))),
               "same_converged": bool(np.array_equal(many.converged, one.converged)),
