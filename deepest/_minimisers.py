@@ -206,7 +206,7 @@ def _normal(jac, residual, n, d, p, dtype) -> _BandedNormal:
     m, r = residual
     node_jac, first, second, node_params, interval_params = _blocks(jac, n, d, p, dtype)
 
-    def tt(a, b):  # aᵀb, block by block; XLA's CPU dot is 3× faster than this einsum's
+    def tt(a, b):  # aᵀb, block by block (as a dot: XLA:CPU's einsum transposes first)
         return jnp.swapaxes(a, -1, -2) @ b
 
     diagonal = tt(node_jac, node_jac).at[:-1].add(tt(first, first)).at[1:].add(tt(second, second))
@@ -254,7 +254,7 @@ def solve_block_tridiagonal(
 
     **Returns:** `(x, θ)`.
     """
-    n, d, _ = diagonal.shape
+    d = diagonal.shape[-1]
     p = corner.shape[0]
     rhs = jnp.concatenate([rhs_states[:, :, None], border], axis=2)  # (n, d, 1 + p)
     off_next = jnp.concatenate([off, jnp.zeros_like(diagonal[:1])])

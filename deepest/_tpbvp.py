@@ -802,23 +802,31 @@ def _pair(v: Array, dim: int) -> _Pair:
     return v[..., :dim], v[..., dim:]
 
 
-def _lobatto_interval(problem, ta, h, y, z):
-    """Stage residuals (5·dim) and the end state before any jump (2·dim) of one interval."""
-    d = problem.dim
-    x, p = _pair(y, d)
-    dtype = y.dtype
-    a, ahat, b, c = (
-        jnp.asarray(m, dtype) for m in (_LOBATTO_A, _LOBATTO_AHAT, _LOBATTO_B, _LOBATTO_C)
-    )
-    big_x = jnp.stack([x, z[:d], z[d : 2 * d]])
-    big_p = z[2 * d :].reshape(3, d)
-    f, g = jax.vmap(lambda t, xi, pi: problem.vector_field(t, (xi, pi), None))(
-        ta + h * c, big_x, big_p
-    )
+def _lobatto_stages(dim: int, y, z):
+    """One interval's stage states X_1..3 (X_1 = x_n) and P_1..3, each (3, dim)."""
+    x = y[:dim]
+    return jnp.stack([x, z[:dim], z[dim : 2 * dim]]), z[2 * dim :].reshape(3, dim)
+
+
+def _lobatto_combine(h, y, big_x, big_p, f, g):
+    """Stage residuals (5·dim) and the end state before any jump (2·dim) of one interval,
+    from its stages and the vector field there (f = ẋ, g = ṗ, each (3, dim))."""
+    a, ahat, b = (jnp.asarray(m, y.dtype) for m in (_LOBATTO_A, _LOBATTO_AHAT, _LOBATTO_B))
+    x, p = _pair(y, big_x.shape[-1])
     res_x = big_x[1:] - x - h * (a[1:] @ f)
     res_p = big_p - p - h * (ahat @ g)
     end = jnp.concatenate([big_x[2], p + h * (b @ g)])
     return jnp.concatenate([res_x.reshape(-1), res_p.reshape(-1)]), end
+
+
+def _lobatto_interval(problem, ta, h, y, z):
+    """Stage residuals (5·dim) and the end state before any jump (2·dim) of one interval."""
+    big_x, big_p = _lobatto_stages(problem.dim, y, z)
+    c = jnp.asarray(_LOBATTO_C, y.dtype)
+    f, g = jax.vmap(lambda t, xi, pi: problem.vector_field(t, (xi, pi), None))(
+        ta + h * c, big_x, big_p
+    )
+    return _lobatto_combine(h, y, big_x, big_p, f, g)
 
 
 def _apply_jump(problem, has_jumps, k, end):
@@ -878,9 +886,7 @@ def _collocation_jacobian(problem, mesh, nodes, has_jumps, ys, zs):
     t = mesh.times(nodes)
     ta, h = t[:-1], t[1:] - t[:-1]
     n = h.shape[0]
-    x, p = _pair(ys[:-1], d)
-    big_x = jnp.stack([x, zs[:, :d], zs[:, d : 2 * d]], axis=1)  # (n, 3, dim)
-    big_p = zs[:, 2 * d :].reshape(n, 3, d)
+    big_x, big_p = jax.vmap(lambda y, z: _lobatto_stages(d, y, z))(ys[:-1], zs)  # (n, 3, dim)
 
     def field(t, y):
         out = _flat(problem.vector_field(t, _pair(y, d), None))
@@ -889,11 +895,9 @@ def _collocation_jacobian(problem, mesh, nodes, has_jumps, ys, zs):
     jac_field, fields = jax.vmap(jax.vmap(jax.jacfwd(field, argnums=1, has_aux=True)))(
         ta[:, None] + h[:, None] * c, jnp.concatenate([big_x, big_p], axis=-1)
     )
-    f, g = fields[..., :d], fields[..., d:]
-    res_x = big_x[:, 1:] - x[:, None] - h[:, None, None] * jnp.einsum("ij,njd->nid", a[1:], f)
-    res_p = big_p - p[:, None] - h[:, None, None] * jnp.einsum("ij,njd->nid", ahat, g)
-    stage = jnp.concatenate([res_x.reshape(n, -1), res_p.reshape(n, -1)], axis=1)
-    ends = jnp.concatenate([big_x[:, 2], p + h[:, None] * (g.mT @ b)], axis=1)
+    stage, ends = jax.vmap(_lobatto_combine)(
+        h, ys[:-1], big_x, big_p, fields[..., :d], fields[..., d:]
+    )
 
     # Rows of kind x take −h a_ij ∂ẋ_j; rows of kind p take −h â_ij ∂ṗ_j (stages) and
     # h b_j ∂ṗ_j (the end's p); the end's x takes none.
