@@ -9,7 +9,8 @@ The serial baseline's time per path does not depend on how many paths there are,
 is measured on the first `--serial-paths` paths; deepest runs 16, 64 and 256 paths.
 
     python benchmarks/bench_anneal.py [--sizes 16 64 256] [--serial-paths 16] [--configs L12 L8]
-                                      [--minimisers lbfgs lm] [--sharded-sizes 64]
+                                      [--minimisers lbfgs lm] [--history 10]
+                                      [--sharded-sizes 64]
 
 The CPU is split into one XLA device per core. Every row runs on one core, as the serial
 baseline does, except the "N cores" rows (`--sharded-sizes`), where `deepest.anneal`
@@ -99,7 +100,10 @@ def main():
     )
     args = parser.parse_args()
     minimisers = {
-        "lbfgs": ("deepest.anneal, L-BFGS", deepest.LBFGS(history_length=args.history)),
+        "lbfgs": (
+            "deepest.anneal, L-BFGS" + (f", history {args.history}" if args.history != 10 else ""),
+            deepest.LBFGS(history_length=args.history),
+        ),
         "lm": ("deepest.anneal, banded LM", deepest.LevenbergMarquardt()),
     }
     print(

@@ -1,9 +1,10 @@
 """Variational annealing of many initial paths at once, in one compiled program.
 
 Design. Each path is a lane of a `jax.vmap`. A lane holds its own β index and its own
-optimistix solver state (L-BFGS, or Levenberg–Marquardt: see `_minimisers.py`), and takes
-one step (one evaluation of the action: optimistix's line search and trust region run
-across steps, not inside them) per iteration of a single `lax.while_loop`. When a lane's
+solver state (L-BFGS, or Levenberg–Marquardt: see `_minimisers.py`), and takes one step
+(one evaluation of the action: line search and trust region run across steps, not inside
+them) per iteration of a single `lax.while_loop`. The loop's step counter is passed to the
+solver (`options["loop_step"]`); L-BFGS uses it as every lane's memory slot. When a lane's
 minimisation at its β meets the stopping rule, the lane records its action levels, moves
 to the next β (R_f ← α R_f) from its minimum and resets its solver, while the other lanes
 carry on. So the loop runs for the largest
@@ -323,12 +324,12 @@ def _run_lanes(problem, y0, rf_table, bar_id, config: _Config):
             state,
         )
 
-    def step_lane(lane: _Lane):
+    def step_lane(lane: _Lane, loop_step):
         # A finished lane keeps stepping with the batch, but writes nothing any more.
         active = lane.beta < n_beta
         beta = jnp.minimum(lane.beta, n_beta - 1)
         rf = rf_table[beta]
-        y, state, _ = solver.step(fn, lane.y, rf, options, lane.state, tags)
+        y, state, _ = solver.step(fn, lane.y, rf, {"loop_step": loop_step}, lane.state, tags)
         accepted = state.num_accepted_steps > lane.state.num_accepted_steps
         f, grad = minimiser.action_and_grad(state)
         meas, model = state.aux
@@ -379,7 +380,9 @@ def _run_lanes(problem, y0, rf_table, bar_id, config: _Config):
 
     def body(carry):
         lanes, loop_steps, lane_steps = carry
-        lanes, done, active = eqx.filter_vmap(step_lane)(eqx.combine(lanes, static))
+        lanes, done, active = eqx.filter_vmap(lambda lane: step_lane(lane, loop_steps))(
+            eqx.combine(lanes, static)
+        )
         lanes = eqx.filter(lanes, eqx.is_array)
         if config.progress:
             n_done = jnp.sum(done)
