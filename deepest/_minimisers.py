@@ -167,14 +167,10 @@ class _LBFGSSolver(eqx.Module):
         sufficient = f <= state.f + self.armijo * state.step_size * slope
         accept = first | (sufficient & jnp.isfinite(f))
         # The pair (y_eval − y, grad − grad_y) on acceptance, an empty one otherwise.
-        memory = state.memory
-        memory = optax.ScaleByLBFGSState(
-            count=jnp.asarray(options["loop_step"] + 1, memory.count.dtype),
-            params=jnp.where(first, state.y_eval, memory.params),
-            updates=jnp.where(first, grad, memory.updates),
-            diff_params_memory=memory.diff_params_memory,
-            diff_updates_memory=memory.diff_updates_memory,
-            weights_memory=memory.weights_memory,
+        memory = state.memory._replace(
+            count=jnp.asarray(options["loop_step"] + 1, state.memory.count.dtype),
+            params=jnp.where(first, state.y_eval, state.memory.params),
+            updates=jnp.where(first, grad, state.memory.updates),
         )
         new_params = jnp.where(accept, state.y_eval, memory.params)
         new_updates = jnp.where(accept, grad, memory.updates)
@@ -185,7 +181,7 @@ class _LBFGSSolver(eqx.Module):
         slot = (memory.count - 2) % self.history_length
         weights = memory.weights_memory
         weights = weights.at[slot].set(jnp.maximum(weights[slot], 0.0))
-        memory = eqx.tree_at(lambda m: m.weights_memory, memory, weights)
+        memory = memory._replace(weights_memory=weights)
         norm = jnp.linalg.norm(grad)
         steepest = -grad * jnp.minimum(1.0, 1.0 / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny))
         direction = -precond
