@@ -3,9 +3,9 @@ block-banded structure that an action summed over time has.
 
 Both are driven one step at a time (one evaluation of the action per step) by the
 annealing loop, one lane per path: L-BFGS takes its directions from optax, LM is an
-optimistix solver. A minimiser decides the space the loop
-works in (a flat vector), the function optimistix sees, and how to read the action and its
-gradient at the last accepted point from the solver's state.
+optimistix solver; both have optimistix's `init`/`step` signature. A minimiser decides the
+space the loop works in (a flat vector), the function its solver sees, and how to read the
+action and its gradient at the last accepted point from the solver's state.
 
 Levenberg–Marquardt. The action is a sum of squares, A = Σ_n |m_n|² + Σ_n |r_n|², where
 the node residual m_n (the measurements at time n) depends on the state s_n only and the
