@@ -286,11 +286,10 @@ def _run_lanes(problem, y0, rf_table, bar_id, config: _Config):
     n_beta = config.n_beta
     f_struct, aux_struct = jax.eval_shape(fn, y0[0], rf_table[0])
     f_struct = jtu.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), f_struct)
-    options = {}
     tags = frozenset()
 
     def fresh_state(y, rf):
-        return solver.init(fn, y, rf, options, f_struct, aux_struct, tags)
+        return solver.init(fn, y, rf, {}, f_struct, aux_struct, tags)
 
     save_betas = jnp.asarray(config.save_betas or (-1,), dtype=jnp.int32)
 
