@@ -17,9 +17,8 @@ from ._anneal import (
     load_result as load_result,
 )
 from ._assimilation import Assimilation as Assimilation
-from ._minimisers import (
-    AbstractMinimiser as AbstractMinimiser,
-    LBFGS as LBFGS,
+from ._minimisers import AbstractMinimiser as AbstractMinimiser, LBFGS as LBFGS
+from ._levenberg_marquardt import (
     LevenbergMarquardt as LevenbergMarquardt,
     solve_block_tridiagonal as solve_block_tridiagonal,
 )

@@ -118,7 +118,8 @@ MINIMISERS = ("lbfgs", "levenberg_marquardt")
 
 def _minimiser(a: dict):
     """The `anneal.minimiser` of a config, with its setting (checked)."""
-    from ._minimisers import LBFGS, LevenbergMarquardt
+    from ._levenberg_marquardt import LevenbergMarquardt
+    from ._minimisers import LBFGS
 
     if a["minimiser"] == "lbfgs":
         return LBFGS(history_length=a["history_length"])

@@ -6,7 +6,7 @@ Why not LAPACK: on CPU, jaxlib runs a batched LAPACK call (`jnp.linalg.cholesky`
 program sharded over several CPU devices those pools are shared, and a large enough batch
 deadlocks (seen with two devices and 48 annealing lanes). For blocks of ≲ 40 rows LAPACK's
 per-call overhead also dominates, so the vectorised sweep is as fast (measured in
-`_minimisers.py` and `_tpbvp.py`).
+`_levenberg_marquardt.py` and `_tpbvp.py`).
 """
 
 import jax.numpy as jnp

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import deepest
-from deepest._minimisers import _LBFGSSolver, _normal
+from deepest._levenberg_marquardt import _normal
+from deepest._minimisers import _LBFGSSolver
 
 from .helpers import small_problem
 
