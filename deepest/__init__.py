@@ -13,6 +13,7 @@ from ._problem import AbstractProblem as AbstractProblem
 from ._anneal import (
     AnnealResult as AnnealResult,
     AnnealSchedule as AnnealSchedule,
+    StopReason as StopReason,
     anneal as anneal,
     load_result as load_result,
 )

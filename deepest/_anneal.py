@@ -14,6 +14,7 @@ path that is slow at one β is fast at another, and no lane waits for the batch 
 between them by `jax.shard_map`, and each device runs its own loop.
 """
 
+import enum
 import itertools
 import json
 import os
@@ -26,11 +27,37 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
-import optimistix as optx
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
+from ._lbfgs import StepInfo
 from ._minimisers import LBFGS, AbstractMinimiser
 from ._problem import AbstractProblem
+
+
+class StopReason(enum.IntEnum):
+    """Why the minimisation of a (β, path) stopped: `AnnealResult.stop_reason`'s codes.
+
+    - `not_reached`: the path never reached this β (it turned non-finite earlier).
+    - `converged_decrease`: the last accepted step and the decrease the minimiser's local
+      model still predicts were both at most `ftol` relative to the action.
+    - `converged_gradient`: the largest gradient entry fell to `gtol` times its value at
+      the β's first point.
+    - `max_steps`: `max_steps` evaluations without meeting either rule.
+    - `stalled`: the line search (L-BFGS) or trust region (Levenberg–Marquardt) could make
+      no further progress.
+    - `non_finite`: the action or its gradient at the β's first point was not finite; the
+      path stops here (its later levels are NaN).
+    """
+
+    not_reached = 0
+    converged_decrease = 1
+    converged_gradient = 2
+    max_steps = 3
+    stalled = 4
+    non_finite = 5
+
+
+_CONVERGED = (StopReason.converged_decrease, StopReason.converged_gradient)
 
 
 class AnnealSchedule(eqx.Module):
@@ -70,7 +97,8 @@ class AnnealResult(eqx.Module):
     """The outcome of [`deepest.anneal`][].
 
     Arrays indexed `[beta, path]`: `action`, `measurement_error`, `model_error`,
-    `converged`, `iterations` (solver steps, one evaluation each, spent at that β).
+    `stop_reason` (a [`deepest.StopReason`][] code), `converged` (stopped by the `ftol` or
+    `gtol` rule), `iterations` (solver steps, one evaluation each, spent at that β).
 
     - `rf`: the model weights of the schedule, (n_beta,) or (n_beta, dim).
     - `finite`: (n_paths,) False for a path that turned non-finite (its later levels NaN).
@@ -87,9 +115,8 @@ class AnnealResult(eqx.Module):
     action: np.ndarray
     measurement_error: np.ndarray
     model_error: np.ndarray
-    converged: np.ndarray
+    stop_reason: np.ndarray
     iterations: np.ndarray
-    finite: np.ndarray
     unknowns: PyTree[np.ndarray]
     saved: dict[int, PyTree[np.ndarray]]
     views: dict
@@ -106,6 +133,20 @@ class AnnealResult(eqx.Module):
     @property
     def n_paths(self) -> int:
         return self.action.shape[1]
+
+    @property
+    def converged(self) -> np.ndarray:
+        """(n_beta, n_paths): the minimisation met the `ftol` or `gtol` rule."""
+        return np.isin(self.stop_reason, [int(r) for r in _CONVERGED])
+
+    @property
+    def finite(self) -> np.ndarray:
+        """(n_paths,): False for a path that turned non-finite (its later levels NaN)."""
+        return ~np.any(self.stop_reason == StopReason.non_finite, axis=0)
+
+    def stop_reasons(self) -> dict[str, int]:
+        """How many (β, path) minimisations stopped for each [`deepest.StopReason`][]."""
+        return {r.name: int(np.sum(self.stop_reason == r)) for r in StopReason}
 
     @property
     def best(self) -> int:
@@ -146,6 +187,7 @@ class AnnealResult(eqx.Module):
             "converged_fraction": float(self.converged[:, self.finite].mean())
             if self.finite.any()
             else 0.0,
+            "stop_reasons": self.stop_reasons(),
             **{k: v for k, v in self.stats.items()},
         }
 
@@ -167,9 +209,8 @@ class AnnealResult(eqx.Module):
                 "action",
                 "measurement_error",
                 "model_error",
-                "converged",
+                "stop_reason",
                 "iterations",
-                "finite",
             )
         }
         arrays.update(_flatten("unknowns", self.unknowns))
@@ -206,6 +247,17 @@ def _unflatten(arrays: dict[str, np.ndarray], prefix: str):
     return tree
 
 
+def _old_codes(arrays):
+    """Stop reasons for a result saved before they were recorded: converged levels count as
+    `converged_decrease`, the others as `max_steps`, a non-finite path's from its first
+    NaN level on as `non_finite` then `not_reached`."""
+    codes = np.where(arrays["converged"], StopReason.converged_decrease, StopReason.max_steps)
+    nan = np.isnan(arrays["action"])
+    first_nan = nan & (np.cumsum(nan, axis=0) == 1)
+    codes = np.where(nan, StopReason.not_reached, codes)
+    return np.where(first_nan, StopReason.non_finite, codes).astype(np.int32)
+
+
 def load_result(directory: str | os.PathLike, problem: AbstractProblem | None = None):
     """Read an [`deepest.AnnealResult`][] written by `AnnealResult.save`.
 
@@ -221,9 +273,8 @@ def load_result(directory: str | os.PathLike, problem: AbstractProblem | None = 
         action=arrays["action"],
         measurement_error=arrays["measurement_error"],
         model_error=arrays["model_error"],
-        converged=arrays["converged"],
+        stop_reason=arrays["stop_reason"] if "stop_reason" in arrays else _old_codes(arrays),
         iterations=arrays["iterations"],
-        finite=arrays["finite"],
         unknowns=_unflatten(arrays, "unknowns"),
         saved={int(k): v for k, v in saved.items()},
         views=_unflatten(arrays, "views"),
@@ -243,14 +294,13 @@ class _Lane(eqx.Module):
     state: PyTree
     beta: Int[Array, ""]
     steps: Int[Array, ""]
-    rejections: Int[Array, ""]
-    f_accepted: Float[Array, ""]
+    action_before: Float[Array, ""]  # the action at the accepted point before the last
+    grad_start: Float[Array, ""]  # max |∇A| at the β's first point
     action: Float[Array, " n_beta"]
     measurement_error: Float[Array, " n_beta"]
     model_error: Float[Array, " n_beta"]
-    converged: Bool[Array, " n_beta"]
+    stop_reason: Int[Array, " n_beta"]
     iterations: Int[Array, " n_beta"]
-    finite: Bool[Array, ""]
     saved: Float[Array, "n_save n"]
 
 
@@ -260,7 +310,6 @@ class _Config(eqx.Module):
     ftol: float = eqx.field(static=True)
     gtol: float = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
-    max_rejections: int = eqx.field(static=True)
     minimiser: AbstractMinimiser = eqx.field(static=True)
     progress: bool = eqx.field(static=True)
 
@@ -277,100 +326,98 @@ def _progress(bar_id, n_done, lowest_beta):
         bar.set_postfix_str(f"lowest β running: {int(lowest_beta)}", refresh=False)
 
 
-def _run_lanes(problem, y0, rf_table, bar_id, config: _Config):
+def _stop_reason(info: StepInfo, lane: _Lane, grad_start, steps, config: _Config):
+    """The stopping rule of one step: a `StopReason` code, or −1 to go on."""
+    f = info.action
+    gmax = jnp.max(jnp.abs(info.grad))
+    finite = jnp.isfinite(f) & jnp.isfinite(gmax)
+    # Relative to the action without a floor, so that an action of 1e-7 is minimised as
+    # well as one of 1e3; and only when the local model agrees that little is left.
+    small = config.ftol * jnp.abs(f)
+    decrease = info.accepted & ~info.first & (lane.action_before - f <= small)
+    decrease = decrease & (info.predicted_decrease <= small)
+    gradient = info.accepted & (gmax <= config.gtol * grad_start)
+    reasons = [
+        (info.first & ~finite, StopReason.non_finite),
+        (gradient, StopReason.converged_gradient),
+        (decrease, StopReason.converged_decrease),
+        (info.failed, StopReason.stalled),
+        (steps >= config.max_steps, StopReason.max_steps),
+    ]
+    code = jnp.array(-1, jnp.int32)
+    for hit, reason in reversed(reasons):
+        code = jnp.where(hit, jnp.int32(reason), code)
+    return code
+
+
+def _run_lanes(problem, y0, rf_table, factors, bar_id, config: _Config):
     """Anneal a batch of flat initial paths `y0` (n_lanes, n); one while loop."""
     TRACES["anneal"] += 1
     minimiser = config.minimiser
-    solver, fn = minimiser.solver_and_fn(problem, y0[0])
     dtype = y0.dtype
     n_beta = config.n_beta
-    f_struct, aux_struct = jax.eval_shape(fn, y0[0], rf_table[0])
-    f_struct = jtu.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), f_struct)
-    tags = frozenset()
-
-    def fresh_state(y, rf):
-        return solver.init(fn, y, rf, {}, f_struct, aux_struct, tags)
-
     save_betas = jnp.asarray(config.save_betas or (-1,), dtype=jnp.int32)
+    betas = jnp.arange(n_beta, dtype=jnp.int32)
 
     def init_lane(y):
         nan = jnp.full((n_beta,), jnp.nan, dtype)
         return _Lane(
             y=y,
-            state=fresh_state(y, rf_table[0]),
+            state=minimiser.init(problem, y, rf_table[0]),
             beta=jnp.array(0, jnp.int32),
             steps=jnp.array(0, jnp.int32),
-            rejections=jnp.array(0, jnp.int32),
-            f_accepted=jnp.array(jnp.inf, dtype),
+            action_before=jnp.array(jnp.inf, dtype),
+            grad_start=jnp.array(jnp.inf, dtype),
             action=nan,
             measurement_error=nan,
             model_error=nan,
-            converged=jnp.zeros((n_beta,), bool),
+            stop_reason=jnp.zeros((n_beta,), jnp.int32),
             iterations=jnp.zeros((n_beta,), jnp.int32),
-            finite=jnp.array(True),
             saved=jnp.full((save_betas.shape[0],) + y.shape, jnp.nan, dtype),
-        )
-
-    def reset(done, fresh, state):
-        # Only the small leaves are reset. The (history_length, n) L-BFGS memories are
-        # left as they are: zeroing the stored inner products 1/⟨s, y⟩ (small leaves)
-        # removes their pairs from the two-loop recursion, and copying them every
-        # step would cost more than the gradient. (Levenberg–Marquardt's first step
-        # after a reset is accepted unconditionally and recomputes its blocks.)
-        return jtu.tree_map(
-            lambda a, b: jnp.where(done, a, b) if eqx.is_array(a) and a.ndim <= 1 else b,
-            fresh,
-            state,
         )
 
     def step_lane(lane: _Lane, loop_step):
         # A finished lane keeps stepping with the batch, but writes nothing any more.
         active = lane.beta < n_beta
         beta = jnp.minimum(lane.beta, n_beta - 1)
-        rf = rf_table[beta]
-        y, state, _ = solver.step(fn, lane.y, rf, {"loop_step": loop_step}, lane.state, tags)
-        accepted = state.num_accepted_steps > lane.state.num_accepted_steps
-        f, grad = minimiser.action_and_grad(state)
-        meas, model = state.aux
-        finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(grad)) & jnp.all(jnp.isfinite(y))
-        bad = active & accepted & ~finite
-        # scipy's L-BFGS-B rule: relative decrease of f, or the largest gradient entry.
-        scale = jnp.maximum(jnp.maximum(jnp.abs(lane.f_accepted), jnp.abs(f)), 1.0)
-        f_conv = (
-            accepted & jnp.isfinite(lane.f_accepted) & (lane.f_accepted - f <= config.ftol * scale)
+        y, state, info = minimiser.step(
+            problem, lane.y, rf_table[beta], factors[beta], loop_step, lane.state
         )
-        g_conv = accepted & (jnp.max(jnp.abs(grad)) <= config.gtol)
-        converged = (f_conv | g_conv) & finite
+        grad_start = jnp.where(info.first, jnp.max(jnp.abs(info.grad)), lane.grad_start)
         steps = lane.steps + 1
-        rejections = jnp.where(accepted, 0, lane.rejections + 1)
-        stalled = (rejections >= config.max_rejections) | (state.result != optx.RESULTS.successful)
-        done = active & (converged | bad | stalled | (steps >= config.max_steps))
-        at_beta = (jnp.arange(n_beta, dtype=jnp.int32) == beta) & done
-        later = jnp.arange(n_beta, dtype=jnp.int32) >= beta
+        code = _stop_reason(info, lane, grad_start, steps, config)
+        done = active & (code >= 0)
+        bad = done & (code == StopReason.non_finite)
+        at_beta = (betas == beta) & done
         next_beta = jnp.where(bad, n_beta, beta + 1)
+        following = jnp.minimum(next_beta, n_beta - 1)
+        meas, model = info.errors
 
         def record(new, old):
             return jnp.where(at_beta, jnp.where(bad, jnp.nan, new), old)
 
         new = _Lane(
             y=jnp.where(active, y, lane.y),
-            state=reset(done, fresh_state(y, rf_table[jnp.minimum(next_beta, n_beta - 1)]), state),
+            state=minimiser.restart(
+                problem, done, y, rf_table[following], factors[following], state
+            ),
             beta=jnp.where(done, next_beta, lane.beta),
             steps=jnp.where(done, 0, steps),
-            rejections=jnp.where(done, 0, rejections),
-            f_accepted=jnp.where(done, jnp.inf, jnp.where(accepted, f, lane.f_accepted)),
-            action=jnp.where(bad & later, jnp.nan, record(f, lane.action)),
-            measurement_error=jnp.where(bad & later, jnp.nan, record(meas, lane.measurement_error)),
-            model_error=jnp.where(bad & later, jnp.nan, record(model, lane.model_error)),
-            converged=jnp.where(at_beta, converged, lane.converged),
+            action_before=jnp.where(
+                done, jnp.inf, jnp.where(info.accepted, info.action, lane.action_before)
+            ),
+            grad_start=grad_start,
+            action=record(info.action, lane.action),
+            measurement_error=record(meas, lane.measurement_error),
+            model_error=record(model, lane.model_error),
+            stop_reason=jnp.where(at_beta, code, lane.stop_reason),
             iterations=jnp.where(at_beta, steps, lane.iterations),
-            finite=lane.finite & ~bad,
             saved=jnp.where(((save_betas == beta) & done & ~bad)[:, None], y[None], lane.saved),
         )
         return new, done, active
 
-    # The L-BFGS state holds a jaxpr (its inverse-Hessian operator): only the arrays are
-    # carried through the loop, the rest is fixed at its initial value.
+    # A solver state may hold non-arrays (e.g. a jaxpr): only the arrays are carried
+    # through the loop, the rest is fixed at its initial value.
     lanes, static = eqx.partition(eqx.filter_vmap(init_lane)(y0), eqx.is_array)
 
     def cond(carry):
@@ -400,9 +447,8 @@ def _run_lanes(problem, y0, rf_table, bar_id, config: _Config):
         lanes.action,
         lanes.measurement_error,
         lanes.model_error,
-        lanes.converged,
+        lanes.stop_reason,
         lanes.iterations,
-        lanes.finite,
         lanes.saved,
     )
     return records, loop_steps[None], lane_steps[None]
@@ -425,11 +471,47 @@ def _cast(tree, dtype):
     return jtu.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
 
 
+def _tolerances(dtype, ftol, gtol):
+    # The polish test of tests/test_anneal.py fixes these: at the defaults a tight scipy
+    # polish of a converged level lowers it by < 1e-6 relative in float64 and < 1e-3 in
+    # float32, where rounding of an action summed over ~10⁴ terms allows no less.
+    defaults = {jnp.dtype(jnp.float64): (1e-10, 1e-9), jnp.dtype(jnp.float32): (1e-5, 1e-4)}
+    default_f, default_g = defaults.get(jnp.dtype(dtype), defaults[jnp.dtype(jnp.float32)])
+    ftol = default_f if ftol is None else float(ftol)
+    gtol = default_g if gtol is None else float(gtol)
+    if not (ftol >= 0 and gtol >= 0):
+        raise ValueError(f"`ftol` and `gtol` must be non-negative; got {ftol}, {gtol}.")
+    return ftol, gtol
+
+
+def _check_init(problem, init, n_paths, dtype):
+    """`init` as the problem's unknowns with a leading n_paths axis, or a clear error."""
+    template = jax.eval_shape(problem.init, jr.key(0))
+    try:
+        unknowns = jtu.tree_map(jnp.asarray, init)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"`init` must be a pytree of arrays: {e}") from None
+    if jtu.tree_structure(unknowns) != jtu.tree_structure(template):
+        raise ValueError(
+            f"`init` must have the structure of `problem.init(key)` with a leading n_paths "
+            f"axis: {jtu.tree_structure(template)}; got {jtu.tree_structure(unknowns)}."
+        )
+    paths = jtu.tree_flatten_with_path(unknowns)[0]
+    for (where, leaf), expected in zip(paths, jtu.tree_leaves(template)):
+        want = (n_paths,) + tuple(expected.shape)
+        if leaf.shape != want:
+            raise ValueError(
+                f"`init{jtu.keystr(where)}` must have shape {want} (n_paths, then the shape "
+                f"`problem.init(key)` gives); got {leaf.shape}."
+            )
+    return _cast(unknowns, dtype)
+
+
 def anneal(
     problem: AbstractProblem,
     schedule: AnnealSchedule,
     n_paths: int,
-    key: PRNGKeyArray,
+    key: PRNGKeyArray | None = None,
     *,
     save_betas: Sequence[int] | None = None,
     init: PyTree[ArrayLike] | None = None,
@@ -440,25 +522,38 @@ def anneal(
     dtype=None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = True,
+    throw: bool = True,
 ) -> AnnealResult:
     r"""Variational annealing: minimise `problem.action(X, R_f)` for R_f = rf0·α^β, β = 0…
 
     Each β is minimised by the `minimiser` (L-BFGS by default) from the previous β's
     minimum; the first from `problem.init` draws (or `init`). All `n_paths` paths run
     together in one compiled program, each with its own β (see the module notes), split
-    over `devices`. A minimisation stops, as scipy's L-BFGS-B does, when
-    (f_k − f_{k+1})/max(|f_k|, |f_{k+1}|, 1) ≤ ftol or max|∇f| ≤ gtol, or after
-    `max_steps` steps, each one evaluation of the action (then `converged` is False).
+    over `devices`. Each step is one evaluation of the action A. The minimisation of a β
+    stops (`result.stop_reason`, a [`deepest.StopReason`][]) when
+
+    - the last accepted step lowered A by at most `ftol`·|A| **and** the decrease the
+      minimiser's local model still predicts (½ gᵀHg for L-BFGS) is at most `ftol`·|A|:
+      relative to A itself, so that an action of 1e-7 is minimised as well as one of 1e3;
+    - or max|∇A| ≤ `gtol` · max|∇A| at the β's first point;
+    - or the line search / trust region stalls, or after `max_steps` evaluations (then
+      `converged` is False).
 
     **Arguments:**
 
     - `problem`: an [`deepest.AbstractProblem`][], e.g. [`deepest.Assimilation`][].
     - `schedule`: an [`deepest.AnnealSchedule`][].
     - `n_paths`: the number of initial paths.
-    - `key`: PRNG key for the initial paths (the same key gives the same result).
+    - `key`: PRNG key for the initial paths (the same key gives the same result); not
+      needed when `init` is given.
     - `save_betas`: β indices whose minimisers are kept in `result.saved`.
-    - `init`: optional initial unknowns with a leading `n_paths` axis (replaces the draws).
-    - `ftol`, `gtol`: tolerances; default 1e-8 in float64 (varanneal's), 1e-6 in float32.
+    - `init`: initial unknowns instead of the draws: the structure of `problem.init(key)`
+      with a leading `n_paths` axis on every leaf. For [`deepest.Assimilation`][]:
+      `{"path": (n_paths, N_model, D), "params": {name: (n_paths, …)}}` (and
+      `"midpoints": (n_paths, N_model − 1, D)` for Simpson–Hermite), e.g.
+      `init = jax.vmap(problem.init)(jax.random.split(key, n_paths))`, then edited.
+    - `ftol`, `gtol`: the tolerances above; default 1e-10 and 1e-9 in float64, 1e-5 and
+      1e-4 in float32.
     - `max_steps`: the most evaluations per β and path.
     - `minimiser`: the minimiser of each β: [`deepest.LBFGS`][] (default, any problem)
       or [`deepest.LevenbergMarquardt`][] (problems with banded residuals, e.g.
@@ -466,6 +561,8 @@ def anneal(
     - `dtype`: float64 (default; needs x64 on) or float32.
     - `devices`: devices to split the paths over (default: all of the default backend).
     - `progress`: show a tqdm bar of finished (path, β) minimisations.
+    - `throw`: raise if every path turns non-finite (else return the result, whose
+      `finite` flags say so).
 
     **Returns:** an [`deepest.AnnealResult`][].
     """
@@ -477,6 +574,8 @@ def anneal(
         raise ValueError(f"`n_paths` must be a positive integer; got {n_paths}.")
     if int(max_steps) != max_steps or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive integer; got {max_steps}.")
+    if key is None and init is None:
+        raise ValueError("Pass a PRNG `key` for the initial paths, or the paths as `init`.")
     minimiser = LBFGS() if minimiser is None else minimiser
     if not isinstance(minimiser, AbstractMinimiser):
         raise TypeError(
@@ -490,31 +589,20 @@ def anneal(
     if any(b < 0 or b >= schedule.n_beta for b in save_betas):
         raise ValueError(f"`save_betas` must lie in [0, {schedule.n_beta}); got {save_betas}.")
     dtype = _resolve_dtype(dtype)
-    eps = float(jnp.finfo(dtype).eps)
-    # float64: varanneal's 1e-8. float32: 1e-6, about 10 eps, the least that rounding allows.
-    default_tol = 1e-8 if dtype == jnp.float64 else float(10 ** np.ceil(np.log10(10 * eps)))
-    ftol = default_tol if ftol is None else float(ftol)
-    gtol = default_tol if gtol is None else float(gtol)
-    if ftol < 0 or gtol < 0:
-        raise ValueError("`ftol` and `gtol` must be non-negative.")
+    ftol, gtol = _tolerances(dtype, ftol, gtol)
 
     problem = _cast(problem, dtype)
     if init is None:
         unknowns = jax.jit(jax.vmap(problem.init))(jr.split(key, n_paths))
     else:
-        unknowns = _cast(jtu.tree_map(jnp.asarray, init), dtype)
-        sizes = {a.shape[0] for a in jtu.tree_leaves(unknowns)}
-        if sizes != {n_paths}:
-            raise ValueError(f"Every leaf of `init` needs a leading axis of n_paths={n_paths}.")
-        expected = jtu.tree_structure(jax.eval_shape(problem.init, key))
-        if jtu.tree_structure(unknowns) != expected:
-            raise ValueError("`init` must have the structure of `problem.init(key)`.")
+        unknowns = _check_init(problem, init, n_paths, dtype)
     y0 = jax.vmap(lambda u: minimiser.flatten(problem, u))(unknowns).astype(dtype)
 
     def unravel(y):
         return minimiser.unflatten(problem, y)
 
     rf_table = jnp.asarray(schedule.rf, dtype)
+    factors = jnp.asarray(schedule.alpha ** np.arange(schedule.n_beta), dtype)
 
     devices = list(jax.devices() if devices is None else devices)
     n_dev = len(devices)
@@ -528,15 +616,14 @@ def anneal(
         ftol=ftol,
         gtol=gtol,
         max_steps=int(max_steps),
-        max_rejections=30,
         minimiser=minimiser,
         progress=bool(progress),
     )
     params, static = eqx.partition(problem, eqx.is_array)
 
-    def run(params, y0, rf_table, bar_id):
+    def run(params, y0, rf_table, factors, bar_id):
         prob = eqx.combine(params, static)
-        return _run_lanes(prob, y0, rf_table, bar_id, config)
+        return _run_lanes(prob, y0, rf_table, factors, bar_id, config)
 
     if n_dev > 1:
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -545,7 +632,7 @@ def anneal(
         run = jax.shard_map(
             run,
             mesh=mesh,
-            in_specs=(P(), P("paths"), P(), P()),
+            in_specs=(P(), P("paths"), P(), P(), P()),
             out_specs=P("paths"),
             check_vma=False,
         )
@@ -553,7 +640,7 @@ def anneal(
 
     bar_id = next(_bar_ids)
     start = time.perf_counter()
-    compiled = _compile(run, static, config, n_dev, params, y0, rf_table, bar_id)
+    compiled = _compile(run, static, config, n_dev, params, y0, rf_table, factors, bar_id)
     compile_time = time.perf_counter() - start
     bar = None
     if progress:
@@ -563,14 +650,14 @@ def anneal(
         _BARS[bar_id] = bar
     try:
         start = time.perf_counter()
-        out = compiled(params, y0, rf_table, jnp.asarray(bar_id))
+        out = compiled(params, y0, rf_table, factors, jnp.asarray(bar_id))
         out = jax.block_until_ready(out)
         run_time = time.perf_counter() - start
     finally:
         if bar is not None:
             bar.close()
             _BARS.pop(bar_id, None)
-    (y, action, meas, model, converged, iterations, finite, saved), loop_steps, lane_steps = (
+    (y, action, meas, model, stop_reason, iterations, saved), loop_steps, lane_steps = (
         jax.device_get(out)
     )
     cut = slice(0, n_paths)
@@ -583,17 +670,16 @@ def anneal(
         "run_time": run_time,
         "compile_time": compile_time,
         "loop_steps": int(np.max(loop_steps)),
-        "lane_steps": int(np.sum(np.where(finite[cut, None], iterations[cut], 0))),
+        "lane_steps": int(np.sum(iterations[cut])),
         "n_devices": n_dev,
     }
-    return AnnealResult(
+    result = AnnealResult(
         rf=np.asarray(schedule.rf),
         action=action[cut].T,
         measurement_error=meas[cut].T,
         model_error=model[cut].T,
-        converged=converged[cut].T,
+        stop_reason=stop_reason[cut].T,
         iterations=iterations[cut].T,
-        finite=finite[cut],
         unknowns=jax.device_get(final),
         saved=saved_trees,
         views=jax.device_get(problem.views(final)),
@@ -601,21 +687,28 @@ def anneal(
         expected_action=problem.expected_action,
         problem=problem,
     )
+    if throw and not result.finite.any():
+        counts = ", ".join(f"{k}: {v}" for k, v in result.stop_reasons().items() if v)
+        raise RuntimeError(
+            f"Every path turned non-finite ({counts}): check the model, the data and rf0, "
+            f"or pass throw=False to get the result with its flags."
+        )
+    return result
 
 
 _COMPILED: dict = {}
 
 
-def _compile(run, static, config, n_dev, params, y0, rf_table, bar_id):
+def _compile(run, static, config, n_dev, params, y0, rf_table, factors, bar_id):
     """Compile the annealing loop once per problem structure, shapes and settings."""
-    spec = jtu.tree_map(lambda a: (a.shape, a.dtype), (params, y0, rf_table))
+    spec = jtu.tree_map(lambda a: (a.shape, a.dtype), (params, y0, rf_table, factors))
     leaves, treedef = jtu.tree_flatten(static)
     key = (tuple(leaves), treedef, config, n_dev, jtu.tree_structure(params), str(spec))
     try:
         return _COMPILED[key]
     except (KeyError, TypeError):
         pass
-    compiled = jax.jit(run).lower(params, y0, rf_table, jnp.asarray(bar_id)).compile()
+    compiled = jax.jit(run).lower(params, y0, rf_table, factors, jnp.asarray(bar_id)).compile()
     try:
         _COMPILED[key] = compiled
     except TypeError:

@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import optimistix as optx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
+from ._lbfgs import StepInfo
 from ._linalg import gauss_jordan
 from ._minimisers import AbstractMinimiser, _errors
 
@@ -65,7 +66,7 @@ class LevenbergMarquardt(AbstractMinimiser):
     def unflatten(self, problem, y):
         return problem.from_banded(*self._split(problem, y))
 
-    def solver_and_fn(self, problem, y):
+    def solver_and_fn(self, problem):
         def fn(y, rf):
             states, params = self._split(problem, y)
             u = problem.from_banded(states, params)
@@ -75,9 +76,61 @@ class LevenbergMarquardt(AbstractMinimiser):
         descent = _BandedDampedNewton(n, d, p, self.damping)
         return _BandedLevenbergMarquardt(descent), fn
 
-    def action_and_grad(self, state):
-        action = sum(jnp.sum(r**2) for r in jtu.tree_leaves(state.f_info.residual))
-        return action, 2 * state.descent_state.grad
+    def _fresh(self, problem, y, rf):
+        solver, fn = self.solver_and_fn(problem)
+        f_struct, aux_struct = jax.eval_shape(fn, y, rf)
+        return solver.init(fn, y, rf, {}, f_struct, aux_struct, frozenset())
+
+    def init(self, problem, y, rf0):
+        return _LMLane(
+            inner=self._fresh(problem, y, rf0),
+            first=jnp.array(True),
+            rejections=jnp.array(0, jnp.int32),
+            action=jnp.array(jnp.inf, y.dtype),
+        )
+
+    def restart(self, problem, done, y, rf, factor, state):
+        # Only the small leaves of a fresh state are taken: the first step after it is
+        # accepted unconditionally and recomputes the blocks.
+        fresh = self._fresh(problem, y, rf)
+        inner = jtu.tree_map(
+            lambda a, b: jnp.where(done, a, b) if eqx.is_array(a) and a.ndim <= 1 else b,
+            fresh,
+            state.inner,
+        )
+        return _LMLane(
+            inner=inner,
+            first=jnp.where(done, True, state.first),
+            rejections=jnp.where(done, 0, state.rejections),
+            action=jnp.where(done, jnp.inf, state.action),
+        )
+
+    def step(self, problem, y, rf, factor, loop_step, state):
+        solver, fn = self.solver_and_fn(problem)
+        y, inner, _ = solver.step(fn, y, rf, {}, state.inner, frozenset())
+        accepted = inner.num_accepted_steps > state.inner.num_accepted_steps
+        action = sum(jnp.sum(r**2) for r in jtu.tree_leaves(inner.f_info.residual))
+        rejections = jnp.where(accepted, 0, state.rejections + 1)
+        failed = (rejections >= 30) | (inner.result != optx.RESULTS.successful)
+        info = StepInfo(
+            accepted=accepted,
+            first=state.first,
+            action=action,
+            grad=2 * inner.descent_state.grad,
+            errors=inner.aux,
+            # No model of the remaining decrease: the last one stands in for it.
+            predicted_decrease=jnp.where(accepted & ~state.first, state.action - action, jnp.inf),
+            failed=failed,
+        )
+        new = _LMLane(inner, state.first & ~accepted, rejections, action)
+        return y, new, info
+
+
+class _LMLane(eqx.Module):
+    inner: PyTree
+    first: Bool[Array, ""]
+    rejections: Int[Array, ""]
+    action: Float[Array, ""]
 
 
 # -- the banded Gauss–Newton descent ----------------------------------------------------

@@ -1,12 +1,12 @@
-"""The minimiser of each β in [`deepest.anneal`][]: L-BFGS, or Levenberg–Marquardt on the
-block-banded structure that an action summed over time has.
+"""The minimiser of each β in [`deepest.anneal`][]: L-BFGS (here and in `_lbfgs.py`), or
+Levenberg–Marquardt on the block-banded structure of an action summed over time
+(`_levenberg_marquardt.py`).
 
-Both are driven one step at a time (one evaluation of the action per step) by the
-annealing loop, one lane per path: L-BFGS takes its directions from optax, LM is an
-optimistix solver; both have optimistix's `init`/`step` signature. A minimiser decides the
-space the loop works in (a flat vector), the function its solver sees, and how to read the
-action and its gradient at the last accepted point from the solver's state.
-Levenberg–Marquardt lives in `_levenberg_marquardt.py`.
+Each is driven one step at a time (one evaluation of the action per step) by the
+annealing loop, one lane per path. A minimiser decides the space the loop works in (a flat
+vector), starts a lane (`init`), takes one step and says what happened in a
+[`StepInfo`][deepest._lbfgs.StepInfo] (`step`), and starts the next β where the loop says
+so (`restart`). The loop applies the stopping rule; it never reads a solver's state.
 """
 
 import abc
@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import optax
-import optimistix as optx
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, Int, PyTree
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
+from ._lbfgs import CompactLBFGS, StepInfo, gauss_newton_diagonals
 from ._problem import AbstractProblem
 
 
@@ -27,9 +27,8 @@ class AbstractMinimiser(eqx.Module):
     """The minimiser used at each β of [`deepest.anneal`][].
 
     Subclasses say how a problem's unknowns map to the flat vector the annealing loop
-    carries (`flatten`, `unflatten`), which optimistix solver steps it and on what
-    function (`solver_and_fn`), and how to read the action and its gradient at the last
-    accepted point from the solver's state (`action_and_grad`).
+    carries (`flatten`, `unflatten`), start a lane (`init`), step it (`step`, one
+    evaluation of the action) and start its next β (`restart`).
     """
 
     @abc.abstractmethod
@@ -45,37 +44,89 @@ class AbstractMinimiser(eqx.Module):
         """The inverse of `flatten`."""
 
     @abc.abstractmethod
-    def solver_and_fn(self, problem: AbstractProblem, y: Float[Array, " n"]):
-        """An optimistix solver and the function `fn(y, rf) -> (out, (meas, model))` it
-        steps (a scalar for a minimiser, residuals for a least-squares solver)."""
+    def init(self, problem: AbstractProblem, y: Float[Array, " n"], rf0: Array) -> PyTree:
+        """The solver state of one lane starting at `y`, at R_f = `rf0`."""
 
     @abc.abstractmethod
-    def action_and_grad(self, state) -> tuple[Float[Array, ""], Float[Array, " n"]]:
-        """The action and its gradient at the solver's last accepted point."""
+    def step(
+        self,
+        problem: AbstractProblem,
+        y: Float[Array, " n"],
+        rf: Array,
+        factor: Float[Array, ""],
+        loop_step: Int[Array, ""],
+        state: PyTree,
+    ) -> tuple[Float[Array, " n"], PyTree, StepInfo]:
+        """One evaluation at R_f = `rf` (= `factor` × rf0). **Returns:** the accepted point,
+        the new state and a [`StepInfo`][deepest._lbfgs.StepInfo]."""
+
+    @abc.abstractmethod
+    def restart(
+        self,
+        problem: AbstractProblem,
+        done: Bool[Array, ""],
+        y: Float[Array, " n"],
+        rf: Array,
+        factor: Float[Array, ""],
+        state: PyTree,
+    ) -> PyTree:
+        """Where `done`, the state that starts the next β (R_f = `rf` = `factor` × rf0)
+        from the point `y`; elsewhere `state` unchanged."""
 
 
 def _errors(problem, u):
     return problem.measurement_error(u), problem.model_error(u)
 
 
+def _action_fn(problem, unflatten):
+    def fn(y, rf):
+        u = unflatten(problem, y)
+        return problem.action(u, rf), _errors(problem, u)
+
+    return fn
+
+
 class LBFGS(AbstractMinimiser):
     """Limited-memory BFGS on the action, the default.
 
-    Works for every problem. The directions come from [`optax.scale_by_lbfgs`][]; a
-    backtracking Armijo search runs across steps, so one step is one value-and-gradient
-    evaluation (see `_LBFGSSolver`).
+    Works for every problem. Its directions come from the compact representation of the
+    inverse Hessian (Byrd, Nocedal & Schnabel 1994), built for many lanes at once, with a
+    weak-Wolfe line search that runs across steps (one step, one evaluation): see
+    `deepest/_lbfgs.py`.
 
     **Arguments:**
 
-    - `history_length`: the number of (step, gradient change) pairs kept (≥ 1).
+    - `history_length`: the number m of (step, gradient change) pairs kept (≥ 1).
+    - `memory_dtype`: the dtype the pairs are stored in (default float32: half the memory
+      traffic, the same minima: BENCHMARKS.md). Iterates, gradients and the small m × m
+      matrices keep the run's dtype.
+    - `precondition`: for problems with banded residuals (e.g. [`deepest.Assimilation`][]),
+      work in variables scaled by the action's Gauss–Newton diagonal at each β, the
+      measurement term's plus R_f times the model term's (computed once per path, at its
+      initial point). Ignored for other problems.
+    - `carry_curvature`: keep the pairs across β, rebuilt for the new R_f as
+      y = y_m + (R_f'/R_f)·y_f from the gradients of the two terms (one extra reverse pass
+      per step), instead of starting each β without curvature. Costs a Gram matrix of the
+      memories per step; measured in BENCHMARKS.md.
+    - `compact`: False takes the directions from optax's two-loop recursion
+      ([`optax.scale_by_lbfgs`][]) instead, with a backtracking Armijo search: the solver
+      of earlier versions, kept for comparison (it ignores the three options above).
     """
 
     history_length: int = eqx.field(default=10, static=True)
+    memory_dtype: str | None = eqx.field(default="float32", static=True)
+    precondition: bool = eqx.field(default=True, static=True)
+    carry_curvature: bool = eqx.field(default=False, static=True)
+    compact: bool = eqx.field(default=True, static=True)
 
     def __check_init__(self):
         if int(self.history_length) != self.history_length or self.history_length < 1:
             raise ValueError(
                 f"`history_length` must be a positive integer; got {self.history_length}."
+            )
+        if self.memory_dtype is not None and not jnp.issubdtype(self.memory_dtype, jnp.floating):
+            raise ValueError(
+                f"`memory_dtype` must be a floating-point dtype; got {self.memory_dtype!r}."
             )
 
     def check(self, problem):
@@ -89,15 +140,48 @@ class LBFGS(AbstractMinimiser):
         zeros = jtu.tree_map(lambda s: jnp.zeros(s.shape, y.dtype), template)
         return ravel_pytree(zeros)[1](y)
 
-    def solver_and_fn(self, problem, y):
-        def fn(y, rf):
-            u = self.unflatten(problem, y)
-            return problem.action(u, rf), _errors(problem, u)
+    def _solver(self, problem, dtype):
+        if not self.compact:
+            return _LBFGSSolver(self.history_length)
+        memory = jnp.dtype(dtype if self.memory_dtype is None else self.memory_dtype)
+        # Never store pairs more precisely than the iterates.
+        if jnp.finfo(memory).bits > jnp.finfo(dtype).bits:
+            memory = jnp.dtype(dtype)
+        return CompactLBFGS(
+            self.history_length,
+            memory,
+            self.precondition and problem.has_banded_residuals,
+            self.carry_curvature,
+        )
 
-        return _LBFGSSolver(self.history_length), fn
+    def init(self, problem, y, rf0):
+        solver = self._solver(problem, y.dtype)
+        fn = _action_fn(problem, self.unflatten)
+        f_struct, errors_struct = jax.eval_shape(fn, y, rf0)
+        if not self.compact:
+            return solver.init(y, errors_struct)
+        curvature = None
+        if solver.precondition:
+            meas, model = gauss_newton_diagonals(problem, self.unflatten(problem, y), rf0)
+            curvature = (self.flatten(problem, meas), self.flatten(problem, model))
+        return solver.init(y, f_struct, errors_struct, curvature)
 
-    def action_and_grad(self, state):
-        return state.f, state.grad
+    def step(self, problem, y, rf, factor, loop_step, state):
+        solver = self._solver(problem, y.dtype)
+        fn = _action_fn(problem, self.unflatten)
+        return solver.step(fn, y, rf, factor, loop_step, state)
+
+    def restart(self, problem, done, y, rf, factor, state):
+        if not self.compact:
+            return _LBFGSSolver(self.history_length).restart(done, state)
+        # The solver's settings do not enter its restart.
+        solver = CompactLBFGS(
+            self.history_length,
+            state.s_mem.dtype,
+            state.meas_curvature.shape[0] > 0,
+            self.carry_curvature,
+        )
+        return solver.restart(done, state, factor)
 
 
 class _LBFGSState(eqx.Module):
@@ -109,30 +193,28 @@ class _LBFGSState(eqx.Module):
     f: Float[Array, ""]  # action and gradient at the accepted point
     grad: Float[Array, " n"]
     memory: optax.ScaleByLBFGSState  # its `count` is set from the loop's step counter
-    aux: PyTree[Array]
-    num_accepted_steps: Int[Array, ""]
-    result: optx.RESULTS
+    errors: PyTree[Array]
+    first: Bool[Array, ""]
+    rejections: Int[Array, ""]
 
 
 class _LBFGSSolver(eqx.Module):
     """L-BFGS directions from [`optax.scale_by_lbfgs`][], one evaluation per step.
 
     All lanes write their (step, gradient change) pairs to the same memory slot, chosen by
-    the annealing loop's step counter (`options["loop_step"]`) rather than by a counter of
-    their own: under `vmap` the slot index is then a scalar, and the memories are read and
-    written by slicing rather than by per-lane gathers and scatters (half the time per
-    step of optimistix's L-BFGS, whose per-lane counters become gathers: BENCHMARKS.md).
-    A lane's path still depends on its own data only. A lane whose trial point is
-    rejected (Armijo's condition, step halved) writes an empty pair (weight 0) to its
-    slot; a pair of non-positive curvature is dropped and that step is steepest descent,
-    as is the first step of each minimisation (scaled to length ≤ 1, as optax does).
+    the annealing loop's step counter rather than by a counter of their own: under `vmap`
+    the slot index is then a scalar, and the memories are read and written by slicing. A
+    lane whose trial point is rejected (Armijo's condition, step halved) writes an empty
+    pair (weight 0) to its slot; a pair of non-positive curvature is dropped and that step
+    is steepest descent, as is the first step of each β (of unit length, as scipy's).
     """
 
     history_length: int = eqx.field(static=True)
     armijo: float = eqx.field(static=True, default=1e-4)
     decrease: float = eqx.field(static=True, default=0.5)
+    max_rejections: int = eqx.field(static=True, default=30)
 
-    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+    def init(self, y, errors_struct):
         memory = optax.scale_by_lbfgs(self.history_length).init(y)
         # optax indexes its memories by `count + arange(history)`: same integer type.
         memory = memory._replace(
@@ -146,24 +228,43 @@ class _LBFGSSolver(eqx.Module):
             f=jnp.array(jnp.inf, y.dtype),
             grad=jnp.zeros_like(y),
             memory=memory,
-            aux=jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), aux_struct),
-            num_accepted_steps=jnp.array(0, jnp.int32),
-            result=optx.RESULTS.successful,
+            errors=jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), errors_struct),
+            first=jnp.array(True),
+            rejections=jnp.array(0, jnp.int32),
         )
 
-    def step(self, fn, y, args, options, state: _LBFGSState, tags):
-        (f, aux), grad = jax.value_and_grad(fn, has_aux=True)(state.y_eval, args)
-        first = state.num_accepted_steps == 0
+    def restart(self, done, state: _LBFGSState):
+        # The (history, n) memories stay: zeroing the weights 1/⟨s, y⟩ (a small leaf)
+        # removes their pairs from the two-loop recursion.
+        memory = state.memory._replace(
+            weights_memory=jnp.where(done, 0.0, state.memory.weights_memory)
+        )
+        return eqx.tree_at(
+            lambda s: (s.step_size, s.f, s.memory, s.first, s.rejections),
+            state,
+            (
+                jnp.where(done, 1.0, state.step_size).astype(state.f.dtype),
+                jnp.where(done, jnp.inf, state.f).astype(state.f.dtype),
+                memory,
+                jnp.where(done, True, state.first),
+                jnp.where(done, 0, state.rejections),
+            ),
+        )
+
+    def step(self, fn, y, rf, factor, loop_step, state: _LBFGSState):
+        first = state.first
+        trial = jnp.where(first, y, state.y_eval)
+        (f, errors), grad = jax.value_and_grad(fn, has_aux=True)(trial, rf)
         slope = jnp.dot(state.grad, state.direction)
         sufficient = f <= state.f + self.armijo * state.step_size * slope
         accept = first | (sufficient & jnp.isfinite(f))
-        # The pair (y_eval − y, grad − grad_y) on acceptance, an empty one otherwise.
+        # The pair (trial − y, grad − grad_y) on acceptance, an empty one otherwise.
         memory = state.memory._replace(
-            count=jnp.asarray(options["loop_step"] + 1, state.memory.count.dtype),
-            params=jnp.where(first, state.y_eval, state.memory.params),
+            count=jnp.asarray(loop_step + 1, state.memory.count.dtype),
+            params=jnp.where(first, trial, state.memory.params),
             updates=jnp.where(first, grad, state.memory.updates),
         )
-        new_params = jnp.where(accept, state.y_eval, memory.params)
+        new_params = jnp.where(accept, trial, memory.params)
         new_updates = jnp.where(accept, grad, memory.updates)
         precond, memory = optax.scale_by_lbfgs(self.history_length).update(
             new_updates, memory, new_params
@@ -174,22 +275,35 @@ class _LBFGSSolver(eqx.Module):
         weights = weights.at[slot].set(jnp.maximum(weights[slot], 0.0))
         memory = memory._replace(weights_memory=weights)
         norm = jnp.linalg.norm(grad)
-        steepest = -grad * jnp.minimum(1.0, 1.0 / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny))
+        steepest = -grad / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny)
         direction = -precond
         descent = (jnp.dot(grad, direction) < 0) & (weights[slot] > 0)
         direction = jnp.where(first | ~descent, steepest, direction)
         direction = jnp.where(accept, direction, state.direction)
         step_size = jnp.where(accept, 1.0, self.decrease * state.step_size)
-        y_new = jnp.where(accept, state.y_eval, y)
+        y_new = jnp.where(accept, trial, y)
+        f_new = jnp.where(accept, f, state.f)
+        grad_new = jnp.where(accept, grad, state.grad)
+        errors = jtu.tree_map(lambda a, b: jnp.where(accept, a, b), errors, state.errors)
+        rejections = jnp.where(accept, 0, state.rejections + 1)
         new = _LBFGSState(
             y_eval=y_new + step_size * direction,
             direction=direction,
             step_size=step_size,
-            f=jnp.where(accept, f, state.f),
-            grad=jnp.where(accept, grad, state.grad),
+            f=f_new,
+            grad=grad_new,
             memory=memory,
-            aux=jtu.tree_map(lambda a, b: jnp.where(accept, a, b), aux, state.aux),
-            num_accepted_steps=state.num_accepted_steps + accept.astype(jnp.int32),
-            result=state.result,
+            errors=errors,
+            first=first & ~accept,
+            rejections=rejections,
         )
-        return y_new, new, None
+        info = StepInfo(
+            accepted=accept,
+            first=first,
+            action=f_new,
+            grad=grad_new,
+            errors=errors,
+            predicted_decrease=jnp.where(accept, -0.5 * jnp.dot(grad_new, direction), jnp.inf),
+            failed=rejections >= self.max_rejections,
+        )
+        return y_new, new, info

@@ -5,14 +5,16 @@ import functools
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optax
 import pytest
 
 import deepest
+from deepest._lbfgs import CompactLBFGS, compact_direction
 from deepest._levenberg_marquardt import _normal
-from deepest._minimisers import _LBFGSSolver
 
 from .helpers import small_problem
 
@@ -86,7 +88,7 @@ def test_normal_blocks_match_the_dense_jacobian(discretization, steps_per_obs, m
     problem = _problem(discretization, steps_per_obs, masked)
     minimiser = deepest.LevenbergMarquardt()
     y = minimiser.flatten(problem, problem.init(jr.key(5)))
-    _, fn = minimiser.solver_and_fn(problem, y)
+    _, fn = minimiser.solver_and_fn(problem)
     n, d, p = problem.banded_shape
 
     def residual(y):
@@ -167,35 +169,133 @@ def test_levenberg_marquardt_reaches_the_lbfgs_minima_in_fewer_steps():
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads)) < 1e-6
 
 
+def _rosenbrock(y, rf):
+    value = jnp.sum(100 * (y[1:] - y[:-1] ** 2) ** 2 + (1 - y[:-1]) ** 2)
+    return value, (value, value)
+
+
+def _run_lanes(solver, fn, starts, n_steps, rf=None):
+    """`n_steps` steps of `solver` from each start, as the annealing loop takes them (one
+    shared memory slot per step), vmapped; and the StepInfo of every step."""
+    errors_struct = jax.eval_shape(fn, starts[0], rf)[1]
+
+    def run(y0):
+        def body(carry, i):
+            y, state = carry
+            y, state, info = solver.step(fn, y, rf, 1.0, i, state)
+            return (y, state), (y, info)
+
+        state = solver.init(y0, jnp.zeros(()), errors_struct)
+        return jax.lax.scan(body, (y0, state), jnp.arange(n_steps))
+
+    return jax.jit(jax.vmap(run)), jax.jit(run)
+
+
 def test_lbfgs_lanes_sharing_memory_slots_are_independent_and_reach_the_minimum():
     """Lanes write their L-BFGS pairs to the slot of the loop's step counter: each lane's
     path must be the one it takes alone, and reach the Rosenbrock minimum (all ones)."""
-    solver = _LBFGSSolver(history_length=5)
-
-    def fn(y, args):
-        value = jnp.sum(100 * (y[1:] - y[:-1] ** 2) ** 2 + (1 - y[:-1]) ** 2)
-        return value, (value, value)
-
+    solver = CompactLBFGS(5, jnp.dtype(jnp.float64), precondition=False, carry=False)
     starts = 1.0 + 0.5 * jr.normal(jr.key(0), (3, 6))
-    aux_struct = jax.eval_shape(fn, starts[0], None)[1]
-
-    @jax.jit
-    def run(y0):
-        def body(i, carry):
-            y, state = carry
-            y, state, _ = solver.step(fn, y, None, {"loop_step": i}, state, frozenset())
-            return y, state
-
-        state = solver.init(fn, y0, None, {}, None, aux_struct, frozenset())
-        return jax.lax.fori_loop(0, 120, body, (y0, state))
-
-    together, states = jax.jit(jax.vmap(run))(starts)
+    batched, alone = _run_lanes(solver, _rosenbrock, starts, 120)
+    (together, states), _ = batched(starts)
     for k in range(3):
-        alone, state = run(starts[k])
-        np.testing.assert_allclose(together[k], alone, rtol=1e-13, atol=1e-13)
-        assert state.num_accepted_steps == states.num_accepted_steps[k]
+        (y, state), _ = alone(starts[k])
+        np.testing.assert_allclose(together[k], y, rtol=1e-13, atol=1e-13)
+        np.testing.assert_array_equal(state.valid, states.valid[k])
     np.testing.assert_allclose(together, 1.0, atol=1e-8)
     assert np.all(np.abs(states.grad) < 1e-8)  # in 120 evaluations (gradient descent: ≫ 1e4)
+
+
+def test_lbfgs_line_search_satisfies_the_wolfe_conditions():
+    """Every accepted step s (after a β's first point) meets Armijo's decrease
+    f₁ ≤ f₀ + c₁ g₀ᵀs and the curvature condition g₁ᵀs ≥ c₂ g₀ᵀs, so sᵀy > 0."""
+    solver = CompactLBFGS(5, jnp.dtype(jnp.float64), precondition=False, carry=False)
+    starts = 1.0 + 0.8 * jr.normal(jr.key(1), (4, 8))
+    batched, _ = _run_lanes(solver, _rosenbrock, starts, 80)
+    _, (ys, infos) = batched(starts)
+    n_checked = n_trials = 0
+    for lane in range(starts.shape[0]):
+        steps = np.flatnonzero(np.asarray(infos.accepted[lane]))
+        n_trials += 80 - len(steps)
+        for prev, k in zip(steps[:-1], steps[1:]):
+            s = np.asarray(ys[lane, k] - ys[lane, prev])
+            f0, f1 = float(infos.action[lane, prev]), float(infos.action[lane, k])
+            g0, g1 = np.asarray(infos.grad[lane, prev]), np.asarray(infos.grad[lane, k])
+            if np.abs(s).max() == 0:
+                continue
+            assert f1 <= f0 + solver.armijo * (g0 @ s)
+            assert g1 @ s >= solver.curvature * (g0 @ s)
+            n_checked += 1
+    assert n_checked > 150 and n_trials > 0  # the search did reject some trial points
+
+
+def _replay(fn, points, history):
+    """optax's L-BFGS directions −Hg at `points`, and the compact form's from the same
+    pairs, written to slots as the annealing loop writes them."""
+    lbfgs = optax.scale_by_lbfgs(history)
+    state = lbfgs.init(points[0])
+    grads = [jax.grad(fn)(x) for x in points]
+    n, m = points.shape[1], history
+    s_mem = jnp.zeros((m, n))
+    y_mem = jnp.zeros((m, n))
+    valid = jnp.zeros((m,), bool)
+    ours, theirs = [], []
+    for k, (x, g) in enumerate(zip(points, grads)):
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 and int64 indices
+            update, state = lbfgs.update(g, state, x)
+        if k == 0:
+            continue
+        slot = (k - 1) % m
+        s_mem = s_mem.at[slot].set(x - points[k - 1])
+        y_mem = y_mem.at[slot].set(g - grads[k - 1])
+        valid = valid.at[slot].set(True)
+        sy, yy = s_mem @ y_mem.T, y_mem @ y_mem.T
+        gamma = sy[slot, slot] / yy[slot, slot]
+        ours.append(compact_direction(g, s_mem, y_mem, sy, yy, valid, slot, gamma))
+        theirs.append(-update)
+    return np.asarray(ours), np.asarray(theirs)
+
+
+@pytest.mark.parametrize("history", [3, 5])
+def test_compact_lbfgs_directions_equal_optax_on_a_quadratic(getkey, history):
+    n = 30
+    a = jr.normal(getkey(), (n, n))
+    hessian = a @ a.T / n + jnp.diag(jnp.linspace(0.1, 10.0, n))
+    b = jr.normal(getkey(), (n,))
+
+    def fn(x):
+        return 0.5 * x @ hessian @ x - b @ x
+
+    # iterates of gradient descent with exact line search: sᵀy > 0 for each pair
+    x, points = jnp.zeros(n), []
+    for _ in range(12):
+        points.append(x)
+        g = hessian @ x - b
+        x = x - (g @ g) / (g @ hessian @ g) * g
+    ours, theirs = _replay(fn, jnp.stack(points), history)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12 * np.abs(theirs).max())
+
+
+def test_compact_lbfgs_directions_equal_optax_on_the_lorenz96_action():
+    problem = _problem("trapezoid", 1, False)
+    u0 = problem.init(jr.key(7))
+    y0, unravel = jax.flatten_util.ravel_pytree(u0)
+
+    def fn(y):
+        return problem.action(unravel(y), 5.0)
+
+    # iterates of optax's own L-BFGS with its zoom line search (Wolfe: sᵀy > 0)
+    opt = optax.lbfgs(memory_size=5)
+    state, y, points = opt.init(y0), y0, []
+    value_and_grad = optax.value_and_grad_from_state(fn)
+    for _ in range(14):
+        points.append(y)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 and int64 indices
+            value, grad = value_and_grad(y, state=state)
+            updates, state = opt.update(grad, state, y, value=value, grad=grad, value_fn=fn)
+        y = optax.apply_updates(y, updates)
+    ours, theirs = _replay(fn, jnp.stack(points), 5)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12 * np.abs(theirs).max())
 
 
 def test_minimiser_arguments_are_checked():
