@@ -14,8 +14,12 @@ from ._data import Observations, check_dimension, integrate
 from ._problem import AbstractProblem
 from .models._base import check_estimate, parametrised
 
-Discretization = Literal["euler", "trapezoid", "rk4", "simpson_hermite"]
-DISCRETIZATIONS = ("euler", "trapezoid", "rk4", "simpson_hermite")
+Discretization = Literal["euler", "trapezoid", "rk4", "simpson_hermite", "gauss_legendre"]
+DISCRETIZATIONS = ("euler", "trapezoid", "rk4", "simpson_hermite", "gauss_legendre")
+# The discretisations whose unknowns include each interval's midpoint state.
+_WITH_MIDPOINTS = ("simpson_hermite", "gauss_legendre")
+# Gauss–Legendre points 1/2 ± √3/6 of [0, 1] (each of weight 1/2).
+_GAUSS_OFFSET = 3.0**0.5 / 6
 
 
 def _rk4_step(field, t, x, h, theta):
@@ -42,17 +46,38 @@ def model_residuals(
     - `simpson_hermite` (varanneal's form, with the midpoint states x_m as unknowns): the
       Simpson residual x_{n+1} − x_n − h/6 (F_n + 4F_m + F_{n+1}) and the Hermite midpoint
       residual x_m − (x_n + x_{n+1})/2 − h/8 (F_n − F_{n+1}).
+    - `gauss_legendre` (midpoint states x_m as unknowns): the path on each interval is the
+      quadratic through x_n, x_m, x_{n+1}, and the residuals are √(1/2)·h·(ẋ − F) at the two
+      Gauss–Legendre points t_n + (1/2 ± √3/6) h, so that Σ|r|² is Gauss quadrature of
+      h ∫ |ẋ − F|² dt. All residuals zero is the 2-stage Gauss–Legendre collocation step.
 
-    Returns a tuple of residual arrays (one, or two for Simpson–Hermite).
+    With a time-dependent field F(t, x, θ) every call gets a scalar time.
+
+    Returns a tuple of residual arrays (one, or two for Simpson–Hermite and Gauss–Legendre).
     """
     vfield = jax.vmap(field, in_axes=(0, 0, None))
-    h = (ts[1:] - ts[:-1])[:, None]
+    hs = ts[1:] - ts[:-1]
+    h = hs[:, None]
     x0, x1 = path[:-1], path[1:]
     if discretization == "euler":
         return (x1 - x0 - h * vfield(ts[:-1], x0, theta),)
     if discretization == "rk4":
+        # the step sizes enter scalar per interval, so the stage times t + h/2 are scalars
         step = jax.vmap(_rk4_step, in_axes=(None, 0, 0, 0, None))
-        return (x1 - step(field, ts[:-1], x0, h, theta),)
+        return (x1 - step(field, ts[:-1], x0, hs, theta),)
+    if discretization == "gauss_legendre":
+        # quadratic through (0, x0), (1/2, xm), (1, x1) at s = 1/2 ± d: its value
+        # (x0 + x1)/6 + 2 xm/3 ± d (x1 − x0) and its h-scaled slope (x1 − x0) ± 4d (x0 − 2 xm + x1)
+        xm = midpoints
+        d = _GAUSS_OFFSET
+        mean, diff, curve = (x0 + x1) / 6 + 2 * xm / 3, x1 - x0, x0 - 2 * xm + x1
+        out = []
+        for sign in (-1.0, 1.0):
+            t = ts[:-1] + (0.5 + sign * d) * hs
+            x = mean + sign * d * diff
+            slope = diff + sign * 4 * d * curve
+            out.append(0.5**0.5 * (slope - h * vfield(t, x, theta)))
+        return tuple(out)
     f = vfield(ts, path, theta)
     f0, f1 = f[:-1], f[1:]
     if discretization == "trapezoid":
@@ -74,8 +99,9 @@ class Assimilation(AbstractProblem):
       + \frac{R_f}{D (N_\text{model} − 1)} \sum_{n,a} (x_a(n+1) − x_a(n) − Δ_a)^2$$
 
     with Δ one step of `discretization` (Simpson–Hermite adds a second, midpoint residual
-    to the same sum). With `mask`ed data the first denominator counts measured entries.
-    With R_m = 1/σ² the measurement term of a path consistent with the data is ≈ 1.
+    to the same sum; Gauss–Legendre has two residuals per step, see `model_residuals`).
+    With `mask`ed data the first denominator counts measured entries. With R_m = 1/σ² the
+    measurement term of a path consistent with the data is ≈ 1.
 
     The model grid has `steps_per_obs` steps between observation times, so
     N_model = (N_obs − 1)·steps_per_obs + 1.
@@ -87,7 +113,11 @@ class Assimilation(AbstractProblem):
     - `data`: the [`deepest.Observations`][] (equally spaced times).
     - `rm`: the measurement weight R_m > 0, scalar or one per observed component.
     - `dim`: the number D of model components (default: from `data.truth`, else required).
-    - `discretization`: "euler", "trapezoid" (default), "rk4" or "simpson_hermite".
+    - `discretization`: "euler", "trapezoid" (default), "rk4", "simpson_hermite" or
+      "gauss_legendre" (the last two with each interval's midpoint state as unknowns). With
+      [`deepest.discrete_weights`][] the minimiser converges to the continuous action's
+      minimiser (the TPBVP solution) at order 1 for "euler" and "rk4", 2 for "trapezoid"
+      and "simpson_hermite", 4 for "gauss_legendre"; see `model_residuals`.
     - `steps_per_obs`: model steps between consecutive observation times.
     - `estimate`: names of the parameters to estimate, e.g. `("forcing",)`.
     - `params`: parameter values for a callable model.
@@ -242,7 +272,7 @@ class Assimilation(AbstractProblem):
                 theta = jnp.log(s) - jnp.log1p(-s)
             params[name] = theta
         unknowns = {"path": path, "params": params}
-        if self.discretization == "simpson_hermite":
+        if self.discretization in _WITH_MIDPOINTS:
             unknowns["midpoints"] = (path[:-1] + path[1:]) / 2
         return unknowns
 
@@ -289,7 +319,7 @@ class Assimilation(AbstractProblem):
 
     @property
     def banded_shape(self) -> tuple[int, int, int]:
-        width = 2 * self.dim if self.discretization == "simpson_hermite" else self.dim
+        width = 2 * self.dim if self.discretization in _WITH_MIDPOINTS else self.dim
         n_params = sum(int(np.size(self.values[name])) for name in self.estimate)
         return self.n_model, width, n_params
 
@@ -298,7 +328,7 @@ class Assimilation(AbstractProblem):
         first node (the last row's midpoint slot is padding, zero), and the estimated
         parameters flattened in `estimate` order."""
         states = unknowns["path"]
-        if self.discretization == "simpson_hermite":
+        if self.discretization in _WITH_MIDPOINTS:
             mid = jnp.concatenate([unknowns["midpoints"], jnp.zeros_like(states[:1])])
             states = jnp.concatenate([states, mid], axis=1)
         flat = [jnp.ravel(unknowns["params"][name]) for name in self.estimate]
@@ -313,7 +343,7 @@ class Assimilation(AbstractProblem):
             out[name] = params[start : start + size].reshape(shape)
             start += size
         unknowns = {"path": states[:, : self.dim], "params": out}
-        if self.discretization == "simpson_hermite":
+        if self.discretization in _WITH_MIDPOINTS:
             unknowns["midpoints"] = states[:-1, self.dim :]
         return unknowns
 
@@ -322,7 +352,8 @@ class Assimilation(AbstractProblem):
     ) -> tuple[Float[Array, "n_model n_observed"], Float[Array, "n_model-1 k"]]:
         """Node residuals √(R_m/(L N_obs))·(x_l − y_l) at the observation times (zero
         rows between them, zero where masked) and interval residuals
-        √(R_f/(D (N_model − 1)))·(model residual), Simpson's and Hermite's side by side."""
+        √(R_f/(D (N_model − 1)))·(model residual), the two residuals of Simpson–Hermite or
+        Gauss–Legendre side by side."""
         unknowns = self.from_banded(states, params)
         path = unknowns["path"]
         observed = path[:: self.steps_per_obs][:, jnp.asarray(self.data.observed)]

@@ -199,6 +199,8 @@ def anneal_summary(result, data, true_model, horizon: float) -> str:
         f"paths within 5% of the lowest final action: "
         f"{np.mean(result.action[-1] <= 1.05 * np.nanmin(result.action[-1])):.3f}",
         f"non-finite paths: {int(np.sum(~result.finite))}",
+        "stop reasons over (β, path): "
+        + ", ".join(f"{k} {v}" for k, v in s["stop_reasons"].items() if v),
         f"run time: {s['run_time']:.2f} s   compile time: {s['compile_time']:.2f} s",
         "iterations per β (mean over paths): "
         + " ".join(f"{v:.0f}" for v in s["mean_iterations_per_beta"]),

@@ -57,11 +57,13 @@ def compact_direction(
     valid: Bool[Array, " m"],
     newest: Int[Array, ""],
     gamma: Float[Array, ""],
+    products: tuple[Float[Array, " m"], Float[Array, " m"]] | None = None,
 ) -> Float[Array, " n"]:
     """−Hg for the compact L-BFGS inverse Hessian H = γI + [S γY] W [S γY]ᵀ (BNS 1994).
 
     The slots of the memories are a ring whose newest pair is `newest`; `sy[i, j]` holds
-    s_iᵀy_j, `yy[i, j]` y_iᵀy_j, and slots with `valid` False are ignored.
+    s_iᵀy_j, `yy[i, j]` y_iᵀy_j, and slots with `valid` False are ignored. `products`,
+    if given, are Sg and Yg already computed (with the new pair's products, in one pass).
     """
     m = s_mem.shape[0]
     dtype = g.dtype
@@ -74,16 +76,17 @@ def compact_direction(
     r = jnp.where(both & jnp.triu(jnp.ones((m, m), bool)), sy, 0) + jnp.diag(
         jnp.where(valid, 0, 1).astype(dtype)
     )
-    products = jnp.concatenate([s_mem, y_mem]) @ g.astype(s_mem.dtype)
-    a = jnp.where(valid, products[:m][order].astype(dtype), 0)
-    b = jnp.where(valid, products[m:][order].astype(dtype), 0)
+    if products is None:
+        # Separate products, not one over a concatenation: that would copy the memories.
+        products = (s_mem @ g.astype(s_mem.dtype), y_mem @ g.astype(s_mem.dtype))
+    a = jnp.where(valid, products[0][order].astype(dtype), 0)
+    b = jnp.where(valid, products[1][order].astype(dtype), 0)
     u = _triangular_solve(r, a, transpose=False)
     middle = jnp.where(both, gamma * yy, 0) + jnp.diag(jnp.where(valid, jnp.diagonal(sy), 0))
     w = _triangular_solve(r, middle @ u - gamma * b, transpose=True)
-    coeffs = jnp.zeros((2 * m,), dtype).at[order].set(w).at[m + order].set(-gamma * u)
-    return -(
-        gamma * g + (coeffs.astype(s_mem.dtype) @ jnp.concatenate([s_mem, y_mem])).astype(dtype)
-    )
+    w_s = jnp.zeros((m,), dtype).at[order].set(w).astype(s_mem.dtype)
+    w_y = jnp.zeros((m,), dtype).at[order].set(-gamma * u).astype(s_mem.dtype)
+    return -(gamma * g + (w_s @ s_mem + w_y @ y_mem).astype(dtype))
 
 
 class StepInfo(eqx.Module):
@@ -276,6 +279,7 @@ class CompactLBFGS(eqx.Module):
             y_dir = (ym_mem + rho[:, None] * (y_mem - ym_mem)) * scale.astype(mem)
             sy = (s_dir @ y_dir.T).astype(dtype)
             yy = (y_dir @ y_dir.T).astype(dtype)
+            products = None
         else:
             # Rows in the preconditioned variables z = D^{1/2}x.
             s_row = jnp.where(pair, s / scale, 0).astype(mem)
@@ -283,17 +287,22 @@ class CompactLBFGS(eqx.Module):
             s_mem = state.s_mem.at[slot].set(s_row)
             y_mem = state.y_mem.at[slot].set(y_row)
             ym_mem, made_at = state.ym_mem, state.made_at
-            new = jnp.concatenate([s_mem, y_mem]) @ jnp.stack([s_row, y_row], axis=1)
-            new = new.astype(dtype)  # (2m, 2): [S; Y]·[s, y]
-            sy = state.sy.at[slot, :].set(new[m:, 0]).at[:, slot].set(new[:m, 1])
-            yy = state.yy.at[slot, :].set(new[m:, 1]).at[:, slot].set(new[m:, 1])
+            # One pass over each memory: s_iᵀg, s_iᵀy and y_iᵀg, y_iᵀs, y_iᵀy (BNS §4).
+            g_row = g_t.astype(mem)
+            s_p = (s_mem @ jnp.stack([g_row, y_row], axis=1)).astype(dtype)
+            y_p = (y_mem @ jnp.stack([g_row, s_row, y_row], axis=1)).astype(dtype)
+            sy = state.sy.at[slot, :].set(y_p[:, 1]).at[:, slot].set(s_p[:, 1])
+            yy = state.yy.at[slot, :].set(y_p[:, 2]).at[:, slot].set(y_p[:, 2])
             s_dir, y_dir = s_mem, y_mem
+            products = (s_p[:, 0], y_p[:, 0])
         gamma = jnp.where(pair, sy[slot, slot] / yy[slot, slot], state.gamma)
         if not self.precondition:
             # No curvature yet: a first step of unit length, as scipy's.
             unit = 1 / jnp.maximum(jnp.linalg.norm(grad), jnp.finfo(dtype).tiny)
             gamma = jnp.where(first & ~jnp.any(valid), unit, gamma)
-        direction = scale * compact_direction(g_t, s_dir, y_dir, sy, yy, valid, slot, gamma)
+        direction = scale * compact_direction(
+            g_t, s_dir, y_dir, sy, yy, valid, slot, gamma, products
+        )
         slope = jnp.dot(grad, direction)
         # Rounding (float32 memories) can spoil descent: fall back to −γD⁻¹g.
         fallback = ~(slope < 0)

@@ -8,7 +8,8 @@ def plot_action_levels(result, ax=None, *, x="beta", expected: float | None = No
 
     One line per path; the path with the lowest final action is drawn thicker; the action
     level of a path consistent with the data (`result.expected_action`, or `expected`) is
-    marked by a dashed line.
+    marked by a dashed line. Levels whose minimisation did not converge (stalled, or out
+    of steps: `result.stop_reason`) are marked by hollow circles: they may not be minima.
 
     **Arguments:**
 
@@ -43,9 +44,22 @@ def plot_action_levels(result, ax=None, *, x="beta", expected: float | None = No
             lw=0.6 if i != best else 1.8,
             alpha=0.5 if i != best else 1.0,
         )
+    unconverged = ~result.converged & np.isfinite(result.action)
+    if unconverged.any():
+        beta, path = np.nonzero(unconverged)
+        ax.scatter(
+            xs[beta],
+            result.action[beta, path],
+            facecolors="none",
+            edgecolors="k",
+            s=18,
+            zorder=3,
+            label="not converged",
+        )
     level = result.expected_action if expected is None else expected
     if level is not None:
         ax.axhline(level, color="k", ls="--", lw=1, label="expected level")
+    if level is not None or unconverged.any():
         ax.legend(loc="best")
     ax.set_yscale("log")
     ax.set_ylabel("action")

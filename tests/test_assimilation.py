@@ -105,6 +105,15 @@ def _own_trajectory(discretization, field, x0, h, n):
         if discretization == "trapezoid":
             res = lambda y, _: y - x - h / 2 * (field(x) + field(y))
             return optx.root_find(res, newton, x + h * field(x)).value, x
+        if discretization == "gauss_legendre":
+            # the 2-stage Gauss–Legendre Runge–Kutta step; the midpoint is its collocation
+            # polynomial at h/2, x + h Σ_j (∫_0^½ ℓ_j) K_j with ℓ_j Lagrange on the stages
+            r = 3**0.5
+            a = jnp.array([[1 / 4, 1 / 4 - r / 6], [1 / 4 + r / 6, 1 / 4]])
+            stage = lambda k, _: k - jax.vmap(field)(x + h * a @ k)
+            k = optx.root_find(stage, newton, jnp.stack([field(x), field(x)])).value
+            mid = x + h * ((1 / 4 + r / 8) * k[0] + (1 / 4 - r / 8) * k[1])
+            return x + h / 2 * (k[0] + k[1]), (x, mid)
 
         def res(z, _):
             y, m = z
@@ -117,7 +126,7 @@ def _own_trajectory(discretization, field, x0, h, n):
         return y, (x, m)
 
     last, xs = jax.lax.scan(step, x0, None, length=n - 1)
-    if discretization == "simpson_hermite":
+    if discretization in ("simpson_hermite", "gauss_legendre"):
         nodes, mids = xs
         return jnp.concatenate([nodes, last[None]]), mids
     return jnp.concatenate([xs, last[None]]), None
