@@ -8,22 +8,31 @@ gtol = ftol = 1e-8, one path after another, warm start across β, gradients from
 The serial baseline's time per path does not depend on how many paths there are, so it
 is measured on the first `--serial-paths` paths; deepest runs 16, 64 and 256 paths.
 
-    python benchmarks/bench_anneal.py [--sizes 16 64 256] [--serial-paths 16] [--configs L12 L8]
-                                      [--minimisers lbfgs lm] [--history 10]
-                                      [--sharded-sizes 64]
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_anneal.py [--quick] [--sizes 16 64 256]
+        [--serial-paths 16] [--configs L12 L8] [--minimisers lbfgs optax lm]
+        [--history 10] [--sharded-sizes 64] [--small-sizes 16 64] [--polish-paths 4]
 
 The CPU is split into one XLA device per core. Every row runs on one core, as the serial
 baseline does, except the "N cores" rows (`--sharded-sizes`), where `deepest.anneal`
 shards the paths over all of them.
 
-Both of deepest's minimisers run: L-BFGS (the default) and the block-banded
-Levenberg–Marquardt. A "floor" row times the vmapped value-and-gradient alone (64 paths, a
+Three of deepest's minimisers run: the compact, preconditioned L-BFGS (the default), the
+earlier L-BFGS with optax's two-loop directions (`LBFGS(compact=False)`), and the
+block-banded Levenberg–Marquardt. The slower two run at `--small-sizes` only. For each
+minimiser the first `--polish-paths` paths of its smallest run are polished at every β
+with scipy's L-BFGS-B (gtol 1e-13, ftol 1e-15) from the reported points: the worst relative
+drop is the "polish gap" (a level that is a minimum has a gap ≤ 1e-6). The evaluations
+per β are reported with and without carried curvature (`LBFGS(carry_curvature=True)`).
+
+A "floor" row times the vmapped value-and-gradient alone (64 paths, a
 compiled loop, no optimiser) and multiplies it by the serial baseline's evaluations: no
 method that needs as many evaluations can beat it on this machine.
 """
 
 import argparse
 import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # unpinned OpenBLAS slows scipy up to 20x
 import platform
 import sys
 import time
@@ -79,6 +88,35 @@ def gradient_cost(problem, schedule, init, y, n_evals=300):
     return (time.perf_counter() - start) / (n_evals * y.shape[0])
 
 
+def polish_gap(problem, result, n_paths):
+    """The worst (A_reported − A_polished)/|A_polished| over every β and the first
+    `n_paths` converged paths, after scipy L-BFGS-B (gtol 1e-13, ftol 1e-15)."""
+    import scipy.optimize
+
+    _, unravel = jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a[0], result.unknowns))
+    value_and_grad = jax.jit(jax.value_and_grad(lambda y, rf: problem.action(unravel(y), rf)))
+
+    def fg(y, rf):
+        f, g = value_and_grad(y, rf)
+        return float(f), np.asarray(g)
+
+    worst = 0.0
+    for b, saved in result.saved.items():
+        rf = jnp.asarray(result.rf[b])
+        for p in range(min(n_paths, result.n_paths)):
+            if not result.converged[b, p]:
+                continue
+            y = np.asarray(
+                jax.flatten_util.ravel_pytree(jax.tree.map(lambda a, p=p: a[p], saved))[0]
+            )
+            opts = {"gtol": 1e-13, "ftol": 1e-15, "maxiter": 20000, "maxfun": 40000}
+            res = scipy.optimize.minimize(
+                fg, y, args=(rf,), jac=True, method="L-BFGS-B", options=opts
+            )
+            worst = max(worst, (fg(y, rf)[0] - res.fun) / abs(res.fun))
+    return worst
+
+
 def lowest_fraction(final, lowest, tol=0.05):
     return float(np.mean(final <= (1 + tol) * lowest))
 
@@ -89,8 +127,10 @@ def main():
     parser.add_argument("--serial-paths", type=int, default=16)
     parser.add_argument("--configs", nargs="+", default=["L12", "L8"])
     parser.add_argument("--history", type=int, default=10)
-    parser.add_argument("--minimisers", nargs="+", default=["lbfgs", "lm"])
-    parser.add_argument("--lm-sizes", type=int, nargs="+", default=None, help="default: --sizes")
+    parser.add_argument("--minimisers", nargs="+", default=["lbfgs", "optax", "lm"])
+    parser.add_argument("--small-sizes", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--polish-paths", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="L12 only, 16 paths, no polish")
     parser.add_argument(
         "--sharded-sizes",
         type=int,
@@ -99,22 +139,26 @@ def main():
         help="sizes also run with the paths sharded over every core (one device per core)",
     )
     args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.small_sizes, args.configs = [16], [16], ["L12"]
+        args.sharded_sizes, args.serial_paths, args.polish_paths = [], 4, 0
     minimisers = {
         "lbfgs": (
             "deepest.anneal, L-BFGS" + (f", history {args.history}" if args.history != 10 else ""),
             deepest.LBFGS(history_length=args.history),
         ),
+        "optax": ("deepest.anneal, L-BFGS two-loop (optax)", deepest.LBFGS(compact=False)),
         "lm": ("deepest.anneal, banded LM", deepest.LevenbergMarquardt()),
     }
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"devices {jax.devices()}, jax {jax.__version__}\n"
     )
-    rows, lanes = [], []
+    rows, lanes, gaps, per_beta = [], [], [], []
     for name in args.configs:
         problem, schedule, config = load(name)
         key = jr.key(config["anneal"]["seed"])
-        n_max = max(args.sizes + (args.lm_sizes or []) + [args.serial_paths])
+        n_max = max(args.sizes + args.small_sizes + [args.serial_paths])
         init = jax.vmap(problem.init)(jr.split(key, n_max))
         sub = jax.tree.map(lambda a: a[: args.serial_paths], init)
         serial = serial_anneal(problem, schedule, sub)
@@ -122,9 +166,9 @@ def main():
         results = {}
         one_core, all_cores = jax.devices()[:1], jax.devices()
         for m in args.minimisers:
-            sizes = args.lm_sizes if m == "lm" and args.lm_sizes else args.sizes
+            sizes = args.sizes if m == "lbfgs" else args.small_sizes
             runs = [(n, one_core) for n in sizes]
-            if len(all_cores) > 1:
+            if len(all_cores) > 1 and m == "lbfgs":
                 runs += [(n, all_cores) for n in args.sharded_sizes]
             for n, devices in runs:
                 u = jax.tree.map(lambda a, n=n: a[:n], init)
@@ -137,6 +181,7 @@ def main():
                     progress=False,
                     minimiser=minimisers[m][1],
                     devices=devices,
+                    save_betas=range(schedule.n_beta) if n == min(sizes) else None,
                 )
         lowest = min([np.nanmin(s_final)] + [np.nanmin(r.action[-1]) for r in results.values()])
         s_time = serial["run_time"] / args.serial_paths
@@ -201,6 +246,29 @@ def main():
                 float("nan"),
             )
         )
+        if args.polish_paths:
+            for m in args.minimisers:
+                r = results[m, min(n for mm, n, _ in results if mm == m), 1]
+                gaps.append((name, minimisers[m][0], polish_gap(problem, r, args.polish_paths)))
+        # evaluations per β with and without carried curvature, same paths
+        n_carry = min(args.sizes)
+        u = jax.tree.map(lambda a, n=n_carry: a[:n], init)
+        for label, m in (
+            ("cold start (default)", deepest.LBFGS(history_length=args.history)),
+            ("carried curvature", deepest.LBFGS(history_length=args.history, carry_curvature=True)),
+            ("cold start, no preconditioner", deepest.LBFGS(precondition=False)),
+        ):
+            r = deepest.anneal(
+                problem,
+                schedule,
+                n_carry,
+                key,
+                init=u,
+                progress=False,
+                minimiser=m,
+                devices=one_core,
+            )
+            per_beta.append((name, label, r.iterations.mean(axis=1), r.action[-1]))
         # same initial paths: the per-path minima agree where both converge alike
         for m in args.minimisers:
             r16 = results[m, min(n for mm, n, _ in results if mm == m), 1]
@@ -221,6 +289,23 @@ def main():
         print(
             f"| {name} | {method} | {n} | {t:.3f} | {speed:.1f}x | {it:.0f} | {frac:.2f} | "
             f"{comp:.1f} |"
+        )
+    print()
+    print("| config | method | worst polish gap (every β, converged paths) |")
+    print("|---|---|---|")
+    for name, method, gap in gaps:
+        print(f"| {name} | {method} | {gap:.1e} |")
+    print()
+    print("| config | L-BFGS | evaluations per path | evaluations per β (mean over paths) |")
+    print("|---|---|---|---|")
+    for name, label, it, _ in per_beta:
+        print(f"| {name} | {label} | {it.sum():.0f} | {' '.join(f'{v:.0f}' for v in it)} |")
+    for name in args.configs:
+        finals = {label: final for n_, label, _, final in per_beta if n_ == name}
+        cold, warm = finals["cold start (default)"], finals["carried curvature"]
+        print(
+            f"{name}: carried curvature's final levels against the cold start's: largest "
+            f"relative difference {np.max(np.abs(warm / cold - 1)):.1e}"
         )
     print()
     print(

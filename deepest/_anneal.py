@@ -358,12 +358,13 @@ def _run_lanes(problem, y0, rf_table, factors, bar_id, config: _Config):
     n_beta = config.n_beta
     save_betas = jnp.asarray(config.save_betas or (-1,), dtype=jnp.int32)
     betas = jnp.arange(n_beta, dtype=jnp.int32)
+    shared = minimiser.prepare(problem, y0, rf_table, factors)
 
     def init_lane(y):
         nan = jnp.full((n_beta,), jnp.nan, dtype)
         return _Lane(
             y=y,
-            state=minimiser.init(problem, y, rf_table[0]),
+            state=minimiser.init(problem, y, rf_table[0], shared),
             beta=jnp.array(0, jnp.int32),
             steps=jnp.array(0, jnp.int32),
             action_before=jnp.array(jnp.inf, dtype),
@@ -381,7 +382,7 @@ def _run_lanes(problem, y0, rf_table, factors, bar_id, config: _Config):
         active = lane.beta < n_beta
         beta = jnp.minimum(lane.beta, n_beta - 1)
         y, state, info = minimiser.step(
-            problem, lane.y, rf_table[beta], factors[beta], loop_step, lane.state
+            problem, lane.y, rf_table[beta], beta, loop_step, lane.state, shared
         )
         grad_start = jnp.where(info.first, jnp.max(jnp.abs(info.grad)), lane.grad_start)
         steps = lane.steps + 1
@@ -399,7 +400,7 @@ def _run_lanes(problem, y0, rf_table, factors, bar_id, config: _Config):
         new = _Lane(
             y=jnp.where(active, y, lane.y),
             state=minimiser.restart(
-                problem, done, y, rf_table[following], factors[following], state
+                problem, done, y, rf_table[following], following, state, shared
             ),
             beta=jnp.where(done, next_beta, lane.beta),
             steps=jnp.where(done, 0, steps),

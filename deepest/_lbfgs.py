@@ -38,13 +38,14 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 def _triangular_solve(r: Float[Array, "m m"], b: Float[Array, " m"], *, transpose: bool):
     """Solve R u = b (or Rᵀu = b) for upper-triangular R by substitution (no LAPACK: see
-    `_linalg.py`; these systems are m × m)."""
+    `_linalg.py`; these systems are m × m). Products as multiply-and-sum: under `vmap`
+    XLA:CPU runs a batch of tiny dots one by one, ~30× slower."""
     m = r.shape[0]
     a = r.T if transpose else r
     order = range(m) if transpose else range(m - 1, -1, -1)
     u = jnp.zeros_like(b)
     for i in order:
-        u = u.at[i].set((b[i] - jnp.dot(a[i], u)) / a[i, i])
+        u = u.at[i].set((b[i] - jnp.sum(a[i] * u)) / a[i, i])
     return u
 
 
@@ -83,7 +84,7 @@ def compact_direction(
     b = jnp.where(valid, products[1][order].astype(dtype), 0)
     u = _triangular_solve(r, a, transpose=False)
     middle = jnp.where(both, gamma * yy, 0) + jnp.diag(jnp.where(valid, jnp.diagonal(sy), 0))
-    w = _triangular_solve(r, middle @ u - gamma * b, transpose=True)
+    w = _triangular_solve(r, jnp.sum(middle * u, axis=1) - gamma * b, transpose=True)
     w_s = jnp.zeros((m,), dtype).at[order].set(w).astype(s_mem.dtype)
     w_y = jnp.zeros((m,), dtype).at[order].set(-gamma * u).astype(s_mem.dtype)
     return -(gamma * g + (w_s @ s_mem + w_y @ y_mem).astype(dtype))
@@ -110,6 +111,88 @@ class StepInfo(eqx.Module):
     failed: Bool[Array, ""]
 
 
+class TridiagonalPreconditioner(eqx.Module):
+    """M_β = the per-component tridiagonal part of the action's Gauss–Newton matrix at
+    each β, M = 2(C + f_β K) with C the measurement term's part and K the model term's at
+    rf0, f_β = α^β; its Cholesky factors M = LLᵀ (L lower bidiagonal) for every β.
+
+    For a problem with banded residuals the flat unknowns are `[states (N, d), params]`.
+    Within one state component the Gauss–Newton matrix is exactly tridiagonal in time
+    (an interval residual couples times n and n + 1 only): this is the stiff part of the
+    action at large R_f, a discrete Laplacian in time. The couplings between components
+    (through ∂F/∂x, of size h·|∂F/∂x|) and between states and parameters are left to
+    L-BFGS; the parameters get the diagonal. Built once per run from one path's initial
+    point and shared by every lane.
+    """
+
+    diagonal: Float[Array, "n_beta N d"]  # L's diagonal
+    lower: Float[Array, "n_beta N-1 d"]  # L's subdiagonal
+    params: Float[Array, "n_beta p"]  # 1/√M for the parameters
+
+    @staticmethod
+    def build(problem, unknowns, rf0, factors):
+        meas, model, model_off, meas_p, model_p = gauss_newton_tridiagonal(problem, unknowns, rf0)
+        f = factors[:, None, None]
+        diag = 2 * (meas + f * model)
+        diag = diag + jnp.finfo(diag.dtype).eps * jnp.max(diag, axis=(1, 2), keepdims=True)
+        off = 2 * f * model_off
+
+        def cholesky(diag, off):  # one β: (N, d), (N − 1, d)
+            def body(l_prev, row):
+                d, o = row
+                e = o / l_prev
+                l_next = jnp.sqrt(jnp.maximum(d - e**2, jnp.finfo(d.dtype).eps * d))
+                return l_next, (l_next, e)
+
+            l0 = jnp.sqrt(diag[0])
+            _, (rest, e) = jax.lax.scan(body, l0, (diag[1:], off))
+            return jnp.concatenate([l0[None], rest]), e
+
+        diagonal, lower = jax.vmap(cholesky)(diag, off)
+        dp = 2 * (meas_p + factors[:, None] * model_p)
+        floor = jnp.finfo(dp.dtype).eps * jnp.max(dp, axis=1, keepdims=True, initial=0.0)
+        params = jax.lax.rsqrt(jnp.maximum(dp, floor) + jnp.finfo(dp.dtype).tiny)
+        return TridiagonalPreconditioner(diagonal, lower, params)
+
+    def _split(self, v):
+        n, d = self.diagonal.shape[1:]
+        return v[: n * d].reshape(n, d), v[n * d :]
+
+    def gradient(self, beta, g):
+        """L⁻¹g: a gradient (or gradient change) in the variables z = Lᵀx."""
+        ld, le = self.diagonal[beta], self.lower[beta]
+        gs, gp = self._split(g)
+        a = jnp.concatenate([jnp.zeros_like(ld[:1]), -le / ld[1:]])
+        z = _linear_recurrence(a, gs / ld)
+        return jnp.concatenate([z.reshape(-1), gp * self.params[beta]])
+
+    def step(self, beta, s):
+        """Lᵀs: a step in the variables z."""
+        ld, le = self.diagonal[beta], self.lower[beta]
+        ss, sp = self._split(s)
+        zs = (ld * ss).at[:-1].add(le * ss[1:])
+        return jnp.concatenate([zs.reshape(-1), sp / self.params[beta]])
+
+    def direction(self, beta, z):
+        """L⁻ᵀz: a direction in z back in x."""
+        ld, le = self.diagonal[beta], self.lower[beta]
+        zs, zp = self._split(z)
+        a = jnp.concatenate([jnp.zeros_like(ld[:1]), jnp.flip(-le / ld[:-1], 0)])
+        xs = jnp.flip(_linear_recurrence(a, jnp.flip(zs / ld, 0)), 0)
+        return jnp.concatenate([xs.reshape(-1), zp * self.params[beta]])
+
+
+def _linear_recurrence(a, b):
+    """x_n = a_n x_{n−1} + b_n along axis 0 (a_0 = 0), as a parallel prefix scan."""
+
+    def combine(earlier, later):
+        a1, b1 = earlier
+        a2, b2 = later
+        return a1 * a2, a2 * b1 + b2
+
+    return jax.lax.associative_scan(combine, (a, b))[1]
+
+
 class CompactLBFGSState(eqx.Module):
     """One lane of the compact L-BFGS (see the module notes)."""
 
@@ -122,6 +205,7 @@ class CompactLBFGSState(eqx.Module):
     first: Bool[Array, ""]
     action: Float[Array, ""]
     grad: Float[Array, " n"]
+    grad_z: Float[Array, " n"]  # the gradient in the preconditioned variables
     errors: PyTree[Array]
     s_mem: Float[Array, "m n"]
     y_mem: Float[Array, "m n"]
@@ -129,10 +213,6 @@ class CompactLBFGSState(eqx.Module):
     yy: Float[Array, "m m"]
     valid: Bool[Array, " m"]
     gamma: Float[Array, ""]
-    scale: Float[Array, " n"]  # D^{-1/2}
-    # The Gauss–Newton diagonals of the two terms (preconditioned runs; else empty).
-    meas_curvature: Float[Array, " n"]
-    model_curvature: Float[Array, " n"]
     # Carried curvature: the measurement part of each y, and the schedule's R_f factor at
     # which each pair was made (carry runs; else empty).
     ym_mem: Float[Array, "m n"]
@@ -140,36 +220,28 @@ class CompactLBFGSState(eqx.Module):
     grad_meas: Float[Array, " n"]
 
 
+class Schedule(eqx.Module):
+    """What every lane shares: the schedule's R_f factors α^β and the preconditioner."""
+
+    factors: Float[Array, " n_beta"]
+    preconditioner: TridiagonalPreconditioner | None
+
+
 class CompactLBFGS(eqx.Module):
     """The solver of one lane; `deepest.LBFGS` holds its settings."""
 
     history_length: int = eqx.field(static=True)
     memory_dtype: jnp.dtype = eqx.field(static=True)
-    precondition: bool = eqx.field(static=True)
     carry: bool = eqx.field(static=True)
     armijo: float = eqx.field(static=True, default=1e-4)
     curvature: float = eqx.field(static=True, default=0.9)
     max_trials: int = eqx.field(static=True, default=20)
 
-    def _scale(self, state_or_curv, factor, dtype):
-        meas, model = state_or_curv
-        diag = 2 * (meas + factor * model)
-        floor = jnp.finfo(dtype).eps * jnp.max(diag)
-        return jax.lax.rsqrt(jnp.maximum(diag, floor) + jnp.finfo(dtype).tiny)
-
-    def init(self, y, f_struct, errors_struct, curvature=None):
-        """The state of a lane at the first point of β = 0. `curvature` is the pair of
-        Gauss–Newton diagonals (measurement, model at R_f = rf0) when preconditioning."""
+    def init(self, y, f_struct, errors_struct):
+        """The state of a lane at the first point of β = 0."""
         dtype = y.dtype
         m, n = self.history_length, y.shape[0]
         mem = self.memory_dtype
-        empty = jnp.zeros((0,), dtype)
-        if self.precondition:
-            meas_c, model_c = curvature
-            scale = self._scale((meas_c, model_c), 1.0, dtype)
-        else:
-            meas_c = model_c = empty
-            scale = jnp.ones((n,), dtype)
         return CompactLBFGSState(
             direction=jnp.zeros_like(y),
             slope=jnp.zeros((), dtype),
@@ -180,6 +252,7 @@ class CompactLBFGS(eqx.Module):
             first=jnp.array(True),
             action=jnp.full((), jnp.inf, dtype),
             grad=jnp.zeros_like(y),
+            grad_z=jnp.zeros_like(y),
             errors=jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), errors_struct),
             s_mem=jnp.zeros((m, n), mem),
             y_mem=jnp.zeros((m, n), mem),
@@ -187,63 +260,42 @@ class CompactLBFGS(eqx.Module):
             yy=jnp.zeros((m, m), dtype),
             valid=jnp.zeros((m,), bool),
             gamma=jnp.ones((), dtype),
-            scale=scale,
-            meas_curvature=meas_c,
-            model_curvature=model_c,
             ym_mem=jnp.zeros((m, n) if self.carry else (0,), mem),
             made_at=jnp.ones((m,) if self.carry else (0,), dtype),
             grad_meas=jnp.zeros((n,) if self.carry else (0,), dtype),
         )
 
-    def restart(self, done, state: CompactLBFGSState, factor) -> CompactLBFGSState:
-        """Where `done`, start the next β (its R_f = `factor` × rf0). Only small leaves and
-        the scale vector change: the memories stay, masked by `valid` (or, carrying
-        curvature, rebuilt from their two parts at the next step)."""
+    def restart(self, done, state: CompactLBFGSState) -> CompactLBFGSState:
+        """Where `done`, start the next β. Only small leaves change: the memories stay,
+        masked by `valid` (or, carrying curvature, rebuilt at the next step)."""
 
         def pick(new, old):
-            return jnp.where(done, new, old)
+            return jnp.where(done, new, old).astype(old.dtype)
 
-        dtype = state.action.dtype
-        scale = state.scale
-        if self.precondition:
-            scale = pick(
-                self._scale((state.meas_curvature, state.model_curvature), factor, dtype), scale
-            )
         return eqx.tree_at(
-            lambda s: (
-                s.step_size,
-                s.low,
-                s.high,
-                s.trials,
-                s.first,
-                s.action,
-                s.valid,
-                s.gamma,
-                s.scale,
-            ),
+            lambda s: (s.step_size, s.low, s.high, s.trials, s.first, s.action, s.valid, s.gamma),
             state,
             (
-                pick(1.0, state.step_size).astype(dtype),
-                pick(0.0, state.low).astype(dtype),
-                pick(jnp.inf, state.high).astype(dtype),
+                pick(1.0, state.step_size),
+                pick(0.0, state.low),
+                pick(jnp.inf, state.high),
                 pick(0, state.trials),
                 pick(True, state.first),
-                pick(jnp.inf, state.action).astype(dtype),
+                pick(jnp.inf, state.action),
                 state.valid if self.carry else pick(False, state.valid),
-                state.gamma if self.carry else pick(1.0, state.gamma).astype(dtype),
-                scale,
+                state.gamma if self.carry else pick(1.0, state.gamma),
             ),
         )
 
-    def step(self, fn, y, rf, factor, loop_step, state: CompactLBFGSState):
+    def step(self, fn, y, rf, beta, loop_step, state: CompactLBFGSState, shared: Schedule):
         """One evaluation: the trial point y + αd (or y itself at a β's first step).
 
-        `fn(y, rf) -> (action, (measurement error, model error))`; `factor` is the
-        schedule's R_f over rf0 at this β. **Returns:** `(y, state, info)` with `y` the
-        accepted point.
+        `fn(y, rf) -> (action, (measurement error, model error))`. **Returns:**
+        `(y, state, info)` with `y` the accepted point.
         """
         dtype = y.dtype
         m = self.history_length
+        precond = shared.preconditioner
         first = state.first
         trial = jnp.where(first, y, y + state.step_size * state.direction)
         if self.carry:
@@ -256,39 +308,43 @@ class CompactLBFGS(eqx.Module):
         steep = jnp.dot(grad, state.direction) < self.curvature * state.slope
         accept = first | (armijo & ~steep)
 
-        # The new pair, if any, goes to the slot of this loop step.
-        scale = state.scale
+        # The new pair, if any, goes to the slot of this loop step, in the preconditioned
+        # variables z = Lᵀx: s_z = Lᵀs, y_z = L⁻¹y (the change of L⁻¹g).
         s = trial - y
         yv = grad - state.grad
         pair = ~first & accept & (jnp.dot(s, yv) > 0)
         slot = loop_step % m
         valid = state.valid.at[slot].set(pair)
-        g_t = grad * scale
+        if precond is None:
+            g_z, s_z = grad, s
+        else:
+            g_z, s_z = precond.gradient(beta, grad), precond.step(beta, s)
+        y_z = g_z - state.grad_z
         mem = self.memory_dtype
         if self.carry:
-            # Untransformed rows: the scale D^{-1/2} changes with β. The pairs of earlier
-            # β's are rebuilt as y = y_m + (R_f now / R_f then)·y_f, with the whole Gram
-            # matrix each step (this option is for measuring evaluations, not for speed).
+            # The pairs of earlier β's are rebuilt as y = y_m + (R_f now / R_f then)·y_f,
+            # with the whole Gram matrix each step, in x (this option is for measuring
+            # evaluations, not for speed): no preconditioner.
+            factor = shared.factors[beta]
             s_mem = state.s_mem.at[slot].set(jnp.where(pair, s, 0).astype(mem))
             y_mem = state.y_mem.at[slot].set(jnp.where(pair, yv, 0).astype(mem))
             ym_row = jnp.where(pair, grad_meas - state.grad_meas, 0)
             ym_mem = state.ym_mem.at[slot].set(ym_row.astype(mem))
             made_at = state.made_at.at[slot].set(factor)
             rho = (factor / made_at).astype(mem)
-            s_dir = s_mem / scale.astype(mem)
-            y_dir = (ym_mem + rho[:, None] * (y_mem - ym_mem)) * scale.astype(mem)
+            s_dir = s_mem
+            y_dir = ym_mem + rho[:, None] * (y_mem - ym_mem)
             sy = (s_dir @ y_dir.T).astype(dtype)
             yy = (y_dir @ y_dir.T).astype(dtype)
             products = None
         else:
-            # Rows in the preconditioned variables z = D^{1/2}x.
-            s_row = jnp.where(pair, s / scale, 0).astype(mem)
-            y_row = jnp.where(pair, yv * scale, 0).astype(mem)
+            s_row = jnp.where(pair, s_z, 0).astype(mem)
+            y_row = jnp.where(pair, y_z, 0).astype(mem)
             s_mem = state.s_mem.at[slot].set(s_row)
             y_mem = state.y_mem.at[slot].set(y_row)
             ym_mem, made_at = state.ym_mem, state.made_at
             # One pass over each memory: s_iᵀg, s_iᵀy and y_iᵀg, y_iᵀs, y_iᵀy (BNS §4).
-            g_row = g_t.astype(mem)
+            g_row = g_z.astype(mem)
             s_p = (s_mem @ jnp.stack([g_row, y_row], axis=1)).astype(dtype)
             y_p = (y_mem @ jnp.stack([g_row, s_row, y_row], axis=1)).astype(dtype)
             sy = state.sy.at[slot, :].set(y_p[:, 1]).at[:, slot].set(s_p[:, 1])
@@ -296,19 +352,17 @@ class CompactLBFGS(eqx.Module):
             s_dir, y_dir = s_mem, y_mem
             products = (s_p[:, 0], y_p[:, 0])
         gamma = jnp.where(pair, sy[slot, slot] / yy[slot, slot], state.gamma)
-        if not self.precondition:
+        if precond is None:
             # No curvature yet: a first step of unit length, as scipy's.
             unit = 1 / jnp.maximum(jnp.linalg.norm(grad), jnp.finfo(dtype).tiny)
             gamma = jnp.where(first & ~jnp.any(valid), unit, gamma)
-        direction = scale * compact_direction(
-            g_t, s_dir, y_dir, sy, yy, valid, slot, gamma, products
-        )
-        slope = jnp.dot(grad, direction)
-        # Rounding (float32 memories) can spoil descent: fall back to −γD⁻¹g.
-        fallback = ~(slope < 0)
-        direction = jnp.where(fallback, -gamma * scale**2 * grad, direction)
-        slope = jnp.where(fallback, jnp.dot(grad, direction), slope)
+        direction_z = compact_direction(g_z, s_dir, y_dir, sy, yy, valid, slot, gamma, products)
+        # Rounding (float32 memories) can spoil descent: fall back to −γM⁻¹g.
+        fallback = ~(jnp.dot(g_z, direction_z) < 0)
+        direction_z = jnp.where(fallback, -gamma * g_z, direction_z)
         valid = jnp.where(fallback & accept, False, valid)
+        direction = direction_z if precond is None else precond.direction(beta, direction_z)
+        slope = jnp.dot(grad, direction)
 
         # The line search's next trial, if this one was rejected.
         alpha, low, high = state.step_size, state.low, state.high
@@ -319,21 +373,24 @@ class CompactLBFGS(eqx.Module):
         shrink = jnp.where(
             finite & (low == 0), jnp.clip(quadratic, 0.1 * alpha, 0.5 * alpha), 0.5 * (low + alpha)
         )
-        grow = jnp.where(jnp.isinf(high_new), 2 * alpha, 0.5 * (low_new + high_new))
+        grow = jnp.where(jnp.isinf(high_new), 4 * alpha, 0.5 * (low_new + high_new))
         trials = jnp.where(accept, 0, state.trials + 1)
+
+        def keep(new, old):
+            return jnp.where(accept, new, old)
 
         info = StepInfo(
             accepted=accept,
             first=first,
-            action=jnp.where(accept, f, state.action),
-            grad=jnp.where(accept, grad, state.grad),
-            errors=jax.tree.map(lambda a, b: jnp.where(accept, a, b), errors, state.errors),
+            action=keep(f, state.action),
+            grad=keep(grad, state.grad),
+            errors=jax.tree.map(keep, errors, state.errors),
             predicted_decrease=jnp.where(accept, -0.5 * slope, jnp.inf),
             failed=trials >= self.max_trials,
         )
         new = CompactLBFGSState(
-            direction=jnp.where(accept, direction, state.direction),
-            slope=jnp.where(accept, slope, state.slope),
+            direction=keep(direction, state.direction),
+            slope=keep(slope, state.slope),
             step_size=jnp.where(accept, 1.0, jnp.where(armijo, grow, shrink)).astype(dtype),
             low=jnp.where(accept, 0.0, low_new).astype(dtype),
             high=jnp.where(accept, jnp.inf, high_new).astype(dtype),
@@ -341,6 +398,7 @@ class CompactLBFGS(eqx.Module):
             first=first & ~accept,
             action=info.action,
             grad=info.grad,
+            grad_z=keep(g_z, state.grad_z),
             errors=info.errors,
             s_mem=s_mem,
             y_mem=y_mem,
@@ -348,14 +406,11 @@ class CompactLBFGS(eqx.Module):
             yy=yy,
             valid=valid,
             gamma=gamma,
-            scale=scale,
-            meas_curvature=state.meas_curvature,
-            model_curvature=state.model_curvature,
             ym_mem=ym_mem,
             made_at=made_at,
-            grad_meas=jnp.where(accept, grad_meas, state.grad_meas) if self.carry else grad_meas,
+            grad_meas=keep(grad_meas, state.grad_meas) if self.carry else grad_meas,
         )
-        return jnp.where(accept, trial, y), new, info
+        return keep(trial, y), new, info
 
 
 def _value_and_grads(fn, y, rf):
@@ -371,9 +426,11 @@ def _value_and_grads(fn, y, rf):
     return (out[0], errors), grads[0], grads[1]
 
 
-def gauss_newton_diagonals(problem, unknowns, rf0):
-    """The diagonals of JᵀJ of a banded problem's measurement residuals and of its model
-    residuals at R_f = `rf0`, as pytrees like `unknowns`.
+def gauss_newton_tridiagonal(problem, unknowns, rf0):
+    """The per-component tridiagonal part of JᵀJ of a banded problem, in its banded layout:
+    the measurement residuals' diagonal (N, d), the model residuals' (at R_f = `rf0`)
+    diagonal (N, d) and time-neighbour couplings (N − 1, d), and the parameters' diagonals
+    (p,) of each.
 
     Exact, from 2d + p Jacobian-vector products: the states of even and of odd times never
     share a residual row, so one product per (parity, component) finds all their columns.
@@ -386,19 +443,19 @@ def gauss_newton_diagonals(problem, unknowns, rf0):
     probes_p = jnp.eye(2 * d + p, p, k=-2 * d, dtype=dtype)
 
     def columns(ps, pp):
-        _, (node, interval) = jax.jvp(
+        _, out = jax.jvp(
             lambda s, q: problem.banded_residuals(s, q, rf0), (states, params), (ps, pp)
         )
-        return jnp.sum(node**2, axis=-1), jnp.sum(interval**2, axis=-1)
+        return out
 
-    node_sq, interval_sq = jax.vmap(columns)(probes_s, probes_p)  # (2d + p, n), (·, n − 1)
-    times = jnp.arange(n)
-    meas_s = node_sq[colour, times[:, None]]
-    before = jnp.where(times[:, None] > 0, interval_sq[colour, (times - 1)[:, None]], 0)
-    after = jnp.where(
-        times[:, None] < n - 1, interval_sq[colour, jnp.minimum(times, n - 2)[:, None]], 0
-    )
-    model_s = before + after
-    meas_p = jnp.sum(node_sq[2 * d :], axis=1)
-    model_p = jnp.sum(interval_sq[2 * d :], axis=1)
-    return problem.from_banded(meas_s, meas_p), problem.from_banded(model_s, model_p)
+    node, interval = jax.vmap(columns)(probes_s, probes_p)  # (2d + p, n, q), (·, n − 1, k)
+    times = jnp.arange(n)[:, None]
+    meas = jnp.sum(node[colour, times] ** 2, axis=-1)
+    this = interval[colour[:-1], times[:-1]]  # (n − 1, d, k): ∂r_t/∂x_t(a)
+    nxt = interval[colour[1:], times[:-1]]  # ∂r_t/∂x_{t+1}(a)
+    model = jnp.zeros((n, d), dtype).at[:-1].add(jnp.sum(this**2, -1))
+    model = model.at[1:].add(jnp.sum(nxt**2, -1))
+    model_off = jnp.sum(this * nxt, axis=-1)
+    meas_p = jnp.sum(node[2 * d :] ** 2, axis=(1, 2))
+    model_p = jnp.sum(interval[2 * d :] ** 2, axis=(1, 2))
+    return meas, model, model_off, meas_p, model_p

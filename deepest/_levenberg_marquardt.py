@@ -81,7 +81,7 @@ class LevenbergMarquardt(AbstractMinimiser):
         f_struct, aux_struct = jax.eval_shape(fn, y, rf)
         return solver.init(fn, y, rf, {}, f_struct, aux_struct, frozenset())
 
-    def init(self, problem, y, rf0):
+    def init(self, problem, y, rf0, shared):
         return _LMLane(
             inner=self._fresh(problem, y, rf0),
             first=jnp.array(True),
@@ -89,7 +89,7 @@ class LevenbergMarquardt(AbstractMinimiser):
             action=jnp.array(jnp.inf, y.dtype),
         )
 
-    def restart(self, problem, done, y, rf, factor, state):
+    def restart(self, problem, done, y, rf, beta, state, shared):
         # Only the small leaves of a fresh state are taken: the first step after it is
         # accepted unconditionally and recomputes the blocks.
         fresh = self._fresh(problem, y, rf)
@@ -105,7 +105,7 @@ class LevenbergMarquardt(AbstractMinimiser):
             action=jnp.where(done, jnp.inf, state.action),
         )
 
-    def step(self, problem, y, rf, factor, loop_step, state):
+    def step(self, problem, y, rf, beta, loop_step, state, shared):
         solver, fn = self.solver_and_fn(problem)
         y, inner, _ = solver.step(fn, y, rf, {}, state.inner, frozenset())
         accepted = inner.num_accepted_steps > state.inner.num_accepted_steps
@@ -148,7 +148,12 @@ class _BandedNormal(eqx.Module):
 
 def _blocks(jac, n: int, d: int, p: int, dtype):
     """The Jacobian's blocks from 2d + p products: states of even and odd times never
-    share a residual, so one product per (parity, component) finds all their columns."""
+    share a residual, so one product per (parity, component) finds all their columns.
+
+    The products come out probe-major, (2d + p, n, q) and (2d + p, n − 1, k); the colours
+    are selected there and only then moved to the block layout. (Selecting after moving
+    the probe axis last made XLA:CPU fuse the Jacobian-vector products into strided,
+    unvectorised transposes: ≈ 5× slower on the L = 12 benchmark, 64 lanes.)"""
     parity = (jnp.arange(n) % 2)[None, :, None] == jnp.arange(2)[:, None, None]
     states = parity[:, None] & (jnp.arange(d)[None, :, None, None] == jnp.arange(d))
     states = states.astype(dtype).reshape(2 * d, n * d)  # (colour, component) rows
@@ -158,47 +163,71 @@ def _blocks(jac, n: int, d: int, p: int, dtype):
             jnp.concatenate([jnp.zeros((p, n * d), dtype), jnp.eye(p, dtype=dtype)], axis=1),
         ]
     )
-    nodes, intervals = jax.vmap(jac.mv, out_axes=-1)(probes)  # (n, q, 2d + p), (n - 1, k, ·)
-    even = (jnp.arange(n) % 2 == 0)[:, None, None]
-    by_colour = nodes[..., : 2 * d].reshape(nodes.shape[:2] + (2, d))
-    node_jac = jnp.where(even, by_colour[:, :, 0], by_colour[:, :, 1])  # (n, q, d)
-    by_colour = intervals[..., : 2 * d].reshape(intervals.shape[:2] + (2, d))
-    first = jnp.where(even[:-1], by_colour[:, :, 0], by_colour[:, :, 1])  # ∂r_n/∂s_n
-    second = jnp.where(even[:-1], by_colour[:, :, 1], by_colour[:, :, 0])  # ∂r_n/∂s_{n+1}
-    node_params = nodes[..., 2 * d :]  # (n, q, p)
-    interval_params = intervals[..., 2 * d :]  # (n - 1, k, p)
-    return node_jac, first, second, node_params, interval_params
+    nodes, intervals = jax.vmap(jac.mv)(probes)  # (2d + p, n, q), (2d + p, n − 1, k)
+    even = (jnp.arange(n) % 2 == 0)[None, :, None]
+    node_jac = jnp.where(even, nodes[:d], nodes[d : 2 * d])  # (d, n, q)
+    first = jnp.where(even[:, :-1], intervals[:d], intervals[d : 2 * d])  # ∂r_n/∂s_n
+    second = jnp.where(even[:, :-1], intervals[d : 2 * d], intervals[:d])  # ∂r_n/∂s_{n+1}
+    blocks = node_jac, first, second, nodes[2 * d :], intervals[2 * d :]
+    return tuple(jnp.moveaxis(b, 0, -1) for b in blocks)  # (n, q, d), (n − 1, k, d), …
+
+
+def _tmul(a, b):
+    """aᵀb block by block over the leading axes, as an unrolled sum over the contracted
+    rows of broadcast products: one vectorised loop, where XLA:CPU runs a batched dot of
+    tiny matrices one small call per block (measured ≈ 1.5× slower here)."""
+    out = 0
+    for c in range(a.shape[-2]):
+        out = out + a[..., c, :, None] * b[..., c, None, :]
+    return out
 
 
 def _normal(jac, residual, n, d, p, dtype) -> _BandedNormal:
     m, r = residual
     node_jac, first, second, node_params, interval_params = _blocks(jac, n, d, p, dtype)
-
-    def tt(a, b):  # aᵀb, block by block (as a dot: XLA:CPU's einsum transposes first)
-        return jnp.swapaxes(a, -1, -2) @ b
-
-    diagonal = tt(node_jac, node_jac).at[:-1].add(tt(first, first)).at[1:].add(tt(second, second))
-    off = tt(first, second)
-    border = (
-        tt(node_jac, node_params)
-        .at[:-1]
-        .add(tt(first, interval_params))
-        .at[1:]
-        .add(tt(second, interval_params))
+    diagonal = (
+        _tmul(node_jac, node_jac).at[:-1].add(_tmul(first, first)).at[1:].add(_tmul(second, second))
     )
+    off = _tmul(first, second)
+    # the border and the gradient together: the parameters' columns and the residual
+    node_cols = jnp.concatenate([node_params, m[..., None]], axis=-1)  # (n, q, p + 1)
+    interval_cols = jnp.concatenate([interval_params, r[..., None]], axis=-1)
+
+    def cols(a, b):  # aᵀb for the few columns of b, one column at a time
+        return jnp.stack([_tmul(a, b[..., j : j + 1])[..., 0] for j in range(p + 1)], axis=-1)
+
+    border_grad = (
+        cols(node_jac, node_cols)
+        .at[:-1]
+        .add(cols(first, interval_cols))
+        .at[1:]
+        .add(cols(second, interval_cols))
+    )  # (n, d, p + 1)
     corner = jnp.einsum("nki,nkj->ij", node_params, node_params) + jnp.einsum(
         "nki,nkj->ij", interval_params, interval_params
     )
-    grad_s = jnp.einsum("nki,nk->ni", node_jac, m)
-    grad_s = (
-        grad_s.at[:-1]
-        .add(jnp.einsum("nki,nk->ni", first, r))
-        .at[1:]
-        .add(jnp.einsum("nki,nk->ni", second, r))
-    )
     grad_p = jnp.einsum("nki,nk->i", node_params, m) + jnp.einsum("nki,nk->i", interval_params, r)
-    grad = jnp.concatenate([grad_s.reshape(-1), grad_p])
-    return _BandedNormal(diagonal, off, border, corner, grad)
+    grad = jnp.concatenate([border_grad[..., p].reshape(-1), grad_p])
+    return _BandedNormal(diagonal, off, border_grad[..., :p], corner, grad)
+
+
+def _eliminate(aug, m: int):
+    """[A | B] → A⁻¹B for a small A (m × m) that needs no pivoting (symmetric positive
+    definite): Gauss–Jordan that drops each pivot's column once it is eliminated, so the
+    width shrinks from m + w to w and A⁻¹ itself is never formed."""
+    for k in range(m):
+        col = aug[:, 0]
+        row = aug[k, 1:] / col[k]
+        aug = (aug[:, 1:] - col[:, None] * row[None]).at[k].set(row)
+    return aug
+
+
+def _matmul(a, b):
+    """a @ b for small matrices, as an unrolled sum of broadcast products (see `_tmul`)."""
+    out = 0
+    for c in range(a.shape[-1]):
+        out = out + a[..., :, c, None] * b[..., c, None, :]
+    return out
 
 
 def solve_block_tridiagonal(
@@ -216,9 +245,11 @@ def solve_block_tridiagonal(
 
     by block elimination forward in time (S_0 = D_0, S_n = D_n − O_{n−1}ᵀ S_{n−1}⁻¹ O_{n−1},
     each S_n positive definite), back substitution for T⁻¹[a | B], and the Schur
-    complement C − Bᵀ T⁻¹ B for θ. Each S_n is eliminated by a Gauss–Jordan sweep in plain
-    XLA operations rather than LAPACK (see `_linalg.py`: batched LAPACK calls deadlock in
-    programs sharded over several CPU devices, and are no faster on blocks this small).
+    complement C − Bᵀ T⁻¹ B for θ. Each step eliminates [S_n | a_n, B_n | O_n] in one
+    Gauss–Jordan sweep (`_eliminate`) in plain XLA operations rather than LAPACK (see
+    `_linalg.py`: batched LAPACK calls deadlock in programs sharded over several CPU
+    devices, and are no faster on blocks this small); the small products are unrolled
+    broadcast sums (`_matmul`).
 
     **Returns:** `(x, θ)`.
     """
@@ -229,20 +260,20 @@ def solve_block_tridiagonal(
     off_prev = jnp.concatenate([jnp.zeros_like(diagonal[:1]), off])
 
     def forward(carry, block):
-        g_prev, y_prev = carry  # S⁻¹O and S⁻¹(right-hand sides) of the previous time
-        diag, o_prev, o_next, rhs_n = block
-        schur = diag - o_prev.T @ g_prev
-        aug = jnp.concatenate([schur, o_next, rhs_n - o_prev.T @ y_prev], axis=1)
-        solved = gauss_jordan(aug[None], d)[0, :, d:]
-        g, y = solved[:, :d], solved[:, d:]
-        return (g, y), (g, y)
+        # carry: S⁻¹[a | B | O] of the previous time (a and B as updated), i.e. [y | g]
+        diag, rhs_n, o_prev, o_next = block
+        u = _matmul(o_prev.T, carry)
+        aug = jnp.concatenate([diag - u[:, 1 + p :], rhs_n - u[:, : 1 + p], o_next], axis=1)
+        solved = _eliminate(aug, d)
+        return solved, solved
 
-    start = (jnp.zeros((d, d), diagonal.dtype), jnp.zeros_like(rhs[0]))
-    _, (g, y) = jax.lax.scan(forward, start, (diagonal, off_prev, off_next, rhs))
+    start = jnp.zeros((d, 1 + p + d), diagonal.dtype)
+    _, solved = jax.lax.scan(forward, start, (diagonal, rhs, off_prev, off_next))
+    y, g = solved[..., : 1 + p], solved[..., 1 + p :]
 
     def backward(z_next, block):
         g_n, y_n = block
-        z = y_n - g_n @ z_next
+        z = y_n - _matmul(g_n, z_next)
         return z, z
 
     _, z = jax.lax.scan(backward, jnp.zeros_like(y[0]), (g, y), reverse=True)

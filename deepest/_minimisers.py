@@ -19,7 +19,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from ._lbfgs import CompactLBFGS, StepInfo, gauss_newton_diagonals
+from ._lbfgs import CompactLBFGS, Schedule, StepInfo, TridiagonalPreconditioner
 from ._problem import AbstractProblem
 
 
@@ -27,8 +27,9 @@ class AbstractMinimiser(eqx.Module):
     """The minimiser used at each β of [`deepest.anneal`][].
 
     Subclasses say how a problem's unknowns map to the flat vector the annealing loop
-    carries (`flatten`, `unflatten`), start a lane (`init`), step it (`step`, one
-    evaluation of the action) and start its next β (`restart`).
+    carries (`flatten`, `unflatten`), what all lanes share (`prepare`), start a lane
+    (`init`), step it (`step`, one evaluation of the action) and start its next β
+    (`restart`).
     """
 
     @abc.abstractmethod
@@ -43,8 +44,19 @@ class AbstractMinimiser(eqx.Module):
     def unflatten(self, problem: AbstractProblem, y: Float[Array, " n"]) -> PyTree[Array]:
         """The inverse of `flatten`."""
 
+    def prepare(
+        self,
+        problem: AbstractProblem,
+        y0: Float[Array, "lanes n"],
+        rf_table: Array,
+        factors: Float[Array, " n_beta"],
+    ) -> PyTree:
+        """What every lane shares (e.g. a preconditioner), from the initial paths `y0`, the
+        schedule's R_f values and their factors α^β over rf0. Default: nothing."""
+        return None
+
     @abc.abstractmethod
-    def init(self, problem: AbstractProblem, y: Float[Array, " n"], rf0: Array) -> PyTree:
+    def init(self, problem: AbstractProblem, y: Float[Array, " n"], rf0: Array, shared) -> PyTree:
         """The solver state of one lane starting at `y`, at R_f = `rf0`."""
 
     @abc.abstractmethod
@@ -53,11 +65,12 @@ class AbstractMinimiser(eqx.Module):
         problem: AbstractProblem,
         y: Float[Array, " n"],
         rf: Array,
-        factor: Float[Array, ""],
+        beta: Int[Array, ""],
         loop_step: Int[Array, ""],
         state: PyTree,
+        shared: PyTree,
     ) -> tuple[Float[Array, " n"], PyTree, StepInfo]:
-        """One evaluation at R_f = `rf` (= `factor` × rf0). **Returns:** the accepted point,
+        """One evaluation at R_f = `rf`, the lane's β. **Returns:** the accepted point,
         the new state and a [`StepInfo`][deepest._lbfgs.StepInfo]."""
 
     @abc.abstractmethod
@@ -67,11 +80,12 @@ class AbstractMinimiser(eqx.Module):
         done: Bool[Array, ""],
         y: Float[Array, " n"],
         rf: Array,
-        factor: Float[Array, ""],
+        beta: Int[Array, ""],
         state: PyTree,
+        shared: PyTree,
     ) -> PyTree:
-        """Where `done`, the state that starts the next β (R_f = `rf` = `factor` × rf0)
-        from the point `y`; elsewhere `state` unchanged."""
+        """Where `done`, the state that starts β = `beta` (R_f = `rf`) from the point `y`;
+        elsewhere `state` unchanged."""
 
 
 def _errors(problem, u):
@@ -101,13 +115,14 @@ class LBFGS(AbstractMinimiser):
       traffic, the same minima: BENCHMARKS.md). Iterates, gradients and the small m × m
       matrices keep the run's dtype.
     - `precondition`: for problems with banded residuals (e.g. [`deepest.Assimilation`][]),
-      work in variables scaled by the action's Gauss–Newton diagonal at each β, the
-      measurement term's plus R_f times the model term's (computed once per path, at its
-      initial point). Ignored for other problems.
+      work in variables z = Lᵀx with LLᵀ the per-component tridiagonal part of the
+      action's Gauss–Newton matrix at each β (the measurement term's plus R_f times the
+      model term's, from one path's initial point; see `TridiagonalPreconditioner`).
+      Ignored for other problems.
     - `carry_curvature`: keep the pairs across β, rebuilt for the new R_f as
       y = y_m + (R_f'/R_f)·y_f from the gradients of the two terms (one extra reverse pass
       per step), instead of starting each β without curvature. Costs a Gram matrix of the
-      memories per step; measured in BENCHMARKS.md.
+      memories per step and turns the preconditioner off; measured in BENCHMARKS.md.
     - `compact`: False takes the directions from optax's two-loop recursion
       ([`optax.scale_by_lbfgs`][]) instead, with a backtracking Armijo search: the solver
       of earlier versions, kept for comparison (it ignores the three options above).
@@ -132,56 +147,63 @@ class LBFGS(AbstractMinimiser):
     def check(self, problem):
         pass
 
+    def _preconditioned(self, problem):
+        return (
+            self.compact
+            and self.precondition
+            and not self.carry_curvature
+            and problem.has_banded_residuals
+        )
+
     def flatten(self, problem, unknowns):
+        if self._preconditioned(problem):  # the banded layout: [states (N, d), params]
+            states, params = problem.to_banded(unknowns)
+            return jnp.concatenate([states.reshape(-1), params])
         return ravel_pytree(unknowns)[0]
 
     def unflatten(self, problem, y):
+        if self._preconditioned(problem):
+            n, d, _ = problem.banded_shape
+            return problem.from_banded(y[: n * d].reshape(n, d), y[n * d :])
         template = jax.eval_shape(problem.init, jax.random.key(0))
         zeros = jtu.tree_map(lambda s: jnp.zeros(s.shape, y.dtype), template)
         return ravel_pytree(zeros)[1](y)
 
-    def _solver(self, problem, dtype):
+    def _solver(self, dtype):
         if not self.compact:
             return _LBFGSSolver(self.history_length)
         memory = jnp.dtype(dtype if self.memory_dtype is None else self.memory_dtype)
         # Never store pairs more precisely than the iterates.
         if jnp.finfo(memory).bits > jnp.finfo(dtype).bits:
             memory = jnp.dtype(dtype)
-        return CompactLBFGS(
-            self.history_length,
-            memory,
-            self.precondition and problem.has_banded_residuals,
-            self.carry_curvature,
-        )
+        return CompactLBFGS(self.history_length, memory, self.carry_curvature)
 
-    def init(self, problem, y, rf0):
-        solver = self._solver(problem, y.dtype)
+    def prepare(self, problem, y0, rf_table, factors):
+        if not self.compact:
+            return None
+        precond = None
+        if self._preconditioned(problem):
+            precond = TridiagonalPreconditioner.build(
+                problem, self.unflatten(problem, y0[0]), rf_table[0], factors
+            )
+        return Schedule(factors, precond)
+
+    def init(self, problem, y, rf0, shared):
         fn = _action_fn(problem, self.unflatten)
         f_struct, errors_struct = jax.eval_shape(fn, y, rf0)
         if not self.compact:
-            return solver.init(y, errors_struct)
-        curvature = None
-        if solver.precondition:
-            meas, model = gauss_newton_diagonals(problem, self.unflatten(problem, y), rf0)
-            curvature = (self.flatten(problem, meas), self.flatten(problem, model))
-        return solver.init(y, f_struct, errors_struct, curvature)
+            return self._solver(y.dtype).init(y, errors_struct)
+        return self._solver(y.dtype).init(y, f_struct, errors_struct)
 
-    def step(self, problem, y, rf, factor, loop_step, state):
-        solver = self._solver(problem, y.dtype)
+    def step(self, problem, y, rf, beta, loop_step, state, shared):
         fn = _action_fn(problem, self.unflatten)
-        return solver.step(fn, y, rf, factor, loop_step, state)
-
-    def restart(self, problem, done, y, rf, factor, state):
+        solver = self._solver(y.dtype)
         if not self.compact:
-            return _LBFGSSolver(self.history_length).restart(done, state)
-        # The solver's settings do not enter its restart.
-        solver = CompactLBFGS(
-            self.history_length,
-            state.s_mem.dtype,
-            state.meas_curvature.shape[0] > 0,
-            self.carry_curvature,
-        )
-        return solver.restart(done, state, factor)
+            return solver.step(fn, y, rf, loop_step, state)
+        return solver.step(fn, y, rf, beta, loop_step, state, shared)
+
+    def restart(self, problem, done, y, rf, beta, state, shared):
+        return self._solver(y.dtype).restart(done, state)
 
 
 class _LBFGSState(eqx.Module):
@@ -251,7 +273,7 @@ class _LBFGSSolver(eqx.Module):
             ),
         )
 
-    def step(self, fn, y, rf, factor, loop_step, state: _LBFGSState):
+    def step(self, fn, y, rf, loop_step, state: _LBFGSState):
         first = state.first
         trial = jnp.where(first, y, state.y_eval)
         (f, errors), grad = jax.value_and_grad(fn, has_aux=True)(trial, rf)
