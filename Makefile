@@ -17,9 +17,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/deepest anneal configs/lorenz96_L12.yaml
 
-# Notebooks run at smoke size (DEEPEST_SMOKE=1); tests run in float64 (tests/conftest.py).
+# Notebooks run at smoke size (DEEPEST_SMOKE=1); tests run in float64 (tests/conftest.py),
+# in two processes (the suite is bound by XLA compiles, one core each).
 test: $(STAMP)
-	DEEPEST_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q tests --nbmake notebooks
+	DEEPEST_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --dist worksteal tests --nbmake notebooks
 
 lint: $(STAMP)
 	$(BIN)/ruff check deepest tests benchmarks

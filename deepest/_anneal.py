@@ -14,6 +14,7 @@ path that is slow at one β is fast at another, and no lane waits for the batch 
 between them by `jax.shard_map`, and each device runs its own loop.
 """
 
+import collections
 import enum
 import itertools
 import json
@@ -697,7 +698,8 @@ def anneal(
     return result
 
 
-_COMPILED: dict = {}
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+_COMPILED_MAX = 8  # compiled annealing programs kept (least recently used dropped)
 
 
 def _compile(run, static, config, n_dev, params, y0, rf_table, factors, bar_id):
@@ -706,6 +708,7 @@ def _compile(run, static, config, n_dev, params, y0, rf_table, factors, bar_id):
     leaves, treedef = jtu.tree_flatten(static)
     key = (tuple(leaves), treedef, config, n_dev, jtu.tree_structure(params), str(spec))
     try:
+        _COMPILED.move_to_end(key)
         return _COMPILED[key]
     except (KeyError, TypeError):
         pass
@@ -713,5 +716,7 @@ def _compile(run, static, config, n_dev, params, y0, rf_table, factors, bar_id):
     try:
         _COMPILED[key] = compiled
     except TypeError:
-        pass
+        return compiled
+    while len(_COMPILED) > _COMPILED_MAX:  # each holds its executable's memory
+        _COMPILED.popitem(last=False)
     return compiled

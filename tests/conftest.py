@@ -17,3 +17,14 @@ def getkey():
         return sub
 
     return _getkey
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop every compiled program after each test module, so that the suite's memory stays
+    that of one module (CI runs it in one process on a small machine)."""
+    yield
+    import deepest._anneal
+
+    deepest._anneal._COMPILED.clear()
+    jax.clear_caches()

@@ -85,12 +85,11 @@ def test_discrete_action_minimiser_converges_at_the_discretisation_order():
             field, data, rm_d, dim=dim, discretization="euler", steps_per_obs=n_layers
         )
         schedule = deepest.AnnealSchedule(float(rf_d), alpha=2.0, n_beta=1)
-        # Tolerances far below the discretisation error (≥ 1e-4 here), so that the L-BFGS
-        # minimiser stands for the exact discrete one.
-        result = deepest.anneal(
-            problem, schedule, 1, jr.key(0), ftol=1e-15, gtol=1e-11, progress=False
-        )
-        assert bool(result.converged[-1, 0])
+        # The default tolerances (relative decrease 1e-10, gradient 1e-9 of its start) are
+        # far below the discretisation error (≥ 1e-3 here), so that the L-BFGS minimiser
+        # stands for the exact discrete one.
+        result = deepest.anneal(problem, schedule, 1, jr.key(0), progress=False)
+        assert bool(result.converged[-1, 0]), result.stop_reasons()
         exact = jax.vmap(lambda t: reference.evaluate(t)[0])(problem.ts)
         errors.append(float(np.max(np.abs(result.paths[0] - exact))))
         hs.append(t_span / n_layers)
