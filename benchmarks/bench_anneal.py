@@ -9,16 +9,17 @@ The serial baseline's time per path does not depend on how many paths there are,
 is measured on the first `--serial-paths` paths; deepest runs 16, 64 and 256 paths.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_anneal.py [--quick] [--sizes 16 64 256]
-        [--serial-paths 16] [--configs L12 L8] [--minimisers lbfgs optax lm]
+        [--serial-paths 16] [--configs L12 L8] [--minimisers lbfgs lbfgs64 optax lm]
         [--history 10] [--sharded-sizes 64] [--small-sizes 16 64] [--polish-paths 4]
 
 The CPU is split into one XLA device per core. Every row runs on one core, as the serial
 baseline does, except the "N cores" rows (`--sharded-sizes`), where `deepest.anneal`
 shards the paths over all of them.
 
-Three of deepest's minimisers run: the compact, preconditioned L-BFGS (the default), the
-earlier L-BFGS with optax's two-loop directions (`LBFGS(compact=False)`), and the
-block-banded Levenberg–Marquardt. The slower two run at `--small-sizes` only. For each
+Four of deepest's minimisers run: the compact, preconditioned L-BFGS (the default), the
+same with its memory in float64 instead of float32, the earlier L-BFGS with optax's
+two-loop directions (`LBFGS(compact=False)`), and the block-banded Levenberg–Marquardt.
+The last three run at `--small-sizes` only. For each
 minimiser the first `--polish-paths` paths of its smallest run are polished at every β
 with scipy's L-BFGS-B (gtol 1e-13, ftol 1e-15) from the reported points: the worst relative
 drop is the "polish gap" (a level that is a minimum has a gap ≤ 1e-6). The evaluations
@@ -26,7 +27,9 @@ per β are reported with and without carried curvature (`LBFGS(carry_curvature=T
 
 A "floor" row times the vmapped value-and-gradient alone (64 paths, a
 compiled loop, no optimiser) and multiplies it by the serial baseline's evaluations: no
-method that needs as many evaluations can beat it on this machine.
+method that needs as many evaluations can beat it on this machine. The last column is the
+time per path and step (one evaluation each): the serial baseline's per evaluation, the
+floor's per vmapped value-and-gradient, deepest's per lane and loop step.
 """
 
 import argparse
@@ -127,7 +130,7 @@ def main():
     parser.add_argument("--serial-paths", type=int, default=16)
     parser.add_argument("--configs", nargs="+", default=["L12", "L8"])
     parser.add_argument("--history", type=int, default=10)
-    parser.add_argument("--minimisers", nargs="+", default=["lbfgs", "optax", "lm"])
+    parser.add_argument("--minimisers", nargs="+", default=["lbfgs", "lbfgs64", "optax", "lm"])
     parser.add_argument("--small-sizes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--polish-paths", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="L12 only, 16 paths, no polish")
@@ -146,6 +149,10 @@ def main():
         "lbfgs": (
             "deepest.anneal, L-BFGS" + (f", history {args.history}" if args.history != 10 else ""),
             deepest.LBFGS(history_length=args.history),
+        ),
+        "lbfgs64": (
+            "deepest.anneal, L-BFGS, float64 memory",
+            deepest.LBFGS(history_length=args.history, memory_dtype="float64"),
         ),
         "optax": ("deepest.anneal, L-BFGS two-loop (optax)", deepest.LBFGS(compact=False)),
         "lm": ("deepest.anneal, banded LM", deepest.LevenbergMarquardt()),
@@ -195,6 +202,7 @@ def main():
                 serial["iterations"].sum(0).mean(),
                 lowest_fraction(s_final, lowest),
                 serial["compile_time"],
+                1e6 * s_time / serial["iterations"].sum(0).mean(),
             )
         )
         for (m, n, n_dev), r in results.items():
@@ -212,6 +220,7 @@ def main():
                     it,
                     lowest_fraction(r.action[-1], lowest),
                     r.stats["compile_time"],
+                    1e6 * r.stats["run_time"] / (r.stats["loop_steps"] * n),
                 )
             )
             # What a loop that waits at every β for its slowest path would have run.
@@ -244,6 +253,7 @@ def main():
                 serial["iterations"].sum(0).mean(),
                 float("nan"),
                 float("nan"),
+                1e6 * per_eval,
             )
         )
         if args.polish_paths:
@@ -281,14 +291,15 @@ def main():
     print()
     print(
         "| config | method | paths | time per path (s) | speed-up vs serial | "
-        "evaluations per path | fraction at lowest level (5%) | compile (s) |"
+        "evaluations per path | fraction at lowest level (5%) | compile (s) | "
+        "µs per path and step |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        name, method, n, t, speed, it, frac, comp = row
+        name, method, n, t, speed, it, frac, comp, step = row
         print(
             f"| {name} | {method} | {n} | {t:.3f} | {speed:.1f}x | {it:.0f} | {frac:.2f} | "
-            f"{comp:.1f} |"
+            f"{comp:.1f} | {step:.0f} |"
         )
     print()
     print("| config | method | worst polish gap (every β, converged paths) |")

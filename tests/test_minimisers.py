@@ -232,25 +232,35 @@ def _replay(fn, points, history):
     """optax's L-BFGS directions −Hg at `points`, and the compact form's from the same
     pairs, written to slots as the annealing loop writes them."""
     lbfgs = optax.scale_by_lbfgs(history)
+
+    @jax.jit
+    def optax_update(g, state, x):
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 and int64 indices
+            return lbfgs.update(g, state, x)
+
+    @jax.jit
+    def ours_update(g, s_mem, y_mem, valid, slot):
+        sy, yy = s_mem @ y_mem.T, y_mem @ y_mem.T
+        gamma = sy[slot, slot] / yy[slot, slot]
+        return compact_direction(g, s_mem, y_mem, sy, yy, valid, slot, gamma)
+
     state = lbfgs.init(points[0])
-    grads = [jax.grad(fn)(x) for x in points]
+    grad = jax.jit(jax.grad(fn))
+    grads = [grad(x) for x in points]
     n, m = points.shape[1], history
     s_mem = jnp.zeros((m, n))
     y_mem = jnp.zeros((m, n))
     valid = jnp.zeros((m,), bool)
     ours, theirs = [], []
     for k, (x, g) in enumerate(zip(points, grads)):
-        with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 and int64 indices
-            update, state = lbfgs.update(g, state, x)
+        update, state = optax_update(g, state, x)
         if k == 0:
             continue
         slot = (k - 1) % m
         s_mem = s_mem.at[slot].set(x - points[k - 1])
         y_mem = y_mem.at[slot].set(g - grads[k - 1])
         valid = valid.at[slot].set(True)
-        sy, yy = s_mem @ y_mem.T, y_mem @ y_mem.T
-        gamma = sy[slot, slot] / yy[slot, slot]
-        ours.append(compact_direction(g, s_mem, y_mem, sy, yy, valid, slot, gamma))
+        ours.append(ours_update(g, s_mem, y_mem, valid, jnp.asarray(slot)))
         theirs.append(-update)
     return np.asarray(ours), np.asarray(theirs)
 
@@ -285,14 +295,19 @@ def test_compact_lbfgs_directions_equal_optax_on_the_lorenz96_action():
 
     # iterates of optax's own L-BFGS with its zoom line search (Wolfe: sᵀy > 0)
     opt = optax.lbfgs(memory_size=5)
-    state, y, points = opt.init(y0), y0, []
     value_and_grad = optax.value_and_grad_from_state(fn)
-    for _ in range(14):
-        points.append(y)
+
+    @jax.jit
+    def step(y, state):
         with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 and int64 indices
             value, grad = value_and_grad(y, state=state)
             updates, state = opt.update(grad, state, y, value=value, grad=grad, value_fn=fn)
-        y = optax.apply_updates(y, updates)
+        return optax.apply_updates(y, updates), state
+
+    state, y, points = opt.init(y0), y0, []
+    for _ in range(14):
+        points.append(y)
+        y, state = step(y, state)
     ours, theirs = _replay(fn, jnp.stack(points), 5)
     np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12 * np.abs(theirs).max())
 
