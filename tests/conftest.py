@@ -21,8 +21,9 @@ def getkey():
 
 @pytest.fixture(autouse=True, scope="module")
 def _free_compiled_programs():
-    """Drop every compiled program after each test module, so that the suite's memory stays
-    that of one module (CI runs it in one process on a small machine)."""
+    """Drop every compiled program after each test module, so that each test process's
+    memory stays that of one module (CI runs the suite in two processes on a small
+    machine)."""
     yield
     import deepest._anneal
 
