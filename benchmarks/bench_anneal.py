@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 import deepest  # noqa: E402
-from deepest._cli import build_anneal, resolve_anneal_config  # noqa: E402
+from deepest.cli import build_anneal, resolve_anneal_config  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serial_baseline import serial_anneal  # noqa: E402

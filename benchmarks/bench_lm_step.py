@@ -57,7 +57,7 @@ import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 
 import deepest  # noqa: E402
-import deepest._levenberg_marquardt as current  # noqa: E402
+import deepest._annealing._minimiser._levenberg_marquardt as current  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_anneal import load  # noqa: E402

@@ -19,9 +19,9 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from deepest._cli import _load_config  # noqa: E402
-from deepest._experiments import (  # noqa: E402
+from deepest.cli import (  # noqa: E402
     build_data,
+    load_config,
     mean_baseline,
     resolve_train_config,
     run_annealing,
@@ -66,7 +66,7 @@ def main():
     sets = (SMOKE if args.smoke else []) + args.set
     rows = []
     for name, file in EXPERIMENTS.items():
-        config = resolve_train_config(_load_config(os.path.join(ROOT, "configs", file), []), sets)
+        config = resolve_train_config(load_config(os.path.join(ROOT, "configs", file), []), sets)
         data = build_data(config)
         _, _, ann = run_annealing(config, data)
         c = backprop_compile_time(config, data)

@@ -1,64 +1,67 @@
 """deepest: machine learning as statistical data assimilation, in JAX."""
-# ruff: noqa: I001 (the public API is grouped by topic, not sorted)
+# ruff: noqa: I001 (the public API is grouped by science, not sorted)
 
-from . import models as models
+from . import integrators as integrators, models as models
+
+# -- data: observations, twin experiments, training sets --
 from ._data import (
+    FlowMap as FlowMap,
     Observations as Observations,
+    bar_images as bar_images,
     integrate as integrate,
+    noisy_pairs as noisy_pairs,
+    standardised_inputs as standardised_inputs,
     twin_experiment as twin_experiment,
+    twin_generator as twin_generator,
 )
-from ._problem import AbstractProblem as AbstractProblem
 
-# -- foundation: assimilation and annealing (issue 2) --
-from ._anneal import (
+# -- the actions: assimilation, network training, the continuous action --
+from ._assimilation import (
+    Assimilation as Assimilation,
+    ContinuousAssimilation as ContinuousAssimilation,
+    Training as Training,
+    discrete_weights as discrete_weights,
+    residual_network as residual_network,
+    train_continuous as train_continuous,
+)
+
+# -- variational annealing and its minimisers --
+from ._annealing import (
+    AbstractMinimiser as AbstractMinimiser,
+    AbstractProblem as AbstractProblem,
     AnnealResult as AnnealResult,
     AnnealSchedule as AnnealSchedule,
+    LBFGS as LBFGS,
+    LevenbergMarquardt as LevenbergMarquardt,
     StopReason as StopReason,
     anneal as anneal,
     load_result as load_result,
-)
-from ._assimilation import Assimilation as Assimilation
-from ._minimisers import AbstractMinimiser as AbstractMinimiser, LBFGS as LBFGS
-from ._levenberg_marquardt import (
-    LevenbergMarquardt as LevenbergMarquardt,
+    plot_action_levels as plot_action_levels,
+    plot_estimates as plot_estimates,
     solve_block_tridiagonal as solve_block_tridiagonal,
 )
-from ._plot import plot_action_levels as plot_action_levels, plot_estimates as plot_estimates
 
-# -- layered networks, costate sweep, training (issue 3) --
-from ._costate import (
+# -- networks, the costate sweep (backpropagation), training --
+from ._networks import (
     CostateVJP as CostateVJP,
+    FitHistory as FitHistory,
+    LayeredNetwork as LayeredNetwork,
+    RecurrentNetwork as RecurrentNetwork,
     costate_grad as costate_grad,
     costate_sweep as costate_sweep,
     costate_value_and_grad as costate_value_and_grad,
     costate_vjp as costate_vjp,
+    fit as fit,
 )
-from ._fit import FitHistory as FitHistory, fit as fit
-from ._networks import LayeredNetwork as LayeredNetwork, RecurrentNetwork as RecurrentNetwork
-from ._datasets import (
-    FlowMap as FlowMap,
-    bar_images as bar_images,
-    noisy_pairs as noisy_pairs,
-    standardised_inputs as standardised_inputs,
-    twin_generator as twin_generator,
-)
-from ._training import Training as Training
 
-# -- continuous networks and integrators (issue 4) --
-from . import integrators as integrators
+# -- continuous networks (deepest learning) and their integrators --
 from ._continuous import (
     ContinuousNetwork as ContinuousNetwork,
     PiecewiseConstant as PiecewiseConstant,
 )
 from .integrators import partner_sweep as partner_sweep
 
-# -- mechanics and boundary-value problems (issue 5) --
-from ._continuous_assimilation import (
-    ContinuousAssimilation as ContinuousAssimilation,
-    discrete_weights as discrete_weights,
-    residual_network as residual_network,
-    train_continuous as train_continuous,
-)
+# -- Hamiltonian mechanics and two-point boundary-value problems --
 from ._mechanics import (
     Legendre as Legendre,
     QuadraticLagrangian as QuadraticLagrangian,
@@ -66,7 +69,7 @@ from ._mechanics import (
     hamiltonian_field as hamiltonian_field,
     legendre as legendre,
 )
-from ._tpbvp import (
+from ._boundary_value import (
     AbstractBoundaryValueProblem as AbstractBoundaryValueProblem,
     AbstractTPBVPMethod as AbstractTPBVPMethod,
     BoundaryValueProblem as BoundaryValueProblem,

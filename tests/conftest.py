@@ -25,7 +25,7 @@ def _free_compiled_programs():
     memory stays that of one module (CI runs the suite in two processes on a small
     machine)."""
     yield
-    import deepest._anneal
+    import deepest._annealing._anneal
 
-    deepest._anneal._COMPILED.clear()
+    deepest._annealing._anneal._COMPILED.clear()
     jax.clear_caches()

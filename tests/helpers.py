@@ -6,7 +6,7 @@ import jax.random as jr
 import yaml
 
 import deepest
-from deepest._cli import build_anneal, resolve_anneal_config
+from deepest.cli import build_anneal, resolve_anneal_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import deepest
-from deepest._anneal import TRACES
+from deepest._annealing._anneal import TRACES
 
 from .helpers import ROOT, config_problem, small_problem
 

@@ -8,7 +8,7 @@ import optimistix as optx
 import pytest
 
 import deepest
-from deepest._assimilation import DISCRETIZATIONS
+from deepest._assimilation._assimilation import DISCRETIZATIONS
 
 from .helpers import small_problem
 

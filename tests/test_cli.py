@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 import deepest
-from deepest._cli import main
+from deepest.cli import main
 
 from .helpers import ROOT
 
@@ -113,7 +113,7 @@ def test_unknown_set_key(tmp_path, capsys):
 
 
 def test_shipped_configs_resolve():
-    from deepest._cli import resolve_anneal_config
+    from deepest.cli import resolve_anneal_config
 
     for name in ("lorenz96_L12.yaml", "lorenz96_L8.yaml"):
         with open(os.path.join(ROOT, "configs", name)) as f:

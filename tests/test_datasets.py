@@ -6,7 +6,7 @@ import pytest
 import scipy.integrate
 
 import deepest
-from deepest._datasets import BAR_CLASSES, _bar_templates
+from deepest._data._datasets import BAR_CLASSES, _bar_templates
 
 NOISE = 0.005
 

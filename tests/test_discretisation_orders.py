@@ -11,7 +11,7 @@ import scipy.linalg
 from jax.flatten_util import ravel_pytree
 
 import deepest
-from deepest._assimilation import _WITH_MIDPOINTS, DISCRETIZATIONS, model_residuals
+from deepest._assimilation._assimilation import _WITH_MIDPOINTS, DISCRETIZATIONS, model_residuals
 
 # A forced, damped linear oscillator F(t, x) = A x + (0, a cos ωt): the (x, p) system is
 # linear, so the continuous minimiser has a closed form and each discrete action is

@@ -5,8 +5,7 @@ import pytest
 import yaml
 
 import deepest
-from deepest._cli import main
-from deepest._experiments import DEFAULTS, resolve_train_config, rf_scale
+from deepest.cli import main, resolve_train_config, rf_scale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +46,7 @@ def test_train_twin_writes_results(tmp_path, capsys):
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["backprop"]["learning_rate"] == 0.02
     assert resolved["problem"]["rm"] == pytest.approx(1 / 0.005**2)
-    assert set(resolved) == set(DEFAULTS["twin_network"])
+    assert set(resolved) == set(TRAIN_DEFAULTS["twin_network"])
     summary = (out / "summary.txt").read_text()
     assert "annealing" in summary and "backprop" in summary and "test MSE" in summary
     result = deepest.load_result(out)

@@ -13,8 +13,8 @@ import optax
 import pytest
 
 import deepest
-from deepest._lbfgs import CompactLBFGS, Schedule, compact_direction
-from deepest._levenberg_marquardt import _normal
+from deepest._annealing._minimiser._compact import CompactLBFGS, Schedule, compact_direction
+from deepest._annealing._minimiser._levenberg_marquardt import _normal
 
 from .helpers import small_problem
 
@@ -329,7 +329,7 @@ def test_minimiser_arguments_are_checked():
 
 def test_block_tridiagonal_solve_is_exact_under_vmap(getkey):
     # several lanes at once, blocks larger than the eliminations' unrolling is trivial for
-    from deepest._levenberg_marquardt import _eliminate
+    from deepest._annealing._minimiser._levenberg_marquardt import _eliminate
 
     lanes, n, d, p = 3, 6, 8, 1
     size = n * d + p

@@ -10,7 +10,7 @@ import scipy.integrate
 import scipy.linalg
 
 import deepest
-from deepest import _tpbvp
+from deepest._boundary_value import _tpbvp
 
 
 class Linear(deepest.models.AbstractModel):

@@ -1,4 +1,8 @@
 """Dynamical models dx/dt = F(t, x, θ)."""
 
-from ._base import AbstractModel as AbstractModel, parametrised as parametrised
+from ._base import (
+    AbstractModel as AbstractModel,
+    check_estimate as check_estimate,
+    parametrised as parametrised,
+)
 from ._lorenz import Lorenz63 as Lorenz63, Lorenz96 as Lorenz96

@@ -19,8 +19,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from ._lbfgs import CompactLBFGS, Schedule, StepInfo, TridiagonalPreconditioner
-from ._problem import AbstractProblem
+from .._problem import AbstractProblem
+from ._compact import CompactLBFGS, Schedule, StepInfo, TridiagonalPreconditioner
 
 
 class AbstractMinimiser(eqx.Module):

@@ -11,7 +11,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._networks import LayeredNetwork
+from .._networks._networks import LayeredNetwork
 
 TWIN_VARIANTS = ("tanh", "authors")
 

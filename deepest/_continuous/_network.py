@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from ..integrators._reversible import ReversibleRK
+from ..integrators._tableaux import RK4, tableau_coefficients
 from ._adjoint import SOLVES, Integration, segment_forward, segment_sweep
-from .integrators._reversible import ReversibleRK
-from .integrators._tableaux import RK4, tableau_coefficients
 
 
 class PiecewiseConstant(eqx.Module):

@@ -38,7 +38,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree, Scalar
 
-from ._linalg import gauss_jordan
+from .._linalg import gauss_jordan
 
 _Pair = tuple[Array, Array]
 

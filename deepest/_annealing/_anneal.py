@@ -30,8 +30,8 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
-from ._lbfgs import StepInfo
-from ._minimisers import LBFGS, AbstractMinimiser
+from ._minimiser._compact import StepInfo
+from ._minimiser._lbfgs import LBFGS, AbstractMinimiser
 from ._problem import AbstractProblem
 
 

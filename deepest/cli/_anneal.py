@@ -1,14 +1,10 @@
-"""The `deepest` command line: `deepest anneal CONFIG.yaml` and `deepest train CONFIG.yaml`."""
+"""`deepest anneal CONFIG.yaml`: a data-assimilation problem from a config, annealed."""
 
-import argparse
-import copy
-import datetime
 import os
-import sys
 
 import numpy as np
 
-from ._config import check_keys, set_dotted
+from ._config import load_config, merge, out_dir
 
 ANNEAL_DEFAULTS = {
     "model": {"name": "lorenz96", "dim": 20, "params": {}},
@@ -54,28 +50,9 @@ ANNEAL_DEFAULTS = {
 MODELS = ("lorenz96", "lorenz63")
 
 
-def _merge(defaults: dict, config: dict, where: str) -> dict:
-    """Defaults overlaid by `config`, checking every key; sections merge recursively."""
-    check_keys(config, defaults, where)
-    out = copy.deepcopy(defaults)
-    for key, value in config.items():
-        if isinstance(defaults[key], dict) and key not in (
-            "params",
-            "initial_params",
-            "param_ranges",
-            "bounds",
-        ):
-            if not isinstance(value, dict):
-                raise ValueError(f"`{where}.{key}` must be a section (a mapping).")
-            out[key] = _merge(defaults[key], value, f"{where}.{key}")
-        else:
-            out[key] = value
-    return out
-
-
 def resolve_anneal_config(config: dict) -> dict:
     """Check an anneal config (unknown keys, values) and fill in every default."""
-    config = _merge(ANNEAL_DEFAULTS, config or {}, "config")
+    config = merge(ANNEAL_DEFAULTS, config or {}, "config")
     model = config["model"]
     if model["name"] not in MODELS:
         raise ValueError(f"Unknown model {model['name']!r}; use one of {MODELS}.")
@@ -94,7 +71,7 @@ def resolve_anneal_config(config: dict) -> dict:
     rm = np.asarray(problem["rm"], dtype=float)
     if not np.all(np.isfinite(rm)) or np.any(rm <= 0):
         raise ValueError(f"`problem.rm` must be positive and finite; got {problem['rm']}.")
-    from .models._base import check_estimate, parametrised
+    from ..models import check_estimate, parametrised
 
     model = _build_model(model, problem["initial_params"])
     check_estimate(problem["estimate"], parametrised(model)[1])
@@ -106,7 +83,7 @@ def resolve_anneal_config(config: dict) -> dict:
                 f"`data.twin.observed` has indices out of range [0, {dim}): {twin['observed']}."
             )
     a = config["anneal"]
-    from ._anneal import AnnealSchedule
+    from .. import AnnealSchedule
 
     AnnealSchedule(np.asarray(a["rf0"], dtype=float), float(a["alpha"]), a["n_beta"])
     _minimiser(a)
@@ -118,8 +95,7 @@ MINIMISERS = ("lbfgs", "levenberg_marquardt")
 
 def _minimiser(a: dict):
     """The `anneal.minimiser` of a config, with its setting (checked)."""
-    from ._levenberg_marquardt import LevenbergMarquardt
-    from ._minimisers import LBFGS
+    from .. import LBFGS, LevenbergMarquardt
 
     if a["minimiser"] == "lbfgs":
         return LBFGS(history_length=a["history_length"])
@@ -129,7 +105,7 @@ def _minimiser(a: dict):
 
 
 def _build_model(spec: dict, params: dict):
-    from . import models
+    from .. import models
 
     values = {**spec.get("params", {}), **params}
     if spec["name"] == "lorenz96":
@@ -141,9 +117,7 @@ def build_anneal(config: dict):
     """The (problem, schedule, data, true model) an anneal config describes."""
     import jax.random as jr
 
-    from ._anneal import AnnealSchedule
-    from ._assimilation import Assimilation
-    from ._data import Observations, twin_experiment
+    from .. import AnnealSchedule, Assimilation, Observations, twin_experiment
 
     true_model = _build_model(config["model"], {})
     if config["data"]["file"] is not None:
@@ -184,7 +158,7 @@ def build_anneal(config: dict):
 
 def anneal_summary(result, data, true_model, horizon: float) -> str:
     """The text of summary.txt: the best path against the truth, and its forecast."""
-    from ._data import integrate
+    from .. import integrate
 
     best = result.best
     s = result.summary()
@@ -232,37 +206,12 @@ def anneal_summary(result, data, true_model, horizon: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _out_dir(out: str | None, config_path: str, overwrite: bool) -> str:
-    if out is None:
-        stem = os.path.splitext(os.path.basename(config_path))[0]
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = os.path.join("results", f"{stem}-{stamp}")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise FileExistsError(
-            f"{out} exists and is not empty; choose another --out or pass --overwrite."
-        )
-    os.makedirs(out, exist_ok=True)
-    return out
-
-
-def _load_config(path: str, sets: list[str]) -> dict:
-    import yaml
-
-    with open(path) as f:
-        config = yaml.safe_load(f) or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: a config must be a mapping of sections.")
-    for assignment in sets:
-        set_dotted(config, assignment)
-    return config
-
-
 def anneal_from_config(problem, schedule, config: dict, progress: bool):
     """Run [`deepest.anneal`][] with the settings of a resolved config's `anneal` section."""
     import jax.numpy as jnp
     import jax.random as jr
 
-    from ._anneal import anneal
+    from .. import anneal
 
     a = config["anneal"]
     return anneal(
@@ -284,7 +233,7 @@ def run_anneal(config_path: str, sets, out, overwrite, progress) -> str:
     """`deepest anneal`: returns the results folder."""
     import yaml
 
-    config = resolve_anneal_config(_load_config(config_path, sets))
+    config = resolve_anneal_config(load_config(config_path, sets))
     import jax
 
     if config["anneal"]["dtype"] == "float64":
@@ -294,9 +243,9 @@ def run_anneal(config_path: str, sets, out, overwrite, progress) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ._plot import plot_action_levels, plot_estimates
+    from .. import plot_action_levels, plot_estimates
 
-    out = _out_dir(out, config_path, overwrite)
+    out = out_dir(out, config_path, overwrite)
     problem, schedule, data, true_model = build_anneal(config)
     with open(os.path.join(out, "config.yaml"), "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
@@ -318,46 +267,3 @@ def run_anneal(config_path: str, sets, out, overwrite, progress) -> str:
         f.write(summary)
     print(summary, end="")
     return out
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="deepest", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (
-        ("anneal", "variational annealing of a data-assimilation problem"),
-        ("train", "train a network by annealing and by backpropagation"),
-    ):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("config", help="YAML experiment file")
-        p.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config entry, e.g. --set anneal.n_paths=64",
-        )
-        p.add_argument("--out", default=None, help="results folder (default: results/NAME-TIME)")
-        p.add_argument(
-            "--overwrite", action="store_true", help="allow writing into a non-empty results folder"
-        )
-        p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "anneal":
-            out = run_anneal(args.config, args.set, args.out, args.overwrite, not args.no_progress)
-        else:
-            from ._experiments import run_train
-
-            out = run_train(args.config, args.set, args.out, args.overwrite, not args.no_progress)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"results: {out}")
-    for name in ("action_levels.png", "estimates.png", "summary.txt"):
-        if os.path.exists(os.path.join(out, name)):
-            print(f"  {os.path.join(out, name)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,15 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._cli import (
-    ANNEAL_DEFAULTS,
-    _load_config,
-    _merge,
-    _minimiser,
-    _out_dir,
-    anneal_from_config,
-)
-from ._config import check_keys, set_dotted
+from ._anneal import ANNEAL_DEFAULTS, _minimiser, anneal_from_config
+from ._config import check_keys, load_config, merge, out_dir, set_dotted
 
 # The anneal section of `deepest anneal`, with a schedule suited to networks, less the
 # Levenberg–Marquardt setting (a network's action has no banded residuals: L-BFGS only).
@@ -53,7 +46,7 @@ _NETWORK = {
 }
 _PROBLEM = {"rm": None, "state_noise": 0.1}
 
-DEFAULTS = {
+TRAIN_DEFAULTS = {
     "twin_network": {
         "experiment": "twin_network",
         "data": {
@@ -147,9 +140,9 @@ def resolve_train_config(config: dict, sets: Sequence[str] = ()) -> dict:
     config = dict(config or {})
     experiment = config.get("experiment")
     if experiment is None:
-        raise ValueError(f"Set `experiment` to one of {tuple(DEFAULTS)}.")
-    check_keys({experiment: None}, DEFAULTS, "experiment")
-    config = _merge(DEFAULTS[experiment], config, "config")
+        raise ValueError(f"Set `experiment` to one of {tuple(TRAIN_DEFAULTS)}.")
+    check_keys({experiment: None}, TRAIN_DEFAULTS, "experiment")
+    config = merge(TRAIN_DEFAULTS[experiment], config, "config")
     for assignment in sets:
         set_dotted(config, assignment)
     if config["experiment"] != experiment:
@@ -194,7 +187,7 @@ def build_data(config: dict) -> dict:
     plus `generator` (the data-generating map, or None)."""
     import jax.random as jr
 
-    from ._datasets import FlowMap, bar_images, noisy_pairs, twin_generator
+    from .. import FlowMap, bar_images, noisy_pairs, twin_generator
 
     d = config["data"]
     sizes = {s: int(d[f"n_{s}"]) for s in ("train", "validation", "test")}
@@ -230,7 +223,7 @@ def build_data(config: dict) -> dict:
 def network_factory(config: dict, depth: int | None = None):
     """`key -> LayeredNetwork` of the config's architecture (for the residual networks of
     `depth_resolution`, of depth `depth`)."""
-    from ._networks import LayeredNetwork
+    from .. import LayeredNetwork
 
     net = config["network"]
     if config["experiment"] == "depth_resolution":
@@ -286,8 +279,7 @@ def run_annealing(config: dict, data: dict, *, depth: int | None = None, progres
     the summary a dict of the lowest-action path's and the best-validation path's errors."""
     import jax.random as jr
 
-    from ._anneal import AnnealSchedule
-    from ._training import Training
+    from .. import AnnealSchedule, Training
 
     p, a = config["problem"], config["anneal"]
     factory = network_factory(config, depth)
@@ -333,7 +325,7 @@ def run_backprop(config: dict, data: dict, *, depth: int | None = None, progress
     import jax.random as jr
     import optax
 
-    from ._fit import fit
+    from .. import fit
 
     b = config["backprop"]
     factory = network_factory(config, depth)
@@ -438,7 +430,7 @@ def run_train(config_path: str, sets, out, overwrite, progress) -> str:
     """`deepest train`: returns the results folder."""
     import yaml
 
-    config = resolve_train_config(_load_config(config_path, []), sets)
+    config = resolve_train_config(load_config(config_path, []), sets)
     import jax
 
     if config["anneal"]["dtype"] == "float64":
@@ -448,10 +440,10 @@ def run_train(config_path: str, sets, out, overwrite, progress) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ._plot import plot_action_levels
+    from .. import plot_action_levels
 
     data = build_data(config)
-    out = _out_dir(out, config_path, overwrite)
+    out = out_dir(out, config_path, overwrite)
     with open(os.path.join(out, "config.yaml"), "w") as f:
         yaml.safe_dump(copy.deepcopy(config), f, sort_keys=False)
     depths = (

@@ -17,9 +17,9 @@ import jax.tree_util as jtu
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from ._lbfgs import StepInfo
-from ._linalg import gauss_jordan
-from ._minimisers import AbstractMinimiser, _errors
+from ..._linalg import gauss_jordan
+from ._compact import StepInfo
+from ._lbfgs import AbstractMinimiser, _errors
 
 
 class LevenbergMarquardt(AbstractMinimiser):

@@ -12,7 +12,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-from .models._base import parametrised
+from ..models._base import parametrised
 
 
 class Observations(eqx.Module):

@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 
-from ._data import Observations, check_dimension
-from ._tpbvp import AbstractBoundaryValueProblem, TPBVPSolution
-from .models._base import parametrised
+from .._boundary_value._tpbvp import AbstractBoundaryValueProblem, TPBVPSolution
+from .._data._twin import Observations, check_dimension
+from ..models._base import parametrised
 
 
 class ContinuousAssimilation(AbstractBoundaryValueProblem):
@@ -259,8 +259,8 @@ def residual_network(field: Callable, t1: float, n_layers: int):
     as L grows its minimiser converges to the TPBVP solution at the order of the layer map
     (1 for this forward-Euler map).
     """
-    from ._continuous import _takes_time, _TimeField
-    from ._networks import LayeredNetwork
+    from .._continuous._network import _takes_time, _TimeField
+    from .._networks._networks import LayeredNetwork
 
     if n_layers < 1 or not t1 > 0:
         raise ValueError("residual_network needs n_layers ≥ 1 and t1 > 0.")
@@ -311,7 +311,7 @@ def train_continuous(
 
     **Returns:** `(trained_field, losses)`, losses the summed minimised action per step.
     """
-    from ._tpbvp import MultipleShooting, solve_tpbvp
+    from .._boundary_value._tpbvp import MultipleShooting, solve_tpbvp
 
     inputs = jnp.asarray(inputs)
     targets = jnp.asarray(targets)

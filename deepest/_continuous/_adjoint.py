@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from .integrators._reversible import ReversibleRK
-from .integrators._tableaux import (
+from ..integrators._reversible import ReversibleRK
+from ..integrators._tableaux import (
     linearise_stages,
     partner_sweep,
     stages_parameter_vjp,

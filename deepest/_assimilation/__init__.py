@@ -1,0 +1,10 @@
+"""Actions: state and parameter estimation, network training, and the continuous action."""
+
+from ._assimilation import Assimilation as Assimilation
+from ._continuous import (
+    ContinuousAssimilation as ContinuousAssimilation,
+    discrete_weights as discrete_weights,
+    residual_network as residual_network,
+    train_continuous as train_continuous,
+)
+from ._training import Training as Training

@@ -1,0 +1,6 @@
+"""Networks with a continuous layer label, and their adjoints."""
+
+from ._network import (
+    ContinuousNetwork as ContinuousNetwork,
+    PiecewiseConstant as PiecewiseConstant,
+)
