@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 import deepest
-from deepest.cli import main, resolve_train_config, rf_scale
+from deepest.cli import TRAIN_DEFAULTS, main, resolve_train_config, rf_scale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
