@@ -2,10 +2,11 @@
 
 import copy
 import datetime
-import difflib
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from .._misc import did_you_mean
 
 
 def check_keys(config: Mapping[str, Any], allowed: Iterable[str], where: str = "config") -> None:
@@ -13,8 +14,7 @@ def check_keys(config: Mapping[str, Any], allowed: Iterable[str], where: str = "
     allowed = list(allowed)
     for key in config:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, allowed)
             raise ValueError(
                 f"Unknown key {key!r} in {where}.{hint} Valid keys: {', '.join(sorted(allowed))}."
             )

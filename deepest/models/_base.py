@@ -7,6 +7,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._misc import did_you_mean
+
 
 class AbstractModel(eqx.Module):
     """A vector field dx/dt = F(t, x) whose parameters are the module's array fields.
@@ -95,10 +97,7 @@ def check_estimate(estimate: Sequence[str], values: Mapping[str, Array]) -> tupl
     estimate = (estimate,) if isinstance(estimate, str) else tuple(estimate)
     for name in estimate:
         if name not in values:
-            import difflib
-
-            close = difflib.get_close_matches(name, list(values), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, values)
             raise ValueError(
                 f"Cannot estimate unknown parameter {name!r}; the model's parameters are "
                 f"{sorted(values)}.{hint}"
