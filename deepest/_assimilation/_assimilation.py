@@ -10,8 +10,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
-from .._annealing._problem import AbstractProblem
-from .._data._twin import Observations, check_dimension, integrate
+from .._annealing import AbstractProblem
+from .._data import Observations, check_dimension, integrate
 from ..models._base import check_estimate, parametrised
 
 Discretization = Literal["euler", "trapezoid", "rk4", "simpson_hermite", "gauss_legendre"]

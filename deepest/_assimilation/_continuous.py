@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 
-from .._boundary_value._tpbvp import AbstractBoundaryValueProblem, TPBVPSolution
-from .._data._twin import Observations, check_dimension
+from .._boundary_value import AbstractBoundaryValueProblem, TPBVPSolution
+from .._data import Observations, check_dimension
 from ..models._base import parametrised
 
 
@@ -260,7 +260,7 @@ def residual_network(field: Callable, t1: float, n_layers: int):
     (1 for this forward-Euler map).
     """
     from .._continuous._network import _takes_time, _TimeField
-    from .._networks._networks import LayeredNetwork
+    from .._networks import LayeredNetwork
 
     if n_layers < 1 or not t1 > 0:
         raise ValueError("residual_network needs n_layers ≥ 1 and t1 > 0.")
@@ -311,7 +311,7 @@ def train_continuous(
 
     **Returns:** `(trained_field, losses)`, losses the summed minimised action per step.
     """
-    from .._boundary_value._tpbvp import MultipleShooting, solve_tpbvp
+    from .._boundary_value import MultipleShooting, solve_tpbvp
 
     inputs = jnp.asarray(inputs)
     targets = jnp.asarray(targets)

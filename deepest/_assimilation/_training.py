@@ -11,9 +11,8 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
-from .._annealing._problem import AbstractProblem
-from .._networks._costate import CostateVJP
-from .._networks._networks import LayeredNetwork, RecurrentNetwork
+from .._annealing import AbstractProblem
+from .._networks import CostateVJP, LayeredNetwork, RecurrentNetwork
 
 WeightInit = str | Callable[[PRNGKeyArray], eqx.Module]
 
