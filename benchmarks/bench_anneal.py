@@ -133,7 +133,7 @@ def main():
     parser.add_argument("--minimisers", nargs="+", default=["lbfgs", "lbfgs64", "optax", "lm"])
     parser.add_argument("--small-sizes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--polish-paths", type=int, default=4)
-    parser.add_argument("--quick", action="store_true", help="L12 only, 16 paths, no polish")
+    parser.add_argument("--quick", action="store_true", help="L12, 16 paths, L-BFGS and LM")
     parser.add_argument(
         "--sharded-sizes",
         type=int,
@@ -144,7 +144,8 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.small_sizes, args.configs = [16], [16], ["L12"]
-        args.sharded_sizes, args.serial_paths, args.polish_paths = [], 4, 0
+        args.sharded_sizes, args.serial_paths, args.polish_paths = [], 1, 0
+        args.minimisers = ["lbfgs", "lm"]
     minimisers = {
         "lbfgs": (
             "deepest.anneal, L-BFGS" + (f", history {args.history}" if args.history != 10 else ""),

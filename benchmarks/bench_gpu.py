@@ -28,8 +28,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--paths", type=int, default=4096)
     parser.add_argument("--cpu-paths", type=int, default=64)
-    parser.add_argument("--quick", action="store_true", help="256 GPU paths, L12 only")
+    parser.add_argument("--quick", action="store_true", help="256 GPU, 8 CPU paths, L12 only")
     args = parser.parse_args()
+    if args.quick:
+        args.cpu_paths = 8
     configs = ["L12"] if args.quick else ["L12", "L8"]
     n_gpu = 256 if args.quick else args.paths
     backends = [("gpu", n_gpu)] if jax.default_backend() == "gpu" else []

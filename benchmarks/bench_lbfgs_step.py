@@ -13,7 +13,7 @@ and, in the same run, scipy L-BFGS-B (the serial baseline of `bench_anneal.py`) 
 largest speed-up an L-BFGS built on optax can reach with as many evaluations as scipy, with
 no line search and no bookkeeping of its own.
 
-    python benchmarks/bench_lbfgs_step.py [--lanes 16 64] [--histories 3 5 10]
+    python benchmarks/bench_lbfgs_step.py [--quick] [--lanes 16 64] [--histories 3 5 10]
 """
 
 import argparse
@@ -71,7 +71,10 @@ def main():
     parser.add_argument("--lanes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--histories", type=int, nargs="+", default=[3, 5, 10])
     parser.add_argument("--serial-paths", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="16 lanes, history 5, 1 serial path")
     args = parser.parse_args()
+    if args.quick:
+        args.lanes, args.histories, args.serial_paths = [16], [5], 1
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}\n")
     problem, schedule, config = load("L12")
     init = jax.vmap(problem.init)(jr.split(jr.key(config["anneal"]["seed"]), max(args.lanes)))

@@ -7,9 +7,9 @@ calls each (a step: of a compiled loop of `--steps` steps, as the annealing loop
 
 - (a) `_blocks`: the residuals, their linearisation and the 2D + p Jacobian-vector
   products of the two-colour probing, sorted into per-time blocks;
-- (b) the normal blocks JᵀJ, Jᵀr from those blocks (`_normal` fed the blocks as arrays);
-  `_normal` with its `_blocks` in one program is printed too ("(a) + (b) fused"): XLA
-  fuses across the two, and not always for the better;
+- (b) the normal blocks JᵀJ, Jᵀr from those blocks (`banded_normal_equations` fed the
+  blocks as arrays); `banded_normal_equations` with its `_blocks` in one program is
+  printed too ("(a) + (b) fused"): XLA fuses across the two, and not always for the better;
 - (c) `solve_block_tridiagonal` on the damped blocks;
 - (d) one whole step of the optimistix solver as `deepest.anneal` runs it (`solver.step`
   of `LevenbergMarquardt().solver_and_fn`, vmapped, in a compiled loop of steps).
@@ -57,7 +57,10 @@ import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 
 import deepest  # noqa: E402
-import deepest._annealing._minimiser._levenberg_marquardt as current  # noqa: E402
+
+# The module of the current LevenbergMarquardt, whose private parts (the descent and the
+# Jacobian blocks) this benchmark measures, as it does a baseline revision's file.
+current = sys.modules[deepest.LevenbergMarquardt.__module__]
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_anneal import load  # noqa: E402
@@ -65,21 +68,32 @@ from bench_anneal import load  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Where the Levenberg–Marquardt module has lived, newest first, with its package (for its
+# relative imports).
+_LM_FILES = (
+    ("deepest/_annealing/_minimiser/_levenberg_marquardt.py", "deepest._annealing._minimiser"),
+    ("deepest/_levenberg_marquardt.py", "deepest"),
+)
+
+
 def module_at(rev):
-    """`deepest/_levenberg_marquardt.py` at git revision `rev`, imported inside `deepest`."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:deepest/_levenberg_marquardt.py"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    """The Levenberg–Marquardt module at git revision `rev`, imported inside `deepest`."""
+    shown = {
+        package: subprocess.run(
+            ["git", "show", f"{rev}:{file}"], cwd=ROOT, capture_output=True, text=True
+        )
+        for file, package in _LM_FILES
+    }
+    found = [(package, s.stdout) for package, s in shown.items() if s.returncode == 0]
+    if not found:
+        raise FileNotFoundError(f"No Levenberg–Marquardt module at revision {rev}.")
+    package, source = found[0]
     path = os.path.join(tempfile.mkdtemp(), "_lm_baseline.py")
     with open(path, "w") as f:
         f.write(source)
-    spec = importlib.util.spec_from_file_location("deepest._lm_baseline", path)
+    spec = importlib.util.spec_from_file_location(f"{package}._lm_baseline", path)
     module = importlib.util.module_from_spec(spec)
-    module.__package__ = "deepest"
+    module.__package__ = package
     spec.loader.exec_module(module)
     return module
 
@@ -161,14 +175,16 @@ def measure(lm, problem, y, rf, args):
         return residual, Jacobian
 
     blocks = jax.jit(jax.vmap(lambda y: lm._blocks(linearised(y)[1], n, d, p, y.dtype)))
-    normal = jax.jit(jax.vmap(lambda y: lm._normal(*linearised(y)[::-1], n, d, p, y.dtype)))
+    # the normal equations under their name of each version
+    normal_equations = getattr(lm, "banded_normal_equations", None) or lm._normal
+    normal = jax.jit(jax.vmap(lambda y: normal_equations(*linearised(y)[::-1], n, d, p, y.dtype)))
     state = normal(y)
 
-    def from_blocks(blocks, residual):  # `_normal` on Jacobian blocks given as arrays
+    def from_blocks(blocks, residual):  # the normal equations on Jacobian blocks as arrays
         saved = lm._blocks
         lm._blocks = lambda *_: blocks
         try:
-            return lm._normal(None, residual, n, d, p, y.dtype)
+            return normal_equations(None, residual, n, d, p, y.dtype)
         finally:
             lm._blocks = saved
 

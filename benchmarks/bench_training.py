@@ -8,7 +8,7 @@ plain forward pass; accuracy for the bar images) and the wall time, compile excl
 reported separately.
 
     .venv/bin/python benchmarks/bench_training.py            # the configs as shipped
-    .venv/bin/python benchmarks/bench_training.py --smoke    # a quick check of the script
+    .venv/bin/python benchmarks/bench_training.py --quick    # a quick check of the script
 """
 
 import argparse
@@ -30,9 +30,10 @@ from deepest.cli import (  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = {"a: twin (tanh)": "twin_network.yaml", "b: bar images": "bar_images.yaml"}
-SMOKE = [
+QUICK = [
     "anneal.n_paths=2",
     "anneal.n_beta=4",
+    "anneal.max_steps=200",
     "backprop.steps=20",
     "backprop.n_runs=1",
     "data.n_test=50",
@@ -54,7 +55,7 @@ def fmt(e, key):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     parser.add_argument(
         "--set",
         action="append",
@@ -63,7 +64,7 @@ def main():
         help="override an entry of both configs",
     )
     args = parser.parse_args()
-    sets = (SMOKE if args.smoke else []) + args.set
+    sets = (QUICK if args.quick else []) + args.set
     rows = []
     for name, file in EXPERIMENTS.items():
         config = resolve_train_config(load_config(os.path.join(ROOT, "configs", file), []), sets)

@@ -1,7 +1,13 @@
 """deepest: machine learning as statistical data assimilation, in JAX."""
 # ruff: noqa: I001 (the public API is grouped by science, not sorted)
 
-from . import integrators as integrators, models as models
+from . import (
+    annealing as annealing,
+    discretizations as discretizations,
+    integrators as integrators,
+    minimisers as minimisers,
+    models as models,
+)
 
 # -- data: observations, twin experiments, training sets --
 from ._data import (
@@ -17,6 +23,7 @@ from ._data import (
 
 # -- the actions: assimilation, network training, the continuous action --
 from ._assimilation import (
+    AbstractTraining as AbstractTraining,
     Assimilation as Assimilation,
     ContinuousAssimilation as ContinuousAssimilation,
     Training as Training,
@@ -27,6 +34,11 @@ from ._assimilation import (
 
 # -- variational annealing and its minimisers --
 from ._annealing import (
+    AbstractBandedProblem as AbstractBandedProblem,
+    AbstractProgressMeter as AbstractProgressMeter,
+    NoProgressMeter as NoProgressMeter,
+    TqdmProgressMeter as TqdmProgressMeter,
+    save_result as save_result,
     AbstractMinimiser as AbstractMinimiser,
     AbstractProblem as AbstractProblem,
     AnnealResult as AnnealResult,
@@ -43,6 +55,7 @@ from ._annealing import (
 
 # -- networks, the costate sweep (backpropagation), training --
 from ._networks import (
+    AbstractCostateNetwork as AbstractCostateNetwork,
     CostateVJP as CostateVJP,
     FitHistory as FitHistory,
     LayeredNetwork as LayeredNetwork,
@@ -56,8 +69,12 @@ from ._networks import (
 
 # -- continuous networks (deepest learning) and their integrators --
 from ._continuous import (
+    AbstractAdjoint as AbstractAdjoint,
+    AutodiffAdjoint as AutodiffAdjoint,
     ContinuousNetwork as ContinuousNetwork,
+    CostateAdjoint as CostateAdjoint,
     PiecewiseConstant as PiecewiseConstant,
+    ReversibleAdjoint as ReversibleAdjoint,
 )
 from .integrators import partner_sweep as partner_sweep
 

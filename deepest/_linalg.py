@@ -6,7 +6,7 @@ Why not LAPACK: on CPU, jaxlib runs a batched LAPACK call (`jnp.linalg.cholesky`
 program sharded over several CPU devices those pools are shared, and a large enough batch
 deadlocks (seen with two devices and 48 annealing lanes). For blocks of ≲ 40 rows LAPACK's
 per-call overhead also dominates, so the vectorised sweep is as fast (measured in
-`_levenberg_marquardt.py` and `_tpbvp.py`).
+the Levenberg–Marquardt minimiser and the collocation method's Newton solve).
 """
 
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ def gauss_jordan(a: Float[Array, "batch m w"], m: int) -> Float[Array, "batch m 
     aug = jnp.moveaxis(a, 0, -1)
     for k in range(m):
         inv = 1 / aug[k, k]
-        row = aug[k] * inv
+        row = aug[k] * inv[None]
         # Row i ≠ k loses aug[i, k] times row k; column k becomes −aug[i, k] / pivot.
         update = aug - aug[:, k][:, None] * row.at[k].add(inv)[None]
         aug = update.at[k].set(row.at[k].set(inv))

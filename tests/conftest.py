@@ -26,7 +26,4 @@ def _free_compiled_programs():
     memory stays that of one module (CI runs the suite in two processes on a small
     machine)."""
     yield
-    import deepest._annealing._anneal
-
-    deepest._annealing._anneal._COMPILED.clear()
     jax.clear_caches()

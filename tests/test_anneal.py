@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import deepest
-from deepest._annealing._anneal import TRACES
+import deepest.annealing
 
 from .helpers import ROOT, config_problem, small_problem
 
@@ -83,7 +83,7 @@ def test_twin_L8_levels(record_property):
 
 def test_same_key_same_result_and_one_compile(small):
     problem, a = small
-    before = TRACES["anneal"]
+    before = eqx.debug.get_num_traces(deepest.annealing.anneal_lanes)
     b = deepest.anneal(
         small_problem(), SCHEDULE, N_PATHS, jr.key(3), progress=False, save_betas=[0, 11]
     )
@@ -92,7 +92,8 @@ def test_same_key_same_result_and_one_compile(small):
     other = deepest.AnnealSchedule(5e-3, 1.5, 12)  # new keys and rf values, same shapes
     c = deepest.anneal(problem, other, N_PATHS, jr.key(4), progress=False, save_betas=[0, 11])
     assert not np.array_equal(a.action, c.action)
-    assert TRACES["anneal"] == before  # no new trace, so no new compile
+    # no new trace, so no new compile
+    assert eqx.debug.get_num_traces(deepest.annealing.anneal_lanes) == before
 
 
 def test_levels_and_iterations_recorded(small):
@@ -203,6 +204,45 @@ def test_save_and_load(tmp_path, small):
     assert loaded.best == result.best
     t, x = loaded.predict(float(problem.ts[-1]) + 0.5)
     assert x.shape == (200, 8) and np.isfinite(x).all()
+
+
+def test_views_are_properties(small):
+    _, result = small
+    assert result.paths is result.views["paths"]
+    assert result.params is result.views["params"]
+    # a view the problem does not have is an AttributeError that names the ones it has
+    with pytest.raises(AttributeError, match="paths"):
+        _ = result.train_error
+
+
+def test_old_result_folder_loads(tmp_path, small):
+    # Results saved before stop reasons were recorded carry `converged` instead.
+    problem, result = small
+    path = result.save(tmp_path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files if k != "stop_reason"}
+    arrays["converged"] = result.converged
+    np.savez(path, **arrays)
+    loaded = deepest.load_result(tmp_path, problem=problem)
+    np.testing.assert_array_equal(loaded.converged, result.converged)
+    np.testing.assert_array_equal(loaded.action, result.action)
+    assert loaded.stop_reasons()["max_steps"] == int(np.sum(~result.converged))
+
+
+def test_progress_meter_component(small):
+    # `progress=False` is `NoProgressMeter()`: the same program (no new trace), the same run.
+    problem, a = small
+    before = eqx.debug.get_num_traces(deepest.annealing.anneal_lanes)
+    b = deepest.anneal(
+        problem,
+        SCHEDULE,
+        N_PATHS,
+        jr.key(3),
+        progress=deepest.annealing.NoProgressMeter(),
+        save_betas=[0, 11],
+    )
+    np.testing.assert_array_equal(a.action, b.action)
+    assert eqx.debug.get_num_traces(deepest.annealing.anneal_lanes) == before
 
 
 def test_predict_continues_the_truth(small):

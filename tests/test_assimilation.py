@@ -8,7 +8,7 @@ import optimistix as optx
 import pytest
 
 import deepest
-from deepest._assimilation._assimilation import DISCRETIZATIONS
+from deepest.discretizations import DISCRETIZATIONS as SCHEMES
 
 from .helpers import small_problem
 
@@ -57,7 +57,7 @@ def test_action_per_component_weights():
     assert float(problem.action(u, rf)) == pytest.approx(expected, rel=1e-14)
 
 
-@pytest.mark.parametrize("discretization", DISCRETIZATIONS)
+@pytest.mark.parametrize("discretization", [d.name for d in SCHEMES])
 def test_gradient_finite_differences(discretization, getkey):
     mask = np.ones((11, 3), bool)
     mask[3, 1] = mask[7, 0] = False
@@ -110,7 +110,7 @@ def _own_trajectory(discretization, field, x0, h, n):
             # polynomial at h/2, x + h Σ_j (∫_0^½ ℓ_j) K_j with ℓ_j Lagrange on the stages
             r = 3**0.5
             a = jnp.array([[1 / 4, 1 / 4 - r / 6], [1 / 4 + r / 6, 1 / 4]])
-            stage = lambda k, _: k - jax.vmap(field)(x + h * a @ k)
+            stage = lambda k, _: k - jax.vmap(field)(x[None] + h * a @ k)
             k = optx.root_find(stage, newton, jnp.stack([field(x), field(x)])).value
             mid = x + h * ((1 / 4 + r / 8) * k[0] + (1 / 4 - r / 8) * k[1])
             return x + h / 2 * (k[0] + k[1]), (x, mid)
@@ -132,7 +132,7 @@ def _own_trajectory(discretization, field, x0, h, n):
     return jnp.concatenate([xs, last[None]]), None
 
 
-@pytest.mark.parametrize("discretization", DISCRETIZATIONS)
+@pytest.mark.parametrize("discretization", [d.name for d in SCHEMES])
 def test_model_error_vanishes_on_own_trajectory(discretization):
     problem = small_problem(discretization, steps_per_obs=2, n_times=11, dim=6)
     h = float(problem.ts[1] - problem.ts[0])
@@ -178,6 +178,7 @@ def _shared_data():
         ({"estimate": ("forcin",)}, "Did you mean 'forcing'"),
         ({"estimate": ("forcing", "forcing")}, "twice"),
         ({"discretization": "leapfrog"}, "discretization"),
+        ({"discretization": "trapezoidal"}, "Did you mean 'trapezoid'"),
         ({"steps_per_obs": 0}, "steps_per_obs"),
         ({"dim": 3}, "out of range|at least 4"),
     ],
@@ -195,3 +196,13 @@ def test_uneven_times_rejected():
     data = deepest.Observations([0.0, 0.1, 0.3], np.zeros((3, 1)), [0])
     with pytest.raises(ValueError, match="equally spaced"):
         deepest.Assimilation(deepest.models.Lorenz96(), data, rm=1.0, dim=5)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda d: d.name)
+def test_discretization_module_or_its_name(scheme, getkey):
+    # A Module and its name build the same problem: the same action at the same unknowns.
+    by_name = small_problem(scheme.name, n_times=7, dim=6)
+    by_module = small_problem(scheme, n_times=7, dim=6)
+    assert by_module.discretization == scheme
+    u = by_name.init(getkey())
+    assert float(by_module.action(u, 3.0)) == float(by_name.action(u, 3.0))

@@ -123,10 +123,16 @@ def test_bad_input_gets_clear_errors(getkey):
         deepest.ContinuousNetwork(deepest.PiecewiseConstant(field, 3), 1.0, 10)
     with pytest.raises(ValueError, match="adjoint"):
         deepest.ContinuousNetwork(field, 1.0, 10, adjoint="backsolve")
+    with pytest.raises(ValueError, match="Did you mean 'costate'"):
+        deepest.ContinuousNetwork(field, 1.0, 10, adjoint="costates")
     controller = diffrax.PIDController(rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="fixed steps"):
         deepest.ContinuousNetwork(
             field, 1.0, 10, adjoint="reversible", stepsize_controller=controller
+        )
+    with pytest.raises(ValueError, match="fixed steps"):
+        deepest.ContinuousNetwork(
+            field, 1.0, 10, adjoint=deepest.ReversibleAdjoint(), stepsize_controller=controller
         )
     with pytest.raises(ValueError, match="error estimate"):
         deepest.ContinuousNetwork(field, 1.0, 10, stepsize_controller=controller)
@@ -147,3 +153,24 @@ def test_bad_input_gets_clear_errors(getkey):
     net = deepest.ContinuousNetwork(field, 1.0, 10)
     with pytest.raises(ValueError, match="vmap"):
         net(jnp.ones((4, 3)))
+
+
+@pytest.mark.parametrize(
+    "name, adjoint",
+    [
+        ("autodiff", deepest.AutodiffAdjoint()),
+        ("costate", deepest.CostateAdjoint()),
+        ("reversible", deepest.ReversibleAdjoint()),
+    ],
+)
+def test_adjoint_names_stand_for_the_adjoint_modules(name, adjoint, getkey):
+    field = _linear(getkey(), 3)
+    by_name = deepest.ContinuousNetwork(field, 1.0, 10, solver=diffrax.Heun(), adjoint=name)
+    by_module = deepest.ContinuousNetwork(field, 1.0, 10, solver=diffrax.Heun(), adjoint=adjoint)
+    assert isinstance(by_name.adjoint, deepest.AbstractAdjoint)
+    assert by_name.adjoint == adjoint
+    # The adjoint chooses the scheme that runs forward: the reversible one wraps Heun.
+    assert by_name.solver == by_module.solver
+    assert isinstance(by_name.solver, ReversibleRK) == (name == "reversible")
+    x = jr.normal(getkey(), (3,))
+    np.testing.assert_array_equal(by_name(x), by_module(x))

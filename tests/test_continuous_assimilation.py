@@ -50,7 +50,7 @@ def test_envelope_gradient_matches_finite_differences(getkey):
     basis = jnp.eye(4).reshape(4, 2, 2)
     # One compiled, vmapped solve gives the envelope gradient at w0 and the actions at w0 ± h.
     values, envelopes = jax.jit(jax.vmap(action_and_envelope))(
-        jnp.concatenate([w0[None], w0 + h * basis, w0 - h * basis])
+        jnp.concatenate([w0[None], w0[None] + h * basis, w0[None] - h * basis])
     )
     envelope = envelopes[0]
     fd = ((values[1:5] - values[5:]) / (2 * h)).reshape(2, 2)
@@ -131,7 +131,7 @@ def test_training_continuous_network_reduces_the_action(getkey):
     targets = jax.vmap(net)(inputs)
     student = _field(getkey())
     method = deepest.MultipleShooting(2, steps_per_segment=8)
-    trained, losses = deepest.train_continuous(
+    trained, history = deepest.train_continuous(
         student,
         inputs,
         targets,
@@ -139,9 +139,11 @@ def test_training_continuous_network_reduces_the_action(getkey):
         rm=100.0,
         rf=10.0,
         optimiser=optax.adam(0.05),
-        n_steps=30,
+        steps=30,
         method=method,
     )
+    losses = history.train_loss
+    assert losses.shape == (30,)
     assert bool(jnp.all(jnp.isfinite(losses)))
     assert losses[-1] < 0.3 * losses[0], losses
     # The trained layer maps inputs nearer the targets than the initial one.

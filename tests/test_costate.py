@@ -157,7 +157,7 @@ def test_costates_are_state_gradients(index, getkey):
     assert_leafwise_close(grad, jax.grad(lambda n: misfit(n(x)))(net), 1e-12)
 
 
-class SweepOnly(eqx.Module):
+class SweepOnly(deepest.AbstractCostateNetwork):
     """A network with only the per-sample `costate_sweep`, as a continuous network has."""
 
     net: deepest.LayeredNetwork
@@ -176,6 +176,35 @@ def test_costate_grad_generic_over_costate_sweep(getkey):
     wrapped = SweepOnly(net)
     grad = jax.jit(deepest.costate_grad(mse))(wrapped, x, y)
     assert_leafwise_close(grad, reference_grad(mse)(wrapped, x, y), 1e-12)
+
+
+def test_protocol_default_pullback_matches_layered_pullback(getkey):
+    # The protocol's default `costate_pullback` (vmap of the per-sample sweep, gradient
+    # summed over the batch) and the layered network's batched override give the same
+    # costates and gradient.
+    net, x, y = make_case(NETWORKS[2][1], mse, 6, getkey())
+    ys, pullback = net.costate_pullback(x)
+    ys_default, pullback_default = SweepOnly(net).costate_pullback(x)
+    assert jnp.array_equal(ys, ys_default)
+    cotangent = jax.grad(mse)(ys, y)
+    costates, grad = pullback(cotangent)
+    costates_default, grad_default = pullback_default(cotangent)
+    for a, b in zip(costates, costates_default, strict=True):
+        assert jnp.allclose(a, b, rtol=1e-13, atol=1e-15)
+    assert_leafwise_close(grad_default.net, grad, 1e-13)
+
+
+def test_weights_round_trip(getkey):
+    # `with_weights(weights())` is the network; new weights land where `weights()` read them.
+    for net in (NETWORKS[2][1](getkey()), deepest.RecurrentNetwork(2, 3, 1, key=getkey())):
+        assert isinstance(net, deepest.AbstractCostateNetwork)
+        weights = net.weights()
+        assert all(jnp.issubdtype(w.dtype, jnp.inexact) for w in weights)
+        same = net.with_weights(weights)
+        assert jax.tree.structure(same) == jax.tree.structure(net)
+        doubled = net.with_weights([2 * w for w in weights])
+        for w, w2 in zip(weights, doubled.weights(), strict=True):
+            assert jnp.array_equal(2 * w, w2)
 
 
 def test_costate_grad_continuous_network(getkey):

@@ -6,7 +6,6 @@ import pytest
 import scipy.integrate
 
 import deepest
-from deepest._data._datasets import BAR_CLASSES, _bar_templates
 
 NOISE = 0.005
 
@@ -57,10 +56,10 @@ def test_bar_images(positions):
     clean = np.round(np.asarray(images)).reshape(-1, 5, 5)
     # Pixel noise is uniform in [−0.175, 0.175]: rounding recovers the bar exactly.
     assert np.max(np.abs(np.asarray(images).reshape(-1, 5, 5) - clean)) <= 0.175
-    templates = _bar_templates(5, positions)
+    templates = deepest.bar_images.templates(5, positions)
     for image, label in zip(clean, np.argmax(labels, axis=1), strict=False):
         assert any(np.array_equal(image, t) for t in templates[label])
-    rows = clean[np.argmax(labels, 1) == BAR_CLASSES.index("horizontal")]
+    rows = clean[np.argmax(labels, 1) == deepest.bar_images.classes.index("horizontal")]
     assert np.all(np.sort(rows.sum(axis=2), axis=1)[:, -1] == 5)  # one full row
     if positions == "all":
         # More than one bar position per class occurs.

@@ -11,7 +11,7 @@ import scipy.linalg
 from jax.flatten_util import ravel_pytree
 
 import deepest
-from deepest._assimilation._assimilation import _WITH_MIDPOINTS, DISCRETIZATIONS, model_residuals
+from deepest.discretizations import DISCRETIZATIONS as SCHEMES, RK4, as_discretization
 
 # A forced, damped linear oscillator F(t, x) = A x + (0, a cos ωt): the (x, p) system is
 # linear, so the continuous minimiser has a closed form and each discrete action is
@@ -71,15 +71,15 @@ def _discrete_minimiser(problem, rf, unknowns):
     compile than `jax.hessian`)."""
     v, unravel = ravel_pytree(unknowns)
     grad = jax.vmap(jax.grad(lambda v: problem.action(unravel(v), rf)))
-    gradients = grad(jnp.concatenate([v[None], v + jnp.eye(v.size, dtype=v.dtype)]))
-    hessian = gradients[1:] - gradients[0]
+    gradients = grad(jnp.concatenate([v[None], v[None] + jnp.eye(v.size, dtype=v.dtype)]))
+    hessian = gradients[1:] - gradients[:1]
     return unravel(v - jnp.linalg.solve(hessian, gradients[0]))
 
 
 ORDERS = {"euler": 1, "trapezoid": 2, "rk4": 1, "simpson_hermite": 2, "gauss_legendre": 4}
 
 
-@pytest.mark.parametrize("discretization", DISCRETIZATIONS)
+@pytest.mark.parametrize("discretization", [d.name for d in SCHEMES])
 def test_discrete_minimiser_converges_at_the_discretisation_order(discretization):
     # The discrete action with deepest.discrete_weights approximates the continuous one; its
     # minimiser's error at the model times, against the continuous minimiser, at three steps.
@@ -101,7 +101,7 @@ def test_discrete_minimiser_converges_at_the_discretisation_order(discretization
             steps_per_obs=steps_per_obs,
         )
         unknowns = {"path": jnp.zeros((problem.n_model, 2)), "params": {}}
-        if discretization in _WITH_MIDPOINTS:
+        if as_discretization(discretization).has_midpoints:
             unknowns["midpoints"] = jnp.zeros((problem.n_model - 1, 2))
         minimiser = _discrete_minimiser(problem, rf, unknowns)
         exact = continuous_minimiser(np.asarray(problem.ts))
@@ -118,7 +118,7 @@ def test_discrete_minimiser_converges_at_the_discretisation_order(discretization
     assert expected - 0.2 < order < expected + 0.3, (errors, order)
 
 
-@pytest.mark.parametrize("discretization", DISCRETIZATIONS)
+@pytest.mark.parametrize("discretization", [d.name for d in SCHEMES])
 def test_time_dependent_field_gets_scalar_times(discretization):
     # forced_oscillator asserts a scalar t when traced; the action must be finite.
     data = deepest.Observations(TIMES, VALUES, [0, 1])
@@ -142,7 +142,7 @@ def test_rk4_residual_uses_the_stage_times():
         k3 = field(t + h / 2, x[-1] + h / 2 * k2)
         k4 = field(t + h, x[-1] + h * k3)
         x.append(x[-1] + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4))
-    (residual,) = model_residuals(forced_oscillator, "rk4", jnp.asarray(ts), jnp.stack(x), {})
+    (residual,) = RK4().residuals(forced_oscillator, jnp.asarray(ts), jnp.stack(x), {})
     assert float(jnp.max(jnp.abs(residual))) < 1e-15
 
 

@@ -63,14 +63,14 @@ def test_fit_matches_handwritten_optax_loop(batch_size, getkey):
     x, y = regression(getkey(), 13)
     net = small_net(getkey())
     key = getkey()
-    optimizer = optax.adam(1e-2)
+    optimiser = optax.adam(1e-2)
     steps = 7
     trained, history = deepest.fit(
-        net, mse, (x, y), optimizer, steps, key, batch_size=batch_size, progress=False
+        net, mse, (x, y), optimiser, steps, key, batch_size=batch_size, progress=False
     )
 
     params, static = eqx.partition(net, eqx.is_inexact_array)
-    opt_state = optimizer.init(params)
+    opt_state = optimiser.init(params)
 
     def loss_fn(p, xb, yb):
         return mse(jax.vmap(eqx.combine(p, static))(xb), yb)
@@ -86,7 +86,7 @@ def test_fit_matches_handwritten_optax_loop(batch_size, getkey):
             xb, yb = x[index], y[index]
         loss, grad = jax.value_and_grad(loss_fn)(params, xb, yb)
         with jax.numpy_dtype_promotion("standard"):  # optax is not strict-promotion clean
-            updates, opt_state = optimizer.update(grad, opt_state, params)
+            updates, opt_state = optimiser.update(grad, opt_state, params)
             params = optax.apply_updates(params, updates)
         losses.append(loss)
     assert jnp.allclose(history.train_loss, jnp.stack(losses), rtol=1e-12)
@@ -132,7 +132,7 @@ def test_fit_bad_input(getkey):
         deepest.fit(net, mse, (jnp.ones((8, 2)), y), adam, 2, getkey(), progress=False)
     with pytest.raises(ValueError, match="targets have shape"):
         deepest.fit(net, mse, (x, jnp.ones((8, 3))), adam, 2, getkey(), progress=False)
-    with pytest.raises(TypeError, match="optimizer"):
+    with pytest.raises(TypeError, match="optimiser"):
         deepest.fit(net, mse, (x, y), "adam", 2, getkey(), progress=False)
     with pytest.raises(TypeError, match="pair"):
         deepest.fit(net, mse, x, adam, 2, getkey(), progress=False)

@@ -13,8 +13,15 @@ import optax
 import pytest
 
 import deepest
-from deepest._annealing._minimiser._compact import CompactLBFGS, Schedule, compact_direction
-from deepest._annealing._minimiser._levenberg_marquardt import _normal
+import deepest.annealing
+from deepest.minimisers import (
+    CompactLBFGS,
+    Schedule,
+    TridiagonalPreconditioner,
+    banded_normal_equations,
+    compact_direction,
+    solve_by_elimination,
+)
 
 from .helpers import small_problem
 
@@ -102,7 +109,7 @@ def test_normal_blocks_match_the_dense_jacobian(discretization, steps_per_obs, m
         class Jacobian:
             mv = staticmethod(linear)
 
-        return _normal(Jacobian, residuals, n, d, p, y.dtype)
+        return banded_normal_equations(Jacobian, residuals, n, d, p, y.dtype)
 
     blocks = normal(y)
     jac = jax.jit(jax.jacfwd(residual))(y)
@@ -327,9 +334,17 @@ def test_minimiser_arguments_are_checked():
         deepest.anneal(training, schedule, 2, jr.key(0), minimiser=deepest.LevenbergMarquardt())
 
 
+def test_preconditioner_needs_a_banded_problem():
+    xs = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    training = deepest.Training(deepest.LayeredNetwork([3, 3, 3], key=jr.key(0)), xs, xs, rm=1.0)
+    assert not isinstance(training, deepest.annealing.AbstractBandedProblem)
+    assert isinstance(_problem("trapezoid", 1, False), deepest.annealing.AbstractBandedProblem)
+    with pytest.raises(TypeError, match="AbstractBandedProblem"):
+        TridiagonalPreconditioner.build(training, training.init(jr.key(0)), 1.0, jnp.ones(2))
+
+
 def test_block_tridiagonal_solve_is_exact_under_vmap(getkey):
     # several lanes at once, blocks larger than the eliminations' unrolling is trivial for
-    from deepest._annealing._minimiser._levenberg_marquardt import _eliminate
 
     lanes, n, d, p = 3, 6, 8, 1
     size = n * d + p
@@ -362,7 +377,7 @@ def test_block_tridiagonal_solve_is_exact_under_vmap(getkey):
     # the column-dropping Gauss–Jordan sweep: [A | B] → A⁻¹B
     a, b = matrices[0, :d, :d], matrices[0, :d, d : 3 * d + 1]
     np.testing.assert_allclose(
-        _eliminate(jnp.concatenate([a, b], axis=1), d),
+        solve_by_elimination(jnp.concatenate([a, b], axis=1), d),
         np.linalg.solve(a, b),
         rtol=1e-12,
         atol=1e-15,

@@ -153,6 +153,21 @@ def test_recurrent_training():
     assert result.train_error[best] < 1e-4
 
 
+def test_problem_follows_the_network():
+    # A network wrapped by `costate_vjp` is trained as the network itself; a recurrent
+    # network's action takes one R_m (its only measurement is the readout).
+    net = deepest.LayeredNetwork([3, 4, 2], jnp.tanh, key=jr.key(0))
+    x, y = jr.normal(jr.key(1), (5, 3)), jr.normal(jr.key(2), (5, 2))
+    plain = deepest.Training(net, x, y, rm=2.0)
+    wrapped = deepest.Training(deepest.costate_vjp(net), x, y, rm=2.0)
+    u = plain.init(jr.key(3))
+    assert float(wrapped.action(u, 3.0)) == float(plain.action(u, 3.0))
+    rnn = deepest.RecurrentNetwork(2, 3, 1, key=jr.key(4))
+    us = jr.normal(jr.key(5), (4, 6, 2))
+    with pytest.raises(ValueError, match="scalar for a recurrent network"):
+        deepest.Training(rnn, us, jax.vmap(rnn)(us), rm=[1.0, 2.0])
+
+
 def test_classification_views():
     images, labels = deepest.bar_images(12, jr.key(0))
     net = deepest.LayeredNetwork([25, 6, 4], jax.nn.sigmoid, key=jr.key(1))

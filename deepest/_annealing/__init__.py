@@ -1,17 +1,34 @@
 """Variational annealing: problems, the `anneal` entry, its loop, minimisers and solution."""
 
-from ._anneal import (
-    AnnealResult as AnnealResult,
-    AnnealSchedule as AnnealSchedule,
-    StopReason as StopReason,
-    anneal as anneal,
-    load_result as load_result,
-)
+from ._anneal import anneal as anneal
+from ._loop import LoopConfig as LoopConfig, anneal_lanes as anneal_lanes
 from ._minimiser import (
     LBFGS as LBFGS,
     AbstractMinimiser as AbstractMinimiser,
+    CompactLBFGS as CompactLBFGS,
     LevenbergMarquardt as LevenbergMarquardt,
+    Schedule as Schedule,
+    StepInfo as StepInfo,
+    TridiagonalPreconditioner as TridiagonalPreconditioner,
+    banded_normal_equations as banded_normal_equations,
+    compact_direction as compact_direction,
     solve_block_tridiagonal as solve_block_tridiagonal,
+    solve_by_elimination as solve_by_elimination,
 )
 from ._plot import plot_action_levels as plot_action_levels, plot_estimates as plot_estimates
-from ._problem import AbstractProblem as AbstractProblem
+from ._problem import (
+    AbstractBandedProblem as AbstractBandedProblem,
+    AbstractProblem as AbstractProblem,
+)
+from ._progress import (
+    AbstractProgressMeter as AbstractProgressMeter,
+    NoProgressMeter as NoProgressMeter,
+    TqdmProgressMeter as TqdmProgressMeter,
+)
+from ._schedule import AnnealSchedule as AnnealSchedule
+from ._solution import (
+    AnnealResult as AnnealResult,
+    StopReason as StopReason,
+    load_result as load_result,
+    save_result as save_result,
+)

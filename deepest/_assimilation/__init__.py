@@ -7,4 +7,13 @@ from ._continuous import (
     residual_network as residual_network,
     train_continuous as train_continuous,
 )
-from ._training import Training as Training
+from ._discretization import (
+    AbstractDiscretization as AbstractDiscretization,
+    as_discretization as as_discretization,
+)
+from ._training import (
+    AbstractTraining as AbstractTraining,
+    LayeredTraining as LayeredTraining,
+    RecurrentTraining as RecurrentTraining,
+    Training as Training,
+)

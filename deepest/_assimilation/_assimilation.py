@@ -1,7 +1,6 @@
 """The data-assimilation action for a model observed at some times in some components."""
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -10,87 +9,13 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
-from .._annealing import AbstractProblem
+from .._annealing import AbstractBandedProblem
 from .._data import Observations, check_dimension, integrate
 from ..models._base import check_estimate, parametrised
-
-Discretization = Literal["euler", "trapezoid", "rk4", "simpson_hermite", "gauss_legendre"]
-DISCRETIZATIONS = ("euler", "trapezoid", "rk4", "simpson_hermite", "gauss_legendre")
-# The discretisations whose unknowns include each interval's midpoint state.
-_WITH_MIDPOINTS = ("simpson_hermite", "gauss_legendre")
-# Gauss–Legendre points 1/2 ± √3/6 of [0, 1] (each of weight 1/2).
-_GAUSS_OFFSET = 3.0**0.5 / 6
+from ._discretization import AbstractDiscretization, as_discretization
 
 
-def _rk4_step(field, t, x, h, theta):
-    k1 = field(t, x, theta)
-    k2 = field(t + h / 2, x + h / 2 * k1, theta)
-    k3 = field(t + h / 2, x + h / 2 * k2, theta)
-    k4 = field(t + h, x + h * k3, theta)
-    return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-
-
-def model_residuals(
-    field: Callable,
-    discretization: Discretization,
-    ts: Float[Array, " n"],
-    path: Float[Array, "n dim"],
-    theta: Mapping[str, Array],
-    midpoints: Float[Array, "n-1 dim"] | None = None,
-) -> tuple[Float[Array, "n-1 dim"], ...]:
-    """The residuals x(n+1) − x(n) − Δ(x(n), x(n+1), θ) of one discretisation.
-
-    - `euler`: Δ = h F(t_n, x_n).
-    - `trapezoid`: Δ = h/2 (F(t_n, x_n) + F(t_{n+1}, x_{n+1})).
-    - `rk4`: Δ = RK4(x_n) − x_n, the classical Runge–Kutta step as a forward map.
-    - `simpson_hermite` (varanneal's form, with the midpoint states x_m as unknowns): the
-      Simpson residual x_{n+1} − x_n − h/6 (F_n + 4F_m + F_{n+1}) and the Hermite midpoint
-      residual x_m − (x_n + x_{n+1})/2 − h/8 (F_n − F_{n+1}).
-    - `gauss_legendre` (midpoint states x_m as unknowns): the path on each interval is the
-      quadratic through x_n, x_m, x_{n+1}, and the residuals are √(1/2)·h·(ẋ − F) at the two
-      Gauss–Legendre points t_n + (1/2 ± √3/6) h, so that Σ|r|² is Gauss quadrature of
-      h ∫ |ẋ − F|² dt. All residuals zero is the 2-stage Gauss–Legendre collocation step.
-
-    With a time-dependent field F(t, x, θ) every call gets a scalar time.
-
-    Returns a tuple of residual arrays (one, or two for Simpson–Hermite and Gauss–Legendre).
-    """
-    vfield = jax.vmap(field, in_axes=(0, 0, None))
-    hs = ts[1:] - ts[:-1]
-    h = hs[:, None]
-    x0, x1 = path[:-1], path[1:]
-    if discretization == "euler":
-        return (x1 - x0 - h * vfield(ts[:-1], x0, theta),)
-    if discretization == "rk4":
-        # the step sizes enter scalar per interval, so the stage times t + h/2 are scalars
-        step = jax.vmap(_rk4_step, in_axes=(None, 0, 0, 0, None))
-        return (x1 - step(field, ts[:-1], x0, hs, theta),)
-    if discretization == "gauss_legendre":
-        # quadratic through (0, x0), (1/2, xm), (1, x1) at s = 1/2 ± d: its value
-        # (x0 + x1)/6 + 2 xm/3 ± d (x1 − x0) and its h-scaled slope (x1 − x0) ± 4d (x0 − 2 xm + x1)
-        xm = midpoints
-        d = _GAUSS_OFFSET
-        mean, diff, curve = (x0 + x1) / 6 + 2 * xm / 3, x1 - x0, x0 - 2 * xm + x1
-        out = []
-        for sign in (-1.0, 1.0):
-            t = ts[:-1] + (0.5 + sign * d) * hs
-            x = mean + sign * d * diff
-            slope = diff + sign * 4 * d * curve
-            out.append(0.5**0.5 * (slope - h * vfield(t, x, theta)))
-        return tuple(out)
-    f = vfield(ts, path, theta)
-    f0, f1 = f[:-1], f[1:]
-    if discretization == "trapezoid":
-        return (x1 - x0 - h / 2 * (f0 + f1),)
-    if discretization == "simpson_hermite":
-        fm = vfield((ts[:-1] + ts[1:]) / 2, midpoints, theta)
-        simpson = x1 - x0 - h / 6 * (f0 + 4 * fm + f1)
-        hermite = midpoints - (x0 + x1) / 2 - h / 8 * (f0 - f1)
-        return simpson, hermite
-    raise ValueError(f"Unknown discretization {discretization!r}; use one of {DISCRETIZATIONS}.")
-
-
-class Assimilation(AbstractProblem):
+class Assimilation(AbstractBandedProblem):
     r"""Estimate a model's path and parameters from noisy partial observations.
 
     The action (varanneal's per-term normalisation) is
@@ -99,7 +24,8 @@ class Assimilation(AbstractProblem):
       + \frac{R_f}{D (N_\text{model} − 1)} \sum_{n,a} (x_a(n+1) − x_a(n) − Δ_a)^2$$
 
     with Δ one step of `discretization` (Simpson–Hermite adds a second, midpoint residual
-    to the same sum; Gauss–Legendre has two residuals per step, see `model_residuals`).
+    to the same sum; Gauss–Legendre has two residuals per step, see
+    [`deepest.discretizations`][]).
     With `mask`ed data the first denominator counts measured entries. With R_m = 1/σ² the
     measurement term of a path consistent with the data is ≈ 1.
 
@@ -113,11 +39,12 @@ class Assimilation(AbstractProblem):
     - `data`: the [`deepest.Observations`][] (equally spaced times).
     - `rm`: the measurement weight R_m > 0, scalar or one per observed component.
     - `dim`: the number D of model components (default: from `data.truth`, else required).
-    - `discretization`: "euler", "trapezoid" (default), "rk4", "simpson_hermite" or
-      "gauss_legendre" (the last two with each interval's midpoint state as unknowns). With
+    - `discretization`: an [`deepest.discretizations.AbstractDiscretization`][] or its
+      name: "euler", "trapezoid" (default), "rk4", "simpson_hermite" or "gauss_legendre"
+      (the last two with each interval's midpoint state as unknowns). With
       [`deepest.discrete_weights`][] the minimiser converges to the continuous action's
       minimiser (the TPBVP solution) at order 1 for "euler" and "rk4", 2 for "trapezoid"
-      and "simpson_hermite", 4 for "gauss_legendre"; see `model_residuals`.
+      and "simpson_hermite", 4 for "gauss_legendre" (each Module's `order`).
     - `steps_per_obs`: model steps between consecutive observation times.
     - `estimate`: names of the parameters to estimate, e.g. `("forcing",)`.
     - `params`: parameter values for a callable model.
@@ -138,7 +65,7 @@ class Assimilation(AbstractProblem):
     data: Observations
     rm: Float[Array, "*n_observed"]
     dim: int = eqx.field(static=True)
-    discretization: str = eqx.field(static=True)
+    discretization: AbstractDiscretization
     steps_per_obs: int = eqx.field(static=True)
     estimate: tuple[str, ...] = eqx.field(static=True)
     state_range: tuple[float, float] = eqx.field(static=True)
@@ -152,7 +79,7 @@ class Assimilation(AbstractProblem):
         rm: ArrayLike,
         *,
         dim: int | None = None,
-        discretization: Discretization = "trapezoid",
+        discretization: str | AbstractDiscretization = "trapezoid",
         steps_per_obs: int = 1,
         estimate: Sequence[str] = (),
         params: Mapping[str, ArrayLike] | None = None,
@@ -167,10 +94,7 @@ class Assimilation(AbstractProblem):
                 raise ValueError("Pass `dim`: the data carry no `truth` to read it from.")
             dim = data.truth.shape[1]
         dim = check_dimension(model, data.observed, dim)
-        if discretization not in DISCRETIZATIONS:
-            raise ValueError(
-                f"Unknown discretization {discretization!r}; use one of {DISCRETIZATIONS}."
-            )
+        discretization = as_discretization(discretization)
         if int(steps_per_obs) != steps_per_obs or steps_per_obs < 1:
             raise ValueError(f"`steps_per_obs` must be a positive integer; got {steps_per_obs}.")
         dts = np.diff(np.asarray(data.times))
@@ -233,7 +157,7 @@ class Assimilation(AbstractProblem):
         """The model times."""
         t = self.data.times
         frac = jnp.arange(self.steps_per_obs, dtype=t.dtype) / self.steps_per_obs
-        inner = (t[:-1, None] + (t[1:] - t[:-1])[:, None] * frac).reshape(-1)
+        inner = (t[:-1, None] + (t[1:] - t[:-1])[:, None] * frac[None, :]).reshape(-1)
         return jnp.concatenate([inner, t[-1:]])
 
     # -- unknowns -----------------------------------------------------------------------
@@ -272,7 +196,7 @@ class Assimilation(AbstractProblem):
                 theta = jnp.log(s) - jnp.log1p(-s)
             params[name] = theta
         unknowns = {"path": path, "params": params}
-        if self.discretization in _WITH_MIDPOINTS:
+        if self.discretization.has_midpoints:
             unknowns["midpoints"] = (path[:-1] + path[1:]) / 2
         return unknowns
 
@@ -280,7 +204,8 @@ class Assimilation(AbstractProblem):
     def measurement_error(self, unknowns: PyTree[Array]) -> Scalar:
         """R_m/(L·N_obs) Σ (x_l(t_n) − y_l(t_n))², over measured entries."""
         x = unknowns["path"][:: self.steps_per_obs][:, jnp.asarray(self.data.observed)]
-        sq = self.rm * (x - self.data.values) ** 2
+        diff = x - self.data.values
+        sq = jnp.broadcast_to(self.rm, diff.shape) * diff**2
         if self.data.mask is None:
             return jnp.mean(sq)
         mask = self.data.mask
@@ -289,9 +214,8 @@ class Assimilation(AbstractProblem):
     def _model_residuals(self, unknowns: PyTree[Array]) -> tuple[Array, ...]:
         theta = {**self.values, **self.parameters(unknowns)}
         theta = {n: theta[n] for n in self.estimate}
-        return model_residuals(
+        return self.discretization.residuals(
             self.field,
-            self.discretization,
             self.ts,
             unknowns["path"],
             theta,
@@ -301,7 +225,8 @@ class Assimilation(AbstractProblem):
     def model_term(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:
         """R_f/(D·(N_model − 1)) Σ residual², with `rf` scalar or per component (D,)."""
         residuals = self._model_residuals(unknowns)
-        total = sum(jnp.sum(rf * r**2) for r in residuals)
+        # `rf` scalar or per component: broadcast along the intervals explicitly
+        total = sum(jnp.sum(jnp.broadcast_to(rf, r.shape) * r**2) for r in residuals)
         return total / (self.dim * (self.n_model - 1))
 
     def model_error(self, unknowns: PyTree[Array]) -> Scalar:
@@ -314,12 +239,8 @@ class Assimilation(AbstractProblem):
 
     # -- banded residuals (for deepest.LevenbergMarquardt) ----------------------------
     @property
-    def has_banded_residuals(self) -> bool:
-        return True
-
-    @property
     def banded_shape(self) -> tuple[int, int, int]:
-        width = 2 * self.dim if self.discretization in _WITH_MIDPOINTS else self.dim
+        width = 2 * self.dim if self.discretization.has_midpoints else self.dim
         n_params = sum(int(np.size(self.values[name])) for name in self.estimate)
         return self.n_model, width, n_params
 
@@ -328,7 +249,7 @@ class Assimilation(AbstractProblem):
         first node (the last row's midpoint slot is padding, zero), and the estimated
         parameters flattened in `estimate` order."""
         states = unknowns["path"]
-        if self.discretization in _WITH_MIDPOINTS:
+        if self.discretization.has_midpoints:
             mid = jnp.concatenate([unknowns["midpoints"], jnp.zeros_like(states[:1])])
             states = jnp.concatenate([states, mid], axis=1)
         flat = [jnp.ravel(unknowns["params"][name]) for name in self.estimate]
@@ -343,7 +264,7 @@ class Assimilation(AbstractProblem):
             out[name] = params[start : start + size].reshape(shape)
             start += size
         unknowns = {"path": states[:, : self.dim], "params": out}
-        if self.discretization in _WITH_MIDPOINTS:
+        if self.discretization.has_midpoints:
             unknowns["midpoints"] = states[:-1, self.dim :]
         return unknowns
 
@@ -365,7 +286,7 @@ class Assimilation(AbstractProblem):
             mask = self.data.mask
             diff = jnp.where(mask, observed - jnp.where(mask, values, 0), 0)
             count = jnp.sum(mask, dtype=diff.dtype)
-        node = jnp.sqrt(self.rm / count) * diff
+        node = jnp.broadcast_to(jnp.sqrt(self.rm / count), diff.shape) * diff
         if self.steps_per_obs > 1:
             node = (
                 jnp.zeros((self.n_model, node.shape[1]), node.dtype)
@@ -374,7 +295,9 @@ class Assimilation(AbstractProblem):
             )
         residuals = self._model_residuals(unknowns)
         weight = jnp.sqrt(jnp.asarray(rf) / (self.dim * (self.n_model - 1)))
-        interval = jnp.concatenate([weight * r for r in residuals], axis=1)
+        interval = jnp.concatenate(
+            [jnp.broadcast_to(weight, r.shape) * r for r in residuals], axis=1
+        )
         return node, interval
 
     def check_rf(self, rf: ArrayLike) -> None:

@@ -24,10 +24,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 
 from .._boundary_value import AbstractBoundaryValueProblem, TPBVPSolution
 from .._data import Observations, check_dimension
+from .._networks import FitHistory
 from ..models._base import parametrised
 
 
@@ -194,7 +196,7 @@ class ContinuousAssimilation(AbstractBoundaryValueProblem):
         On a solution of the canonical equations ẋ − F = p/R_f, so the model term is
         ∫ |p|²/(2 R_f) dt (Gauss–Legendre quadrature of the dense output).
         """
-        model_term = sol.integrate(lambda t, x, p: jnp.sum(p**2) / (2 * self.rf))
+        model_term = sol.quadrature(lambda t, x, p: jnp.sum(p**2) / (2 * self.rf))
         return model_term + self.measurement_error(sol)
 
     def weight_gradient(self, sol: TPBVPSolution) -> PyTree[Array]:
@@ -212,7 +214,7 @@ class ContinuousAssimilation(AbstractBoundaryValueProblem):
             _, vjp = jax.vjp(lambda d: eqx.combine(d, static)(t, x, {}), dynamic)
             return jax.tree.map(jnp.negative, vjp(p)[0])
 
-        grads = sol.integrate(integrand)
+        grads = sol.quadrature(integrand)
         return grads.model if hasattr(grads, "model") else grads.params
 
 
@@ -259,12 +261,12 @@ def residual_network(field: Callable, t1: float, n_layers: int):
     as L grows its minimiser converges to the TPBVP solution at the order of the layer map
     (1 for this forward-Euler map).
     """
-    from .._continuous._network import _takes_time, _TimeField
+    from .._continuous import TimeField, takes_time
     from .._networks import LayeredNetwork
 
     if n_layers < 1 or not t1 > 0:
         raise ValueError("residual_network needs n_layers ≥ 1 and t1 > 0.")
-    layer = _AutonomousLayer(_TimeField(field, _takes_time(field)))
+    layer = _AutonomousLayer(TimeField(field, takes_time(field)))
     return LayeredNetwork(layers=[layer] * n_layers, residual_step=t1 / n_layers)
 
 
@@ -285,18 +287,19 @@ def train_continuous(
     t1: float,
     rm: float,
     rf: float,
-    optimiser,
-    n_steps: int,
+    optimiser: optax.GradientTransformation,
+    steps: int,
     method=None,
     fixed_start: bool = True,
-) -> tuple[eqx.Module, Array]:
+) -> tuple[eqx.Module, FitHistory]:
     """Train a continuous-layer field on M input/output pairs by the boundary-value problem.
 
     For fixed weights W, each pair (x_in, y_out) defines the continuous action with
     measurements at t = 0 (the input; a hard constraint with `fixed_start`) and t = T (the
     output). The TPBVP of every pair is solved (vmapped); the weight gradient of the summed
     minimised actions is the envelope formula −Σ_pairs ∫ (∂F/∂W)ᵀ p dt accumulated along
-    each solution; an optax optimiser updates W.
+    each solution; an optax optimiser updates W. Its `optimiser`, `steps` and return value
+    are those of [`deepest.fit`][].
 
     **Arguments:**
 
@@ -304,15 +307,21 @@ def train_continuous(
     - `inputs`, `targets`: (M, D) arrays of pairs (state dimension D).
     - `t1`: the depth T of the continuous network.
     - `rm`, `rf`: the continuous weights R_m, R_f.
-    - `optimiser`: an `optax.GradientTransformation`.
-    - `n_steps`: the number of optimiser steps.
+    - `optimiser`: an optax gradient transformation, e.g. `optax.adam(1e-2)`.
+    - `steps`: the number of updates.
     - `method`: the TPBVP method (default [`deepest.MultipleShooting`][]).
     - `fixed_start`: hold x(0) at the input (default) or weight it by R_m.
 
-    **Returns:** `(trained_field, losses)`, losses the summed minimised action per step.
+    **Returns:** `(trained field, history)`, the history a [`deepest.FitHistory`][] whose
+    `train_loss` is the summed minimised action before each update (no validation).
     """
     from .._boundary_value import MultipleShooting, solve_tpbvp
 
+    if not (hasattr(optimiser, "init") and hasattr(optimiser, "update")):
+        raise TypeError(f"`optimiser` must be an optax GradientTransformation; got {optimiser!r}.")
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"`steps` must be non-negative; got {steps}.")
     inputs = jnp.asarray(inputs)
     targets = jnp.asarray(targets)
     if inputs.ndim != 2 or inputs.shape != targets.shape:
@@ -350,7 +359,13 @@ def train_continuous(
 
     opt_state = optimiser.init(eqx.filter(field, eqx.is_inexact_array))
     losses = []
-    for _ in range(n_steps):
+    for _ in range(steps):
         field, opt_state, loss = step(field, opt_state)
         losses.append(loss)
-    return field, jnp.stack(losses)
+    dtype = jnp.result_type(float)
+    history = FitHistory(
+        jnp.stack(losses) if losses else jnp.zeros((0,), dtype),
+        jnp.zeros((0,), dtype=int),
+        jnp.zeros((0,), dtype),
+    )
+    return field, history

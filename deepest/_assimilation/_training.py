@@ -1,7 +1,10 @@
 """Training a network as data assimilation: the layers are time, the training pairs are
 measurements at the input and output layers (Abarbanel, Rozdeba & Shirman 2018)."""
 
+import abc
+import functools
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -12,7 +15,8 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
 from .._annealing import AbstractProblem
-from .._networks import CostateVJP, LayeredNetwork, RecurrentNetwork
+from .._misc import default_float
+from .._networks import AbstractCostateNetwork, CostateVJP, LayeredNetwork, RecurrentNetwork
 
 WeightInit = str | Callable[[PRNGKeyArray], eqx.Module]
 
@@ -24,7 +28,7 @@ def _as_data(a, name: str) -> Array:
     if not np.all(np.isfinite(a)):
         raise ValueError(f"`{name}` contains NaN or infinite values; remove or repair them.")
     a = jnp.asarray(a)
-    return a if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(jnp.zeros(()).dtype)
+    return a if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(default_float())
 
 
 def _is_one_hot(targets: np.ndarray) -> bool:
@@ -46,7 +50,365 @@ def _accuracy(outputs, targets):
     return jnp.mean(hit.astype(outputs.dtype))
 
 
-class Training(AbstractProblem):
+def _names(prefix: str, n: int) -> list[str]:
+    digits = max(3, len(str(n - 1)))
+    return [f"{prefix}{i:0{digits}d}" for i in range(n)]
+
+
+def _named(prefix: str, arrays: list) -> dict[str, Array]:
+    return dict(zip(_names(prefix, len(arrays)), arrays, strict=True))
+
+
+class AbstractTraining(AbstractProblem):
+    """The action of a network trained by data assimilation; built by [`deepest.Training`][].
+
+    Holds what every kind of network shares: the training pairs, R_m, the validation pair,
+    the initial weights, and the results (`to_model`, `errors`, `views`). Each kind of
+    network provides the states of its path and the two terms of its action:
+
+    - `data_rank`, `data_shape`: the rank and the description of the batched data.
+    - `rm_shapes`, `rm_description`: the shapes `rm` may take, in words.
+    - `check_shapes(net, inputs, targets, what) -> widths`: the state widths, checking
+      that the data fit the network.
+    - `initial_states(net, key)`: the states of a path's initial guess.
+    - `measurement_error`, `model_error`, `expected_action`.
+    """
+
+    net: AbstractCostateNetwork
+    inputs: Float[Array, "M ..."]
+    targets: Float[Array, "M ..."]
+    rm: Float[Array, "*pair"]
+    validation: tuple[Array, Array] | None
+    widths: tuple[int, ...] = eqx.field(static=True)
+    noise: float | None = eqx.field(static=True)
+    weight_init: WeightInit = eqx.field(static=True)
+    state_noise: float = eqx.field(static=True)
+    classification: bool = eqx.field(static=True)
+
+    data_rank: eqx.AbstractClassVar[int]
+    data_shape: eqx.AbstractClassVar[str]
+    rm_shapes: eqx.AbstractClassVar[tuple[tuple[int, ...], ...]]
+    rm_description: eqx.AbstractClassVar[str]
+
+    def __init__(
+        self,
+        net: AbstractCostateNetwork,
+        inputs: ArrayLike,
+        targets: ArrayLike,
+        rm: ArrayLike,
+        validation: tuple[ArrayLike, ArrayLike] | None = None,
+        *,
+        noise: float | None = None,
+        weight_init: WeightInit = "resample",
+        state_noise: float = 0.1,
+        classification: bool | None = None,
+    ):
+        inputs = _as_data(inputs, "inputs")
+        targets = _as_data(targets, "targets")
+        for name, a in (("inputs", inputs), ("targets", targets)):
+            if a.ndim != self.data_rank:
+                raise ValueError(f"`{name}` must have shape {self.data_shape}; got {a.shape}.")
+        if inputs.shape[0] == 0:
+            raise ValueError("There are no training pairs (M = 0); give at least one.")
+        if inputs.shape[0] != targets.shape[0]:
+            raise ValueError(
+                f"{inputs.shape[0]} inputs but {targets.shape[0]} targets; give one target "
+                "per input."
+            )
+        self.widths = self.check_shapes(net, inputs, targets, "")
+        rm = np.asarray(rm, dtype=float)
+        if rm.shape not in self.rm_shapes:
+            raise ValueError(f"`rm` must be {self.rm_description}; got shape {rm.shape}.")
+        if not np.all(np.isfinite(rm)) or np.any(rm <= 0):
+            raise ValueError(f"`rm` must be positive and finite; got {rm}.")
+        if validation is not None:
+            if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
+                raise TypeError("`validation` must be a pair (inputs, targets).")
+            vx = _as_data(validation[0], "validation inputs")
+            vy = _as_data(validation[1], "validation targets")
+            rank = self.data_rank
+            if vx.ndim != rank or vy.ndim != rank or vx.shape[0] != vy.shape[0] or not vx.shape[0]:
+                raise ValueError(
+                    f"`validation` must be (inputs, targets) of shapes {self.data_shape} with "
+                    f"the same M ≥ 1; got {vx.shape} and {vy.shape}."
+                )
+            self.check_shapes(net, vx, vy, "validation ")
+            validation = (vx, vy)
+        if noise is not None and not (np.isfinite(noise) and noise > 0):
+            raise ValueError(f"`noise` must be a positive number or None; got {noise}.")
+        if not (isinstance(weight_init, str) or callable(weight_init)):
+            raise TypeError(
+                "`weight_init` must be 'resample', 'network' or a function key -> network."
+            )
+        if isinstance(weight_init, str) and weight_init not in ("resample", "network"):
+            raise ValueError(
+                f"`weight_init` must be 'resample', 'network' or a function key -> network; got "
+                f"{weight_init!r}."
+            )
+        if not (np.isfinite(state_noise) and state_noise >= 0):
+            raise ValueError(f"`state_noise` must be non-negative; got {state_noise}.")
+        self.net = net
+        self.inputs = inputs
+        self.targets = targets
+        self.rm = jnp.asarray(rm)
+        self.validation = validation
+        self.noise = None if noise is None else float(noise)
+        self.weight_init = weight_init
+        self.state_noise = float(state_noise)
+        self.classification = (
+            _is_one_hot(np.asarray(targets)) if classification is None else bool(classification)
+        )
+
+    @abc.abstractmethod
+    def check_shapes(self, net, inputs: Array, targets: Array, what: str) -> tuple[int, ...]:
+        """The state widths, raising `ValueError` if the `what`-data do not fit `net`."""
+
+    @abc.abstractmethod
+    def initial_states(self, net: AbstractCostateNetwork, key: PRNGKeyArray) -> PyTree[Array]:
+        """The states of a path's initial guess, for the weights of `net`."""
+
+    # -- unknowns ---------------------------------------------------------------------
+    @property
+    def n_pairs(self) -> int:
+        """M, the number of training pairs."""
+        return self.inputs.shape[0]
+
+    def to_model(self, unknowns: PyTree[ArrayLike]) -> AbstractCostateNetwork:
+        """The network with the weights of one path's `unknowns`."""
+        weights = unknowns["weights"]
+        return self.net.with_weights([jnp.asarray(weights[n]) for n in _names("w", len(weights))])
+
+    def _initial_network(self, key):
+        if self.weight_init == "network":
+            return self.net
+        if callable(self.weight_init):
+            net = self.weight_init(key)
+            ours = eqx.filter(self.net, eqx.is_inexact_array)
+            theirs = eqx.filter(net, eqx.is_inexact_array)
+            shapes = lambda t: jtu.tree_map(lambda a: a.shape, t)  # noqa: E731
+            if jtu.tree_structure(ours) != jtu.tree_structure(theirs) or shapes(ours) != shapes(
+                theirs
+            ):
+                raise ValueError(
+                    "`weight_init(key)` must return a network with the structure and weight "
+                    "shapes of `net`."
+                )
+            dtypes = [a.dtype for a in jtu.tree_leaves(ours)]
+            leaves = [a.astype(d) for a, d in zip(jtu.tree_leaves(theirs), dtypes, strict=True)]
+            return self.net.with_weights(leaves)
+        leaves = self.net.weights()
+        keys = jr.split(key, max(len(leaves), 1))[: len(leaves)]
+        return self.net.with_weights(
+            [
+                jnp.sqrt(jnp.mean(a**2)) * jr.normal(k, a.shape, a.dtype)
+                for a, k in zip(leaves, keys, strict=True)
+            ]
+        )
+
+    def init(self, key: PRNGKeyArray) -> PyTree[Array]:
+        """Weights by `weight_init`; states the forward pass plus noise (see
+        [`deepest.Training`][])."""
+        k_weights, k_states = jr.split(key)
+        net = self._initial_network(k_weights)
+        return {
+            "states": self.initial_states(net, k_states),
+            "weights": _named("w", net.weights()),
+        }
+
+    # -- the action -------------------------------------------------------------------
+    def action(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:
+        """A(X, W; R_f) = measurement_error + R_f · model_error."""
+        return self.measurement_error(unknowns) + rf * self.model_error(unknowns)
+
+    def check_rf(self, rf: ArrayLike) -> None:
+        if np.shape(rf) != ():
+            raise ValueError(
+                f"`rf0` must be a scalar for network training; got shape {np.shape(rf)}."
+            )
+
+    # -- results ----------------------------------------------------------------------
+    def errors(self, net: eqx.Module, inputs: ArrayLike, targets: ArrayLike) -> dict[str, Array]:
+        """`error` (mean squared error of the forward pass `net(u)` against the targets)
+        and, for classification, `accuracy`."""
+        outputs = jax.vmap(net)(jnp.asarray(inputs))
+        out = {"error": _mse(outputs, targets)}
+        if self.classification:
+            out["accuracy"] = _accuracy(outputs, targets)
+        return out
+
+    def views(self, unknowns: PyTree[Array]) -> dict[str, Array]:
+        """Per path: `train_error` (MSE of the forward pass of the path's network from the
+        data inputs against the targets), `validation_error`, and with classification
+        `train_accuracy`, `validation_accuracy`."""
+
+        def one(u):
+            net = self.to_model(u)
+            out = {f"train_{k}": v for k, v in self.errors(net, self.inputs, self.targets).items()}
+            if self.validation is not None:
+                val = self.errors(net, *self.validation)
+                out.update({f"validation_{k}": v for k, v in val.items()})
+            return out
+
+        return jax.vmap(one)(unknowns)
+
+
+class LayeredTraining(AbstractTraining):
+    """The action of a [`deepest.LayeredNetwork`][]: measurements at the input and output
+    layers, the model error of every layer map (see [`deepest.Training`][]).
+
+    The states are a dict {"x000": (M, N_0), …}, one entry per layer.
+    """
+
+    data_rank: ClassVar[int] = 2
+    data_shape: ClassVar[str] = "(M, N)"
+    rm_shapes: ClassVar[tuple[tuple[int, ...], ...]] = ((), (2,))
+    rm_description: ClassVar[str] = "a scalar or the pair (R_m input, R_m output)"
+
+    def check_shapes(self, net, inputs, targets, what):
+        """The widths N_0..N_L, checking the data's."""
+        try:
+            states = jax.eval_shape(
+                net.states, jax.ShapeDtypeStruct(inputs.shape[1:], inputs.dtype)
+            )
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"The {what}inputs have width {inputs.shape[1]}, which the network's input "
+                f"layer does not take: {err}"
+            ) from err
+        widths = tuple(s.shape[0] for s in states)
+        if targets.shape[1] != widths[-1]:
+            raise ValueError(
+                f"The {what}targets have width {targets.shape[1]} but the network's output "
+                f"layer has N_L = {widths[-1]}; give one target per output neuron."
+            )
+        return widths
+
+    def initial_states(self, net, key):
+        """The forward pass plus noise; the input and output layers at the data
+        (varanneal's `init_to_data`)."""
+        states = list(jax.vmap(net.states)(self.inputs))
+        keys = jr.split(key, len(states))
+        states = [
+            x + self.state_noise * jr.normal(k, x.shape, x.dtype)
+            for x, k in zip(states, keys, strict=True)
+        ]
+        states[0], states[-1] = self.inputs, self.targets
+        return _named("x", states)
+
+    def _states(self, unknowns) -> list[Array]:
+        states = unknowns["states"]
+        return [states[n] for n in _names("x", len(states))]
+
+    def measurement_error(self, unknowns: PyTree[Array]) -> Scalar:
+        """R_m/(M·(N_0 + N_L)) Σ_k (|x^k(0) − u^k|² + |x^k(L) − v^k|²)."""
+        states = self._states(unknowns)
+        rm_in, rm_out = (self.rm, self.rm) if self.rm.ndim == 0 else (self.rm[0], self.rm[1])
+        total = rm_in * jnp.sum((states[0] - self.inputs) ** 2) + rm_out * jnp.sum(
+            (states[-1] - self.targets) ** 2
+        )
+        return total / (self.n_pairs * (self.widths[0] + self.widths[-1]))
+
+    def model_error(self, unknowns: PyTree[Array]) -> Scalar:
+        """1/(M·Σ_{l≥1} N_l) Σ_k Σ_l |x^k(l+1) − f_l(x^k(l))|² (unit weight)."""
+        net = self.to_model(unknowns)
+        states = self._states(unknowns)
+        h = net.residual_step
+        total = 0.0
+        first = 0  # index of the segment's first layer
+        for layer, n in zip(net.layers, net.stack_lengths, strict=True):
+            # Given the states, every layer's residual is independent of the others: a
+            # stacked run of layers is one vmap over the layer axis, not a scan.
+            params, static = eqx.partition(layer, eqx.is_array)
+
+            def forward(p, x, static=static):
+                y = jax.vmap(eqx.combine(p, static))(x)
+                return y if h is None else x + h * y
+
+            if n == 1:
+                residual = states[first + 1] - forward(params, states[first])
+            else:
+                x_in = jnp.stack(states[first : first + n])
+                x_out = jnp.stack(states[first + 1 : first + n + 1])
+                residual = x_out - jax.vmap(forward)(params, x_in)
+            total = total + jnp.sum(residual**2)
+            first += n
+        return total / (self.n_pairs * sum(self.widths[1:]))
+
+    @property
+    def expected_action(self) -> float | None:
+        """R_m σ² (averaged over the measured entries), when the noise σ is known."""
+        if self.noise is None:
+            return None
+        rm = np.asarray(self.rm)
+        if rm.ndim == 1:
+            n_in, n_out = self.widths[0], self.widths[-1]
+            rm = (rm[0] * n_in + rm[1] * n_out) / (n_in + n_out)
+        return float(rm * self.noise**2)
+
+
+class RecurrentTraining(AbstractTraining):
+    """The action of a [`deepest.RecurrentNetwork`][]: the targets measured through the
+    readout at every step, the model error of every step (see [`deepest.Training`][]).
+
+    The states are one (M, T, N_h) array, h(1..T) of every sequence.
+    """
+
+    data_rank: ClassVar[int] = 3
+    data_shape: ClassVar[str] = "(M, T, N)"
+    rm_shapes: ClassVar[tuple[tuple[int, ...], ...]] = ((),)
+    rm_description: ClassVar[str] = "a scalar for a recurrent network"
+
+    def check_shapes(self, net, inputs, targets, what):
+        """The widths (N_h, N_y), checking the data's."""
+        try:
+            out = jax.eval_shape(net, jax.ShapeDtypeStruct(inputs.shape[1:], inputs.dtype))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"The {what}inputs do not fit the network: {err}") from err
+        if out.shape != targets.shape[1:]:
+            raise ValueError(
+                f"The network outputs shape {out.shape} per sequence but the {what}targets "
+                f"have shape {targets.shape[1:]}; give one target per output and step."
+            )
+        return (net.initial_state.shape[0], out.shape[1])
+
+    def initial_states(self, net, key):
+        """The forward pass h(1..T) plus noise."""
+        hs = jax.vmap(net.states)(self.inputs)[:, 1:]
+        return hs + self.state_noise * jr.normal(key, hs.shape, hs.dtype)
+
+    def measurement_error(self, unknowns: PyTree[Array]) -> Scalar:
+        """The readout misfit R_m/(M·T·N_y) Σ_{k,t} |g(h^k(t+1)) − y^k(t)|²."""
+        net = self.to_model(unknowns)
+        ys = jax.vmap(jax.vmap(net.readout))(unknowns["states"])
+        return self.rm * jnp.mean((ys - self.targets) ** 2)
+
+    def model_error(self, unknowns: PyTree[Array]) -> Scalar:
+        """1/(M·T·N_h) Σ_{k,t} |h^k(t+1) − f(h^k(t), u^k(t))|² (unit weight)."""
+        net = self.to_model(unknowns)
+        hs = unknowns["states"]
+        h0 = jnp.broadcast_to(net.initial_state, (hs.shape[0], 1, hs.shape[2]))
+        previous = jnp.concatenate([h0, hs[:, :-1]], axis=1)
+        predicted = jax.vmap(jax.vmap(net.cell))(previous, self.inputs)
+        return jnp.mean((hs - predicted) ** 2)
+
+    @property
+    def expected_action(self) -> float | None:
+        """R_m σ², when the noise σ is known."""
+        return None if self.noise is None else float(np.asarray(self.rm) * self.noise**2)
+
+
+def Training(
+    net: AbstractCostateNetwork,
+    inputs: ArrayLike,
+    targets: ArrayLike,
+    rm: ArrayLike,
+    validation: tuple[ArrayLike, ArrayLike] | None = None,
+    *,
+    noise: float | None = None,
+    weight_init: WeightInit = "resample",
+    state_noise: float = 0.1,
+    classification: bool | None = None,
+) -> AbstractTraining:
     r"""Training a network by data assimilation: the action of the layered network.
 
     With M training pairs (u^k, v^k), widths N_0..N_L and layer maps f_l, the unknowns are
@@ -79,6 +441,9 @@ class Training(AbstractProblem):
     weights from the data inputs plus N(0, `state_noise`²) noise, and the input and output
     layers start at the data (varanneal's `init_to_data`).
 
+    Each kind of network has its own action: `Training` builds the problem that belongs to
+    the kind of `net`, a `LayeredTraining` or a `RecurrentTraining`.
+
     **Arguments:**
 
     - `net`: a [`deepest.LayeredNetwork`][] (or [`deepest.RecurrentNetwork`][]); its
@@ -98,6 +463,8 @@ class Training(AbstractProblem):
     - `classification`: report accuracy (argmax of output against argmax of target);
       default: when the targets are one-hot.
 
+    **Returns:** the annealing problem, a [`deepest.AbstractProblem`][].
+
     **Example:**
 
     ```python
@@ -108,294 +475,30 @@ class Training(AbstractProblem):
     result.validation_accuracy        # one value per path
     ```
     """
+    if isinstance(net, CostateVJP):
+        net = net.network
+    problem = _action_of(net)
+    return problem(
+        net,
+        inputs,
+        targets,
+        rm,
+        validation,
+        noise=noise,
+        weight_init=weight_init,
+        state_noise=state_noise,
+        classification=classification,
+    )
 
-    net: eqx.Module
-    inputs: Float[Array, "M ..."]
-    targets: Float[Array, "M ..."]
-    rm: Float[Array, "*pair"]
-    validation: tuple[Array, Array] | None
-    widths: tuple[int, ...] = eqx.field(static=True)
-    recurrent: bool = eqx.field(static=True)
-    noise: float | None = eqx.field(static=True)
-    weight_init: WeightInit = eqx.field(static=True)
-    state_noise: float = eqx.field(static=True)
-    classification: bool = eqx.field(static=True)
 
-    def __init__(
-        self,
-        net: eqx.Module,
-        inputs: ArrayLike,
-        targets: ArrayLike,
-        rm: ArrayLike,
-        validation: tuple[ArrayLike, ArrayLike] | None = None,
-        *,
-        noise: float | None = None,
-        weight_init: WeightInit = "resample",
-        state_noise: float = 0.1,
-        classification: bool | None = None,
-    ):
-        if isinstance(net, CostateVJP):
-            net = net.network
-        if not isinstance(net, (LayeredNetwork, RecurrentNetwork)):
-            raise TypeError(
-                "`net` must be a deepest.LayeredNetwork or deepest.RecurrentNetwork; got "
-                f"{type(net).__name__}."
-            )
-        self.recurrent = isinstance(net, RecurrentNetwork)
-        inputs = _as_data(inputs, "inputs")
-        targets = _as_data(targets, "targets")
-        rank = 3 if self.recurrent else 2
-        what = "(M, T, N)" if self.recurrent else "(M, N)"
-        for name, a in (("inputs", inputs), ("targets", targets)):
-            if a.ndim != rank:
-                raise ValueError(f"`{name}` must have shape {what}; got {a.shape}.")
-        if inputs.shape[0] == 0:
-            raise ValueError("There are no training pairs (M = 0); give at least one.")
-        if inputs.shape[0] != targets.shape[0]:
-            raise ValueError(
-                f"{inputs.shape[0]} inputs but {targets.shape[0]} targets; give one target "
-                "per input."
-            )
-        self.widths = self._check_shapes(net, inputs, targets, "")
-        rm = np.asarray(rm, dtype=float)
-        if rm.shape not in ((), (2,)) or (self.recurrent and rm.shape != ()):
-            raise ValueError(
-                "`rm` must be a scalar or the pair (R_m input, R_m output)"
-                + (" (a scalar for a recurrent network)" if self.recurrent else "")
-                + f"; got shape {rm.shape}."
-            )
-        if not np.all(np.isfinite(rm)) or np.any(rm <= 0):
-            raise ValueError(f"`rm` must be positive and finite; got {rm}.")
-        if validation is not None:
-            if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
-                raise TypeError("`validation` must be a pair (inputs, targets).")
-            vx = _as_data(validation[0], "validation inputs")
-            vy = _as_data(validation[1], "validation targets")
-            if vx.ndim != rank or vy.ndim != rank or vx.shape[0] != vy.shape[0] or not vx.shape[0]:
-                raise ValueError(
-                    f"`validation` must be (inputs, targets) of shapes {what} with the same "
-                    f"M ≥ 1; got {vx.shape} and {vy.shape}."
-                )
-            self._check_shapes(net, vx, vy, "validation ")
-            validation = (vx, vy)
-        if noise is not None and not (np.isfinite(noise) and noise > 0):
-            raise ValueError(f"`noise` must be a positive number or None; got {noise}.")
-        if not (isinstance(weight_init, str) or callable(weight_init)):
-            raise TypeError(
-                "`weight_init` must be 'resample', 'network' or a function key -> network."
-            )
-        if isinstance(weight_init, str) and weight_init not in ("resample", "network"):
-            raise ValueError(
-                f"`weight_init` must be 'resample', 'network' or a function key -> network; got "
-                f"{weight_init!r}."
-            )
-        if not (np.isfinite(state_noise) and state_noise >= 0):
-            raise ValueError(f"`state_noise` must be non-negative; got {state_noise}.")
-        self.net = net
-        self.inputs = inputs
-        self.targets = targets
-        self.rm = jnp.asarray(rm)
-        self.validation = validation
-        self.noise = None if noise is None else float(noise)
-        self.weight_init = weight_init
-        self.state_noise = float(state_noise)
-        self.classification = (
-            _is_one_hot(np.asarray(targets)) if classification is None else bool(classification)
-        )
+@functools.singledispatch
+def _action_of(net) -> type[AbstractTraining]:
+    """The training problem of the kind of `net`, registered once per network class."""
+    raise TypeError(
+        "`net` must be a deepest.LayeredNetwork or deepest.RecurrentNetwork; got "
+        f"{type(net).__name__}."
+    )
 
-    def _check_shapes(self, net, inputs, targets, what: str) -> tuple[int, ...]:
-        """The state widths (N_0..N_L, or (N_h, N_y) recurrent), checking the data's."""
-        if self.recurrent:
-            try:
-                out = jax.eval_shape(net, jax.ShapeDtypeStruct(inputs.shape[1:], inputs.dtype))
-            except (ValueError, TypeError) as err:
-                raise ValueError(f"The {what}inputs do not fit the network: {err}") from err
-            if out.shape != targets.shape[1:]:
-                raise ValueError(
-                    f"The network outputs shape {out.shape} per sequence but the {what}targets "
-                    f"have shape {targets.shape[1:]}; give one target per output and step."
-                )
-            return (net.initial_state.shape[0], out.shape[1])
-        try:
-            states = jax.eval_shape(
-                net.states, jax.ShapeDtypeStruct(inputs.shape[1:], inputs.dtype)
-            )
-        except (ValueError, TypeError) as err:
-            raise ValueError(
-                f"The {what}inputs have width {inputs.shape[1]}, which the network's input "
-                f"layer does not take: {err}"
-            ) from err
-        widths = tuple(s.shape[0] for s in states)
-        if targets.shape[1] != widths[-1]:
-            raise ValueError(
-                f"The {what}targets have width {targets.shape[1]} but the network's output "
-                f"layer has N_L = {widths[-1]}; give one target per output neuron."
-            )
-        return widths
 
-    # -- unknowns ---------------------------------------------------------------------
-    @property
-    def n_pairs(self) -> int:
-        """M, the number of training pairs."""
-        return self.inputs.shape[0]
-
-    def _weight_leaves(self, net) -> list[Array]:
-        return jtu.tree_leaves(eqx.filter(net, eqx.is_inexact_array))
-
-    def _names(self, prefix: str, n: int) -> list[str]:
-        digits = max(3, len(str(n - 1)))
-        return [f"{prefix}{i:0{digits}d}" for i in range(n)]
-
-    def _named(self, prefix: str, arrays: list) -> dict[str, Array]:
-        return dict(zip(self._names(prefix, len(arrays)), arrays, strict=True))
-
-    def to_model(self, unknowns: PyTree[ArrayLike]) -> eqx.Module:
-        """The network with the weights of one path's `unknowns`."""
-        weights = unknowns["weights"]
-        names = self._names("w", len(weights))
-        params, static = eqx.partition(self.net, eqx.is_inexact_array)
-        leaves = [jnp.asarray(weights[n]) for n in names]
-        return eqx.combine(jtu.tree_unflatten(jtu.tree_structure(params), leaves), static)
-
-    def _initial_network(self, key):
-        if self.weight_init == "network":
-            return self.net
-        if callable(self.weight_init):
-            net = self.weight_init(key)
-            ours = eqx.filter(self.net, eqx.is_inexact_array)
-            theirs = eqx.filter(net, eqx.is_inexact_array)
-            shapes = lambda t: jtu.tree_map(lambda a: a.shape, t)  # noqa: E731
-            if jtu.tree_structure(ours) != jtu.tree_structure(theirs) or shapes(ours) != shapes(
-                theirs
-            ):
-                raise ValueError(
-                    "`weight_init(key)` must return a network with the structure and weight "
-                    "shapes of `net`."
-                )
-            dtypes = [a.dtype for a in jtu.tree_leaves(ours)]
-            leaves = [a.astype(d) for a, d in zip(jtu.tree_leaves(theirs), dtypes, strict=True)]
-            return self.to_model({"weights": self._named("w", leaves)})
-        leaves = self._weight_leaves(self.net)
-        keys = jr.split(key, max(len(leaves), 1))[: len(leaves)]
-        new = [
-            jnp.sqrt(jnp.mean(a**2)) * jr.normal(k, a.shape, a.dtype)
-            for a, k in zip(leaves, keys, strict=True)
-        ]
-        return self.to_model({"weights": self._named("w", new)})
-
-    def init(self, key: PRNGKeyArray) -> PyTree[Array]:
-        """Weights by `weight_init`; hidden states the forward pass plus noise; input and
-        output layers at the data."""
-        k_weights, k_states = jr.split(key)
-        net = self._initial_network(k_weights)
-        leaves = self._weight_leaves(net)
-        weights = self._named("w", leaves)
-        if self.recurrent:
-            hs = jax.vmap(net.states)(self.inputs)[:, 1:]
-            hs = hs + self.state_noise * jr.normal(k_states, hs.shape, hs.dtype)
-            return {"states": hs, "weights": weights}
-        states = list(jax.vmap(net.states)(self.inputs))
-        keys = jr.split(k_states, len(states))
-        states = [
-            x + self.state_noise * jr.normal(k, x.shape, x.dtype)
-            for x, k in zip(states, keys, strict=True)
-        ]
-        states[0], states[-1] = self.inputs, self.targets
-        return {"states": self._named("x", states), "weights": weights}
-
-    def _states(self, unknowns) -> list[Array]:
-        states = unknowns["states"]
-        return [states[n] for n in self._names("x", len(states))]
-
-    # -- the action -------------------------------------------------------------------
-    def measurement_error(self, unknowns: PyTree[Array]) -> Scalar:
-        """R_m/(M·(N_0 + N_L)) Σ_k (|x^k(0) − u^k|² + |x^k(L) − v^k|²) (recurrent: the
-        readout misfit R_m/(M·T·N_y) Σ |g(h(t+1)) − y(t)|²)."""
-        if self.recurrent:
-            net = self.to_model(unknowns)
-            ys = jax.vmap(jax.vmap(net.readout))(unknowns["states"])
-            return self.rm * jnp.mean((ys - self.targets) ** 2)
-        states = self._states(unknowns)
-        rm_in, rm_out = (self.rm, self.rm) if self.rm.ndim == 0 else (self.rm[0], self.rm[1])
-        total = rm_in * jnp.sum((states[0] - self.inputs) ** 2) + rm_out * jnp.sum(
-            (states[-1] - self.targets) ** 2
-        )
-        return total / (self.n_pairs * (self.widths[0] + self.widths[-1]))
-
-    def model_error(self, unknowns: PyTree[Array]) -> Scalar:
-        """1/(M·Σ_{l≥1} N_l) Σ_k Σ_l |x^k(l+1) − f_l(x^k(l))|² (unit weight)."""
-        net = self.to_model(unknowns)
-        if self.recurrent:
-            hs = unknowns["states"]
-            h0 = jnp.broadcast_to(net.initial_state, (hs.shape[0], 1, hs.shape[2]))
-            previous = jnp.concatenate([h0, hs[:, :-1]], axis=1)
-            predicted = jax.vmap(jax.vmap(net.cell))(previous, self.inputs)
-            return jnp.mean((hs - predicted) ** 2)
-        states = self._states(unknowns)
-        h = net.residual_step
-        total = 0.0
-        first = 0  # index of the segment's first layer
-        for layer, n in zip(net.layers, net.stack_lengths, strict=True):
-            # Given the states, every layer's residual is independent of the others: a
-            # stacked run of layers is one vmap over the layer axis, not a scan.
-            params, static = eqx.partition(layer, eqx.is_array)
-
-            def forward(p, x, static=static):
-                y = jax.vmap(eqx.combine(p, static))(x)
-                return y if h is None else x + h * y
-
-            if n == 1:
-                residual = states[first + 1] - forward(params, states[first])
-            else:
-                x_in = jnp.stack(states[first : first + n])
-                x_out = jnp.stack(states[first + 1 : first + n + 1])
-                residual = x_out - jax.vmap(forward)(params, x_in)
-            total = total + jnp.sum(residual**2)
-            first += n
-        return total / (self.n_pairs * sum(self.widths[1:]))
-
-    def action(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:
-        """A(X, W; R_f) = measurement_error + R_f · model_error."""
-        return self.measurement_error(unknowns) + rf * self.model_error(unknowns)
-
-    def check_rf(self, rf: ArrayLike) -> None:
-        if np.shape(rf) != ():
-            raise ValueError(
-                f"`rf0` must be a scalar for network training; got shape {np.shape(rf)}."
-            )
-
-    @property
-    def expected_action(self) -> float | None:
-        """R_m σ² (averaged over the measured entries), when the noise σ is known."""
-        if self.noise is None:
-            return None
-        rm = np.asarray(self.rm)
-        if rm.ndim == 1:
-            n_in, n_out = self.widths[0], self.widths[-1]
-            rm = (rm[0] * n_in + rm[1] * n_out) / (n_in + n_out)
-        return float(rm * self.noise**2)
-
-    # -- results ----------------------------------------------------------------------
-    def errors(self, net: eqx.Module, inputs: ArrayLike, targets: ArrayLike) -> dict[str, Array]:
-        """`error` (mean squared error of the forward pass `net(u)` against the targets)
-        and, for classification, `accuracy`."""
-        outputs = jax.vmap(net)(jnp.asarray(inputs))
-        out = {"error": _mse(outputs, targets)}
-        if self.classification:
-            out["accuracy"] = _accuracy(outputs, targets)
-        return out
-
-    def views(self, unknowns: PyTree[Array]) -> dict[str, Array]:
-        """Per path: `train_error` (MSE of the forward pass of the path's network from the
-        data inputs against the targets), `validation_error`, and with classification
-        `train_accuracy`, `validation_accuracy`."""
-
-        def one(u):
-            net = self.to_model(u)
-            out = {f"train_{k}": v for k, v in self.errors(net, self.inputs, self.targets).items()}
-            if self.validation is not None:
-                val = self.errors(net, *self.validation)
-                out.update({f"validation_{k}": v for k, v in val.items()})
-            return out
-
-        return jax.vmap(one)(unknowns)
+_action_of.register(LayeredNetwork, lambda net: LayeredTraining)
+_action_of.register(RecurrentNetwork, lambda net: RecurrentTraining)

@@ -1,242 +1,211 @@
-"""Gradients of continuous layers: the exact partner costate sweep and the reversible sweep.
+"""How a continuous layer is differentiated: the adjoints, a family of Modules.
 
-Three ways to differentiate one forward solve x(t_0) ↦ x(t_1) of dx/dt = F(t, x; θ):
+Three ways to differentiate one forward solve x(t_0) ↦ x(t_1) of dx/dt = F(t, x; θ), each
+an [`deepest.AbstractAdjoint`][] passed as `ContinuousNetwork(adjoint=...)`, the way
+diffrax takes `diffeqsolve(adjoint=...)`:
 
-- `solve_autodiff`: JAX differentiates through diffrax's steps
+- [`deepest.AutodiffAdjoint`][]: JAX differentiates through diffrax's steps
   (`diffrax.RecursiveCheckpointAdjoint`); the reference.
-- `solve_costate`: the forward solve stores the step states only; the backward pass is
-  the division-free symplectic partner sweep of the forward tableau
+- [`deepest.CostateAdjoint`][]: the forward solve stores the step states only; the backward
+  pass is the division-free symplectic partner sweep of the forward tableau
   ([`deepest.integrators.partner_sweep`][]), exactly the gradient of the discrete forward
   pass, exposed through `jax.custom_vjp`. With an adaptive step-size controller the
   accepted step times are recorded (buffer of `max_steps`) and replayed.
-- `solve_reversible`: the forward scheme is [`deepest.integrators.ReversibleRK`][]; the
-  backward pass rebuilds each state from the last one by the exact inverse step, so its
-  memory does not depend on the number of steps.
+- [`deepest.ReversibleAdjoint`][]: the forward scheme is
+  [`deepest.integrators.ReversibleRK`][]; the backward pass rebuilds each state from the
+  last one by the exact inverse step, so its memory does not depend on the number of steps.
 
-Step times are not differentiated in any mode. For adaptive solves this is also what
+Step times are not differentiated by any of them. For adaptive solves this is also what
 diffrax does: its `PIDController` stops gradients through the step-size choice, so the
-`autodiff` reference treats the accepted step times as fixed, as the replay does.
+autodiff reference treats the accepted step times as fixed, as the replay does.
+
+Besides the gradient of a solve, each adjoint gives the explicit costate sweep of a
+segment (`segment_forward`, then `segment_sweep`), which
+[`deepest.ContinuousNetwork.costate_sweep`][] runs slice by slice.
 """
 
+import abc
 from collections.abc import Callable
 
 import diffrax
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from ..integrators._reversible import ReversibleRK
-from ..integrators._tableaux import (
-    linearise_stages,
-    partner_sweep,
-    stages_parameter_vjp,
-    tableau_coefficients,
-)
+from .._misc import did_you_mean
+from ..integrators import ReversibleRK, partner_sweep, tableau_coefficients
+from ._integration import Integration
+from ._reversible_sweep import reversible_sweep
+
+Field = Callable[[Float[Array, ""], Float[Array, " dim"]], Float[Array, " dim"]]
 
 
-class Integration(eqx.Module):
-    """How one time segment is integrated: solver, steps and step-size control.
+class AbstractAdjoint(eqx.Module):
+    """How a [`deepest.ContinuousNetwork`][] differentiates its continuous layer.
 
-    **Arguments:**
-
-    - `solver`: a diffrax solver; an explicit RK method for the costate sweep, a
-        [`deepest.integrators.ReversibleRK`][] for the reversible one.
-    - `n_steps`: the number of steps (fixed stepping), or the initial step t_span/n_steps
-        of an adaptive solve.
-    - `stepsize_controller`: `None` for fixed steps, else a diffrax controller.
-    - `max_steps`: size of the step buffer of an adaptive solve.
+    A member says which scheme runs forward for the network's `solver`
+    (`forward_solver`), checks that it can differentiate that solver and step-size
+    control (`check`), integrates one segment differentiably (`solve`), and gives the
+    explicit costate sweep of one segment (`segment_forward`, then `segment_sweep`).
     """
 
-    solver: diffrax.AbstractSolver = eqx.field(static=True)
-    n_steps: int = eqx.field(static=True)
-    stepsize_controller: diffrax.AbstractStepSizeController | None = eqx.field(
-        static=True, default=None
-    )
-    max_steps: int | None = eqx.field(static=True, default=None)
+    def forward_solver(self, solver: diffrax.AbstractSolver) -> diffrax.AbstractSolver:
+        """The scheme that runs forward for the network's `solver` (by default `solver`)."""
+        return solver
 
-    @property
-    def buffer_size(self) -> int:
-        return self.n_steps if self.max_steps is None else self.max_steps
+    @abc.abstractmethod
+    def check(
+        self,
+        solver: diffrax.AbstractSolver,
+        stepsize_controller: diffrax.AbstractStepSizeController | None,
+    ) -> None:
+        """Raise an error a user can act on if this adjoint cannot differentiate a solve
+        with `solver` and `stepsize_controller` (`None` for fixed steps)."""
+
+    @abc.abstractmethod
+    def solve(
+        self,
+        field: Field,
+        x0: Float[Array, " dim"],
+        t0: Float[Array, ""],
+        t1: Float[Array, ""],
+        integration: Integration,
+    ) -> Float[Array, " dim"]:
+        """x(t_1) from x(t_0) = `x0`, differentiable in `field` and `x0` this adjoint's way."""
+
+    @abc.abstractmethod
+    def segment_forward(
+        self,
+        field: Field,
+        x0: Float[Array, " dim"],
+        t0: Float[Array, ""],
+        t1: Float[Array, ""],
+        integration: Integration,
+    ) -> tuple[Float[Array, " dim"], PyTree[Array]]:
+        """Forward solve of one segment, keeping what its costate sweep needs.
+
+        **Returns:** `(x(t_1), residuals)`, the residuals for `segment_sweep`.
+        """
+
+    @abc.abstractmethod
+    def segment_sweep(
+        self,
+        field: Field,
+        residuals: PyTree[Array],
+        t0: Float[Array, ""],
+        t1: Float[Array, ""],
+        integration: Integration,
+        costate_final: Float[Array, " dim"],
+    ) -> tuple[Float[Array, "n_times dim"], PyTree]:
+        """The costate sweep of one segment from λ(t_1), given `segment_forward`'s residuals.
+
+        **Returns:** `(costates, field_grad)`: λ at the segment's step times (first row
+        λ(t_0), last row λ(t_1)) and dC/d(field).
+        """
 
 
-def _vector_field(t, x, field):
-    return field(t, x)
+# The explicit sweep of an explicit RK forward pass, shared by the autodiff and costate
+# adjoints: the step states forward, the partner sweep backward.
+def _steps_forward(field, x0, t0, t1, integration):
+    ts, xs, x_final = integration.steps(field, x0, t0, t1)
+    return x_final, (ts, xs)
 
 
-_TERM = diffrax.ODETerm(_vector_field)
+def _partner_segment_sweep(field, residuals, integration, costate_final):
+    ts, xs = residuals
+    return partner_sweep(field, tableau_coefficients(integration.solver), ts, xs, costate_final)
 
 
-def _diffeqsolve(field, x0, t0, t1, integration, saveat, adjoint=None):
-    controller = integration.stepsize_controller
-    return diffrax.diffeqsolve(
-        _TERM,
-        integration.solver,
-        t0,
-        t1,
-        (t1 - t0) / integration.n_steps,
-        x0,
-        args=field,
-        saveat=saveat,
-        stepsize_controller=diffrax.ConstantStepSize() if controller is None else controller,
-        max_steps=integration.buffer_size,
-        adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
-    )
+class AutodiffAdjoint(AbstractAdjoint):
+    """Differentiate the continuous layer by JAX through diffrax's steps (the reference).
 
-
-def forward_steps(
-    field: Callable,
-    x0: Float[Array, " dim"],
-    t0: Float[Array, ""],
-    t1: Float[Array, ""],
-    integration: Integration,
-) -> tuple[Float[Array, " n"], Float[Array, "n dim"], Float[Array, " dim"]]:
-    """The forward solve, storing the state at every accepted step (no stages).
-
-    **Returns:**
-
-    `(ts, xs, x_final)`: times and states from t_0 on (padded with `inf` after the last
-    accepted step of an adaptive solve), and the state at t_1.
+    The gradient is `diffrax.RecursiveCheckpointAdjoint`'s; any diffrax solver and step-size
+    controller work. The explicit costate sweep
+    ([`deepest.ContinuousNetwork.costate_sweep`][]) is the partner sweep of an explicit
+    Runge–Kutta `solver`, as for [`deepest.CostateAdjoint`][].
     """
-    sol = _diffeqsolve(field, x0, t0, t1, integration, diffrax.SaveAt(t0=True, steps=True))
-    x_final = sol.ys[sol.stats["num_accepted_steps"]]
-    return sol.ts, sol.ys, x_final
 
+    def check(self, solver, stepsize_controller):
+        del solver, stepsize_controller
 
-def solve_autodiff(field, x0, t0, t1, integration):
-    """x(t_1), differentiated by JAX through diffrax's steps (the reference)."""
-    return _diffeqsolve(field, x0, t0, t1, integration, diffrax.SaveAt(t1=True)).ys[-1]
+    def solve(self, field, x0, t0, t1, integration):
+        return integration.final_state(field, x0, t0, t1)
+
+    def segment_forward(self, field, x0, t0, t1, integration):
+        return _steps_forward(field, x0, t0, t1, integration)
+
+    def segment_sweep(self, field, residuals, t0, t1, integration, costate_final):
+        del t0, t1
+        return _partner_segment_sweep(field, residuals, integration, costate_final)
 
 
 @eqx.filter_custom_vjp
 def _costate_solve(field_and_x0, t0, t1, integration):
     field, x0 = field_and_x0
-    return _diffeqsolve(field, x0, t0, t1, integration, diffrax.SaveAt(t1=True)).ys[-1]
+    return integration.final_state(field, x0, t0, t1)
 
 
 @_costate_solve.def_fwd
 def _costate_solve_fwd(perturbed, field_and_x0, t0, t1, integration):
     del perturbed
     field, x0 = field_and_x0
-    ts, xs, x_final = forward_steps(field, x0, t0, t1, integration)
-    return x_final, (ts, xs)
+    return _steps_forward(field, x0, t0, t1, integration)
 
 
 @_costate_solve.def_bwd
 def _costate_solve_bwd(residuals, cotangent, perturbed, field_and_x0, t0, t1, integration):
     del perturbed, t0, t1
-    ts, xs = residuals
     field, _ = field_and_x0
-    coefficients = tableau_coefficients(integration.solver)
-    costates, field_grad = partner_sweep(field, coefficients, ts, xs, cotangent)
+    costates, field_grad = _partner_segment_sweep(field, residuals, integration, cotangent)
     return field_grad, costates[0]
 
 
-def solve_costate(field, x0, t0, t1, integration):
-    """x(t_1), differentiated by the partner costate sweep (`jax.custom_vjp`)."""
-    return _costate_solve((field, x0), t0, t1, integration)
+class CostateAdjoint(AbstractAdjoint):
+    """Differentiate the continuous layer by the exact partner costate sweep (the default).
 
+    The forward pass stores the step states only; the backward pass is the division-free
+    symplectic partner sweep of the forward Runge–Kutta tableau (Sanz-Serna 2016), the
+    exact gradient of the discrete forward pass, through `jax.custom_vjp`:
+    λ(T) = ∂C/∂x(T), λ_n = (∂x_{n+1}/∂x_n)ᵀ λ_{n+1}, dC/dθ = Σ_n Σ_i (∂F/∂θ(X_i))ᵀ K̄_i.
+    With an adaptive `stepsize_controller` the accepted steps are recorded (buffer of
+    `max_steps`) and replayed; the step times are treated as fixed, as diffrax's
+    `PIDController` does under autodiff.
 
-def reversible_sweep(
-    field: Callable,
-    solver: ReversibleRK,
-    t0: Float[Array, ""],
-    t1: Float[Array, ""],
-    n_steps: int,
-    y_final: Float[Array, " dim"],
-    z_final: Float[Array, " dim"],
-    cotangent: Float[Array, " dim"],
-    return_costates: bool = False,
-):
-    """Backpropagation through [`deepest.integrators.ReversibleRK`][] at O(1) memory.
-
-    Walks the n_steps equal steps of [t_0, t_1] backward; each step first rebuilds
-    (y_n, z_n) from (y_{n+1}, z_{n+1}) by the exact inverse step, then transposes
-    y_{n+1} = λ y_n + (1 − λ) z_n + Ψ_h(t_n, z_n) and z_{n+1} = z_n − Ψ_{−h}(t_{n+1}, y_{n+1})
-    with the partner form of the base increments (VJPs of the field at single stages).
-    The stage evaluations that rebuild the states are the ones whose VJPs transpose
-    the step (each stage is evaluated once); the parameter gradient of the step's
-    stages is taken in one batched VJP. Only the current pair and its cotangents are
-    held.
-
-    **Arguments:**
-
-    - `field`: an Equinox module called as `field(t, x)`.
-    - `solver`: the reversible scheme used forward.
-    - `t0`, `t1`, `n_steps`: the forward time grid t_n = t_0 + n (t_1 − t_0)/n_steps.
-    - `y_final`, `z_final`: the forward pair at t_1.
-    - `cotangent`: ∂C/∂y(t_1).
-    - `return_costates`: also return ȳ_n + z̄_n at every step (the costate of the
-        common initial value y_n = z_n), which costs memory linear in n_steps.
-
-    **Returns:**
-
-    `(dC/dx(t_0), field_grad)`, plus the costates if asked.
+    Needs an explicit Runge–Kutta `solver` (`diffrax.Euler`, `diffrax.Heun`,
+    [`deepest.integrators.RK4`][], `diffrax.Dopri5`, `diffrax.Tsit5`, ...).
     """
-    coefficients = tableau_coefficients(solver.base)
-    dtype = y_final.dtype
-    h = (t1 - t0) / n_steps
-    coupling = jnp.asarray(solver.step_coupling(h), dtype=dtype)
-    params, static = eqx.partition(field, eqx.is_inexact_array)
 
-    def body(carry, _):
-        # The step index is carried, not scanned over, so that nothing of length
-        # n_steps is allocated (the memory of the sweep is independent of n_steps).
-        index, y1, z1, y1_bar, z1_bar, grad = carry
-        index = index - 1
-        f = eqx.combine(params, static)
-        t_start = t0 + index.astype(dtype) * h
-        t_end = t0 + (index + 1).astype(dtype) * h
-        back_increment, back_transpose = linearise_stages(f, coefficients, t_end, -h, y1)
-        z0 = z1 + back_increment
-        forward_increment, forward_transpose = linearise_stages(f, coefficients, t_start, h, z0)
-        y0 = (y1 - (1 - coupling) * z0 - forward_increment) / coupling
-        dy, back_times, back_inputs, back_k_bars = back_transpose(z1_bar)
-        y1_bar = y1_bar - dy
-        dz, times, inputs, k_bars = forward_transpose(y1_bar)
-        # z_{n+1} = z_n − Ψ_{−h}(y_{n+1}): the backward increment's stages enter with a
-        # minus sign.
-        step_grad = stages_parameter_vjp(
-            params,
-            static,
-            back_times + times,
-            back_inputs + inputs,
-            [-k for k in back_k_bars] + k_bars,
-        )
-        y0_bar = coupling * y1_bar
-        z0_bar = z1_bar + (1 - coupling) * y1_bar + dz
-        grad = jax.tree.map(jnp.add, grad, step_grad)
-        out = y0_bar + z0_bar if return_costates else None
-        return (index, y0, z0, y0_bar, z0_bar, grad), out
+    def check(self, solver, stepsize_controller):
+        del stepsize_controller
+        # Raises a TypeError naming what is accepted unless `solver` is explicit RK.
+        tableau_coefficients(solver)
 
-    zero = jax.tree.map(jnp.zeros_like, params)
-    init = (jnp.asarray(n_steps), y_final, z_final, cotangent, jnp.zeros_like(cotangent), zero)
-    (_, _, _, y_bar, z_bar, grad), costates = jax.lax.scan(
-        body, init, None, length=n_steps, reverse=True
-    )
-    if return_costates:
-        return y_bar + z_bar, grad, jnp.concatenate([costates, cotangent[None]])
-    return y_bar + z_bar, grad
+    def solve(self, field, x0, t0, t1, integration):
+        return _costate_solve((field, x0), t0, t1, integration)
+
+    def segment_forward(self, field, x0, t0, t1, integration):
+        return _steps_forward(field, x0, t0, t1, integration)
+
+    def segment_sweep(self, field, residuals, t0, t1, integration, costate_final):
+        del t0, t1
+        return _partner_segment_sweep(field, residuals, integration, costate_final)
 
 
-def forward_reversible(field, x0, t0, t1, integration):
-    """The reversible forward solve, keeping only the final pair (y, z)."""
-    sol = _diffeqsolve(field, x0, t0, t1, integration, diffrax.SaveAt(t1=True, solver_state=True))
-    return sol.ys[-1], sol.solver_state
+def _reversible_forward(field, x0, t0, t1, integration):
+    y_final, z_final = integration.final_pair(field, x0, t0, t1)
+    return y_final, (y_final, z_final)
 
 
 @eqx.filter_custom_vjp
 def _reversible_solve(field_and_x0, t0, t1, integration):
     field, x0 = field_and_x0
-    return _diffeqsolve(field, x0, t0, t1, integration, diffrax.SaveAt(t1=True)).ys[-1]
+    return integration.final_state(field, x0, t0, t1)
 
 
 @_reversible_solve.def_fwd
 def _reversible_solve_fwd(perturbed, field_and_x0, t0, t1, integration):
     del perturbed
     field, x0 = field_and_x0
-    y_final, z_final = forward_reversible(field, x0, t0, t1, integration)
-    return y_final, (y_final, z_final)
+    return _reversible_forward(field, x0, t0, t1, integration)
 
 
 @_reversible_solve.def_bwd
@@ -250,55 +219,42 @@ def _reversible_solve_bwd(residuals, cotangent, perturbed, field_and_x0, t0, t1,
     return field_grad, x0_bar
 
 
-def solve_reversible(field, x0, t0, t1, integration):
-    """x(t_1) by [`deepest.integrators.ReversibleRK`][], differentiated at O(1) memory."""
-    return _reversible_solve((field, x0), t0, t1, integration)
+class ReversibleAdjoint(AbstractAdjoint):
+    """Differentiate the continuous layer at memory independent of the number of steps.
 
+    The forward scheme is the reversible Runge–Kutta method of McCallum & Foster (2024)
+    around `solver` ([`deepest.integrators.ReversibleRK`][]); the backward pass rebuilds
+    the states exactly from the final pair (y, z) by the inverse step, so its memory does
+    not grow with `n_steps`. A plain `solver` gets the default coupling rate κ = 1
+    (coupling λ = e^{−κh} per step), which bounds the rebuild's amplification of rounding
+    by e^{κT} however many steps are taken; pass a `ReversibleRK` to choose κ for a
+    dissipative field (see its docstring for the stability trade-off). Takes fixed steps.
 
-SOLVES: dict[str, Callable] = {
-    "autodiff": solve_autodiff,
-    "costate": solve_costate,
-    "reversible": solve_reversible,
-}
-
-
-def segment_forward(
-    field: Callable,
-    x0: Float[Array, " dim"],
-    t0: Float[Array, ""],
-    t1: Float[Array, ""],
-    integration: Integration,
-) -> tuple[Float[Array, " dim"], tuple[Array, Array]]:
-    """Forward solve of one segment, keeping what its costate sweep needs.
-
-    **Returns:**
-
-    `(x(t_1), residuals)`: the step times and states for an RK solver, the final pair
-    (y, z) for a [`deepest.integrators.ReversibleRK`][].
+    In the explicit costate sweep the costate at step n is ȳ_n + z̄_n, the costate of the
+    pair's common initial value y_n = z_n.
     """
-    if isinstance(integration.solver, ReversibleRK):
-        y_final, z_final = forward_reversible(field, x0, t0, t1, integration)
-        return y_final, (y_final, z_final)
-    ts, xs, x_final = forward_steps(field, x0, t0, t1, integration)
-    return x_final, (ts, xs)
 
+    def forward_solver(self, solver):
+        return solver if isinstance(solver, ReversibleRK) else ReversibleRK(solver)
 
-def segment_sweep(
-    field: Callable,
-    residuals: tuple[Array, Array],
-    t0: Float[Array, ""],
-    t1: Float[Array, ""],
-    integration: Integration,
-    costate_final: Float[Array, " dim"],
-) -> tuple[Float[Array, "n_times dim"], PyTree]:
-    """The costate sweep of one segment from λ(t_1), given `segment_forward`'s residuals.
+    def check(self, solver, stepsize_controller):
+        if stepsize_controller is not None:
+            raise ValueError(
+                "`adjoint='reversible'` takes fixed steps; pass `stepsize_controller=None`."
+            )
+        if not isinstance(solver, ReversibleRK):
+            raise TypeError(
+                "The reversible adjoint runs a `deepest.integrators.ReversibleRK` forward; "
+                f"got {type(solver).__name__}."
+            )
 
-    **Returns:**
+    def solve(self, field, x0, t0, t1, integration):
+        return _reversible_solve((field, x0), t0, t1, integration)
 
-    `(costates, field_grad)`: λ at the segment's step times (first row λ(t_0), last
-    row λ(t_1)) and dC/dθ.
-    """
-    if isinstance(integration.solver, ReversibleRK):
+    def segment_forward(self, field, x0, t0, t1, integration):
+        return _reversible_forward(field, x0, t0, t1, integration)
+
+    def segment_sweep(self, field, residuals, t0, t1, integration, costate_final):
         y_final, z_final = residuals
         _, grad, costates = reversible_sweep(
             field,
@@ -312,6 +268,25 @@ def segment_sweep(
             return_costates=True,
         )
         return costates, grad
-    ts, xs = residuals
-    coefficients = tableau_coefficients(integration.solver)
-    return partner_sweep(field, coefficients, ts, xs, costate_final)
+
+
+_ADJOINTS: dict[str, type[AbstractAdjoint]] = {
+    "autodiff": AutodiffAdjoint,
+    "costate": CostateAdjoint,
+    "reversible": ReversibleAdjoint,
+}
+
+
+def as_adjoint(adjoint: str | AbstractAdjoint) -> AbstractAdjoint:
+    """`adjoint` as an [`deepest.AbstractAdjoint`][]: the names `"autodiff"`, `"costate"`
+    and `"reversible"` stand for [`deepest.AutodiffAdjoint`][],
+    [`deepest.CostateAdjoint`][] and [`deepest.ReversibleAdjoint`][]."""
+    if isinstance(adjoint, AbstractAdjoint):
+        return adjoint
+    if isinstance(adjoint, str) and adjoint in _ADJOINTS:
+        return _ADJOINTS[adjoint]()
+    names = ", ".join(repr(name) for name in _ADJOINTS)
+    hint = did_you_mean(adjoint, _ADJOINTS) if isinstance(adjoint, str) else ""
+    raise ValueError(
+        f"`adjoint` must be one of {names} or a `deepest.AbstractAdjoint`; got {adjoint!r}." + hint
+    )

@@ -1,127 +1,35 @@
 """Continuous-layer networks dx/dt = F(t, x; θ), with exact costate gradients."""
 
-import inspect
-from collections.abc import Callable
-
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, PyTree
 
-from ..integrators._reversible import ReversibleRK
-from ..integrators._tableaux import RK4, tableau_coefficients
-from ._adjoint import SOLVES, Integration, segment_forward, segment_sweep
-
-
-class PiecewiseConstant(eqx.Module):
-    """A vector field whose parameters switch at equal time slices.
-
-    On slice k of [0, T] (t ∈ [kT/S, (k+1)T/S), S = `n_slices`) the field is the k-th
-    member of a stack of S fields of one architecture. Used as the `field` of a
-    [`deepest.ContinuousNetwork`][], which integrates each slice as its own segment, so
-    a slice boundary is always a step boundary (`n_steps` must be a multiple of S).
-
-    **Arguments:**
-
-    - `field`: either a function `key -> module` (each slice initialised with its own
-        key, e.g. `lambda k: eqx.nn.MLP(4, 4, 16, 2, key=k)`), or a module (every slice
-        starts as a copy of it).
-    - `n_slices`: the number of slices S ≥ 1.
-    - `key`: a PRNG key; required with a function, unused with a module.
-
-    **Example:**
-
-    ```python
-    field = deepest.PiecewiseConstant(lambda k: eqx.nn.MLP(2, 2, 32, 1, key=k), 4, key)
-    net = deepest.ContinuousNetwork(field, t1=1.0, n_steps=40)
-    ```
-    """
-
-    fields: PyTree
-    n_slices: int = eqx.field(static=True)
-
-    def __init__(
-        self,
-        field: eqx.Module | Callable[[PRNGKeyArray], eqx.Module],
-        n_slices: int,
-        key: PRNGKeyArray | None = None,
-    ):
-        if not isinstance(n_slices, int) or n_slices < 1:
-            raise ValueError(f"`n_slices` must be a positive integer; got {n_slices!r}.")
-        if isinstance(field, eqx.Module):
-            self.fields = jax.tree.map(
-                lambda a: jnp.broadcast_to(a, (n_slices, *a.shape)) if eqx.is_array(a) else a,
-                field,
-            )
-        elif callable(field):
-            if key is None:
-                raise ValueError(
-                    "Pass a PRNG `key` to initialise one field per slice from the "
-                    "function `field(key)`."
-                )
-            self.fields = eqx.filter_vmap(field)(jr.split(key, n_slices))
-        else:
-            raise TypeError(
-                "`field` must be an Equinox module or a function key -> module; "
-                f"got {type(field).__name__}."
-            )
-        self.n_slices = n_slices
-
-    def slice(self, k: int) -> eqx.Module:
-        """The field on slice `k`."""
-        return jax.tree.map(lambda a: a[k] if eqx.is_array(a) else a, self.fields)
+from .._networks import AbstractCostateNetwork
+from ..integrators import RK4
+from ._adjoint import AbstractAdjoint, as_adjoint
+from ._fields import TimeField, as_pieces, takes_time
+from ._integration import Integration
 
 
-def _takes_time(field) -> bool:
-    try:
-        parameters = inspect.signature(field).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    positional = [
-        p
-        for p in parameters
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    variadic = any(p.kind is p.VAR_POSITIONAL for p in parameters)
-    return variadic or len(positional) >= 2
-
-
-class _TimeField(eqx.Module):
-    # Presents a field of x alone as a field of (t, x), the form the solvers call.
-    field: eqx.Module
-    takes_time: bool = eqx.field(static=True)
-
-    def __call__(self, t, x):
-        return self.field(t, x) if self.takes_time else self.field(x)
-
-
-_ADJOINTS = ("autodiff", "costate", "reversible")
-
-
-class ContinuousNetwork(eqx.Module):
+class ContinuousNetwork(AbstractCostateNetwork):
     """A continuous-layer network: x ↦ decoder(x(T)) with dx/dt = F(t, x; θ), x(0) = encoder(x).
 
     The forward pass integrates from 0 to `t1` with `diffrax.diffeqsolve`. The gradient
-    depends on `adjoint`:
+    depends on `adjoint`, an [`deepest.AbstractAdjoint`][] (or its name):
 
-    - `"autodiff"`: JAX differentiates through diffrax's steps
-        (`diffrax.RecursiveCheckpointAdjoint`): the reference.
-    - `"costate"`: the forward pass stores the step states only; the backward pass is
-        the division-free symplectic partner sweep of the forward Runge--Kutta tableau
-        (Sanz-Serna 2016), the exact gradient of the discrete forward pass, through
-        `jax.custom_vjp`: λ(T) = ∂C/∂x(T), λ_n = (∂x_{n+1}/∂x_n)ᵀ λ_{n+1},
-        dC/dθ = Σ_n Σ_i (∂F/∂θ(X_i))ᵀ K̄_i. With an adaptive `stepsize_controller` the
-        accepted steps are recorded (buffer of `max_steps`) and replayed; the step times
-        are treated as fixed, as diffrax's `PIDController` does under autodiff.
-    - `"reversible"`: the forward scheme is the reversible RK of McCallum & Foster
-        (2024) around `solver` ([`deepest.integrators.ReversibleRK`][]); the backward
-        pass rebuilds the states exactly, so its memory does not grow with `n_steps`.
-        A plain `solver` gets the default coupling rate κ = 1 (coupling λ = e^{−κh}
-        per step), which bounds the rebuild's amplification of rounding by e^{κT}
-        however many steps are taken; pass a `ReversibleRK` to choose κ for a
-        dissipative field (see its docstring for the stability trade-off).
+    - `"autodiff"`, [`deepest.AutodiffAdjoint`][]: JAX differentiates through diffrax's
+        steps (`diffrax.RecursiveCheckpointAdjoint`): the reference.
+    - `"costate"`, [`deepest.CostateAdjoint`][]: the forward pass stores the step states
+        only; the backward pass is the division-free symplectic partner sweep of the
+        forward Runge--Kutta tableau (Sanz-Serna 2016), the exact gradient of the discrete
+        forward pass: λ(T) = ∂C/∂x(T), λ_n = (∂x_{n+1}/∂x_n)ᵀ λ_{n+1},
+        dC/dθ = Σ_n Σ_i (∂F/∂θ(X_i))ᵀ K̄_i. Adaptive steps are recorded and replayed.
+    - `"reversible"`, [`deepest.ReversibleAdjoint`][]: the forward scheme is the
+        reversible RK of McCallum & Foster (2024) around `solver`
+        ([`deepest.integrators.ReversibleRK`][]); the backward pass rebuilds the states
+        exactly, so its memory does not grow with `n_steps`.
 
     λ is the backprop costate; the action's canonical momentum is p = −λ.
 
@@ -135,7 +43,8 @@ class ContinuousNetwork(eqx.Module):
     - `solver`: an explicit RK diffrax solver (`diffrax.Euler`, `diffrax.Heun`,
         `deepest.integrators.RK4` (default), `diffrax.Dopri5`, `diffrax.Tsit5`, ...);
         with `adjoint="reversible"` its base scheme, or a `ReversibleRK`.
-    - `adjoint`: `"autodiff"`, `"costate"` (default) or `"reversible"`.
+    - `adjoint`: an [`deepest.AbstractAdjoint`][], or `"autodiff"`, `"costate"` (default)
+        or `"reversible"`.
     - `stepsize_controller`: `None` (fixed steps) or e.g. `diffrax.PIDController(...)`.
     - `max_steps`: the step buffer of an adaptive solve, per slice (default 4096).
     - `encoder`, `decoder`: optional modules (e.g. `eqx.nn.Linear`) mapping the input to
@@ -156,7 +65,7 @@ class ContinuousNetwork(eqx.Module):
     t1: float = eqx.field(static=True)
     n_steps: int = eqx.field(static=True)
     solver: diffrax.AbstractSolver = eqx.field(static=True)
-    adjoint: str = eqx.field(static=True)
+    adjoint: AbstractAdjoint = eqx.field(static=True)
     stepsize_controller: diffrax.AbstractStepSizeController | None = eqx.field(static=True)
     max_steps: int | None = eqx.field(static=True)
     field_takes_time: bool = eqx.field(static=True)
@@ -167,7 +76,7 @@ class ContinuousNetwork(eqx.Module):
         t1: float,
         n_steps: int,
         solver: diffrax.AbstractSolver | None = None,
-        adjoint: str = "costate",
+        adjoint: str | AbstractAdjoint = "costate",
         stepsize_controller: diffrax.AbstractStepSizeController | None = None,
         max_steps: int | None = None,
         encoder: eqx.Module | None = None,
@@ -177,8 +86,8 @@ class ContinuousNetwork(eqx.Module):
             solver = RK4()
         if isinstance(stepsize_controller, diffrax.ConstantStepSize):
             stepsize_controller = None
-        if adjoint == "reversible" and not isinstance(solver, ReversibleRK):
-            solver = ReversibleRK(solver)
+        adjoint = as_adjoint(adjoint)
+        solver = adjoint.forward_solver(solver)
         self.field = field
         self.encoder = encoder
         self.decoder = decoder
@@ -188,8 +97,7 @@ class ContinuousNetwork(eqx.Module):
         self.adjoint = adjoint
         self.stepsize_controller = stepsize_controller
         self.max_steps = max_steps
-        inner = field.slice(0) if isinstance(field, PiecewiseConstant) else field
-        self.field_takes_time = _takes_time(inner)
+        self.field_takes_time = takes_time(as_pieces(field).slice(0))
 
     def __check_init__(self):
         if isinstance(self.t1, bool) or not isinstance(self.t1, (int, float)):
@@ -207,16 +115,8 @@ class ContinuousNetwork(eqx.Module):
                 f"`n_slices` ({self.n_slices}), so that parameters switch at step "
                 "boundaries."
             )
-        if self.adjoint not in _ADJOINTS:
-            raise ValueError(f"`adjoint` must be one of {_ADJOINTS}; got {self.adjoint!r}.")
-        if self.adjoint == "costate":
-            tableau_coefficients(self.solver)
-        adaptive = self.stepsize_controller is not None
-        if adaptive and self.adjoint == "reversible":
-            raise ValueError(
-                "`adjoint='reversible'` takes fixed steps; pass `stepsize_controller=None`."
-            )
-        if adaptive and isinstance(self.solver, (RK4, diffrax.Euler)):
+        self.adjoint.check(self.solver, self.stepsize_controller)
+        if self.stepsize_controller is not None and isinstance(self.solver, (RK4, diffrax.Euler)):
             raise ValueError(
                 f"{type(self.solver).__name__} has no error estimate for adaptive "
                 "stepping; use e.g. diffrax.Dopri5() or diffrax.Tsit5()."
@@ -232,7 +132,7 @@ class ContinuousNetwork(eqx.Module):
     @property
     def n_slices(self) -> int:
         """The number of time slices with their own parameters (1 for a plain field)."""
-        return self.field.n_slices if isinstance(self.field, PiecewiseConstant) else 1
+        return as_pieces(self.field).n_slices
 
     @property
     def steps_per_slice(self) -> int:
@@ -245,12 +145,10 @@ class ContinuousNetwork(eqx.Module):
             max_steps = 4096 if self.max_steps is None else self.max_steps
         return Integration(self.solver, self.steps_per_slice, self.stepsize_controller, max_steps)
 
-    def _stacked(self):
+    def _stacked(self) -> PyTree:
         # Every slice's field with its arrays stacked on a leading axis, so that slices
         # are one `lax.scan`; a plain field is a stack of one.
-        if isinstance(self.field, PiecewiseConstant):
-            return self.field.fields
-        return jax.tree.map(lambda a: a[None] if eqx.is_array(a) else a, self.field)
+        return as_pieces(self.field).fields
 
     def _slice_times(self, k, dtype):
         width = self.t1 / self.n_slices
@@ -271,13 +169,12 @@ class ContinuousNetwork(eqx.Module):
             )
         dynamic, static = eqx.partition(self._stacked(), eqx.is_array)
         integration = self._integration()
-        solve = SOLVES[self.adjoint]
 
         def body(x, slice_):
             k, dynamic_k = slice_
-            field = _TimeField(eqx.combine(dynamic_k, static), self.field_takes_time)
+            field = TimeField(eqx.combine(dynamic_k, static), self.field_takes_time)
             t0, t1 = self._slice_times(k, x.dtype)
-            return solve(field, x, t0, t1, integration), None
+            return self.adjoint.solve(field, x, t0, t1, integration), None
 
         x_final, _ = jax.lax.scan(body, x0, (jnp.arange(self.n_slices), dynamic))
         return x_final
@@ -292,8 +189,9 @@ class ContinuousNetwork(eqx.Module):
         """The costate sweep for one sample: costates at the step times and dC/d(net).
 
         Forward: x(0) = encoder(x), the solve storing its step states (the reversible
-        mode stores none). Backward: λ(T) = (∂decoder/∂x(T))ᵀ dC_dxL, then the partner
-        sweep (or the reversible sweep) slice by slice to λ(0), then the encoder's VJP.
+        adjoint stores none). Backward: λ(T) = (∂decoder/∂x(T))ᵀ dC_dxL, then the
+        adjoint's segment sweep (the partner sweep, or the reversible sweep) slice by
+        slice to λ(0), then the encoder's VJP.
 
         **Arguments:**
 
@@ -304,9 +202,9 @@ class ContinuousNetwork(eqx.Module):
 
         `(costates, grad)`: λ at the step times, shape (n_steps + 1, dim), first row
         λ(0), last row λ(T) (slices in order; with adaptive steps each slice's rows are
-        its step buffer, rows past its last accepted step repeating the costate there; in
-        reversible mode λ_n is the costate ȳ_n + z̄_n of the pair); and dC/d(net) with the
-        structure of `eqx.filter_grad` of the network.
+        its step buffer, rows past its last accepted step repeating the costate there; with
+        the reversible adjoint λ_n is the costate ȳ_n + z̄_n of the pair); and dC/d(net)
+        with the structure of `eqx.filter_grad` of the network.
         """
         x0, encoder_vjp = (
             (x, None) if self.encoder is None else eqx.filter_vjp(lambda e: e(x), self.encoder)
@@ -315,12 +213,12 @@ class ContinuousNetwork(eqx.Module):
         integration = self._integration()
 
         def field_of(dynamic_k):
-            return _TimeField(eqx.combine(dynamic_k, static), self.field_takes_time)
+            return TimeField(eqx.combine(dynamic_k, static), self.field_takes_time)
 
         def forward(x_start, slice_):
             k, dynamic_k = slice_
             t0, t1 = self._slice_times(k, x_start.dtype)
-            return segment_forward(field_of(dynamic_k), x_start, t0, t1, integration)
+            return self.adjoint.segment_forward(field_of(dynamic_k), x_start, t0, t1, integration)
 
         slices = (jnp.arange(self.n_slices), dynamic)
         x_final, residuals = jax.lax.scan(forward, x0, slices)
@@ -333,7 +231,7 @@ class ContinuousNetwork(eqx.Module):
         def backward(costate, slice_):
             k, dynamic_k, residuals_k = slice_
             t0, t1 = self._slice_times(k, costate.dtype)
-            costates, grad = segment_sweep(
+            costates, grad = self.adjoint.segment_sweep(
                 field_of(dynamic_k), residuals_k, t0, t1, integration, costate
             )
             return costates[0], (costates[:-1], grad.field)
@@ -342,12 +240,9 @@ class ContinuousNetwork(eqx.Module):
             backward, costate_final, (*slices, residuals), reverse=True
         )
         costates = jnp.concatenate([costates.reshape(-1, costates.shape[-1]), costate_final[None]])
-        if isinstance(self.field, PiecewiseConstant):
-            field_grad = eqx.tree_at(
-                lambda f: f.fields, eqx.filter(self.field, eqx.is_inexact_array), field_grads
-            )
-        else:
-            field_grad = jax.tree.map(lambda g: g[0], field_grads)
+        # The gradient with respect to the stacked slices, pulled back to the field.
+        _, unstack = eqx.filter_vjp(lambda f: as_pieces(f).fields, self.field)
+        (field_grad,) = unstack(field_grads)
         grad = eqx.filter(self, eqx.is_inexact_array)
         grad = eqx.tree_at(lambda n: n.field, grad, field_grad)
         if self.encoder is not None:

@@ -11,7 +11,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._networks._networks import LayeredNetwork
+from .._networks import LayeredNetwork
 
 TWIN_VARIANTS = ("tanh", "authors")
 
@@ -128,8 +128,19 @@ def noisy_pairs(
 BAR_CLASSES = ("horizontal", "vertical", "diagonal", "antidiagonal")
 
 
-def _bar_templates(size: int, positions: str) -> list[list[np.ndarray]]:
-    """Per class, the list of noiseless bar images (size × size, entries 0/1)."""
+def _bar_templates(size: int = 5, positions: str = "centered") -> list[list[np.ndarray]]:
+    """The noiseless bar images of [`deepest.bar_images`][], per class.
+
+    **Returns:** a list indexed like `bar_images.classes`; entry c is the list of every
+    size × size image (entries 0 and 1) of class c that `positions` allows.
+
+    **Example:**
+
+    ```python
+    templates = deepest.bar_images.templates(5, "all")
+    horizontal = templates[deepest.bar_images.classes.index("horizontal")]  # 5 images
+    ```
+    """
     c = size // 2
     eye = np.eye(size)
     if positions == "centered":
@@ -157,15 +168,17 @@ def bar_images(
 ) -> tuple[Float[Array, "n size*size"], Float[Array, "n 4"]]:
     """Noisy images of a bar in one of 4 orientations, with one-hot labels.
 
-    The classes are (`BAR_CLASSES`) horizontal, vertical, diagonal (top-left to bottom-right)
-    and antidiagonal. Each image is a size × size array of 0 (background) and 1 (bar) plus
-    independent uniform pixel noise in [−noise/2, noise/2] (varanneal's `bardata_gen`:
-    `0.35·(0.5 − U)`). Classes are balanced: image i has class i mod 4 before a random
-    permutation. With `positions="centered"` the bar passes through the centre pixel; with
-    `"all"` it is any row, column, or diagonal of length ≥ 2, drawn uniformly.
+    The classes are (`bar_images.classes`, in the order of the labels) horizontal,
+    vertical, diagonal (top-left to bottom-right) and antidiagonal. Each image is a
+    size × size array of 0 (background) and 1 (bar) plus independent uniform pixel noise in
+    [−noise/2, noise/2] (varanneal's `bardata_gen`: `0.35·(0.5 − U)`). Classes are
+    balanced: image i has class i mod 4 before a random permutation. With
+    `positions="centered"` the bar passes through the centre pixel; with `"all"` it is any
+    row, column, or diagonal of length ≥ 2, drawn uniformly.
 
     **Returns:** `(images, labels)`: images flattened to (n_images, size²), labels one-hot
-    (n_images, 4).
+    (n_images, 4). The noiseless images of every class are `bar_images.templates(size,
+    positions)`.
 
     **Example:**
 
@@ -194,6 +207,11 @@ def bar_images(
     )
     images = jnp.asarray(clean, dtype) + noise * (jr.uniform(k_noise, clean.shape, dtype) - 0.5)
     return images, jax.nn.one_hot(labels, 4, dtype=dtype)
+
+
+# The classes and their noiseless images travel with the function that draws them.
+bar_images.classes = BAR_CLASSES
+bar_images.templates = _bar_templates
 
 
 class FlowMap(eqx.Module):

@@ -8,4 +8,6 @@ from ._costate import (
     costate_vjp as costate_vjp,
 )
 from ._fit import FitHistory as FitHistory, fit as fit
-from ._networks import LayeredNetwork as LayeredNetwork, RecurrentNetwork as RecurrentNetwork
+from ._layered import LayeredNetwork as LayeredNetwork
+from ._protocol import AbstractCostateNetwork as AbstractCostateNetwork
+from ._recurrent import RecurrentNetwork as RecurrentNetwork

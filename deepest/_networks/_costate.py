@@ -14,7 +14,7 @@ ML action (R_m-weighted input/output misfit plus R_f-weighted model error),
 p(l+1) ∝ R_f (x(l+1) − f_l(x(l))), ends at p(L) = −∂C/∂x(L) and obeys the same linear
 recursion, so p = −λ as R_f → ∞ (the continuous networks use the same convention).
 
-The sweep is written out here, not delegated to `jax.grad` of the loss: the forward pass
+The sweep is written out, not delegated to `jax.grad` of the loss: the forward pass
 linearises one layer map at a time with `jax.vjp` (inside a `lax.scan` over a stack of equal
 layers) and stores each layer's VJP residuals; the backward `lax.scan` replays them from the
 output layer down, carrying λ. Residuals that are just the layer's own weights are not
@@ -23,27 +23,15 @@ what reverse-mode autodiff keeps and recomputes nothing.
 
 Protocol
 --------
-Every network class provides, for ONE sample,
-
-    costate_sweep(x, dC_dy) -> (costates, grad)
-
-with `dC_dy` the cotangent of the network output `net(x)`, `costates` the costates λ(0..L)
-(in the network's layout: a tuple of per-layer arrays for a `LayeredNetwork`, one
-(T+1, N) array for a `RecurrentNetwork`), and
-`grad` = ∂C/∂(network) laid out as `eqx.filter_grad` lays it out (the network's structure,
-gradients at the floating-point arrays, `None` elsewhere; identical to `jax.grad` when every
-leaf is a floating-point array).
-
-A network may also provide the batched, faster form
-
-    costate_pullback(xs) -> (ys, pullback),   pullback(dC_dys) -> (costates, grad)
-
-for a batch with a leading axis: the forward pass runs once (no second forward pass for the
-cotangent) and the weight gradient is contracted over the batch inside each layer's VJP
-instead of materialising one gradient per sample. `pullback` is an Equinox module, so it can
-be a residual of a `jax.custom_vjp`. [`deepest.costate_grad`][] uses `costate_pullback` when
-present and `jax.vmap` of `costate_sweep` plus a sum over the batch otherwise, so any network
-with a `costate_sweep` method (e.g. the continuous networks) works unchanged.
+Every network is a [`deepest.AbstractCostateNetwork`][] (`_protocol.py`): it provides, for
+ONE sample, `costate_sweep(x, dC_dy) -> (costates, grad)` (the costates λ(0..L) in the
+network's layout: a tuple of per-layer arrays for a `LayeredNetwork`, one (T+1, N) array for
+a `RecurrentNetwork`; `grad` = ∂C/∂(network) laid out as `eqx.filter_grad` lays it out), and
+the batched form `costate_pullback(xs) -> (ys, pullback)`, `pullback(dC_dys) -> (costates,
+grad)`. The layered and recurrent networks override the batched form so that the forward
+pass runs once and the weight gradient is contracted over the batch inside each layer's VJP
+(`_linearise.py`); the protocol's default maps `costate_sweep` over the batch, so a network
+with only the per-sample sweep (e.g. the continuous networks) works unchanged.
 """
 
 from collections.abc import Callable
@@ -55,66 +43,27 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, PyTree, Scalar
 
-# -- per-layer linearisation with shared residuals --------------------------------------------
-
-
-def linearise(
-    fn: Callable, params: PyTree, data: PyTree, x: PyTree
-) -> tuple[PyTree, list[Array], tuple]:
-    """`fn(params, data, x)` and its VJP in `(params, x)`, the VJP split for storage.
-
-    Returns `(y, stored, spec)`: the residual arrays that are not leaves of `(params, data)`,
-    and a static `spec` with which [`rebuild`][] puts the VJP back together from `stored` and
-    the same `(params, data)`. Leaves are recognised by identity, which holds for arrays the
-    linearisation keeps as they are (a dense layer's weight matrix, an input sequence).
-    """
-    y, vjp_fn = jax.vjp(lambda p, x: fn(p, data, x), params, x)
-    leaves, treedef = jtu.tree_flatten(vjp_fn)
-    known = {id(leaf): i for i, leaf in enumerate(jtu.tree_leaves((params, data)))}
-    where = tuple(known.get(id(leaf)) for leaf in leaves)
-    stored = [leaf for leaf, w in zip(leaves, where, strict=True) if w is None]
-    return y, stored, (treedef, where)
-
-
-def rebuild(stored: list[Array], spec: tuple, params: PyTree, data: PyTree) -> Callable:
-    """The VJP function split by [`linearise`][], rebuilt from its parts."""
-    treedef, where = spec
-    known = jtu.tree_leaves((params, data))
-    stored = iter(stored)
-    return jtu.tree_unflatten(treedef, [next(stored) if w is None else known[w] for w in where])
-
-
-def _sum_over_batch(tree: PyTree) -> PyTree:
-    return jtu.tree_map(lambda g: jnp.sum(g, axis=0), tree)
-
-
-class _SweepPullback(eqx.Module):
-    """The pullback of a network that only has the per-sample `costate_sweep`."""
-
-    network: eqx.Module
-    xs: PyTree
-
-    def __call__(self, cotangents):
-        costates, grads = jax.vmap(self.network.costate_sweep)(self.xs, cotangents)
-        return costates, _sum_over_batch(grads)
+from .._misc import is_concrete
+from ._protocol import AbstractCostateNetwork
 
 
 def _pullback(net, xs):
-    if hasattr(net, "costate_pullback"):
-        return net.costate_pullback(xs)
-    if hasattr(net, "costate_sweep"):
-        return jax.vmap(net)(xs), _SweepPullback(net, xs)
-    raise TypeError(
-        f"{type(net).__name__} has no `costate_sweep(x, dC_dy)` method, so its costate sweep "
-        "is unknown; use a deepest network (LayeredNetwork, RecurrentNetwork, "
-        "ContinuousNetwork) or give the class that method."
-    )
+    if not isinstance(net, AbstractCostateNetwork):
+        raise TypeError(_NOT_A_COSTATE_NETWORK.format(type(net).__name__))
+    return net.costate_pullback(xs)
+
+
+_NOT_A_COSTATE_NETWORK = (
+    "{} is not a deepest.AbstractCostateNetwork, so its `costate_sweep(x, dC_dy)` is "
+    "unknown; use a deepest network (LayeredNetwork, RecurrentNetwork, ContinuousNetwork) "
+    "or subclass deepest.AbstractCostateNetwork."
+)
 
 
 # -- public API ---------------------------------------------------------------------------
 
 
-def costate_sweep(net: eqx.Module, x: PyTree[ArrayLike], dC_dxL: PyTree[ArrayLike]):
+def costate_sweep(net: AbstractCostateNetwork, x: PyTree[ArrayLike], dC_dxL: PyTree[ArrayLike]):
     """The backward costate sweep of `net` for one sample.
 
     λ(L) = ∂C/∂x(L), λ(l) = (∂f_l/∂x(l))ᵀ λ(l+1), ∂C/∂W(l) = (∂f_l/∂W(l))ᵀ λ(l+1), from the
@@ -123,8 +72,8 @@ def costate_sweep(net: eqx.Module, x: PyTree[ArrayLike], dC_dxL: PyTree[ArrayLik
 
     **Arguments:**
 
-    - `net`: a network with a `costate_sweep` method ([`deepest.LayeredNetwork`][],
-      [`deepest.RecurrentNetwork`][], `deepest.ContinuousNetwork`).
+    - `net`: a [`deepest.AbstractCostateNetwork`][] ([`deepest.LayeredNetwork`][],
+      [`deepest.RecurrentNetwork`][], [`deepest.ContinuousNetwork`][], …).
     - `x`: one input sample (no batch axis).
     - `dC_dxL`: ∂C/∂(output), the cotangent of `net(x)`.
 
@@ -139,18 +88,14 @@ def costate_sweep(net: eqx.Module, x: PyTree[ArrayLike], dC_dxL: PyTree[ArrayLik
     costates, grad = deepest.costate_sweep(net, x, net(x) - 1.0)  # C = |net(x) - 1|²/2
     ```
     """
-    sweep = getattr(net, "costate_sweep", None)
-    if sweep is None:
-        raise TypeError(
-            f"{type(net).__name__} has no `costate_sweep(x, dC_dy)` method; use a deepest "
-            "network or give the class that method."
-        )
-    return sweep(x, dC_dxL)
+    if not isinstance(net, AbstractCostateNetwork):
+        raise TypeError(_NOT_A_COSTATE_NETWORK.format(type(net).__name__))
+    return net.costate_sweep(x, dC_dxL)
 
 
 def costate_value_and_grad(
     output_loss: Callable[[Array, Array], Scalar], *, check_finite: bool | None = None
-) -> Callable[[eqx.Module, ArrayLike, ArrayLike], tuple[Scalar, PyTree]]:
+) -> Callable[[AbstractCostateNetwork, ArrayLike, ArrayLike], tuple[Scalar, PyTree]]:
     """As [`deepest.costate_grad`][], returning `(loss, grad)`."""
     if not callable(output_loss):
         raise TypeError(
@@ -173,7 +118,7 @@ def costate_value_and_grad(
 
 def costate_grad(
     output_loss: Callable[[Array, Array], Scalar], *, check_finite: bool | None = None
-) -> Callable[[eqx.Module, ArrayLike, ArrayLike], PyTree]:
+) -> Callable[[AbstractCostateNetwork, ArrayLike, ArrayLike], PyTree]:
     """The gradient of a batched output loss by the costate sweep.
 
     `costate_grad(output_loss)(net, x, y)` equals
@@ -228,7 +173,7 @@ def _check_batch(x, y, check_finite):
     inexact = [a for a in (x, y) if jnp.issubdtype(a.dtype, jnp.inexact)]
     if check_finite is False or not inexact:
         return x, y
-    if not any(isinstance(a, jax.core.Tracer) for a in inexact):
+    if is_concrete(inexact):
         if not all(np.all(np.isfinite(np.asarray(a))) for a in inexact):
             raise ValueError("The inputs or the targets contain NaN or infinite values.")
         return x, y
@@ -247,7 +192,7 @@ class CostateVJP(eqx.Module):
     built with `batched=True`).
     """
 
-    network: eqx.Module
+    network: AbstractCostateNetwork
     batched: bool = eqx.field(static=True, default=False)
 
     def __call__(self, x):
@@ -276,7 +221,7 @@ def _apply_costate_bwd(pullback, dC_dy, perturbed, net, x, batched):
     return pullback(dC_dy)[1]
 
 
-def costate_vjp(net: eqx.Module, *, batched: bool = False) -> CostateVJP:
+def costate_vjp(net: AbstractCostateNetwork, *, batched: bool = False) -> CostateVJP:
     """Wrap `net` in a `jax.custom_vjp` whose backward pass is the costate sweep.
 
     `jax.grad` (and so optax training) of any loss of the wrapped network then runs the
@@ -285,7 +230,7 @@ def costate_vjp(net: eqx.Module, *, batched: bool = False) -> CostateVJP:
 
     **Arguments:**
 
-    - `net`: a network with a `costate_sweep` method.
+    - `net`: a [`deepest.AbstractCostateNetwork`][].
     - `batched`: if `False`, the wrapper maps one sample, as `net` does; under `jax.vmap`
       JAX sums one weight gradient per sample (memory ∝ batch × weights). If `True`, the
       wrapper maps a batch (leading axis) and the sweep contracts the weight gradient over
@@ -300,9 +245,6 @@ def costate_vjp(net: eqx.Module, *, batched: bool = False) -> CostateVJP:
     grad = jax.grad(lambda m: jnp.mean((m(x) - y) ** 2))(model).network
     ```
     """
-    if not (hasattr(net, "costate_sweep") or hasattr(net, "costate_pullback")):
-        raise TypeError(
-            f"{type(net).__name__} has no `costate_sweep(x, dC_dy)` method; use a deepest "
-            "network or give the class that method."
-        )
+    if not isinstance(net, AbstractCostateNetwork):
+        raise TypeError(_NOT_A_COSTATE_NETWORK.format(type(net).__name__))
     return CostateVJP(net, batched)

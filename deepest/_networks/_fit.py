@@ -15,9 +15,10 @@ from ._costate import costate_value_and_grad
 
 
 class FitHistory(eqx.Module):
-    """The record of a [`deepest.fit`][] run.
+    """The record of a training run by [`deepest.fit`][] or [`deepest.train_continuous`][].
 
-    - `train_loss`: the minibatch loss at every step, before that step's update (steps,).
+    - `train_loss`: the training loss at every step, before that step's update (steps,):
+      the minibatch loss in `fit`, the summed minimised action in `train_continuous`.
     - `validation_steps`: the number of updates made when each validation loss was taken.
     - `validation_loss`: the loss on the whole validation set at those points.
     """
@@ -50,7 +51,7 @@ def fit(
     net: eqx.Module,
     output_loss: Callable[[Array, Array], Scalar],
     data: tuple[ArrayLike, ArrayLike],
-    optimizer: optax.GradientTransformation,
+    optimiser: optax.GradientTransformation,
     steps: int,
     key: PRNGKeyArray,
     *,
@@ -59,11 +60,11 @@ def fit(
     validation_every: int | None = None,
     progress: bool = True,
 ) -> tuple[eqx.Module, FitHistory]:
-    """Train `net` with `optimizer` on `output_loss`, gradients by the costate sweep.
+    """Train `net` with `optimiser` on `output_loss`, gradients by the costate sweep.
 
     Each step takes a minibatch, computes `loss, grad` with
     [`deepest.costate_value_and_grad`][] (the forward pass, then the backward costate sweep),
-    and applies `optimizer`'s update to the network's floating-point arrays. The step is one
+    and applies `optimiser`'s update to the network's floating-point arrays. The step is one
     jitted function (one compile).
 
     Minibatches: epoch e visits the samples in the order `jr.permutation(jr.fold_in(key, e), M)`
@@ -77,7 +78,7 @@ def fit(
       [`deepest.RecurrentNetwork`][], …).
     - `output_loss`: `output_loss(y_hat, y) -> scalar` of the batched output and targets.
     - `data`: the training pair `(inputs, targets)`, M samples along the leading axis.
-    - `optimizer`: an optax gradient transformation, e.g. `optax.adam(1e-3)`.
+    - `optimiser`: an optax gradient transformation, e.g. `optax.adam(1e-3)`.
     - `steps`: the number of updates.
     - `key`: PRNG key for the minibatch order.
     - `batch_size`: minibatch size (1 ≤ `batch_size` ≤ M), or `None` for full batches.
@@ -103,8 +104,8 @@ def fit(
         raise TypeError(
             f"`output_loss` must be a function (y_hat, y) -> scalar; got {output_loss!r}."
         )
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError(f"`optimizer` must be an optax GradientTransformation; got {optimizer!r}.")
+    if not (hasattr(optimiser, "init") and hasattr(optimiser, "update")):
+        raise TypeError(f"`optimiser` must be an optax GradientTransformation; got {optimiser!r}.")
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"`steps` must be non-negative; got {steps}.")
@@ -137,7 +138,7 @@ def fit(
         # optax mixes int step counts with floats (e.g. Adam's bias correction), which strict
         # dtype promotion refuses; the update is traced with standard promotion.
         with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(grad, opt_state, params)
+            updates, opt_state = optimiser.update(grad, opt_state, params)
             params = optax.apply_updates(params, updates)
         return params, opt_state, loss
 
@@ -146,7 +147,7 @@ def fit(
         return output_loss(jax.vmap(eqx.combine(params, static))(validation[0]), validation[1])
 
     with jax.numpy_dtype_promotion("standard"):
-        opt_state = optimizer.init(params)
+        opt_state = optimiser.init(params)
     batches_per_epoch = 1 if batch_size is None else n_samples // batch_size
     losses, val_steps, val_losses = [], [], []
     order = None

@@ -5,9 +5,12 @@ from ._compact import (
     Schedule as Schedule,
     StepInfo as StepInfo,
     TridiagonalPreconditioner as TridiagonalPreconditioner,
+    compact_direction as compact_direction,
 )
 from ._lbfgs import LBFGS as LBFGS, AbstractMinimiser as AbstractMinimiser
 from ._levenberg_marquardt import (
     LevenbergMarquardt as LevenbergMarquardt,
+    banded_normal_equations as banded_normal_equations,
     solve_block_tridiagonal as solve_block_tridiagonal,
+    solve_by_elimination as solve_by_elimination,
 )

@@ -35,11 +35,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
+from .._problem import AbstractBandedProblem
+
 
 def _triangular_solve(r: Float[Array, "m m"], b: Float[Array, " m"], *, transpose: bool):
     """Solve R u = b (or Rᵀu = b) for upper-triangular R by substitution (no LAPACK: see
     `_linalg.py`; these systems are m × m). Products as multiply-and-sum: under `vmap`
-    XLA:CPU runs a batch of tiny dots one by one, ~30× slower."""
+    XLA:CPU runs a batch of tiny dots one by one, far slower."""
     m = r.shape[0]
     a = r.T if transpose else r
     order = range(m) if transpose else range(m - 1, -1, -1)
@@ -84,7 +86,7 @@ def compact_direction(
     b = jnp.where(valid, products[1][order].astype(dtype), 0)
     u = _triangular_solve(r, a, transpose=False)
     middle = jnp.where(both, gamma * yy, 0) + jnp.diag(jnp.where(valid, jnp.diagonal(sy), 0))
-    w = _triangular_solve(r, jnp.sum(middle * u, axis=1) - gamma * b, transpose=True)
+    w = _triangular_solve(r, jnp.sum(middle * u[None, :], axis=1) - gamma * b, transpose=True)
     w_s = jnp.zeros((m,), dtype).at[order].set(w).astype(s_mem.dtype)
     w_y = jnp.zeros((m,), dtype).at[order].set(-gamma * u).astype(s_mem.dtype)
     return -(gamma * g + (w_s @ s_mem + w_y @ y_mem).astype(dtype))
@@ -131,11 +133,17 @@ class TridiagonalPreconditioner(eqx.Module):
 
     @staticmethod
     def build(problem, unknowns, rf0, factors):
+        """The factors at every β, from one path's `unknowns` of a banded `problem`."""
+        if not isinstance(problem, AbstractBandedProblem):
+            raise TypeError(
+                f"The tridiagonal preconditioner needs a deepest.AbstractBandedProblem; "
+                f"got {type(problem).__name__}."
+            )
         meas, model, model_off, meas_p, model_p = gauss_newton_tridiagonal(problem, unknowns, rf0)
         f = factors[:, None, None]
-        diag = 2 * (meas + f * model)
+        diag = 2 * (meas[None] + f * model[None])
         diag = diag + jnp.finfo(diag.dtype).eps * jnp.max(diag, axis=(1, 2), keepdims=True)
-        off = 2 * f * model_off
+        off = 2 * f * model_off[None]
 
         def cholesky(diag, off):  # one β: (N, d), (N − 1, d)
             def body(l_prev, row):
@@ -149,7 +157,7 @@ class TridiagonalPreconditioner(eqx.Module):
             return jnp.concatenate([l0[None], rest]), e
 
         diagonal, lower = jax.vmap(cholesky)(diag, off)
-        dp = 2 * (meas_p + factors[:, None] * model_p)
+        dp = 2 * (meas_p[None] + factors[:, None] * model_p[None])
         floor = jnp.finfo(dp.dtype).eps * jnp.max(dp, axis=1, keepdims=True, initial=0.0)
         params = jax.lax.rsqrt(jnp.maximum(dp, floor) + jnp.finfo(dp.dtype).tiny)
         return TridiagonalPreconditioner(diagonal, lower, params)
@@ -438,7 +446,7 @@ def gauss_newton_tridiagonal(problem, unknowns, rf0):
     states, params = problem.to_banded(unknowns)
     n, d, p = problem.banded_shape
     dtype = states.dtype
-    colour = (jnp.arange(n) % 2)[:, None] * d + jnp.arange(d)  # (n, d)
+    colour = (jnp.arange(n) % 2)[:, None] * d + jnp.arange(d)[None, :]  # (n, d)
     probes_s = (colour[None] == jnp.arange(2 * d + p)[:, None, None]).astype(dtype)
     probes_p = jnp.eye(2 * d + p, p, k=-2 * d, dtype=dtype)
 

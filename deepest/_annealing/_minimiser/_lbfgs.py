@@ -5,7 +5,7 @@ Levenberg–Marquardt on the block-banded structure of an action summed over tim
 Each is driven one step at a time (one evaluation of the action per step) by the
 annealing loop, one lane per path. A minimiser decides the space the loop works in (a flat
 vector), starts a lane (`init`), takes one step and says what happened in a
-[`StepInfo`][deepest._lbfgs.StepInfo] (`step`), and starts the next β where the loop says
+[`StepInfo`][deepest.minimisers.StepInfo] (`step`), and starts the next β where the loop says
 so (`restart`). The loop applies the stopping rule; it never reads a solver's state.
 """
 
@@ -19,7 +19,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from .._problem import AbstractProblem
+from .._problem import AbstractBandedProblem, AbstractProblem
 from ._compact import CompactLBFGS, Schedule, StepInfo, TridiagonalPreconditioner
 
 
@@ -71,7 +71,7 @@ class AbstractMinimiser(eqx.Module):
         shared: PyTree,
     ) -> tuple[Float[Array, " n"], PyTree, StepInfo]:
         """One evaluation at R_f = `rf`, the lane's β. **Returns:** the accepted point,
-        the new state and a [`StepInfo`][deepest._lbfgs.StepInfo]."""
+        the new state and a [`StepInfo`][deepest.minimisers.StepInfo]."""
 
     @abc.abstractmethod
     def restart(
@@ -106,7 +106,7 @@ class LBFGS(AbstractMinimiser):
     Works for every problem. Its directions come from the compact representation of the
     inverse Hessian (Byrd, Nocedal & Schnabel 1994), built for many lanes at once, with a
     weak-Wolfe line search that runs across steps (one step, one evaluation): see
-    `deepest/_lbfgs.py`.
+    [`deepest.minimisers.CompactLBFGS`][].
 
     **Arguments:**
 
@@ -114,7 +114,8 @@ class LBFGS(AbstractMinimiser):
     - `memory_dtype`: the dtype the pairs are stored in (default float32: half the memory
       traffic, the same minima: BENCHMARKS.md). Iterates, gradients and the small m × m
       matrices keep the run's dtype.
-    - `precondition`: for problems with banded residuals (e.g. [`deepest.Assimilation`][]),
+    - `precondition`: for problems with banded residuals (an
+      [`deepest.AbstractBandedProblem`][], e.g. [`deepest.Assimilation`][]),
       work in variables z = Lᵀx with LLᵀ the per-component tridiagonal part of the
       action's Gauss–Newton matrix at each β (the measurement term's plus R_f times the
       model term's, from one path's initial point; see `TridiagonalPreconditioner`).
@@ -124,7 +125,7 @@ class LBFGS(AbstractMinimiser):
       per step), instead of starting each β without curvature. Costs a Gram matrix of the
       memories per step and turns the preconditioner off; measured in BENCHMARKS.md.
     - `compact`: False takes the directions from optax's two-loop recursion
-      ([`optax.scale_by_lbfgs`][]) instead, with a backtracking Armijo search: the solver
+      (`optax.scale_by_lbfgs`) instead, with a backtracking Armijo search: the solver
       of earlier versions, kept for comparison (it ignores the three options above).
     """
 
@@ -152,7 +153,7 @@ class LBFGS(AbstractMinimiser):
             self.compact
             and self.precondition
             and not self.carry_curvature
-            and problem.has_banded_residuals
+            and isinstance(problem, AbstractBandedProblem)
         )
 
     def flatten(self, problem, unknowns):
@@ -221,7 +222,7 @@ class _LBFGSState(eqx.Module):
 
 
 class _LBFGSSolver(eqx.Module):
-    """L-BFGS directions from [`optax.scale_by_lbfgs`][], one evaluation per step.
+    """L-BFGS directions from `optax.scale_by_lbfgs`, one evaluation per step.
 
     All lanes write their (step, gradient change) pairs to the same memory slot, chosen by
     the annealing loop's step counter rather than by a counter of their own: under `vmap`

@@ -18,6 +18,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ..._linalg import gauss_jordan
+from .._problem import AbstractBandedProblem
 from ._compact import StepInfo
 from ._lbfgs import AbstractMinimiser, _errors
 
@@ -25,15 +26,15 @@ from ._lbfgs import AbstractMinimiser, _errors
 class LevenbergMarquardt(AbstractMinimiser):
     r"""Levenberg–Marquardt on the action's residuals, with block-banded linear algebra.
 
-    For problems whose action is a sum of squares of residuals local in time (see
-    [`deepest.AbstractProblem`][]'s `banded_residuals`), e.g. [`deepest.Assimilation`][].
+    For problems whose action is a sum of squares of residuals local in time (an
+    [`deepest.AbstractBandedProblem`][]), e.g. [`deepest.Assimilation`][].
     Each step solves
 
     $$(J^\top J + λ\,\mathrm{diag}(J^\top J))\,δ = −J^\top r$$
 
     by block elimination over time (J^T J is block tridiagonal, bordered by the
     parameters), with λ = `damping` / s and the trust-region size s of
-    [`optimistix.ClassicalTrustRegion`][] (Marquardt's scaling makes λ independent of
+    `optimistix.ClassicalTrustRegion` (Marquardt's scaling makes λ independent of
     the units of the unknowns). Converges in far fewer steps than L-BFGS; each step costs
     O(N_model · dim³).
 
@@ -49,10 +50,11 @@ class LevenbergMarquardt(AbstractMinimiser):
             raise ValueError(f"`damping` must be positive; got {self.damping}.")
 
     def check(self, problem):
-        if not problem.has_banded_residuals:
+        if not isinstance(problem, AbstractBandedProblem):
             raise ValueError(
-                f"LevenbergMarquardt needs a problem with banded residuals; "
-                f"{type(problem).__name__} has none. Use deepest.LBFGS()."
+                f"LevenbergMarquardt needs a problem with banded residuals (a "
+                f"deepest.AbstractBandedProblem); {type(problem).__name__} is not one. "
+                f"Use deepest.LBFGS()."
             )
 
     def flatten(self, problem, unknowns):
@@ -108,16 +110,17 @@ class LevenbergMarquardt(AbstractMinimiser):
     def step(self, problem, y, rf, beta, loop_step, state, shared):
         solver, fn = self.solver_and_fn(problem)
         y, inner, _ = solver.step(fn, y, rf, {}, state.inner, frozenset())
-        accepted = inner.num_accepted_steps > state.inner.num_accepted_steps
-        action = sum(jnp.sum(r**2) for r in jtu.tree_leaves(inner.f_info.residual))
+        accepted = solver.accepted_steps(inner) > solver.accepted_steps(state.inner)
+        residual, grad, errors = solver.accepted_point(inner)
+        action = sum(jnp.sum(r**2) for r in jtu.tree_leaves(residual))
         rejections = jnp.where(accepted, 0, state.rejections + 1)
-        failed = (rejections >= 30) | (inner.result != optx.RESULTS.successful)
+        failed = (rejections >= 30) | (solver.result(inner) != optx.RESULTS.successful)
         info = StepInfo(
             accepted=accepted,
             first=state.first,
             action=action,
-            grad=2 * inner.descent_state.grad,
-            errors=inner.aux,
+            grad=2 * grad,
+            errors=errors,
             # No model of the remaining decrease: the last one stands in for it.
             predicted_decrease=jnp.where(accepted & ~state.first, state.action - action, jnp.inf),
             failed=failed,
@@ -153,9 +156,11 @@ def _blocks(jac, n: int, d: int, p: int, dtype):
     The products come out probe-major, (2d + p, n, q) and (2d + p, n − 1, k); the colours
     are selected there and only then moved to the block layout. (Selecting after moving
     the probe axis last made XLA:CPU fuse the Jacobian-vector products into strided,
-    unvectorised transposes: ≈ 5× slower on the L = 12 benchmark, 64 lanes.)"""
+    unvectorised transposes, several times slower.)"""
     parity = (jnp.arange(n) % 2)[None, :, None] == jnp.arange(2)[:, None, None]
-    states = parity[:, None] & (jnp.arange(d)[None, :, None, None] == jnp.arange(d))
+    states = parity[:, None] & (
+        jnp.arange(d)[None, :, None, None] == jnp.arange(d)[None, None, None, :]
+    )
     states = states.astype(dtype).reshape(2 * d, n * d)  # (colour, component) rows
     probes = jnp.concatenate(
         [
@@ -175,14 +180,18 @@ def _blocks(jac, n: int, d: int, p: int, dtype):
 def _tmul(a, b):
     """aᵀb block by block over the leading axes, as an unrolled sum over the contracted
     rows of broadcast products: one vectorised loop, where XLA:CPU runs a batched dot of
-    tiny matrices one small call per block (measured ≈ 2× slower here)."""
+    tiny matrices one small call per block (slower here)."""
     out = 0
     for c in range(a.shape[-2]):
         out = out + a[..., c, :, None] * b[..., c, None, :]
     return out
 
 
-def _normal(jac, residual, n, d, p, dtype) -> _BandedNormal:
+def banded_normal_equations(jac, residual, n: int, d: int, p: int, dtype) -> _BandedNormal:
+    """JᵀJ in blocks (diagonal (n, d, d), off-diagonal (n − 1, d, d), border (n, d, p),
+    corner (p, p)) and the gradient Jᵀr, of banded residuals `residual = (node, interval)`
+    with Jacobian `jac` (a linear operator with `mv`), n times, d states per time and p
+    parameters."""
     m, r = residual
     node_jac, first, second, node_params, interval_params = _blocks(jac, n, d, p, dtype)
     diagonal = (
@@ -211,7 +220,7 @@ def _normal(jac, residual, n, d, p, dtype) -> _BandedNormal:
     return _BandedNormal(diagonal, off, border_grad[..., :p], corner, grad)
 
 
-def _eliminate(aug, m: int):
+def solve_by_elimination(aug: Float[Array, "m m+w"], m: int) -> Float[Array, "m w"]:
     """[A | B] → A⁻¹B for a small A (m × m) that needs no pivoting (symmetric positive
     definite): Gauss–Jordan that drops each pivot's column once it is eliminated, so the
     width shrinks from m + w to w and A⁻¹ itself is never formed."""
@@ -246,7 +255,7 @@ def solve_block_tridiagonal(
     by block elimination forward in time (S_0 = D_0, S_n = D_n − O_{n−1}ᵀ S_{n−1}⁻¹ O_{n−1},
     each S_n positive definite), back substitution for T⁻¹[a | B], and the Schur
     complement C − Bᵀ T⁻¹ B for θ. Each step eliminates [S_n | a_n, B_n | O_n] in one
-    Gauss–Jordan sweep (`_eliminate`) in plain XLA operations rather than LAPACK (see
+    Gauss–Jordan sweep (`solve_by_elimination`) in plain XLA operations rather than LAPACK (see
     `_linalg.py`: batched LAPACK calls deadlock in programs sharded over several CPU
     devices, and are no faster on blocks this small); the small products are unrolled
     broadcast sums (`_matmul`).
@@ -264,7 +273,7 @@ def solve_block_tridiagonal(
         diag, rhs_n, o_prev, o_next = block
         u = _matmul(o_prev.T, carry)
         aug = jnp.concatenate([diag - u[:, 1 + p :], rhs_n - u[:, : 1 + p], o_next], axis=1)
-        solved = _eliminate(aug, d)
+        solved = solve_by_elimination(aug, d)
         return solved, solved
 
     start = jnp.zeros((d, 1 + p + d), diagonal.dtype)
@@ -306,7 +315,7 @@ class _BandedDampedNewton(optx.AbstractDescent):
         )
 
     def query(self, y, f_info, state):
-        return _normal(f_info.jac, f_info.residual, self.n, self.d, self.p, y.dtype)
+        return banded_normal_equations(f_info.jac, f_info.residual, self.n, self.d, self.p, y.dtype)
 
     def step(self, step_size, state: _BandedNormal):
         n, d = self.n, self.d
@@ -344,3 +353,20 @@ class _BandedLevenbergMarquardt(optx.AbstractGaussNewton):
         self.descent = descent
         self.search = optx.ClassicalTrustRegion()
         self.verbose = lambda **kwargs: None
+
+    # What `LevenbergMarquardt.step` reads of a state of this solver, in one place: the
+    # fields of optimistix's Gauss–Newton state that this subclass relies on.
+
+    def accepted_steps(self, state) -> Int[Array, ""]:
+        """The number of accepted steps so far."""
+        return state.num_accepted_steps
+
+    def accepted_point(self, state) -> tuple[PyTree[Array], Float[Array, " n"], PyTree]:
+        """At the last accepted point: the residuals, Jᵀr (half the action's gradient, from
+        this solver's own descent) and the residual function's auxiliary output."""
+        descent: _BandedNormal = state.descent_state
+        return state.f_info.residual, descent.grad, state.aux
+
+    def result(self, state) -> optx.RESULTS:
+        """The trust region's or the descent's failure code (successful if none)."""
+        return state.result

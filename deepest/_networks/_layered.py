@@ -1,8 +1,8 @@
-"""Layered and recurrent networks as discrete-time dynamical systems.
+"""The layered (feedforward) network as a discrete-time dynamical system.
 
 Layer l is time, the neurons of layer l are the state x(l), the weights W(l) are the model
-parameters: x(l+1) = f_l(x(l); W(l)) (Abarbanel, Rozdeba & Shirman 2018). Each network has
-the costate sweep of `deepest._costate` as its reverse-mode derivative.
+parameters: x(l+1) = f_l(x(l); W(l)) (Abarbanel, Rozdeba & Shirman 2018). Its reverse-mode
+derivative is the costate sweep of [`deepest.costate_sweep`][].
 """
 
 from collections.abc import Callable, Sequence
@@ -16,93 +16,13 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
-from ._costate import linearise, rebuild
-
-Initialiser = str | Callable[[PRNGKeyArray, tuple[int, ...], jnp.dtype], Array]
-
-
-def _initialise(init: Initialiser, key, shape, dtype, fan_in: int, name: str) -> Array:
-    if callable(init):
-        value = jnp.asarray(init(key, shape, dtype), dtype)
-        if value.shape != shape:
-            raise ValueError(f"`{name}` returned shape {value.shape}; expected {shape}.")
-        return value
-    if init == "normal":
-        return jr.normal(key, shape, dtype) / np.sqrt(fan_in)
-    if init == "uniform":
-        bound = 1 / np.sqrt(fan_in)
-        return jr.uniform(key, shape, dtype, -bound, bound)
-    if init == "zeros":
-        return jnp.zeros(shape, dtype)
-    raise ValueError(
-        f"`{name}` must be 'normal' (N(0, 1/fan_in)), 'uniform' (U(±1/√fan_in)), 'zeros', or "
-        f"a function (key, shape, dtype) -> array; got {init!r}."
-    )
+from .._misc import default_float, positive_int
+from ._layers import Dense, Function, Initialiser, check_callable, initialise, segments
+from ._linearise import linearise, rebuild, split_layer
+from ._protocol import AbstractCostateNetwork
 
 
-def _check_callable(value, name="activation", example="jnp.tanh"):
-    if not callable(value):
-        raise TypeError(f"`{name}` must be callable, e.g. {example}; got {value!r}.")
-
-
-def _float_dtype(dtype):
-    return jnp.dtype(dtype) if dtype is not None else jnp.zeros(()).dtype
-
-
-class _Function(eqx.Module):
-    """A plain function as a layer (e.g. an activation), held static: it has no weights."""
-
-    fn: Callable = eqx.field(static=True)
-
-    def __call__(self, x):
-        return self.fn(x)
-
-
-class _Dense(eqx.Module):
-    """x ↦ σ(W x + b)."""
-
-    weight: Float[Array, "out in"]
-    bias: Float[Array, " out"] | None
-    activation: Callable = eqx.field(static=True)
-
-    def __call__(self, x):
-        z = self.weight @ x
-        if self.bias is not None:
-            z = z + self.bias
-        return self.activation(z)
-
-
-def _stackable(a, b) -> bool:
-    """Whether two layers differ only in the values of their arrays."""
-    leaves_a, tree_a = jtu.tree_flatten(a)
-    leaves_b, tree_b = jtu.tree_flatten(b)
-    if tree_a != tree_b:
-        return False
-    for u, v in zip(leaves_a, leaves_b, strict=True):
-        if eqx.is_array(u) != eqx.is_array(v):
-            return False
-        if eqx.is_array(u):
-            if u.shape != v.shape or u.dtype != v.dtype:
-                return False
-        elif u is not v and u != v:
-            return False
-    return True
-
-
-def _stack(layers):
-    dynamic = [eqx.partition(layer, eqx.is_array)[0] for layer in layers]
-    static = eqx.partition(layers[0], eqx.is_array)[1]
-    return eqx.combine(jtu.tree_map(lambda *xs: jnp.stack(xs), *dynamic), static)
-
-
-def _split(layer):
-    """(differentiable arrays, other arrays, non-arrays) of a layer."""
-    dynamic, static = eqx.partition(layer, eqx.is_array)
-    diff, nondiff = eqx.partition(dynamic, eqx.is_inexact_array)
-    return diff, nondiff, static
-
-
-class LayeredNetwork(eqx.Module):
+class LayeredNetwork(AbstractCostateNetwork):
     """A feedforward network read as a discrete-time dynamical system.
 
     x(l+1) = f_l(x(l); W(l)), l = 0..L−1, with dense layers f_l(x) = σ_l(W(l) x + b(l)) by
@@ -193,24 +113,24 @@ class LayeredNetwork(eqx.Module):
             if not layers:
                 raise ValueError("`layers` is empty; a network needs at least one layer.")
             for i, layer in enumerate(layers):
-                _check_callable(layer, f"layers[{i}]", "eqx.nn.Linear(3, 4, key=key)")
+                check_callable(layer, f"layers[{i}]", "eqx.nn.Linear(3, 4, key=key)")
             layers = [
-                layer if isinstance(layer, eqx.Module) else _Function(layer) for layer in layers
+                layer if isinstance(layer, eqx.Module) else Function(layer) for layer in layers
             ]
             widths = self._infer_widths(layers, residual_step)
         else:
-            widths = tuple(int(w) for w in widths)
-            if len(widths) < 2 or min(widths) < 1:
+            if len(widths) < 2:
                 raise ValueError(
                     f"`widths` must list N_0, …, N_L (L ≥ 1) positive widths; got {widths}."
                 )
+            widths = tuple(positive_int(w, f"widths[{i}]") for i, w in enumerate(widths))
             if key is None:
                 raise ValueError("A dense network needs a PRNG `key` for its initial weights.")
             n_layers = len(widths) - 1
             if callable(activation):
                 activation = [activation] * n_layers
             elif isinstance(activation, str) or not isinstance(activation, Sequence):
-                _check_callable(activation)
+                check_callable(activation)
             else:
                 activation = list(activation)
                 if len(activation) != n_layers:
@@ -219,33 +139,26 @@ class LayeredNetwork(eqx.Module):
                         "function, or one per layer."
                     )
             for i, a in enumerate(activation):
-                _check_callable(a, f"activation[{i}]" if n_layers > 1 else "activation")
+                check_callable(a, f"activation[{i}]" if n_layers > 1 else "activation")
             if residual_step is not None and len(set(widths)) != 1:
                 raise ValueError(
                     f"A residual network x + h·F(x) keeps the width; got widths {widths}."
                 )
-            dtype = _float_dtype(dtype)
+            dtype = default_float(dtype)
             layers = []
             for n_in, n_out, act, k in zip(
                 widths[:-1], widths[1:], activation, jr.split(key, n_layers), strict=True
             ):
                 kw, kb = jr.split(k)
-                weight = _initialise(init, kw, (n_out, n_in), dtype, n_in, "init")
+                weight = initialise(init, kw, (n_out, n_in), dtype, n_in, "init")
                 bias = (
-                    _initialise(bias_init, kb, (n_out,), dtype, n_in, "bias_init")
+                    initialise(bias_init, kb, (n_out,), dtype, n_in, "bias_init")
                     if use_bias
                     else None
                 )
-                layers.append(_Dense(weight, bias, act))
+                layers.append(Dense(weight, bias, act))
         self.widths = widths
-        segments = []
-        for layer in layers:
-            if segments and _stackable(segments[-1][0], layer):
-                segments[-1].append(layer)
-            else:
-                segments.append([layer])
-        self.layers = tuple(s[0] if len(s) == 1 else _stack(s) for s in segments)
-        self.stack_lengths = tuple(len(s) for s in segments)
+        self.layers, self.stack_lengths = segments(layers)
 
     @staticmethod
     def _infer_widths(layers, residual_step):
@@ -255,7 +168,7 @@ class LayeredNetwork(eqx.Module):
             return None
         widths = [n_in]
         floats = jtu.tree_leaves(eqx.filter(layers[0], eqx.is_inexact_array))
-        dtype = floats[0].dtype if floats else _float_dtype(None)
+        dtype = floats[0].dtype if floats else default_float()
         for i, layer in enumerate(layers):
             try:
                 out = jax.eval_shape(layer, jax.ShapeDtypeStruct((widths[-1],), dtype))
@@ -339,7 +252,7 @@ class LayeredNetwork(eqx.Module):
         return tuple(self._scan_segments(self._check_input(x, batched=False), True)[1])
 
     def costate_pullback(self, xs: Float[ArrayLike, "batch n_in"]):
-        """The forward pass of a batch and its costate sweep (see `deepest._costate`).
+        """The forward pass of a batch and its costate sweep, one `jax.vjp` per layer.
 
         **Returns:** `(ys, pullback)` with `ys = jax.vmap(net)(xs)` and
         `pullback(dC_dys) -> (costates, grad)`: `costates` the tuple `(λ(0), …, λ(L))` of
@@ -349,7 +262,7 @@ class LayeredNetwork(eqx.Module):
         x = xs
         params, records, specs = [], [], []
         for layer, n in zip(self.layers, self.stack_lengths, strict=True):
-            diff, nondiff, static = _split(layer)
+            diff, nondiff, static = split_layer(layer)
             params.append((diff, nondiff))
 
             def fn(p, data, x, static=static):
@@ -394,7 +307,7 @@ class _LayeredPullback(eqx.Module):
     """The stored forward pass of a `LayeredNetwork`; called with ∂C/∂x(L) it sweeps back.
 
     `params` are each run's (differentiable, other) arrays, `records` the VJP residuals that
-    [`linearise`][] did not recognise as those arrays, and `template` the network's
+    `linearise` did not recognise as those arrays, and `template` the network's
     floating-point arrays, whose structure the gradient takes.
     """
 
@@ -425,234 +338,4 @@ class _LayeredPullback(eqx.Module):
             grads.append(grad)
         costates = (lam,) + sum(reversed(segment_costates), ())
         grad = eqx.tree_at(lambda net: net.layers, self.template, tuple(reversed(grads)))
-        return costates, grad
-
-
-class _ElmanCell(eqx.Module):
-    """(h, u) ↦ σ(W_h h + W_u u + b)."""
-
-    weight_state: Float[Array, "state state"]
-    weight_input: Float[Array, "state input"]
-    bias: Float[Array, " state"] | None
-    activation: Callable = eqx.field(static=True)
-
-    def __call__(self, h, u):
-        z = self.weight_state @ h + self.weight_input @ u
-        if self.bias is not None:
-            z = z + self.bias
-        return self.activation(z)
-
-
-class _Linear(eqx.Module):
-    """h ↦ W h + b."""
-
-    weight: Float[Array, "out state"]
-    bias: Float[Array, " out"] | None
-
-    def __call__(self, h):
-        y = self.weight @ h
-        return y if self.bias is None else y + self.bias
-
-
-class RecurrentNetwork(eqx.Module):
-    """A recurrent network: one layer map shared across time, fed an input at each step.
-
-    h(t+1) = f(h(t), u(t); W), h(0) = `initial_state` (trained), and a measurement (output)
-    y(t) = g(h(t+1); V) after every step, t = 0..T−1. With the dense default
-    f(h, u) = σ(W_h h + W_u u + b) (an Elman network) and g linear. Backpropagation through
-    time is the costate sweep with measurements along the sequence: the costate jumps by
-    (∂g/∂h)ᵀ ∂C/∂y(t) at every measured step,
-
-        λ(T) = (∂g/∂h)ᵀ ∂C/∂y(T−1),
-        λ(t) = (∂f/∂h(t))ᵀ λ(t+1) + (∂g/∂h(t))ᵀ ∂C/∂y(t−1),
-
-    and the weight gradient is the sum over time Σ_t (∂f/∂W)ᵀ λ(t+1).
-
-    **Arguments:**
-
-    - `input_size`, `state_size`, `output_size`: widths of u, h and y (dense network).
-    - `activation`: σ of the dense cell (default `jnp.tanh`).
-    - `key`: a PRNG key for the initial weights (dense network).
-    - `use_bias`: whether the cell and the readout have biases.
-    - `init`: initial weights, as for [`deepest.LayeredNetwork`][] (fan-in N_state + N_input
-      for the cell).
-    - `cell`, `readout`, `initial_state`: instead of the sizes: an Equinox module (or
-      callable) `cell(h, u) -> h'`, a readout `readout(h) -> y`, and h(0).
-    - `dtype`: floating dtype of dense weights.
-
-    `net(us)` maps an input sequence `us` (T, N_input) to the outputs (T, N_output);
-    `net.states(us)` gives h(0..T) as a (T+1, N_state) array.
-
-    **Example:**
-
-    ```python
-    rnn = deepest.RecurrentNetwork(1, 16, 1, key=jr.key(0))
-    ys = rnn(jnp.ones((50, 1)))   # (50, 1)
-    ```
-    """
-
-    cell: PyTree
-    readout: PyTree
-    initial_state: Float[Array, " state"]
-
-    def __init__(
-        self,
-        input_size: int | None = None,
-        state_size: int | None = None,
-        output_size: int | None = None,
-        activation: Callable = jnp.tanh,
-        *,
-        key: PRNGKeyArray | None = None,
-        use_bias: bool = True,
-        init: Initialiser = "normal",
-        cell: Callable | None = None,
-        readout: Callable | None = None,
-        initial_state: Float[ArrayLike, " state"] | None = None,
-        dtype=None,
-    ):
-        if cell is not None:
-            if readout is None or initial_state is None:
-                raise ValueError("A custom `cell` needs a `readout` and an `initial_state`.")
-            if input_size is not None or state_size is not None or output_size is not None:
-                raise ValueError("Give either the sizes (a dense network) or `cell`, not both.")
-            _check_callable(cell, "cell", "a module (h, u) -> h'")
-            _check_callable(readout, "readout", "eqx.nn.Linear(n_state, n_out, key=key)")
-            self.cell, self.readout = cell, readout
-            self.initial_state = jnp.asarray(initial_state)
-            if self.initial_state.ndim != 1:
-                raise ValueError("`initial_state` must be one state vector h(0).")
-            return
-        sizes = (input_size, state_size, output_size)
-        if any(s is None or int(s) < 1 for s in sizes):
-            raise ValueError(
-                f"Give positive `input_size`, `state_size` and `output_size`; got {sizes}."
-            )
-        if key is None:
-            raise ValueError("A dense network needs a PRNG `key` for its initial weights.")
-        _check_callable(activation)
-        n_u, n_h, n_y = (int(s) for s in sizes)
-        dtype = _float_dtype(dtype)
-        kh, ku, ky = jr.split(key, 3)
-        fan_in = n_h + n_u
-        zeros = (lambda n: jnp.zeros((n,), dtype)) if use_bias else (lambda n: None)
-        self.cell = _ElmanCell(
-            _initialise(init, kh, (n_h, n_h), dtype, fan_in, "init"),
-            _initialise(init, ku, (n_h, n_u), dtype, fan_in, "init"),
-            zeros(n_h),
-            activation,
-        )
-        self.readout = _Linear(_initialise(init, ky, (n_y, n_h), dtype, n_h, "init"), zeros(n_y))
-        self.initial_state = jnp.zeros((n_h,), dtype)
-
-    def _check_input(self, us, batched: bool):
-        us = jnp.asarray(us)
-        n_in = getattr(self.cell, "weight_input", None)
-        rank = 3 if batched else 2
-        if us.ndim != rank or (n_in is not None and us.shape[-1] != n_in.shape[1]):
-            what = "(M, T, N_input)" if batched else "(T, N_input)"
-            raise ValueError(f"The input sequence must have shape {what}; got {us.shape}.")
-        if us.shape[-2] == 0:
-            raise ValueError("The input sequence is empty (T = 0).")
-        return us
-
-    def _run(self, us):
-        def step(h, u):
-            h = self.cell(h, u)
-            return h, h
-
-        _, hs = lax.scan(step, self.initial_state, us)
-        return hs
-
-    def __call__(self, us: Float[ArrayLike, "time n_in"]) -> Float[Array, "time n_out"]:
-        """The outputs y(0..T−1) for the input sequence `us`."""
-        return jax.vmap(self.readout)(self._run(self._check_input(us, batched=False)))
-
-    def states(self, us: Float[ArrayLike, "time n_in"]) -> Float[Array, "time+1 state"]:
-        """The states h(0), …, h(T) for the input sequence `us`."""
-        hs = self._run(self._check_input(us, batched=False))
-        return jnp.concatenate([self.initial_state[None], hs])
-
-    def costate_pullback(self, us: Float[ArrayLike, "batch time n_in"]):
-        """The forward pass of a batch of sequences and its costate sweep (BPTT).
-
-        **Returns:** `(ys, pullback)`, `ys` (batch, T, N_output) and
-        `pullback(dC_dys) -> (costates, grad)` with `costates` (batch, T+1, N_state).
-        """
-        us = jnp.moveaxis(self._check_input(us, batched=True), 1, 0)  # (T, M, N_input)
-        cell_diff, cell_nondiff, cell_static = _split(self.cell)
-        read_diff, read_nondiff, read_static = _split(self.readout)
-
-        def cell_fn(p, data, h):
-            nondiff, u = data
-            return jax.vmap(eqx.combine(p, nondiff, cell_static))(h, u)
-
-        def read_fn(p, data, hs):
-            return jax.vmap(jax.vmap(eqx.combine(p, data, read_static)))(hs)
-
-        box = []
-
-        def step(h, u):
-            h, stored, spec = linearise(cell_fn, cell_diff, (cell_nondiff, u), h)
-            box.append(spec)
-            return h, (h, stored)
-
-        h0 = jnp.broadcast_to(self.initial_state, (us.shape[1],) + self.initial_state.shape)
-        _, (hs, stored) = lax.scan(step, h0, us)
-        ys, read_stored, read_spec = linearise(read_fn, read_diff, read_nondiff, hs)
-        pullback = _RecurrentPullback(
-            (cell_diff, cell_nondiff, us),
-            stored,
-            box[-1],
-            (read_diff, read_nondiff),
-            read_stored,
-            read_spec,
-            eqx.filter(self, eqx.is_inexact_array),
-        )
-        return jnp.moveaxis(ys, 0, 1), pullback
-
-    def costate_sweep(
-        self, us: Float[ArrayLike, "time n_in"], dC_dys: Float[ArrayLike, "time n_out"]
-    ):
-        """Backpropagation through time for one sequence: λ(0..T) (T+1, N_state), ∂C/∂W."""
-        us = self._check_input(us, batched=False)
-        _, pullback = self.costate_pullback(us[None])
-        costates, grad = pullback(jnp.asarray(dC_dys)[None])
-        return costates[0], grad
-
-
-class _RecurrentPullback(eqx.Module):
-    cell_known: tuple
-    stored: list
-    spec: tuple = eqx.field(static=True)
-    read_known: tuple
-    read_stored: list
-    read_spec: tuple = eqx.field(static=True)
-    template: RecurrentNetwork
-
-    def __call__(self, dC_dys):
-        read_diff, read_nondiff = self.read_known
-        read_grad, jumps = rebuild(self.read_stored, self.read_spec, read_diff, read_nondiff)(
-            jnp.moveaxis(dC_dys, 1, 0)
-        )
-        cell_diff, cell_nondiff, us = self.cell_known
-
-        def step(carry, xs):
-            lam, grad = carry
-            jump, u, stored = xs
-            lam = lam + jump
-            g, lam_prev = rebuild(stored, self.spec, cell_diff, (cell_nondiff, u))(lam)
-            grad = jtu.tree_map(jnp.add, grad, g)
-            return (lam_prev, grad), lam
-
-        lam_T = jnp.zeros_like(jumps[0])
-        zero_grad = jtu.tree_map(jnp.zeros_like, cell_diff)
-        (lam0, cell_grad), lams = lax.scan(
-            step, (lam_T, zero_grad), (jumps, us, self.stored), reverse=True
-        )
-        costates = jnp.moveaxis(jnp.concatenate([lam0[None], lams]), 0, 1)
-        grad = eqx.tree_at(
-            lambda n: (n.cell, n.readout, n.initial_state),
-            self.template,
-            (cell_grad, read_grad, jnp.sum(lam0, axis=0)),
-        )
         return costates, grad

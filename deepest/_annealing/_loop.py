@@ -1,0 +1,217 @@
+"""The compiled annealing loop: every path a lane of one `lax.while_loop`.
+
+Each path is a lane of a `jax.vmap`. A lane holds its own β index and its own solver state
+(L-BFGS, or Levenberg–Marquardt: see `_minimiser/`), and takes one step (one evaluation of
+the action: line search and trust region run across steps, not inside them) per iteration
+of a single `lax.while_loop`. The loop's step counter is passed to the solver; L-BFGS uses
+it as every lane's memory slot. When a lane's minimisation at its β meets the stopping
+rule, the lane records its action levels, moves to the next β (R_f ← α R_f) from its
+minimum and resets its solver, while the other lanes carry on. So the loop runs for the
+largest *total* number of steps of any path, not the sum over β of the slowest path at
+each β: a path that is slow at one β is fast at another, and no lane waits for the batch
+to finish a β. A lane that turns non-finite leaves at once. With several devices the lanes
+are split between them by `jax.shard_map`, and each device runs its own loop.
+"""
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PyTree
+
+from ._minimiser import AbstractMinimiser, StepInfo
+from ._problem import AbstractProblem
+from ._progress import AbstractProgressMeter
+from ._solution import StopReason
+
+
+class _Lane(eqx.Module):
+    """The state of one path (one lane of the vmap)."""
+
+    y: Float[Array, " n"]
+    state: PyTree
+    beta: Int[Array, ""]
+    steps: Int[Array, ""]
+    action_before: Float[Array, ""]  # the action at the accepted point before the last
+    grad_start: Float[Array, ""]  # max |∇A| at the β's first point
+    action: Float[Array, " n_beta"]
+    measurement_error: Float[Array, " n_beta"]
+    model_error: Float[Array, " n_beta"]
+    stop_reason: Int[Array, " n_beta"]
+    iterations: Int[Array, " n_beta"]
+    saved: Float[Array, "n_save n"]
+
+
+class LoopConfig(eqx.Module):
+    """The settings of the annealing loop, all static: one compile per settings."""
+
+    n_beta: int = eqx.field(static=True)
+    save_betas: tuple[int, ...] = eqx.field(static=True)
+    ftol: float = eqx.field(static=True)
+    gtol: float = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+    minimiser: AbstractMinimiser = eqx.field(static=True)
+    progress_meter: AbstractProgressMeter = eqx.field(static=True)
+
+
+def _stop_reason(info: StepInfo, lane: _Lane, grad_start, steps, config: LoopConfig):
+    """The stopping rule of one step: a `StopReason` code, or −1 to go on."""
+    f = info.action
+    gmax = jnp.max(jnp.abs(info.grad))
+    finite = jnp.isfinite(f) & jnp.isfinite(gmax)
+    # Relative to the action without a floor, so that an action of 1e-7 is minimised as
+    # well as one of 1e3; and only when the local model agrees that little is left.
+    small = config.ftol * jnp.abs(f)
+    decrease = info.accepted & ~info.first & (lane.action_before - f <= small)
+    decrease = decrease & (info.predicted_decrease <= small)
+    gradient = info.accepted & (gmax <= config.gtol * grad_start)
+    reasons = [
+        (info.first & ~finite, StopReason.non_finite),
+        (gradient, StopReason.converged_gradient),
+        (decrease, StopReason.converged_decrease),
+        (info.failed, StopReason.stalled),
+        (steps >= config.max_steps, StopReason.max_steps),
+    ]
+    code = jnp.array(-1, jnp.int32)
+    for hit, reason in reversed(reasons):
+        code = jnp.where(hit, jnp.int32(reason), code)
+    return code
+
+
+def _run_lanes(problem, y0, rf_table, factors, handle, config: LoopConfig):
+    """Anneal a batch of flat initial paths `y0` (n_lanes, n); one while loop."""
+    minimiser = config.minimiser
+    dtype = y0.dtype
+    n_beta = config.n_beta
+    save_betas = jnp.asarray(config.save_betas or (-1,), dtype=jnp.int32)
+    betas = jnp.arange(n_beta, dtype=jnp.int32)
+    shared = minimiser.prepare(problem, y0, rf_table, factors)
+
+    def init_lane(y):
+        nan = jnp.full((n_beta,), jnp.nan, dtype)
+        return _Lane(
+            y=y,
+            state=minimiser.init(problem, y, rf_table[0], shared),
+            beta=jnp.array(0, jnp.int32),
+            steps=jnp.array(0, jnp.int32),
+            action_before=jnp.array(jnp.inf, dtype),
+            grad_start=jnp.array(jnp.inf, dtype),
+            action=nan,
+            measurement_error=nan,
+            model_error=nan,
+            stop_reason=jnp.zeros((n_beta,), jnp.int32),
+            iterations=jnp.zeros((n_beta,), jnp.int32),
+            saved=jnp.full((save_betas.shape[0],) + y.shape, jnp.nan, dtype),
+        )
+
+    def step_lane(lane: _Lane, loop_step):
+        # A finished lane keeps stepping with the batch, but writes nothing any more.
+        active = lane.beta < n_beta
+        beta = jnp.minimum(lane.beta, n_beta - 1)
+        y, state, info = minimiser.step(
+            problem, lane.y, rf_table[beta], beta, loop_step, lane.state, shared
+        )
+        grad_start = jnp.where(info.first, jnp.max(jnp.abs(info.grad)), lane.grad_start)
+        steps = lane.steps + 1
+        code = _stop_reason(info, lane, grad_start, steps, config)
+        done = active & (code >= 0)
+        bad = done & (code == StopReason.non_finite)
+        at_beta = (betas == beta) & done
+        next_beta = jnp.where(bad, n_beta, beta + 1)
+        following = jnp.minimum(next_beta, n_beta - 1)
+        meas, model = info.errors
+
+        def record(new, old):
+            return jnp.where(at_beta, jnp.where(bad, jnp.nan, new), old)
+
+        new = _Lane(
+            y=jnp.where(active, y, lane.y),
+            state=minimiser.restart(
+                problem, done, y, rf_table[following], following, state, shared
+            ),
+            beta=jnp.where(done, next_beta, lane.beta),
+            steps=jnp.where(done, 0, steps),
+            action_before=jnp.where(
+                done, jnp.inf, jnp.where(info.accepted, info.action, lane.action_before)
+            ),
+            grad_start=grad_start,
+            action=record(info.action, lane.action),
+            measurement_error=record(meas, lane.measurement_error),
+            model_error=record(model, lane.model_error),
+            stop_reason=jnp.where(at_beta, code, lane.stop_reason),
+            iterations=jnp.where(at_beta, steps, lane.iterations),
+            saved=jnp.where(((save_betas == beta) & done & ~bad)[:, None], y[None], lane.saved),
+        )
+        return new, done, active
+
+    # A solver state may hold non-arrays (e.g. a jaxpr): only the arrays are carried
+    # through the loop, the rest is fixed at its initial value.
+    lanes, static = eqx.partition(eqx.filter_vmap(init_lane)(y0), eqx.is_array)
+
+    def cond(carry):
+        lanes, loop_steps, _ = carry
+        return jnp.any(lanes.beta < n_beta) & (loop_steps < n_beta * config.max_steps)
+
+    def body(carry):
+        lanes, loop_steps, lane_steps = carry
+        lanes, done, active = eqx.filter_vmap(lambda lane: step_lane(lane, loop_steps))(
+            eqx.combine(lanes, static)
+        )
+        lanes = eqx.filter(lanes, eqx.is_array)
+        config.progress_meter.update(handle, jnp.sum(done), jnp.min(lanes.beta))
+        return lanes, loop_steps + 1, lane_steps + jnp.sum(active, dtype=jnp.int32)
+
+    zero = jnp.array(0, jnp.int32)
+    lanes, loop_steps, lane_steps = jax.lax.while_loop(cond, body, (lanes, zero, zero))
+    records = (
+        lanes.y,
+        lanes.action,
+        lanes.measurement_error,
+        lanes.model_error,
+        lanes.stop_reason,
+        lanes.iterations,
+        lanes.saved,
+    )
+    return records, loop_steps[None], lane_steps[None]
+
+
+@eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)
+def anneal_lanes(
+    problem: AbstractProblem,
+    y0: Float[Array, "lanes n"],
+    rf_table: Array,
+    factors: Float[Array, " n_beta"],
+    handle: Int[Array, ""],
+    config: LoopConfig,
+    devices: Sequence[jax.Device],
+):
+    """The compiled loop of [`deepest.anneal`][]: anneal the flat initial paths `y0`.
+
+    One program per problem structure, shapes and `config` (a filter-jitted function, so
+    repeated runs of the same shapes reuse it; `eqx.debug.get_num_traces(anneal_lanes)`
+    counts its traces). The lanes are split over `devices` by `jax.shard_map` when there
+    are several (`y0`'s length must then be a multiple of their number).
+
+    **Returns:** `(records, loop_steps, lane_steps)`: the lanes' final points, action
+    levels, errors, stop reasons, iterations and saved points, and the loop's step
+    counts (one per device).
+    """
+    params, static = eqx.partition(problem, eqx.is_array)
+
+    def run(params, y0, rf_table, factors, handle):
+        return _run_lanes(eqx.combine(params, static), y0, rf_table, factors, handle, config)
+
+    if len(devices) > 1:
+        from jax.sharding import Mesh, PartitionSpec as P
+
+        run = jax.shard_map(
+            run,
+            mesh=Mesh(np.asarray(devices), ("paths",)),
+            in_specs=(P(), P("paths"), P(), P(), P()),
+            out_specs=P("paths"),
+            check_vma=False,
+        )
+    return run(params, y0, rf_table, factors, handle)
