@@ -22,10 +22,12 @@ demo: $(STAMP)
 	$(BIN)/deepest anneal configs/lorenz96_L12.yaml
 
 # Notebooks run at smoke size (DEEPEST_SMOKE=1); tests run in float64 (tests/conftest.py),
-# in two processes (the suite is bound by XLA compiles, one core each). The docs build first
+# in two processes (the suite is bound by XLA compiles, one core each) that share a compilation
+# cache, emptied first, so a program compiled by one module or process is not compiled again. The docs build first
 # (`docs`, a few seconds), failing on any broken reference or warning.
 test: $(STAMP) docs
-	DEEPEST_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --dist worksteal tests --nbmake notebooks
+	rm -rf .cache/jax
+	JAX_COMPILATION_CACHE_DIR=.cache/jax DEEPEST_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --dist worksteal tests --nbmake notebooks
 
 # The site (mkdocs-material, mkdocstrings, notebooks rendered without executing them) in site/.
 docs: $(STAMP)
