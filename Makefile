@@ -26,8 +26,8 @@ demo: $(STAMP)
 # cache, emptied first, so a program compiled by one module or process is not compiled again. The docs build first
 # (`docs`, a few seconds), failing on any broken reference or warning.
 test: $(STAMP) docs
-	rm -rf .cache/jax
-	JAX_COMPILATION_CACHE_DIR=.cache/jax DEEPEST_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --dist worksteal tests --nbmake notebooks
+	rm -rf $(CURDIR)/.cache/jax
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax DEEPEST_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --dist worksteal tests --nbmake notebooks
 
 # The site (mkdocs-material, mkdocstrings, notebooks rendered without executing them) in site/.
 docs: $(STAMP)
