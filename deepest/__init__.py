@@ -9,6 +9,10 @@ from . import (
     models as models,
 )
 
+from ._annealing import package_version as _package_version
+
+__version__ = _package_version()
+
 # -- data: observations, twin experiments, training sets --
 from ._data import (
     FlowMap as FlowMap,
@@ -87,6 +91,7 @@ from ._mechanics import (
     legendre as legendre,
 )
 from ._boundary_value import (
+    AbstractAnnealableBoundaryValueProblem as AbstractAnnealableBoundaryValueProblem,
     AbstractBoundaryValueProblem as AbstractBoundaryValueProblem,
     AbstractTPBVPMethod as AbstractTPBVPMethod,
     BoundaryValueProblem as BoundaryValueProblem,

@@ -83,7 +83,7 @@ def test_twin_L8_levels(record_property):
 
 def test_same_key_same_result_and_one_compile(small):
     problem, a = small
-    before = eqx.debug.get_num_traces(deepest.annealing.anneal_lanes)
+    before = eqx.debug.get_num_traces(deepest.annealing.advance_loop)
     b = deepest.anneal(
         small_problem(), SCHEDULE, N_PATHS, jr.key(3), progress=False, save_betas=[0, 11]
     )
@@ -93,7 +93,7 @@ def test_same_key_same_result_and_one_compile(small):
     c = deepest.anneal(problem, other, N_PATHS, jr.key(4), progress=False, save_betas=[0, 11])
     assert not np.array_equal(a.action, c.action)
     # no new trace, so no new compile
-    assert eqx.debug.get_num_traces(deepest.annealing.anneal_lanes) == before
+    assert eqx.debug.get_num_traces(deepest.annealing.advance_loop) == before
 
 
 def test_levels_and_iterations_recorded(small):
@@ -232,7 +232,7 @@ def test_old_result_folder_loads(tmp_path, small):
 def test_progress_meter_component(small):
     # `progress=False` is `NoProgressMeter()`: the same program (no new trace), the same run.
     problem, a = small
-    before = eqx.debug.get_num_traces(deepest.annealing.anneal_lanes)
+    before = eqx.debug.get_num_traces(deepest.annealing.advance_loop)
     b = deepest.anneal(
         problem,
         SCHEDULE,
@@ -242,7 +242,7 @@ def test_progress_meter_component(small):
         save_betas=[0, 11],
     )
     np.testing.assert_array_equal(a.action, b.action)
-    assert eqx.debug.get_num_traces(deepest.annealing.anneal_lanes) == before
+    assert eqx.debug.get_num_traces(deepest.annealing.advance_loop) == before
 
 
 def test_predict_continues_the_truth(small):

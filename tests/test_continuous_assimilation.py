@@ -60,6 +60,27 @@ def test_envelope_gradient_matches_finite_differences(getkey):
     assert float(jnp.max(jnp.abs(envelope))) > 1e-2  # the test is not vacuous
 
 
+def test_envelope_gradient_of_a_callable_model_is_shaped_like_its_params(getkey):
+    # The same field as a module and as F(t, x, params): the gradient comes back shaped
+    # like what the user passed (the module, or the params dict), with equal values.
+    field = _field(getkey())
+    as_module = _network_problem(field, rf=5.0)
+    data = deepest.Observations([0.0, 1.0], [[1.0, -0.5], [0.2, 0.8]], [0, 1])
+    as_callable = deepest.ContinuousAssimilation(
+        lambda t, x, q: jnp.tanh(q["w"] @ x + q["b"]),
+        data,
+        10.0,
+        5.0,
+        params={"w": field.w, "b": field.b},
+    )
+    by_module = as_module.weight_gradient(deepest.solve_tpbvp(as_module, FINE))
+    by_callable = as_callable.weight_gradient(deepest.solve_tpbvp(as_callable, FINE))
+    assert isinstance(by_module, TanhField) and set(by_callable) == {"w", "b"}
+    assert jnp.allclose(by_callable["w"], by_module.w, rtol=1e-10, atol=1e-12)
+    assert jnp.allclose(by_callable["b"], by_module.b, rtol=1e-10, atol=1e-12)
+    assert float(jnp.max(jnp.abs(by_module.w))) > 1e-3
+
+
 def test_discrete_action_minimiser_converges_at_the_discretisation_order():
     # A network-like problem: all components measured at the two ends only. Reference: the
     # continuous TPBVP. The discrete problems are the foundation's (deepest.Assimilation with

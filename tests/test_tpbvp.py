@@ -485,6 +485,8 @@ def test_bad_input_is_refused_before_compute():
     with pytest.raises(ValueError, match="t0 < t1"):
         deepest.BoundaryValueProblem(_field, bc, 0.0, -1.0, dim=1)
     problem = deepest.BoundaryValueProblem(_field, bc, 0.0, 1.0, dim=1)
+    with pytest.raises(TypeError, match="AbstractAnnealableBoundaryValueProblem"):
+        deepest.anneal_tpbvp(problem, [1.0, 2.0])
     with pytest.raises(ValueError, match="NaN or inf"):
         deepest.solve_tpbvp(problem, guess=lambda t: (jnp.full(1, jnp.nan), jnp.zeros(1)))
     with pytest.raises(ValueError, match="shape"):

@@ -1,7 +1,21 @@
 """Variational annealing: problems, the `anneal` entry, its loop, minimisers and solution."""
 
 from ._anneal import anneal as anneal
-from ._loop import LoopConfig as LoopConfig, anneal_lanes as anneal_lanes
+from ._checkpoint import (
+    CHECKPOINT as CHECKPOINT,
+    load_checkpoint as load_checkpoint,
+    package_version as package_version,
+    save_checkpoint as save_checkpoint,
+)
+from ._loop import (
+    LoopConfig as LoopConfig,
+    LoopState as LoopState,
+    advance_loop as advance_loop,
+    anneal_lanes as anneal_lanes,
+    init_loop as init_loop,
+    loop_finished as loop_finished,
+    loop_records as loop_records,
+)
 from ._minimiser import (
     LBFGS as LBFGS,
     AbstractMinimiser as AbstractMinimiser,

@@ -1,6 +1,10 @@
 """The entry of variational annealing: [`deepest.anneal`][], with its checks."""
 
+import os
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -11,7 +15,8 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray, PyTree
 
-from ._loop import LoopConfig, anneal_lanes
+from ._checkpoint import fingerprints, load_checkpoint, save_checkpoint
+from ._loop import LoopConfig, advance_loop, init_loop, loop_finished, loop_records
 from ._minimiser import LBFGS, AbstractMinimiser
 from ._problem import AbstractProblem
 from ._progress import AbstractProgressMeter, progress_meter
@@ -34,6 +39,23 @@ def _resolve_dtype(dtype):
 
 def _cast(tree, dtype):
     return jtu.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
+
+
+# Compiled once per problem structure and shapes (not once per call, as a fresh
+# `jax.jit(jax.vmap(problem.init))` would be).
+@eqx.filter_jit
+def _draw(problem, keys):
+    return jax.vmap(problem.init)(keys)
+
+
+@eqx.filter_jit
+def _flatten(minimiser, problem, unknowns):
+    return jax.vmap(lambda u: minimiser.flatten(problem, u))(unknowns)
+
+
+@eqx.filter_jit
+def _unflatten(minimiser, problem, y):
+    return jax.vmap(lambda y: minimiser.unflatten(problem, y))(y)
 
 
 def _tolerances(dtype, ftol, gtol):
@@ -88,6 +110,9 @@ def anneal(
     devices: Sequence[jax.Device] | None = None,
     progress: bool | AbstractProgressMeter = True,
     throw: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: float = 60.0,
+    resume: str | os.PathLike | None = None,
 ) -> AnnealResult:
     r"""Variational annealing: minimise `problem.action(X, R_f)` for R_f = rf0·α^β, β = 0…
 
@@ -99,7 +124,9 @@ def anneal(
 
     - the last accepted step lowered A by at most `ftol`·|A| **and** the decrease the
       minimiser's local model still predicts (½ gᵀHg for L-BFGS) is at most `ftol`·|A|:
-      relative to A itself, so that an action of 1e-7 is minimised as well as one of 1e3;
+      relative to A itself, so that an action of 1e-7 is minimised as well as one of 1e3
+      (also when the line search fails along a direction on which the model expects at
+      most `ftol`·|A|: what is left is below A's rounding);
     - or max|∇A| ≤ `gtol` · max|∇A| at the β's first point;
     - or the line search / trust region stalls, or after `max_steps` evaluations (then
       `converged` is False).
@@ -130,6 +157,20 @@ def anneal(
       ([`deepest.NoProgressMeter`][]), or an [`deepest.AbstractProgressMeter`][].
     - `throw`: raise if every path turns non-finite (else return the result, whose
       `finite` flags say so).
+    - `checkpoint`: a folder to write the loop's exact state to (`checkpoint.npz`,
+      atomically) every `checkpoint_every` seconds and when interrupted.
+    - `checkpoint_every`: seconds between checkpoints (> 0).
+    - `resume`: a folder holding a checkpoint of this same run (same problem, initial
+      paths, schedule, settings and device count): the loop goes on from it and ends
+      bit for bit as the uninterrupted run would (only the timings differ). A checkpoint
+      of another run is refused, naming what differs.
+
+    The loop runs in chunks of a fraction of a second (one compiled program for every
+    chunk), so that the host can act between them. Ctrl-C (SIGINT) stops the run at the
+    end of the chunk and returns what is finished: a result with `partial=True` whose
+    levels of the β's not finished are NaN (`stop_reason` `not_reached`) and whose
+    unknowns are each path's minimum at the last β it finished; a second Ctrl-C raises at
+    once.
 
     **Returns:** an [`deepest.AnnealResult`][].
     """
@@ -158,16 +199,17 @@ def anneal(
         raise ValueError(f"`save_betas` must lie in [0, {schedule.n_beta}); got {save_betas}.")
     dtype = _resolve_dtype(dtype)
     ftol, gtol = _tolerances(dtype, ftol, gtol)
+    if not (float(checkpoint_every) > 0):
+        raise ValueError(f"`checkpoint_every` must be positive (seconds); got {checkpoint_every}.")
+    if resume is not None and not os.path.isdir(resume):
+        raise ValueError(f"`resume`: {resume} is not a folder.")
 
     problem = _cast(problem, dtype)
     if init is None:
-        unknowns = jax.jit(jax.vmap(problem.init))(jr.split(key, n_paths))
+        unknowns = _draw(problem, jr.split(key, n_paths))
     else:
         unknowns = _check_init(problem, init, n_paths, dtype)
-    y0 = jax.vmap(lambda u: minimiser.flatten(problem, u))(unknowns).astype(dtype)
-
-    def unravel(y):
-        return minimiser.unflatten(problem, y)
+    y0 = _flatten(minimiser, problem, unknowns).astype(dtype)
 
     rf_table = jnp.asarray(schedule.rf, dtype)
     factors = jnp.asarray(schedule.alpha ** np.arange(schedule.n_beta), dtype)
@@ -193,30 +235,19 @@ def anneal(
         y0 = jax.device_put(y0, NamedSharding(Mesh(np.asarray(devices), ("paths",)), P("paths")))
     devices = tuple(devices)
 
-    # Lowered and compiled apart from the run, to report the compile time; a program of
-    # the same shapes and settings is reused (jit's cache), then this takes no time.
-    start = time.perf_counter()
-    compiled = anneal_lanes.lower(
-        problem, y0, rf_table, factors, jnp.asarray(0, jnp.int32), config, devices
-    ).compile()
-    compile_time = time.perf_counter() - start
-    handle = meter.open(n_paths * schedule.n_beta)
-    try:
-        start = time.perf_counter()
-        out = compiled(
-            problem, y0, rf_table, factors, jnp.asarray(handle, jnp.int32), config, devices
-        )
-        out = jax.block_until_ready(out)
-        run_time = time.perf_counter() - start
-    finally:
-        meter.close(handle)
-    (y, action, meas, model, stop_reason, iterations, saved), loop_steps, lane_steps = (
-        jax.device_get(out)
+    fps = fingerprints(problem, y0, rf_table, factors, config, n_paths, n_dev)
+    state, compile_time, run_time, partial = _run_chunks(
+        problem, y0, rf_table, factors, config, devices, fps, checkpoint, checkpoint_every, resume
     )
+    records = jax.device_get(loop_records(state))
+    y, action, meas, model, stop_reason, iterations, saved = records
+    if partial:  # each path at the minimum of the last β it finished
+        y = jax.device_get(state.lanes.minimum)
+    loop_steps = jax.device_get(state.loop_steps)
     cut = slice(0, n_paths)
-    final = jax.vmap(unravel)(jnp.asarray(y[cut]))
+    final = _unflatten(minimiser, problem, y[cut])
     saved_trees = {
-        b: jax.device_get(jax.vmap(unravel)(jnp.asarray(saved[cut, j])))
+        b: jax.device_get(_unflatten(minimiser, problem, saved[cut, j]))
         for j, b in enumerate(save_betas)
     }
     stats = {
@@ -239,6 +270,7 @@ def anneal(
         stats=stats,
         expected_action=problem.expected_action,
         problem=problem,
+        partial=partial,
     )
     if throw and not result.finite.any():
         counts = ", ".join(f"{k}: {v}" for k, v in result.stop_reasons().items() if v)
@@ -247,3 +279,96 @@ def anneal(
             f"or pass throw=False to get the result with its flags."
         )
     return result
+
+
+# The host loop between chunks aims at chunks of this many seconds: short enough that
+# Ctrl-C is answered at once, long enough that the return to the host costs little.
+_CHUNK_SECONDS = 0.25
+
+
+class _Interrupt:
+    """While open (in the main thread), the first SIGINT sets `hit`; a second raises."""
+
+    def __init__(self):
+        self.hit = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _run_chunks(problem, y0, rf_table, factors, config, devices, fps, checkpoint, every, resume):
+    """Run the loop chunk by chunk from a fresh state or a checkpoint.
+
+    **Returns:** `(state, compile_time, run_time, partial)`.
+    """
+    start = time.perf_counter()
+    state = init_loop(problem, y0, rf_table, factors, config, devices)
+    run_before = 0.0
+    if resume is not None:
+        state, meta = load_checkpoint(resume, state, fps)
+        run_before = float(meta["run_time"])
+    zero = jnp.asarray(0, jnp.int32)
+    # Lowered and compiled apart from the run, to report the compile time; a program of
+    # the same shapes and settings is reused (jit's cache), then this takes no time.
+    advance = advance_loop.lower(
+        problem, y0, rf_table, factors, zero, state, zero, config, devices
+    ).compile()
+    compile_time = time.perf_counter() - start
+
+    def save(run_time):
+        if checkpoint is not None:
+            meta = {"fingerprints": fps, "run_time": run_time}
+            save_checkpoint(os.fspath(checkpoint), state, meta)
+
+    # The bar counts the (path, β) minimisations still to run.
+    done_before = int(np.sum(np.asarray(state.lanes.stop_reason) != 0))
+    handle = config.progress_meter.open(len(y0) * config.n_beta - done_before)
+    chunk, start, saved_at = 8, time.perf_counter(), time.perf_counter()
+    finished = loop_finished(state, config)
+    try:
+        with _Interrupt() as interrupt:
+            while not finished and not interrupt.hit:
+                began = time.perf_counter()
+                stop_at = int(np.max(np.asarray(state.loop_steps))) + chunk
+                state = advance(
+                    problem,
+                    y0,
+                    rf_table,
+                    factors,
+                    jnp.asarray(handle, jnp.int32),
+                    state,
+                    jnp.asarray(stop_at, jnp.int32),
+                    config,
+                    devices,
+                )
+                finished = loop_finished(state, config)
+                took = time.perf_counter() - began
+                grow = _CHUNK_SECONDS / max(took, 1e-4)
+                chunk = int(min(max(chunk * min(grow, 2.0), 1), 2**30))
+                if not finished and time.perf_counter() - saved_at >= every:
+                    save(run_before + time.perf_counter() - start)
+                    saved_at = time.perf_counter()
+            run_time = run_before + time.perf_counter() - start
+            if interrupt.hit and not finished:
+                save(run_time)
+                warnings.warn(
+                    "Annealing interrupted: returning the finished β's of every path "
+                    "(result.partial is True)"
+                    + (f"; resume from {checkpoint}." if checkpoint is not None else "."),
+                    stacklevel=3,
+                )
+    finally:
+        config.progress_meter.close(handle)
+    return state, compile_time, run_time, not finished

@@ -31,6 +31,7 @@ class _Lane(eqx.Module):
     """The state of one path (one lane of the vmap)."""
 
     y: Float[Array, " n"]
+    minimum: Float[Array, " n"]  # the minimum of the last finished β (y0 before)
     state: PyTree
     beta: Int[Array, ""]
     steps: Int[Array, ""]
@@ -67,10 +68,13 @@ def _stop_reason(info: StepInfo, lane: _Lane, grad_start, steps, config: LoopCon
     decrease = info.accepted & ~info.first & (lane.action_before - f <= small)
     decrease = decrease & (info.predicted_decrease <= small)
     gradient = info.accepted & (gmax <= config.gtol * grad_start)
+    # A line search that fails where the model expects at most ftol·|A| more: the
+    # decrease left is below the rounding of A (float32), the point a minimum to ftol.
+    floor = info.failed & (info.predicted_decrease <= small)
     reasons = [
         (info.first & ~finite, StopReason.non_finite),
         (gradient, StopReason.converged_gradient),
-        (decrease, StopReason.converged_decrease),
+        (decrease | floor, StopReason.converged_decrease),
         (info.failed, StopReason.stalled),
         (steps >= config.max_steps, StopReason.max_steps),
     ]
@@ -80,8 +84,19 @@ def _stop_reason(info: StepInfo, lane: _Lane, grad_start, steps, config: LoopCon
     return code
 
 
-def _run_lanes(problem, y0, rf_table, factors, handle, config: LoopConfig):
-    """Anneal a batch of flat initial paths `y0` (n_lanes, n); one while loop."""
+class LoopState(eqx.Module):
+    """Everything the annealing loop carries from one step to the next (arrays only), so
+    that a run stopped between chunks (see [`deepest.annealing.advance_loop`][]) can be
+    saved and resumed exactly: each lane's point, solver state (e.g. L-BFGS memory), β,
+    step counts and records, and the loop's step counters (one per device)."""
+
+    lanes: _Lane
+    loop_steps: Int[Array, " n_devices"]
+    lane_steps: Int[Array, " n_devices"]
+
+
+def _lane_functions(problem, y0, rf_table, factors, config: LoopConfig):
+    """`init_lane(y)` and `step_lane(lane, loop_step)` of one device's lanes."""
     minimiser = config.minimiser
     dtype = y0.dtype
     n_beta = config.n_beta
@@ -93,6 +108,7 @@ def _run_lanes(problem, y0, rf_table, factors, handle, config: LoopConfig):
         nan = jnp.full((n_beta,), jnp.nan, dtype)
         return _Lane(
             y=y,
+            minimum=y,
             state=minimiser.init(problem, y, rf_table[0], shared),
             beta=jnp.array(0, jnp.int32),
             steps=jnp.array(0, jnp.int32),
@@ -128,6 +144,7 @@ def _run_lanes(problem, y0, rf_table, factors, handle, config: LoopConfig):
 
         new = _Lane(
             y=jnp.where(active, y, lane.y),
+            minimum=jnp.where(done & ~bad, y, lane.minimum),
             state=minimiser.restart(
                 problem, done, y, rf_table[following], following, state, shared
             ),
@@ -146,13 +163,32 @@ def _run_lanes(problem, y0, rf_table, factors, handle, config: LoopConfig):
         )
         return new, done, active
 
+    return init_lane, step_lane
+
+
+def _init_lanes(problem, y0, rf_table, factors, config: LoopConfig) -> LoopState:
+    init_lane, _ = _lane_functions(problem, y0, rf_table, factors, config)
     # A solver state may hold non-arrays (e.g. a jaxpr): only the arrays are carried
-    # through the loop, the rest is fixed at its initial value.
-    lanes, static = eqx.partition(eqx.filter_vmap(init_lane)(y0), eqx.is_array)
+    # through the loop (and saved); the rest is rebuilt from the problem each time.
+    lanes = eqx.filter(eqx.filter_vmap(init_lane)(y0), eqx.is_array)
+    zero = jnp.zeros((1,), jnp.int32)
+    return LoopState(lanes, zero, zero)
+
+
+def _advance_lanes(
+    problem, y0, rf_table, factors, handle, state: LoopState, stop_at, config: LoopConfig
+) -> LoopState:
+    """Run one device's loop from `state` until every lane has finished its schedule, the
+    loop has taken `n_beta · max_steps` steps, or it has taken `stop_at` steps in all."""
+    init_lane, step_lane = _lane_functions(problem, y0, rf_table, factors, config)
+    shapes = eqx.filter_eval_shape(eqx.filter_vmap(init_lane), y0)
+    static = eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct), inverse=True)
+    n_beta = config.n_beta
+    limit = jnp.minimum(stop_at, n_beta * config.max_steps)
 
     def cond(carry):
         lanes, loop_steps, _ = carry
-        return jnp.any(lanes.beta < n_beta) & (loop_steps < n_beta * config.max_steps)
+        return jnp.any(lanes.beta < n_beta) & (loop_steps < limit)
 
     def body(carry):
         lanes, loop_steps, lane_steps = carry
@@ -163,9 +199,23 @@ def _run_lanes(problem, y0, rf_table, factors, handle, config: LoopConfig):
         config.progress_meter.update(handle, jnp.sum(done), jnp.min(lanes.beta))
         return lanes, loop_steps + 1, lane_steps + jnp.sum(active, dtype=jnp.int32)
 
-    zero = jnp.array(0, jnp.int32)
-    lanes, loop_steps, lane_steps = jax.lax.while_loop(cond, body, (lanes, zero, zero))
-    records = (
+    carry = (state.lanes, state.loop_steps[0], state.lane_steps[0])
+    lanes, loop_steps, lane_steps = jax.lax.while_loop(cond, body, carry)
+    return LoopState(lanes, loop_steps[None], lane_steps[None])
+
+
+def loop_finished(state: LoopState, config: LoopConfig) -> bool:
+    """Whether the loop of `state` has ended on every device: all of a device's lanes
+    through their schedule, or its loop at the step limit. Reads the state to the host."""
+    loop_steps = np.asarray(state.loop_steps)
+    beta = np.asarray(state.lanes.beta).reshape(loop_steps.shape[0], -1)
+    done = np.all(beta >= config.n_beta, axis=1) | (loop_steps >= config.n_beta * config.max_steps)
+    return bool(np.all(done))
+
+
+def _records(state: LoopState):
+    lanes = state.lanes
+    return (
         lanes.y,
         lanes.action,
         lanes.measurement_error,
@@ -174,7 +224,22 @@ def _run_lanes(problem, y0, rf_table, factors, handle, config: LoopConfig):
         lanes.iterations,
         lanes.saved,
     )
-    return records, loop_steps[None], lane_steps[None]
+
+
+def _on_devices(fn, devices, n_lane_args: int, n_replicated_after: int):
+    """`fn` split over `devices` by `jax.shard_map` (lanes on the first `n_lane_args`
+    positional arguments after the replicated problem and tables) when there are several."""
+    if len(devices) <= 1:
+        return fn
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    return jax.shard_map(
+        fn,
+        mesh=Mesh(np.asarray(devices), ("paths",)),
+        in_specs=(P(),) + (P("paths"),) * n_lane_args + (P(),) * n_replicated_after,
+        out_specs=P("paths"),
+        check_vma=False,
+    )
 
 
 @eqx.filter_jit
@@ -202,16 +267,65 @@ def anneal_lanes(
     params, static = eqx.partition(problem, eqx.is_array)
 
     def run(params, y0, rf_table, factors, handle):
-        return _run_lanes(eqx.combine(params, static), y0, rf_table, factors, handle, config)
+        problem = eqx.combine(params, static)
+        state = _init_lanes(problem, y0, rf_table, factors, config)
+        limit = jnp.asarray(config.n_beta * config.max_steps, jnp.int32)
+        state = _advance_lanes(problem, y0, rf_table, factors, handle, state, limit, config)
+        return _records(state), state.loop_steps, state.lane_steps
 
-    if len(devices) > 1:
-        from jax.sharding import Mesh, PartitionSpec as P
+    return _on_devices(run, devices, 1, 3)(params, y0, rf_table, factors, handle)
 
-        run = jax.shard_map(
-            run,
-            mesh=Mesh(np.asarray(devices), ("paths",)),
-            in_specs=(P(), P("paths"), P(), P(), P()),
-            out_specs=P("paths"),
-            check_vma=False,
-        )
-    return run(params, y0, rf_table, factors, handle)
+
+@eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)
+def init_loop(
+    problem: AbstractProblem,
+    y0: Float[Array, "lanes n"],
+    rf_table: Array,
+    factors: Float[Array, " n_beta"],
+    config: LoopConfig,
+    devices: Sequence[jax.Device],
+) -> LoopState:
+    """The [`deepest.annealing.LoopState`][] of the annealing loop before its first step:
+    every lane at its initial path `y0`, at β = 0, with a fresh solver."""
+    params, static = eqx.partition(problem, eqx.is_array)
+
+    def run(params, y0, rf_table, factors):
+        problem = eqx.combine(params, static)
+        return _init_lanes(problem, y0, rf_table, factors, config)
+
+    return _on_devices(run, devices, 1, 2)(params, y0, rf_table, factors)
+
+
+@eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)
+def advance_loop(
+    problem: AbstractProblem,
+    y0: Float[Array, "lanes n"],
+    rf_table: Array,
+    factors: Float[Array, " n_beta"],
+    handle: Int[Array, ""],
+    state: LoopState,
+    stop_at: Int[Array, ""],
+    config: LoopConfig,
+    devices: Sequence[jax.Device],
+) -> LoopState:
+    """Run the annealing loop from `state` for at most `stop_at − state.loop_steps` more
+    steps (one chunk), then return to the host; the loop is the same whichever chunks it
+    is cut into, so a run cut into chunks (and stopped, saved and resumed between them)
+    ends bit for bit where a run in one chunk does. `stop_at` is traced: one program for
+    every chunk."""
+    params, static = eqx.partition(problem, eqx.is_array)
+
+    def run(params, y0, state, rf_table, factors, handle, stop_at):
+        problem = eqx.combine(params, static)
+        return _advance_lanes(problem, y0, rf_table, factors, handle, state, stop_at, config)
+
+    run = _on_devices(run, devices, 2, 4)
+    return run(params, y0, state, rf_table, factors, handle, stop_at)
+
+
+def loop_records(state: LoopState):
+    """The records of a loop `state`: the lanes' points, action levels, errors, stop
+    reasons, iterations and saved points, as [`deepest.annealing.anneal_lanes`][] returns."""
+    return _records(state)

@@ -15,9 +15,12 @@ from ._problem import AbstractProblem
 class StopReason(enum.IntEnum):
     """Why the minimisation of a (β, path) stopped: `AnnealResult.stop_reason`'s codes.
 
-    - `not_reached`: the path never reached this β (it turned non-finite earlier).
+    - `not_reached`: the path never reached this β (it turned non-finite earlier, or the
+      run was interrupted first: `AnnealResult.partial`).
     - `converged_decrease`: the last accepted step and the decrease the minimiser's local
-      model still predicts were both at most `ftol` relative to the action.
+      model still predicts were both at most `ftol` relative to the action; or the line
+      search failed along a direction on which the model expected at most that (the
+      decrease left is below the action's rounding, as in float32).
     - `converged_gradient`: the largest gradient entry fell to `gtol` times its value at
       the β's first point.
     - `max_steps`: `max_steps` evaluations without meeting either rule.
@@ -56,6 +59,9 @@ class AnnealResult(eqx.Module):
     - `stats`: run statistics: `run_time`, `compile_time` (seconds), `loop_steps` (loop
       iterations), `lane_steps` (useful steps summed over paths), `n_devices`.
     - `best`: the path with the lowest final action.
+    - `partial`: True for a run that was interrupted: only the β's each path finished
+      are recorded (the others NaN, `not_reached`), and `unknowns` are each path's
+      minimum at the last β it finished.
     """
 
     rf: np.ndarray
@@ -70,6 +76,7 @@ class AnnealResult(eqx.Module):
     stats: dict
     expected_action: float | None = None
     problem: AbstractProblem | None = None
+    partial: bool = False
 
     def _view(self, name: str):
         try:
@@ -129,9 +136,17 @@ class AnnealResult(eqx.Module):
 
     @property
     def best(self) -> int:
-        """Index of the path with the lowest final action (non-finite ones excluded)."""
-        final = np.where(np.isfinite(self.action[-1]), self.action[-1], np.inf)
-        return int(np.argmin(final))
+        """Index of the path with the lowest final action (non-finite ones excluded); of a
+        `partial` result, the lowest action at the highest β any path finished."""
+        last = self.action[self.last_beta]
+        return int(np.argmin(np.where(np.isfinite(last), last, np.inf)))
+
+    @property
+    def last_beta(self) -> int:
+        """The highest β index at which some path finished (the last one, unless the run
+        was interrupted: `partial`)."""
+        finished = np.nonzero(np.any(np.isfinite(self.action), axis=1))[0]
+        return int(finished[-1]) if finished.size else self.action.shape[0] - 1
 
     def path_unknowns(self, i: int | None = None) -> PyTree[np.ndarray]:
         """The final unknowns of path `i` (default: `best`)."""
@@ -159,14 +174,15 @@ class AnnealResult(eqx.Module):
         return {
             "n_paths": self.n_paths,
             "best": self.best,
-            "final_action_best": float(self.action[-1, self.best]),
-            "measurement_error_best": float(self.measurement_error[-1, self.best]),
+            "final_action_best": float(self.action[self.last_beta, self.best]),
+            "measurement_error_best": float(self.measurement_error[self.last_beta, self.best]),
             "mean_iterations_per_beta": it.mean(axis=1).tolist(),
             "max_iterations_per_beta": it.max(axis=1).tolist(),
             "converged_fraction": float(self.converged[:, self.finite].mean())
             if self.finite.any()
             else 0.0,
             "stop_reasons": self.stop_reasons(),
+            "partial": self.partial,
             **{k: v for k, v in self.stats.items()},
         }
 
@@ -197,7 +213,11 @@ def save_result(result: AnnealResult, directory: str | os.PathLike, overwrite: b
     arrays.update(_flatten("views", result.views))
     for beta, u in result.saved.items():
         arrays.update(_flatten(f"saved/{beta}", u))
-    meta = {"stats": result.stats, "expected_action": result.expected_action}
+    meta = {
+        "stats": result.stats,
+        "expected_action": result.expected_action,
+        "partial": result.partial,
+    }
     arrays["meta"] = np.asarray(json.dumps(meta))
     tmp = path + ".tmp.npz"
     np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
@@ -264,4 +284,5 @@ def load_result(
         stats=meta["stats"],
         expected_action=meta["expected_action"],
         problem=problem,
+        partial=bool(meta.get("partial", False)),
     )

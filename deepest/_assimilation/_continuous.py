@@ -27,13 +27,13 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 
-from .._boundary_value import AbstractBoundaryValueProblem, TPBVPSolution
+from .._boundary_value import AbstractAnnealableBoundaryValueProblem, TPBVPSolution
 from .._data import Observations, check_dimension
 from .._networks import FitHistory
 from ..models._base import parametrised
 
 
-class ContinuousAssimilation(AbstractBoundaryValueProblem):
+class ContinuousAssimilation(AbstractAnnealableBoundaryValueProblem):
     """The continuous-time assimilation action of a model given observations, as a TPBVP.
 
     The problem lives on [t_0, t_1] = [first, last observation time]; the observations at
@@ -215,7 +215,7 @@ class ContinuousAssimilation(AbstractBoundaryValueProblem):
             return jax.tree.map(jnp.negative, vjp(p)[0])
 
         grads = sol.quadrature(integrand)
-        return grads.model if hasattr(grads, "model") else grads.params
+        return grads.parameters()
 
 
 def discrete_weights(

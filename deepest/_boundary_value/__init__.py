@@ -34,6 +34,7 @@ from ._method import (
     Shooting as Shooting,
 )
 from ._problem import (
+    AbstractAnnealableBoundaryValueProblem as AbstractAnnealableBoundaryValueProblem,
     AbstractBoundaryValueProblem as AbstractBoundaryValueProblem,
     BoundaryValueProblem as BoundaryValueProblem,
 )

@@ -58,6 +58,14 @@ class AbstractBoundaryValueProblem(eqx.Module):
         raise NotImplementedError(f"{type(self).__name__} does not define a Hamiltonian.")
 
 
+class AbstractAnnealableBoundaryValueProblem(AbstractBoundaryValueProblem):
+    """A boundary-value problem with a model-error weight `rf` (R_f > 0, an array field),
+    the weight that [`deepest.anneal_tpbvp`][] increases from solve to solve (e.g.
+    [`deepest.ContinuousAssimilation`][])."""
+
+    rf: eqx.AbstractVar[Float[Array, "*rf"]]
+
+
 class BoundaryValueProblem(AbstractBoundaryValueProblem):
     """A user-specified boundary-value problem on the pair y = (x, p).
 

@@ -10,7 +10,7 @@ from jaxtyping import ArrayLike, Float
 
 from .._misc import is_concrete
 from ._method import AbstractTPBVPMethod, MultipleShooting
-from ._problem import AbstractBoundaryValueProblem
+from ._problem import AbstractAnnealableBoundaryValueProblem, AbstractBoundaryValueProblem
 from ._solution import TPBVPResults, TPBVPSolution
 
 
@@ -132,7 +132,8 @@ def anneal_tpbvp(
 
     **Arguments:**
 
-    - `problem`: a problem with an `rf` field (e.g. [`deepest.ContinuousAssimilation`][]).
+    - `problem`: an [`deepest.AbstractAnnealableBoundaryValueProblem`][] (e.g.
+      [`deepest.ContinuousAssimilation`][]).
     - `rfs`: the R_f values, typically geometric, `rf0 * alpha ** jnp.arange(n_beta)`.
     - `method`, `guess`, `throw`: as [`deepest.solve_tpbvp`][]; `throw` applies to each
       solve.
@@ -147,8 +148,12 @@ def anneal_tpbvp(
         sols = deepest.anneal_tpbvp(problem, 1e-2 * 2.0 ** jnp.arange(20))
         best = jax.tree.map(lambda a: a[-1], sols)
     """
-    if not hasattr(problem, "rf"):
-        raise TypeError(f"{type(problem).__name__} has no `rf` field to anneal.")
+    if not isinstance(problem, AbstractAnnealableBoundaryValueProblem):
+        raise TypeError(
+            f"{type(problem).__name__} has no R_f to anneal: `anneal_tpbvp` takes a "
+            "`deepest.AbstractAnnealableBoundaryValueProblem` (e.g. "
+            "`deepest.ContinuousAssimilation`)."
+        )
     if is_concrete(rfs) and not np.all(np.asarray(rfs) > 0):
         raise ValueError("Every R_f in `rfs` must be positive.")
     rfs = jnp.asarray(rfs, jnp.result_type(problem.rf))

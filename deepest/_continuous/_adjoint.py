@@ -102,20 +102,61 @@ class AbstractAdjoint(eqx.Module):
         λ(t_0), last row λ(t_1)) and dC/d(field).
         """
 
+    def segment_pullback(
+        self,
+        field: Field,
+        residuals: PyTree[Array],
+        t0: Float[Array, ""],
+        t1: Float[Array, ""],
+        integration: Integration,
+        cotangent: Float[Array, " dim"],
+    ) -> tuple[PyTree, Float[Array, " dim"]]:
+        """The pullback of one segment's solve: `(dC/d(field), dC/dx(t_0))` from
+        `cotangent` = dC/dx(t_1). By default the first row of `segment_sweep`'s costates;
+        an adjoint that can pull back without storing every costate overrides it."""
+        costates, field_grad = self.segment_sweep(field, residuals, t0, t1, integration, cotangent)
+        return field_grad, costates[0]
 
-# The explicit sweep of an explicit RK forward pass, shared by the autodiff and costate
-# adjoints: the step states forward, the partner sweep backward.
-def _steps_forward(field, x0, t0, t1, integration):
-    ts, xs, x_final = integration.steps(field, x0, t0, t1)
-    return x_final, (ts, xs)
+
+# One forward solve x(t_0) ↦ x(t_1) whose backward pass is `adjoint`'s own: its
+# `segment_forward` keeps the residuals, its `segment_pullback` transposes the solve.
+@eqx.filter_custom_vjp
+def _solve(field_and_x0, t0, t1, integration, adjoint):
+    del adjoint
+    field, x0 = field_and_x0
+    return integration.final_state(field, x0, t0, t1)
 
 
-def _partner_segment_sweep(field, residuals, integration, costate_final):
-    ts, xs = residuals
-    return partner_sweep(field, tableau_coefficients(integration.solver), ts, xs, costate_final)
+@_solve.def_fwd
+def _solve_fwd(perturbed, field_and_x0, t0, t1, integration, adjoint):
+    del perturbed
+    field, x0 = field_and_x0
+    return adjoint.segment_forward(field, x0, t0, t1, integration)
 
 
-class AutodiffAdjoint(AbstractAdjoint):
+@_solve.def_bwd
+def _solve_bwd(residuals, cotangent, perturbed, field_and_x0, t0, t1, integration, adjoint):
+    del perturbed
+    field, _ = field_and_x0
+    return adjoint.segment_pullback(field, residuals, t0, t1, integration, cotangent)
+
+
+class _AbstractRungeKuttaAdjoint(AbstractAdjoint):
+    # The explicit sweep of an explicit Runge–Kutta forward pass, shared by the autodiff
+    # and costate adjoints: the step states forward, the partner sweep backward.
+
+    def segment_forward(self, field, x0, t0, t1, integration):
+        ts, xs, x_final = integration.steps(field, x0, t0, t1)
+        return x_final, (ts, xs)
+
+    def segment_sweep(self, field, residuals, t0, t1, integration, costate_final):
+        del t0, t1
+        ts, xs = residuals
+        coefficients = tableau_coefficients(integration.solver)
+        return partner_sweep(field, coefficients, ts, xs, costate_final)
+
+
+class AutodiffAdjoint(_AbstractRungeKuttaAdjoint):
     """Differentiate the continuous layer by JAX through diffrax's steps (the reference).
 
     The gradient is `diffrax.RecursiveCheckpointAdjoint`'s; any diffrax solver and step-size
@@ -130,36 +171,8 @@ class AutodiffAdjoint(AbstractAdjoint):
     def solve(self, field, x0, t0, t1, integration):
         return integration.final_state(field, x0, t0, t1)
 
-    def segment_forward(self, field, x0, t0, t1, integration):
-        return _steps_forward(field, x0, t0, t1, integration)
 
-    def segment_sweep(self, field, residuals, t0, t1, integration, costate_final):
-        del t0, t1
-        return _partner_segment_sweep(field, residuals, integration, costate_final)
-
-
-@eqx.filter_custom_vjp
-def _costate_solve(field_and_x0, t0, t1, integration):
-    field, x0 = field_and_x0
-    return integration.final_state(field, x0, t0, t1)
-
-
-@_costate_solve.def_fwd
-def _costate_solve_fwd(perturbed, field_and_x0, t0, t1, integration):
-    del perturbed
-    field, x0 = field_and_x0
-    return _steps_forward(field, x0, t0, t1, integration)
-
-
-@_costate_solve.def_bwd
-def _costate_solve_bwd(residuals, cotangent, perturbed, field_and_x0, t0, t1, integration):
-    del perturbed, t0, t1
-    field, _ = field_and_x0
-    costates, field_grad = _partner_segment_sweep(field, residuals, integration, cotangent)
-    return field_grad, costates[0]
-
-
-class CostateAdjoint(AbstractAdjoint):
+class CostateAdjoint(_AbstractRungeKuttaAdjoint):
     """Differentiate the continuous layer by the exact partner costate sweep (the default).
 
     The forward pass stores the step states only; the backward pass is the division-free
@@ -180,43 +193,7 @@ class CostateAdjoint(AbstractAdjoint):
         tableau_coefficients(solver)
 
     def solve(self, field, x0, t0, t1, integration):
-        return _costate_solve((field, x0), t0, t1, integration)
-
-    def segment_forward(self, field, x0, t0, t1, integration):
-        return _steps_forward(field, x0, t0, t1, integration)
-
-    def segment_sweep(self, field, residuals, t0, t1, integration, costate_final):
-        del t0, t1
-        return _partner_segment_sweep(field, residuals, integration, costate_final)
-
-
-def _reversible_forward(field, x0, t0, t1, integration):
-    y_final, z_final = integration.final_pair(field, x0, t0, t1)
-    return y_final, (y_final, z_final)
-
-
-@eqx.filter_custom_vjp
-def _reversible_solve(field_and_x0, t0, t1, integration):
-    field, x0 = field_and_x0
-    return integration.final_state(field, x0, t0, t1)
-
-
-@_reversible_solve.def_fwd
-def _reversible_solve_fwd(perturbed, field_and_x0, t0, t1, integration):
-    del perturbed
-    field, x0 = field_and_x0
-    return _reversible_forward(field, x0, t0, t1, integration)
-
-
-@_reversible_solve.def_bwd
-def _reversible_solve_bwd(residuals, cotangent, perturbed, field_and_x0, t0, t1, integration):
-    del perturbed
-    y_final, z_final = residuals
-    field, _ = field_and_x0
-    x0_bar, field_grad = reversible_sweep(
-        field, integration.solver, t0, t1, integration.n_steps, y_final, z_final, cotangent
-    )
-    return field_grad, x0_bar
+        return _solve((field, x0), t0, t1, integration, self)
 
 
 class ReversibleAdjoint(AbstractAdjoint):
@@ -249,10 +226,19 @@ class ReversibleAdjoint(AbstractAdjoint):
             )
 
     def solve(self, field, x0, t0, t1, integration):
-        return _reversible_solve((field, x0), t0, t1, integration)
+        return _solve((field, x0), t0, t1, integration, self)
 
     def segment_forward(self, field, x0, t0, t1, integration):
-        return _reversible_forward(field, x0, t0, t1, integration)
+        y_final, z_final = integration.final_pair(field, x0, t0, t1)
+        return y_final, (y_final, z_final)
+
+    def segment_pullback(self, field, residuals, t0, t1, integration, cotangent):
+        # The rebuild walks back from the final pair holding only the current one.
+        y_final, z_final = residuals
+        x0_bar, field_grad = reversible_sweep(
+            field, integration.solver, t0, t1, integration.n_steps, y_final, z_final, cotangent
+        )
+        return field_grad, x0_bar
 
     def segment_sweep(self, field, residuals, t0, t1, integration, costate_final):
         y_final, z_final = residuals

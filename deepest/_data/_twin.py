@@ -2,7 +2,7 @@
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import diffrax
 import equinox as eqx
@@ -12,7 +12,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-from ..models._base import parametrised
+from ..models._base import AbstractModel, parametrised
 
 
 class Observations(eqx.Module):
@@ -164,7 +164,7 @@ def check_dimension(model, observed: Sequence[int], dim) -> int:
         raise ValueError(
             f"Observed index {max(observed)} is out of range for a model with dim={dim} components."
         )
-    if hasattr(model, "check_dim"):
+    if isinstance(model, AbstractModel):
         model.check_dim(dim)
     return dim
 
@@ -181,17 +181,32 @@ def integrate(
     Uses diffrax's Tsit5 with `substeps` fixed steps per interval of `times` (which must
     be equally spaced).
     """
-    field, values = parametrised(model, params)
-    times = jnp.asarray(times)
+    field, _ = parametrised(model, params)
+    # Python floats in the model (e.g. Lorenz96(8.17)) as arrays: traced, not compiled in.
+    pass  # TEMP
+    return _integrate(field, jnp.asarray(x0), jnp.asarray(times), int(substeps))
+
+
+class _Autonomous(eqx.Module):
+    """A diffrax vector field from `field(t, x, theta)`: a Module, so that equal models
+    give equal terms and diffrax's compiled solve is reused."""
+
+    field: Callable
+
+    def __call__(self, t, x, args):
+        return self.field(t, x, {})
+
+
+@eqx.filter_jit
+def _integrate(field, x0, times, substeps: int):
     dt0 = (times[1] - times[0]) / substeps
-    term = diffrax.ODETerm(lambda t, x, args: field(t, x, {}))
     sol = diffrax.diffeqsolve(
-        term,
+        diffrax.ODETerm(_Autonomous(field)),
         diffrax.Tsit5(),
         times[0],
         times[-1],
         dt0,
-        jnp.asarray(x0),
+        x0,
         saveat=diffrax.SaveAt(ts=times),
         stepsize_controller=diffrax.ConstantStepSize(),
         max_steps=substeps * (times.shape[0] - 1) + 16,
@@ -231,7 +246,7 @@ def twin_experiment(
     observed = tuple(int(i) for i in observed)
     if any(i < 0 or i >= dim for i in observed):
         raise ValueError(f"Observed indices are out of range [0, {dim}): {observed}.")
-    if hasattr(model, "check_dim"):
+    if isinstance(model, AbstractModel):
         model.check_dim(dim)
     _, values = parametrised(model, params)
     k0, k1 = jr.split(key)

@@ -13,14 +13,14 @@ Experiments (`experiment:` in the config):
 
 import copy
 import json
-import os
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from ._anneal import ANNEAL_DEFAULTS, _minimiser, anneal_from_config
-from ._config import check_keys, load_config, merge, out_dir, set_dotted
+from ._config import check_keys, default_out, load_config, merge, set_dotted
+from ._folder import ResultsFolder
 
 # The anneal section of `deepest anneal`, with a schedule suited to networks, less the
 # Levenberg–Marquardt setting (a network's action has no banded residuals: L-BFGS only).
@@ -442,42 +442,49 @@ def run_train(config_path: str, sets, out, overwrite, progress) -> str:
 
     from .. import plot_action_levels
 
-    data = build_data(config)
-    out = out_dir(out, config_path, overwrite)
-    with open(os.path.join(out, "config.yaml"), "w") as f:
-        yaml.safe_dump(copy.deepcopy(config), f, sort_keys=False)
-    depths = (
-        [int(L) for L in config["network"]["depths"]]
-        if config["experiment"] == "depth_resolution"
-        else [None]
-    )
-    fig, axes = plt.subplots(1, len(depths), figsize=(5 * len(depths), 4), squeeze=False)
-    texts, record = [], {}
-    for depth, ax in zip(depths, axes[0], strict=False):
-        result, _, annealing = run_annealing(config, data, depth=depth, progress=progress)
-        backprop = run_backprop(config, data, depth=depth, progress=progress)
-        folder = out if depth is None else os.path.join(out, f"L{depth:03d}")
-        result.save(folder, overwrite=overwrite)
-        plot_action_levels(result, ax=ax)
-        if depth is not None:
-            ax.set_title(f"L = {depth}, {result.n_paths} paths")
-        texts.append(summary_text(config, annealing, backprop, depth, mean_baseline(data)))
-        record[str(depth) if depth else "network"] = {"anneal": annealing, "backprop": backprop}
-    fig.savefig(os.path.join(out, "action_levels.png"), dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    summary = "\n".join(texts)
-    if len(depths) > 1:
-        summary += "\ntest MSE against depth (annealing, lowest action | backprop, lowest loss):\n"
-        for depth in depths:
-            r = record[str(depth)]
+    folder = ResultsFolder(default_out(config_path) if out is None else out, overwrite)
+    try:
+        data = build_data(config)
+        with open(folder.file("config.yaml"), "w") as f:
+            yaml.safe_dump(copy.deepcopy(config), f, sort_keys=False)
+        depths = (
+            [int(L) for L in config["network"]["depths"]]
+            if config["experiment"] == "depth_resolution"
+            else [None]
+        )
+        fig, axes = plt.subplots(1, len(depths), figsize=(5 * len(depths), 4), squeeze=False)
+        texts, record = [], {}
+        for depth, ax in zip(depths, axes[0], strict=False):
+            result, _, annealing = run_annealing(config, data, depth=depth, progress=progress)
+            backprop = run_backprop(config, data, depth=depth, progress=progress)
+            where = folder.path if depth is None else folder.file(f"L{depth:03d}")
+            result.save(where)
+            plot_action_levels(result, ax=ax)
+            if depth is not None:
+                ax.set_title(f"L = {depth}, {result.n_paths} paths")
+            texts.append(summary_text(config, annealing, backprop, depth, mean_baseline(data)))
+            record[str(depth) if depth else "network"] = {"anneal": annealing, "backprop": backprop}
+        fig.savefig(folder.file("action_levels.png"), dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        summary = "\n".join(texts)
+        if len(depths) > 1:
             summary += (
-                f"  L = {depth:3d}: {r['anneal']['lowest_action']['test_error']:.4g} | "
-                f"{r['backprop']['lowest_train']['test_error']:.4g}   final action "
-                f"{r['anneal']['final_action']:.4g}\n"
+                "\ntest MSE against depth (annealing, lowest action | backprop, lowest loss):\n"
             )
-    with open(os.path.join(out, "summary.txt"), "w") as f:
-        f.write(summary)
-    with open(os.path.join(out, "errors.json"), "w") as f:
-        json.dump(record, f, indent=1)
+            for depth in depths:
+                r = record[str(depth)]
+                summary += (
+                    f"  L = {depth:3d}: {r['anneal']['lowest_action']['test_error']:.4g} | "
+                    f"{r['backprop']['lowest_train']['test_error']:.4g}   final action "
+                    f"{r['anneal']['final_action']:.4g}\n"
+                )
+        with open(folder.file("summary.txt"), "w") as f:
+            f.write(summary)
+        with open(folder.file("errors.json"), "w") as f:
+            json.dump(record, f, indent=1)
+        folder.publish()
+    except BaseException:
+        folder.discard()  # nothing half-written is left, nor anything blocking a rerun
+        raise
     print(summary, end="")
-    return out
+    return folder.out

@@ -44,9 +44,17 @@ class _WithParams(eqx.Module):
     def __call__(self, t, x, theta):
         return self.fn(t, x, {**self.params, **theta})
 
+    def parameters(self):
+        """What the user passed as the parameters: the dict `params`."""
+        return self.params
+
 
 class _ModuleWithParams(eqx.Module):
     model: AbstractModel
+
+    def parameters(self):
+        """What the user passed as the parameters: the module itself."""
+        return self.model
 
     def __call__(self, t, x, theta):
         names = tuple(theta)

@@ -100,7 +100,9 @@ class StepInfo(eqx.Module):
     - `action`, `grad`: the action and its gradient at the accepted point.
     - `errors`: (measurement error, model error) at the accepted point.
     - `predicted_decrease`: the decrease the minimiser's local model still expects at the
-      accepted point (½ gᵀHg for L-BFGS), or the last decrease where it has no model.
+      accepted point (½ gᵀHg for L-BFGS), or the last decrease where it has no model; on
+      the step the search fails (`failed`), the decrease it expected along the direction
+      it failed on (∞ where it has none).
     - `failed`: the line search or trust region can make no more progress.
     """
 
@@ -393,7 +395,13 @@ class CompactLBFGS(eqx.Module):
             action=keep(f, state.action),
             grad=keep(grad, state.grad),
             errors=jax.tree.map(keep, errors, state.errors),
-            predicted_decrease=jnp.where(accept, -0.5 * slope, jnp.inf),
+            # After an accepted step, the decrease the model expects along the new
+            # direction; once the line search has failed, along the one it failed on.
+            predicted_decrease=jnp.where(
+                accept,
+                -0.5 * slope,
+                jnp.where(trials >= self.max_trials, -0.5 * state.slope, jnp.inf),
+            ),
             failed=trials >= self.max_trials,
         )
         new = CompactLBFGSState(

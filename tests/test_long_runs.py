@@ -1,0 +1,313 @@
+"""Long runs that survive: chunked loop, Ctrl-C, checkpoints, exact resume, result folders
+that are never inconsistent, and configs checked before any compute (issue 14)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import equinox as eqx
+import jax
+import jax.random as jr
+import numpy as np
+import pytest
+import yaml
+
+import deepest
+from deepest.cli import main
+
+from .helpers import small_problem
+
+_ARRAYS = ("action", "measurement_error", "model_error", "stop_reason", "iterations")
+
+
+class _InterruptAfter(deepest.AbstractProgressMeter):
+    """Sends this process a SIGINT once `n` (path, β) minimisations have finished, from
+    inside the compiled loop: an interrupt at a reproducible point of the run."""
+
+    n: int
+
+    def open(self, total):
+        _InterruptAfter.count, _InterruptAfter.sent = 0, False
+        return 0
+
+    def update(self, handle, n_done, lowest_beta):
+        def count(n_done):
+            _InterruptAfter.count += int(n_done)
+            if _InterruptAfter.count >= self.n and not _InterruptAfter.sent:
+                _InterruptAfter.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+
+        jax.debug.callback(count, n_done)
+
+    def close(self, handle):
+        pass
+
+
+@pytest.fixture(scope="module")
+def run():
+    problem = small_problem()
+    schedule = deepest.AnnealSchedule(1e-3, 2.0, 12)
+    full = deepest.anneal(problem, schedule, 6, jr.key(1), progress=False)
+    return problem, schedule, full
+
+
+def test_interrupt_gives_a_partial_result_and_resume_is_bit_identical(run, tmp_path):
+    problem, schedule, full = run
+    with pytest.warns(UserWarning, match="interrupted"):
+        part = deepest.anneal(
+            problem, schedule, 6, jr.key(1), progress=_InterruptAfter(20), checkpoint=tmp_path
+        )
+    assert part.partial and not full.partial
+    # Every finished (β, path) equals the uninterrupted run's; the rest is marked.
+    done = part.stop_reason != deepest.StopReason.not_reached
+    assert 20 <= done.sum() < done.size
+    for name in _ARRAYS:
+        assert np.array_equal(getattr(part, name)[done], getattr(full, name)[done]), name
+    assert np.all(np.isnan(part.action[~done]))
+    # The unknowns of a partial result are each path's minimum at its last finished β.
+    last = done.sum(axis=0) - 1
+    for i in range(part.n_paths):
+        if last[i] >= 0:
+            level = problem.action(part.path_unknowns(i), schedule.rf[last[i]])
+            assert float(level) == pytest.approx(part.action[last[i], i], rel=1e-12)
+    part.save(tmp_path / "saved")
+    assert deepest.load_result(tmp_path / "saved").partial
+
+    resumed = deepest.anneal(problem, schedule, 6, jr.key(1), progress=False, resume=tmp_path)
+    assert not resumed.partial
+    for name in _ARRAYS:
+        assert np.array_equal(getattr(resumed, name), getattr(full, name), equal_nan=True), name
+    assert np.array_equal(resumed.paths, full.paths)
+    assert np.array_equal(resumed.params["forcing"], full.params["forcing"])
+
+
+def test_chunks_run_one_program(run):
+    problem, schedule, _ = run
+    before = eqx.debug.get_num_traces(deepest.annealing.advance_loop)
+    deepest.anneal(problem, schedule, 6, jr.key(2), progress=False)
+    assert eqx.debug.get_num_traces(deepest.annealing.advance_loop) == before
+
+
+def test_a_checkpoint_of_another_run_is_refused(run, tmp_path):
+    problem, schedule, _ = run
+    with pytest.warns(UserWarning):
+        deepest.anneal(
+            problem, schedule, 6, jr.key(1), progress=_InterruptAfter(10), checkpoint=tmp_path
+        )
+    other = deepest.AnnealSchedule(1e-3, 3.0, 12)
+    with pytest.raises(ValueError, match="differs in schedule"):
+        deepest.anneal(problem, other, 6, jr.key(1), progress=False, resume=tmp_path)
+    with pytest.raises(ValueError, match="initial paths"):
+        deepest.anneal(problem, schedule, 6, jr.key(7), progress=False, resume=tmp_path)
+    with pytest.raises(ValueError, match="max_steps"):
+        deepest.anneal(
+            problem, schedule, 6, jr.key(1), progress=False, resume=tmp_path, max_steps=99
+        )
+    with pytest.raises(ValueError, match="n_paths"):
+        deepest.anneal(problem, schedule, 5, jr.key(1), progress=False, resume=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no checkpoint"):
+        deepest.anneal(problem, schedule, 6, jr.key(1), resume=tmp_path / "empty")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / deepest.annealing.CHECKPOINT).write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        deepest.anneal(problem, schedule, 6, jr.key(1), resume=tmp_path / "junk")
+
+
+# -- the command line ------------------------------------------------------------------------
+
+# Long enough (a few seconds of annealing, checkpoints every chunk) to be stopped mid-run.
+LONG = {
+    "model": {"name": "lorenz96", "dim": 10, "params": {"forcing": 8.17}},
+    "data": {"twin": {"n_times": 81, "dt": 0.025, "observed": [0, 2, 4, 6, 8], "noise": 0.4}},
+    "problem": {"estimate": ["forcing"], "param_ranges": {"forcing": [6.0, 10.0]}},
+    "anneal": {"rf0": 1e-4, "alpha": 1.5, "n_beta": 40, "n_paths": 32},
+    "output": {"forecast_horizon": 0.2, "checkpoint_every": 0.01},
+}
+_CLI = "import sys; from deepest.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _write(tmp_path, config, name="long.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _start(*args):
+    return subprocess.Popen(
+        [sys.executable, "-c", _CLI, *args, "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_checkpoint(proc, folder, n_writes=1):
+    """Wait until the run has written its checkpoint `n_writes` times."""
+    path, seen, last = os.path.join(folder, deepest.annealing.CHECKPOINT), 0, None
+    deadline = time.time() + 600
+    while seen < n_writes:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        stamp = os.stat(path).st_mtime_ns if os.path.exists(path) else None
+        if stamp is not None and stamp != last:
+            seen, last = seen + 1, stamp
+        time.sleep(0.01)
+
+
+def _arrays(folder):
+    with np.load(os.path.join(folder, "result.npz")) as f:
+        return {k: f[k] for k in f.files if k != "meta"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    config = _write(tmp, LONG)
+    assert main(["anneal", config, "--out", str(tmp / "full"), "--no-progress"]) == 0
+    return config, _arrays(tmp / "full"), tmp / "full"
+
+
+@pytest.mark.parametrize("n_writes", [1, 3, 6])
+def test_killed_run_resumes_bit_identically(uninterrupted, tmp_path, n_writes):
+    config, expected, _ = uninterrupted
+    out = str(tmp_path / "run")
+    proc = _start("anneal", config, "--out", out)
+    _wait_for_checkpoint(proc, out + ".incomplete", n_writes)
+    proc.kill()
+    proc.wait()
+    assert not os.path.exists(out)  # nothing published, the checkpoint kept
+    assert main(["anneal", "--resume", out, "--no-progress"]) == 0
+    got = _arrays(out)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert np.array_equal(got[key], expected[key], equal_nan=True), key
+    assert not os.path.exists(out + ".incomplete")
+    assert not os.path.exists(os.path.join(out, deepest.annealing.CHECKPOINT))
+
+
+def test_sigint_stops_at_once_with_a_partial_result(uninterrupted, tmp_path):
+    config, expected, _ = uninterrupted
+    out = str(tmp_path / "run")
+    proc = _start("anneal", config, "--out", out)
+    _wait_for_checkpoint(proc, out + ".incomplete", 2)
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    took = time.perf_counter() - sent
+    assert proc.returncode == 130, err
+    # 2 s on an idle machine (BENCHMARKS.md); a loaded test machine gets some slack.
+    assert took < 6.0, took
+    result = deepest.load_result(out)
+    assert result.partial
+    assert (tmp_path / "run" / "summary.txt").read_text().startswith("PARTIAL RESULT")
+    assert f"--resume {out}" in err
+    done = result.stop_reason != deepest.StopReason.not_reached
+    assert 0 < done.sum() < done.size
+    assert np.array_equal(result.action[done], expected["action"][done])
+    # The partial folder resumes to the complete result, replacing itself.
+    assert main(["anneal", "--resume", out, "--no-progress"]) == 0
+    assert not deepest.load_result(out).partial
+    assert np.array_equal(_arrays(out)["action"], expected["action"], equal_nan=True)
+
+
+def test_killed_overwrite_leaves_the_old_folder_intact(uninterrupted, tmp_path):
+    config, _, full = uninterrupted
+    out = tmp_path / "old"
+    os.system(f"cp -r {full} {out}")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = _start("anneal", config, "--out", str(out), "--overwrite")
+    _wait_for_checkpoint(proc, str(out) + ".incomplete")
+    proc.kill()
+    proc.wait()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # Without --resume or --overwrite, the killed run's checkpoint is not thrown away.
+    assert main(["anneal", config, "--out", str(out), "--no-progress"]) == 2
+
+
+def test_a_failed_run_does_not_block_its_rerun(tmp_path, capsys):
+    # A data file that exists but is not one: the run fails while building its problem
+    # (after its folder was made), and leaves nothing behind.
+    config = {
+        "model": {"name": "lorenz96", "dim": 8},
+        "data": {"file": str(tmp_path / "data.npz")},
+        "problem": {"rm": 6.25},
+        "anneal": {"rf0": 1e-3, "n_beta": 4, "n_paths": 2},
+        "output": {"forecast_horizon": 0.0},
+    }
+    path = _write(tmp_path, config, "file.yaml")
+    out = tmp_path / "run"
+    (tmp_path / "data.npz").write_text("not data")
+    assert main(["anneal", path, "--out", str(out), "--no-progress"]) == 2
+    assert not out.exists() and not (tmp_path / "run.incomplete").exists()
+    data = deepest.twin_experiment(
+        deepest.models.Lorenz96(8.17), 8, 21, 0.05, [0, 2, 4, 6], 0.4, jr.key(0)
+    )
+    data.save(tmp_path / "data.npz")
+    assert main(["anneal", path, "--out", str(out), "--no-progress"]) == 0
+    assert deepest.load_result(out).action.shape == (4, 2)
+
+
+# -- configs checked before any compute ------------------------------------------------------
+
+TINY = {
+    "model": {"name": "lorenz96", "dim": 8, "params": {"forcing": 8.17}},
+    "data": {"twin": {"n_times": 21, "dt": 0.05, "observed": [0, 2, 4, 6], "noise": 0.4}},
+    "problem": {"estimate": ["forcing"]},
+    "anneal": {"n_beta": 4, "n_paths": 2},
+}
+
+
+@pytest.mark.parametrize(
+    "dotted, value, message",
+    [
+        ("anneal.max_steps", "abc", "`anneal.max_steps` must be an integer ≥ 1; got 'abc'"),
+        ("anneal.seed", -1, "`anneal.seed` must be an integer ≥ 0"),
+        ("anneal.dtype", "float16", "`anneal.dtype` must be one of"),
+        ("anneal.ftol", -1.0, "`anneal.ftol` must be a number ≥ 0"),
+        ("anneal.rf0", [1.0, 2.0, 3.0], "`anneal.rf0` must be one number or 8 of them"),
+        ("anneal.alpha", "abc", "`anneal.alpha` must be a finite number; got 'abc'"),
+        ("data.twin.seed", 1.5, "`data.twin.seed` must be an integer"),
+        ("data.twin.noise", 0, "`data.twin.noise` must be a number > 0"),
+        ("data.twin.observed", [0, 2, 2], "`data.twin.observed` repeats the indices [2]"),
+        ("problem.discretization", "trapezium", "Did you mean 'trapezoid'"),
+        ("problem.rm", [1.0, 2.0], "`problem.rm` must be one number or 4 of them"),
+        ("output.save_betas", [7], "`output.save_betas` has β 7, out of range [0, 4)"),
+        ("output.checkpoint_every", 0, "`output.checkpoint_every` must be a number > 0"),
+    ],
+)
+def test_config_errors_name_their_key_before_any_compute(tmp_path, capsys, dotted, value, message):
+    out = tmp_path / "run"
+    args = ["anneal", _write(tmp_path, TINY), "--out", str(out), "--no-progress"]
+    assert main(args + ["--set", f"{dotted}={yaml.safe_dump(value).strip()}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "run.incomplete").exists()
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  name: lorenz96\n  dim: [8\n")
+    assert main(["anneal", str(path), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{path}:4:1: YAML syntax error" in err, err
+
+
+def test_set_reaches_keys_the_file_omits(tmp_path):
+    # TINY sets no `anneal.max_steps` nor `output.forecast_horizon`: --set can still.
+    out = tmp_path / "run"
+    args = ["anneal", _write(tmp_path, TINY), "--out", str(out), "--no-progress"]
+    sets = ["--set", "anneal.max_steps=77", "--set", "output.forecast_horizon=0"]
+    assert main(args + sets) == 0
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["anneal"]["max_steps"] == 77
+    assert deepest.load_result(out).iterations.max() <= 77
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"deepest {deepest.__version__}"
