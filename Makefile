@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 # The CPU benchmarks that BENCHMARKS.md records, in the order they run (benchmarks/README.md).
 BENCHMARKS := bench_anneal bench_lbfgs_step bench_lm_step bench_costate bench_training \
-	bench_adjoint bench_tpbvp
+	bench_adjoint bench_tpbvp bench_long_runs
 
 .PHONY: install demo test docs lint bench bench-quick bench-gpu clean
 
@@ -31,7 +31,7 @@ test: $(STAMP) docs
 
 # The site (mkdocs-material, mkdocstrings, notebooks rendered without executing them) in site/.
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check deepest tests benchmarks

@@ -51,6 +51,7 @@ from ._annealing import (
     LevenbergMarquardt as LevenbergMarquardt,
     StopReason as StopReason,
     anneal as anneal,
+    sweep as sweep,
     load_result as load_result,
     plot_action_levels as plot_action_levels,
     plot_estimates as plot_estimates,

@@ -206,3 +206,57 @@ def test_discretization_module_or_its_name(scheme, getkey):
     assert by_module.discretization == scheme
     u = by_name.init(getkey())
     assert float(by_module.action(u, 3.0)) == float(by_name.action(u, 3.0))
+
+
+# -- your own model ----------------------------------------------------------------------
+
+
+def _rotation(t, x):
+    # A damped rotation in the (0, 1) plane with a slow third component: not Lorenz.
+    return jnp.stack([-0.1 * x[0] - x[1], x[0] - 0.1 * x[1], -0.5 * x[2]])
+
+
+def test_plain_callable_model_equals_its_module_form(getkey):
+    class Rotation(deepest.models.AbstractModel):
+        def __call__(self, t, x):
+            return _rotation(t, x)
+
+    data = deepest.twin_experiment(_rotation, 3, 11, 0.1, [0], 0.1, jr.key(0))
+    assert data.truth.shape == (11, 3)
+    as_function = deepest.Assimilation(_rotation, data, rm=100.0)
+    as_module = deepest.Assimilation(Rotation(), data, rm=100.0)
+    u = as_module.init(getkey())
+    assert float(as_function.action(u, 3.0)) == float(as_module.action(u, 3.0))
+    assert as_function.views(jax.tree.map(lambda a: a[None], u))["params"] == {}
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (lambda t, x: x[:2], r"shape \(3,\).*it returned shape \(2,\)"),
+        (lambda t, x: jnp.zeros((3, 3)), r"it returned shape \(3, 3\)"),
+        (lambda t, x: x > 0, "dtype bool"),
+        (lambda t, x: x @ jnp.ones((4, 4)), "failed when called as F"),
+    ],
+)
+def test_a_wrong_model_fails_at_construction(model, message):
+    data = deepest.Observations([0.0, 0.1, 0.2], [[1.0], [0.5], [0.2]], observed=[0])
+    with pytest.raises(ValueError, match=message):
+        deepest.Assimilation(model, data, rm=1.0, dim=3)
+    with pytest.raises(ValueError, match=message):
+        deepest.ContinuousAssimilation(model, data, 1.0, 1.0, dim=3)
+
+
+def test_a_model_that_is_nan_at_the_start_is_reported_before_annealing():
+    data = deepest.Observations([0.0, 0.1, 0.2], [[1.0], [0.5], [0.2]], observed=[0])
+    # Finite only for |x| < 1, and the unobserved components start in (−10, 10).
+    problem = deepest.Assimilation(lambda t, x: jnp.sqrt(1 - x**2), data, rm=1.0, dim=2)
+    schedule = deepest.AnnealSchedule(1.0, 2.0, 3)
+    with pytest.raises(ValueError, match="not finite at any initial path"):
+        deepest.anneal(problem, schedule, 4, jr.key(0), progress=False)
+    # One path in range: the others are named in a warning, and flagged.
+    init = jax.vmap(problem.init)(jr.split(jr.key(0), 4))
+    init["path"] = init["path"].at[0].set(0.5)
+    with pytest.warns(UserWarning, match=r"initial paths \[1, 2, 3\]"):
+        result = deepest.anneal(problem, schedule, 4, init=init, progress=False)
+    np.testing.assert_array_equal(result.finite, [True, False, False, False])

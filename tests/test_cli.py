@@ -124,3 +124,19 @@ def test_shipped_configs_resolve():
         assert config["model"]["params"]["forcing"] == 8.17
         assert config["problem"]["estimate"] == ["forcing"]
     assert len(np.unique(config["data"]["twin"]["observed"])) == 8
+
+
+def test_every_shipped_config_runs_under_a_subcommand():
+    # configs/ holds what `deepest anneal` or `deepest train` runs; a notebook's own
+    # settings live beside it in notebooks/.
+    from deepest.cli import resolve_anneal_config, resolve_train_config
+
+    names = sorted(os.listdir(os.path.join(ROOT, "configs")))
+    assert len(names) >= 5
+    for name in names:
+        with open(os.path.join(ROOT, "configs", name)) as f:
+            config = yaml.safe_load(f)
+        if "experiment" in config:
+            resolve_train_config(config)
+        else:
+            resolve_anneal_config(config)

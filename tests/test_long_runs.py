@@ -311,3 +311,156 @@ def test_version(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"deepest {deepest.__version__}"
+
+
+# -- sweeps --------------------------------------------------------------------------------
+
+
+def test_sweep_runs_one_program_per_shape_and_equals_separate_runs():
+    def problem(seed, observed):
+        data = deepest.twin_experiment(
+            deepest.models.Lorenz96(8.17), 8, 21, 0.05, observed, 0.4, jr.key(seed)
+        )
+        return deepest.Assimilation(deepest.models.Lorenz96(8.0), data, rm=6.25)
+
+    problems = [problem(0, [0, 2, 4, 6]), problem(1, [0, 2, 4, 6]), problem(0, [0, 3, 6])]
+    schedules = [deepest.AnnealSchedule(rf0, 2.0, 8) for rf0 in (1e-3, 1e-2, 1e-3)]
+    results = deepest.sweep(problems, schedules, 3, jr.key(4), progress=False)
+    assert [r.stats["program"] for r in results] == [0, 0, 1]
+    for p, s, r in zip(problems, schedules, results, strict=True):
+        alone = deepest.anneal(p, s, 3, jr.key(4), progress=False)
+        np.testing.assert_allclose(r.action, alone.action, rtol=1e-8)
+        np.testing.assert_array_equal(r.stop_reason, alone.stop_reason)
+    with pytest.raises(ValueError, match="one schedule and one key per point"):
+        deepest.sweep(problems, schedules[:2], 3, jr.key(4))
+    with pytest.raises(ValueError, match="empty"):
+        deepest.sweep([], schedules, 3, jr.key(4))
+
+
+SWEEP_BASE = {
+    "model": {"name": "lorenz96", "dim": 8, "params": {"forcing": 8.17}},
+    "data": {"twin": {"n_times": 21, "dt": 0.05, "observed": [0, 2, 4, 6], "noise": 0.4}},
+    "problem": {"estimate": ["forcing"], "param_ranges": {"forcing": [6.0, 10.0]}},
+    "anneal": {"rf0": 1e-3, "alpha": 2.0, "n_beta": 10, "n_paths": 3},
+    "output": {"forecast_horizon": 0.0},
+}
+
+
+def test_sweep_index_rows_equal_the_separate_runs(tmp_path):
+    import csv
+
+    from deepest.cli import build_anneal, resolve_anneal_config
+
+    grid = {"anneal.rf0": [1e-3, 1e-2], "data.twin.seed": [0, 1]}
+    path = _write(tmp_path, {"base": SWEEP_BASE, "grid": grid}, "sweep.yaml")
+    out = tmp_path / "sweep"
+    assert main(["sweep", path, "--out", str(out), "--no-progress"]) == 0
+    with open(out / "index.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and (out / "sweep.png").exists()
+    for row in rows:
+        config = yaml.safe_load((out / row["point"] / "config.yaml").read_text())
+        assert config["anneal"]["rf0"] == float(row["anneal.rf0"])
+        assert config["data"]["twin"]["seed"] == int(row["data.twin.seed"])
+        problem, schedule, data, _ = build_anneal(resolve_anneal_config(config))
+        alone = deepest.anneal(problem, schedule, 3, jr.key(1), progress=False)
+        best = alone.best
+        assert float(row["best_action"]) == pytest.approx(alone.action[-1, best], rel=1e-8)
+        assert float(row["measurement_error"]) == pytest.approx(
+            alone.measurement_error[-1, best], rel=1e-8
+        )
+        estimate = float(np.asarray(alone.params["forcing"])[best])
+        assert float(row["estimated_forcing"]) == pytest.approx(estimate, rel=1e-8)
+        truth = np.asarray(data.truth)
+        unobserved = [1, 3, 5, 7]
+        rms = np.sqrt(np.mean((alone.paths[best][:, unobserved] - truth[:, unobserved]) ** 2))
+        assert float(row["rms_unobserved"]) == pytest.approx(rms, rel=1e-8)
+
+
+@pytest.mark.parametrize(
+    "sweep, message",
+    [
+        ({"grid": {"anneal.alfa": [1.0]}}, "Did you mean 'anneal.alpha'"),
+        ({"grid": {"anneal.rf0": []}}, "`grid.anneal.rf0` must be a non-empty list"),
+        ({"grid": {"anneal.rf0": [1e-3], "data.twin.seed": [0, 1]}, "combine": "zip"}, "length"),
+        ({"grid": {"anneal.rf0": [1e-3, -1.0]}}, "anneal.rf0=-1.0"),
+        ({"grid": {"anneal.n_paths": [2, 3]}}, "same at every point"),
+        ({"grid": {"anneal.rf0": [1e-3]}, "combine": "outer"}, "`combine` must be one of"),
+    ],
+)
+def test_bad_sweeps_are_refused_before_compute(tmp_path, capsys, sweep, message):
+    path = _write(tmp_path, {"base": SWEEP_BASE, **sweep}, "sweep.yaml")
+    out = tmp_path / "sweep"
+    assert main(["sweep", path, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "sweep.incomplete").exists()
+
+
+def test_killed_sweep_resumes_bit_identically(tmp_path):
+    grid = {"data.twin.seed": [0, 1], "anneal.rf0": [1e-4, 1e-3]}
+    sweep = {"base": LONG, "grid": grid, "combine": "zip"}
+    path = _write(tmp_path, sweep, "sweep.yaml")
+    full = str(tmp_path / "full")
+    assert main(["sweep", path, "--out", full, "--no-progress"]) == 0
+    out = str(tmp_path / "run")
+    proc = _start("sweep", path, "--out", out)
+    _wait_for_checkpoint(proc, os.path.join(out + ".incomplete", "checkpoints", "group-0"), 3)
+    proc.kill()
+    proc.wait()
+    assert not os.path.exists(out)
+    assert main(["sweep", "--resume", out, "--no-progress"]) == 0
+    for point in ("point-000", "point-001"):
+        expected, got = _arrays(os.path.join(full, point)), _arrays(os.path.join(out, point))
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert np.array_equal(got[key], expected[key], equal_nan=True), (point, key)
+    assert not os.path.exists(os.path.join(out, "checkpoints"))
+
+
+# -- several hosts ---------------------------------------------------------------------------
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one(tmp_path):
+    # Two CPU processes on this machine joined by jax.distributed: the lanes are split over
+    # both processes' devices, process 0 writes; the result equals a one-process run's.
+    path = _write(tmp_path, {**TINY, "anneal": {"n_beta": 6, "n_paths": 6}})
+    one = tmp_path / "one"
+    assert main(["anneal", path, "--out", str(one), "--no-progress"]) == 0
+    two = str(tmp_path / "two")
+    hosts = ["--coordinator", f"localhost:{_free_port()}", "--num-processes", "2"]
+    procs = [_start("anneal", path, "--out", two, *hosts, "--process-id", str(i)) for i in (1, 0)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    a, b = deepest.load_result(one), deepest.load_result(two)
+    assert b.stats["n_devices"] == 2 and a.stats["n_devices"] == 1
+    np.testing.assert_allclose(b.action, a.action, rtol=1e-8)
+    np.testing.assert_array_equal(b.stop_reason, a.stop_reason)
+    assert not os.path.exists(two + ".incomplete")
+
+
+@pytest.mark.parametrize(
+    "hosts, message",
+    [
+        (["--num-processes", "2", "--process-id", "2", "--coordinator", "h:1"], "[0, 2)"),
+        (["--num-processes", "0", "--process-id", "0", "--coordinator", "h:1"], "at least 1"),
+        (["--num-processes", "2", "--process-id", "0", "--coordinator", "h"], "HOST:PORT"),
+        (["--num-processes", "2"], "together"),
+    ],
+)
+def test_bad_host_arguments_are_refused_before_compute(tmp_path, capsys, hosts, message):
+    out = tmp_path / "run"
+    args = ["anneal", _write(tmp_path, TINY), "--out", str(out), "--no-progress", *hosts]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()

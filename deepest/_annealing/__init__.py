@@ -46,3 +46,4 @@ from ._solution import (
     load_result as load_result,
     save_result as save_result,
 )
+from ._sweep import sweep as sweep

@@ -16,6 +16,7 @@ import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray, PyTree
 
 from ._checkpoint import fingerprints, load_checkpoint, save_checkpoint
+from ._hosts import Hosts
 from ._loop import LoopConfig, advance_loop, init_loop, loop_finished, loop_records
 from ._minimiser import LBFGS, AbstractMinimiser
 from ._problem import AbstractProblem
@@ -56,6 +57,142 @@ def _flatten(minimiser, problem, unknowns):
 @eqx.filter_jit
 def _unflatten(minimiser, problem, y):
     return jax.vmap(lambda y: minimiser.unflatten(problem, y))(y)
+
+
+@eqx.filter_jit
+def _initial_actions(minimiser, problem, y0, rf0):
+    return jax.vmap(lambda y: problem.action(minimiser.unflatten(problem, y), rf0))(y0)
+
+
+def _check_initial_actions(minimiser, problem, y0, rf0):
+    """Report paths whose action is not finite at their start, before any annealing: an
+    error if every path's is (the model returns NaN or inf there), else a warning."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(_initial_actions(minimiser, problem, y0, rf0))))
+    if bad.size == len(y0):
+        raise ValueError(
+            "The action is not finite at any initial path: the model returns NaN or inf "
+            "there (or the data hold NaN). Check the model at states in `state_range`, or "
+            "pass finite starting paths as `init`."
+        )
+    if bad.size:
+        warnings.warn(
+            f"The action is not finite at the initial paths {bad.tolist()}: the model returns "
+            "NaN or inf there; those paths stop at β = 0 (stop reason non_finite).",
+            stacklevel=3,
+        )
+
+
+class _Settings(eqx.Module):
+    """The settings of a run that every path (and every point of a sweep) shares."""
+
+    n_paths: int
+    save_betas: tuple[int, ...]
+    ftol: float
+    gtol: float
+    max_steps: int
+    minimiser: AbstractMinimiser
+    dtype: np.dtype
+    meter: AbstractProgressMeter
+
+    @staticmethod
+    def check(schedule, n_paths, save_betas, ftol, gtol, max_steps, minimiser, dtype, progress):
+        if not isinstance(schedule, AnnealSchedule):
+            raise TypeError("`schedule` must be a deepest.AnnealSchedule.")
+        if int(n_paths) != n_paths or n_paths < 1:
+            raise ValueError(f"`n_paths` must be a positive integer; got {n_paths}.")
+        if int(max_steps) != max_steps or max_steps < 1:
+            raise ValueError(f"`max_steps` must be a positive integer; got {max_steps}.")
+        meter = progress_meter(progress)
+        minimiser = LBFGS() if minimiser is None else minimiser
+        if not isinstance(minimiser, AbstractMinimiser):
+            raise TypeError(
+                f"`minimiser` must be deepest.LBFGS() or deepest.LevenbergMarquardt(); "
+                f"got {type(minimiser).__name__}."
+            )
+        save_betas = tuple(sorted({int(b) for b in (save_betas or ())}))
+        if any(b < 0 or b >= schedule.n_beta for b in save_betas):
+            raise ValueError(f"`save_betas` must lie in [0, {schedule.n_beta}); got {save_betas}.")
+        dtype = _resolve_dtype(dtype)
+        ftol, gtol = _tolerances(dtype, ftol, gtol)
+        return _Settings(
+            int(n_paths), save_betas, ftol, gtol, int(max_steps), minimiser, dtype, meter
+        )
+
+    def loop_config(self, n_beta: int) -> LoopConfig:
+        return LoopConfig(
+            n_beta=n_beta,
+            save_betas=self.save_betas,
+            ftol=self.ftol,
+            gtol=self.gtol,
+            max_steps=self.max_steps,
+            minimiser=self.minimiser,
+            progress_meter=self.meter,
+        )
+
+
+def _check_checkpointing(checkpoint_every, resume):
+    if not (float(checkpoint_every) > 0):
+        raise ValueError(f"`checkpoint_every` must be positive (seconds); got {checkpoint_every}.")
+    if resume is not None and not os.path.isdir(resume):
+        raise ValueError(f"`resume`: {resume} is not a folder.")
+
+
+def _start(problem, schedule, key, init, settings: _Settings):
+    """Check one problem against its schedule and settings; cast it; draw (or check) its
+    initial paths and flatten them. **Returns:** `(problem, y0, rf_table, factors)`."""
+    if not isinstance(problem, AbstractProblem):
+        raise TypeError(f"`problem` must be a deepest.AbstractProblem; got {type(problem)}.")
+    settings.minimiser.check(problem)
+    problem.check_rf(schedule.rf0)
+    dtype, minimiser = settings.dtype, settings.minimiser
+    problem = _cast(problem, dtype)
+    if init is None:
+        unknowns = _draw(problem, jr.split(key, settings.n_paths))
+    else:
+        unknowns = _check_init(problem, init, settings.n_paths, dtype)
+    y0 = _flatten(minimiser, problem, unknowns).astype(dtype)
+    _check_initial_actions(minimiser, problem, y0, jnp.asarray(schedule.rf[0], dtype))
+    rf_table = jnp.asarray(schedule.rf, dtype)
+    factors = jnp.asarray(schedule.alpha ** np.arange(schedule.n_beta), dtype)
+    return problem, y0, rf_table, factors
+
+
+def _result(problem, schedule, settings: _Settings, state, stats: dict, partial: bool):
+    """The [`deepest.AnnealResult`][] of one problem's loop `state` (lanes past `n_paths`
+    are padding)."""
+    records = jax.device_get(loop_records(state))
+    y, action, meas, model, stop_reason, iterations, saved = records
+    if partial:  # each path at the minimum of the last β it finished
+        y = np.asarray(jax.device_get(state.lanes.minimum))
+    cut = slice(0, settings.n_paths)
+    minimiser = settings.minimiser
+    final = _unflatten(minimiser, problem, y[cut])
+    saved_trees = {
+        b: jax.device_get(_unflatten(minimiser, problem, saved[cut, j]))
+        for j, b in enumerate(settings.save_betas)
+    }
+    stats = {
+        "run_time": stats["run_time"],
+        "compile_time": stats["compile_time"],
+        "loop_steps": int(np.max(jax.device_get(state.loop_steps))),
+        "lane_steps": int(np.sum(iterations[cut])),
+        "n_devices": stats["n_devices"],
+    }
+    return AnnealResult(
+        rf=np.asarray(schedule.rf),
+        action=action[cut].T,
+        measurement_error=meas[cut].T,
+        model_error=model[cut].T,
+        stop_reason=stop_reason[cut].T,
+        iterations=iterations[cut].T,
+        unknowns=jax.device_get(final),
+        saved=saved_trees,
+        views=jax.device_get(problem.views(final)),
+        stats=stats,
+        expected_action=problem.expected_action,
+        problem=problem,
+        partial=partial,
+    )
 
 
 def _tolerances(dtype, ftol, gtol):
@@ -174,104 +311,34 @@ def anneal(
 
     **Returns:** an [`deepest.AnnealResult`][].
     """
-    if not isinstance(problem, AbstractProblem):
-        raise TypeError(f"`problem` must be a deepest.AbstractProblem; got {type(problem)}.")
-    if not isinstance(schedule, AnnealSchedule):
-        raise TypeError("`schedule` must be a deepest.AnnealSchedule.")
-    if int(n_paths) != n_paths or n_paths < 1:
-        raise ValueError(f"`n_paths` must be a positive integer; got {n_paths}.")
-    if int(max_steps) != max_steps or max_steps < 1:
-        raise ValueError(f"`max_steps` must be a positive integer; got {max_steps}.")
+    settings = _Settings.check(
+        schedule, n_paths, save_betas, ftol, gtol, max_steps, minimiser, dtype, progress
+    )
+    _check_checkpointing(checkpoint_every, resume)
     if key is None and init is None:
         raise ValueError("Pass a PRNG `key` for the initial paths, or the paths as `init`.")
-    meter = progress_meter(progress)
-    minimiser = LBFGS() if minimiser is None else minimiser
-    if not isinstance(minimiser, AbstractMinimiser):
-        raise TypeError(
-            f"`minimiser` must be deepest.LBFGS() or deepest.LevenbergMarquardt(); "
-            f"got {type(minimiser).__name__}."
-        )
-    minimiser.check(problem)
-    n_paths = int(n_paths)
-    problem.check_rf(schedule.rf0)
-    save_betas = tuple(sorted({int(b) for b in (save_betas or ())}))
-    if any(b < 0 or b >= schedule.n_beta for b in save_betas):
-        raise ValueError(f"`save_betas` must lie in [0, {schedule.n_beta}); got {save_betas}.")
-    dtype = _resolve_dtype(dtype)
-    ftol, gtol = _tolerances(dtype, ftol, gtol)
-    if not (float(checkpoint_every) > 0):
-        raise ValueError(f"`checkpoint_every` must be positive (seconds); got {checkpoint_every}.")
-    if resume is not None and not os.path.isdir(resume):
-        raise ValueError(f"`resume`: {resume} is not a folder.")
+    problem, y0, rf_table, factors = _start(problem, schedule, key, init, settings)
 
-    problem = _cast(problem, dtype)
-    if init is None:
-        unknowns = _draw(problem, jr.split(key, n_paths))
-    else:
-        unknowns = _check_init(problem, init, n_paths, dtype)
-    y0 = _flatten(minimiser, problem, unknowns).astype(dtype)
-
-    rf_table = jnp.asarray(schedule.rf, dtype)
-    factors = jnp.asarray(schedule.alpha ** np.arange(schedule.n_beta), dtype)
-
-    devices = list(jax.devices() if devices is None else devices)
+    devices = tuple(jax.devices() if devices is None else devices)
     n_dev = len(devices)
-    padded = -(-n_paths // n_dev) * n_dev
-    if padded > n_paths:
-        y0 = jnp.concatenate([y0, jnp.repeat(y0[-1:], padded - n_paths, axis=0)])
-
-    config = LoopConfig(
-        n_beta=schedule.n_beta,
-        save_betas=save_betas,
-        ftol=ftol,
-        gtol=gtol,
-        max_steps=int(max_steps),
-        minimiser=minimiser,
-        progress_meter=meter,
-    )
+    padded = -(-settings.n_paths // n_dev) * n_dev
+    if padded > settings.n_paths:
+        y0 = jnp.concatenate([y0, jnp.repeat(y0[-1:], padded - settings.n_paths, axis=0)])
+    config = settings.loop_config(schedule.n_beta)
+    fps = fingerprints(problem, y0, rf_table, factors, config, settings.n_paths, n_dev)
+    hosts = Hosts(devices)
     if n_dev > 1:
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-        y0 = jax.device_put(y0, NamedSharding(Mesh(np.asarray(devices), ("paths",)), P("paths")))
-    devices = tuple(devices)
+        sharding = NamedSharding(Mesh(np.asarray(devices), ("paths",)), P("paths"))
+        y0 = hosts.put(jax.device_get(y0), sharding)
+        problem, rf_table, factors = hosts.local((problem, rf_table, factors))
 
-    fps = fingerprints(problem, y0, rf_table, factors, config, n_paths, n_dev)
     state, compile_time, run_time, partial = _run_chunks(
         problem, y0, rf_table, factors, config, devices, fps, checkpoint, checkpoint_every, resume
     )
-    records = jax.device_get(loop_records(state))
-    y, action, meas, model, stop_reason, iterations, saved = records
-    if partial:  # each path at the minimum of the last β it finished
-        y = jax.device_get(state.lanes.minimum)
-    loop_steps = jax.device_get(state.loop_steps)
-    cut = slice(0, n_paths)
-    final = _unflatten(minimiser, problem, y[cut])
-    saved_trees = {
-        b: jax.device_get(_unflatten(minimiser, problem, saved[cut, j]))
-        for j, b in enumerate(save_betas)
-    }
-    stats = {
-        "run_time": run_time,
-        "compile_time": compile_time,
-        "loop_steps": int(np.max(loop_steps)),
-        "lane_steps": int(np.sum(iterations[cut])),
-        "n_devices": n_dev,
-    }
-    result = AnnealResult(
-        rf=np.asarray(schedule.rf),
-        action=action[cut].T,
-        measurement_error=meas[cut].T,
-        model_error=model[cut].T,
-        stop_reason=stop_reason[cut].T,
-        iterations=iterations[cut].T,
-        unknowns=jax.device_get(final),
-        saved=saved_trees,
-        views=jax.device_get(problem.views(final)),
-        stats=stats,
-        expected_action=problem.expected_action,
-        problem=problem,
-        partial=partial,
-    )
+    stats = {"run_time": run_time, "compile_time": compile_time, "n_devices": n_dev}
+    result = _result(problem, schedule, settings, hosts.get(state), stats, partial)
     if throw and not result.finite.any():
         counts = ", ".join(f"{k}: {v}" for k, v in result.stop_reasons().items() if v)
         raise RuntimeError(
@@ -308,61 +375,75 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _run_chunks(problem, y0, rf_table, factors, config, devices, fps, checkpoint, every, resume):
-    """Run the loop chunk by chunk from a fresh state or a checkpoint.
+def _run_chunks(
+    problem, y0, rf_table, factors, config, devices, fps, checkpoint, every, resume, batched=False
+):
+    """Run the loop chunk by chunk from a fresh state or a checkpoint (`batched`: with a
+    leading axis of settings, as for a sweep). A checkpoint is written every `every`
+    seconds, when interrupted, and at the end.
 
     **Returns:** `(state, compile_time, run_time, partial)`.
     """
+    hosts = Hosts(devices)
     start = time.perf_counter()
-    state = init_loop(problem, y0, rf_table, factors, config, devices)
+    state = init_loop(problem, y0, rf_table, factors, config, devices, batched)
     run_before = 0.0
     if resume is not None:
-        state, meta = load_checkpoint(resume, state, fps)
+        state, meta = load_checkpoint(resume, state, fps, put=hosts.put)
         run_before = float(meta["run_time"])
-    zero = jnp.asarray(0, jnp.int32)
+    zero = np.int32(0) if hosts.many else jnp.asarray(0, jnp.int32)
     # Lowered and compiled apart from the run, to report the compile time; a program of
     # the same shapes and settings is reused (jit's cache), then this takes no time.
     advance = advance_loop.lower(
-        problem, y0, rf_table, factors, zero, state, zero, config, devices
+        problem, y0, rf_table, factors, zero, state, zero, config, devices, batched
     ).compile()
     compile_time = time.perf_counter() - start
 
     def save(run_time):
         if checkpoint is not None:
-            meta = {"fingerprints": fps, "run_time": run_time}
-            save_checkpoint(os.fspath(checkpoint), state, meta)
+            whole = hosts.get(state)  # every process takes part; process 0 writes
+            if hosts.writes:
+                meta = {"fingerprints": fps, "run_time": run_time}
+                save_checkpoint(os.fspath(checkpoint), whole, meta)
 
+    def view():  # what the host loop decides by, the same on every process
+        return hosts.get((state.lanes.beta, state.lanes.stop_reason, state.loop_steps))
+
+    beta, stop_reason, loop_steps = view()
     # The bar counts the (path, β) minimisations still to run.
-    done_before = int(np.sum(np.asarray(state.lanes.stop_reason) != 0))
-    handle = config.progress_meter.open(len(y0) * config.n_beta - done_before)
+    done_before = int(np.sum(stop_reason != 0))
+    handle = config.progress_meter.open(int(np.prod(y0.shape[:-1])) * config.n_beta - done_before)
     chunk, start, saved_at = 8, time.perf_counter(), time.perf_counter()
-    finished = loop_finished(state, config)
+    finished = loop_finished((beta, loop_steps), config)
     try:
         with _Interrupt() as interrupt:
-            while not finished and not interrupt.hit:
+            while not finished and not hosts.any(interrupt.hit):
                 began = time.perf_counter()
-                stop_at = int(np.max(np.asarray(state.loop_steps))) + chunk
+                stop_at = int(np.max(loop_steps)) + chunk
                 state = advance(
                     problem,
                     y0,
                     rf_table,
                     factors,
-                    jnp.asarray(handle, jnp.int32),
+                    hosts.scalar(handle),
                     state,
-                    jnp.asarray(stop_at, jnp.int32),
+                    hosts.scalar(stop_at),
                     config,
                     devices,
+                    batched,
                 )
-                finished = loop_finished(state, config)
+                beta, _, loop_steps = view()
+                finished = loop_finished((beta, loop_steps), config)
                 took = time.perf_counter() - began
                 grow = _CHUNK_SECONDS / max(took, 1e-4)
-                chunk = int(min(max(chunk * min(grow, 2.0), 1), 2**30))
-                if not finished and time.perf_counter() - saved_at >= every:
+                chunk = hosts.agree(int(min(max(chunk * min(grow, 2.0), 1), 2**30)))
+                due = time.perf_counter() - saved_at >= every
+                if not finished and hosts.agree(int(due)):
                     save(run_before + time.perf_counter() - start)
                     saved_at = time.perf_counter()
             run_time = run_before + time.perf_counter() - start
-            if interrupt.hit and not finished:
-                save(run_time)
+            save(run_time)
+            if not finished:
                 warnings.warn(
                     "Annealing interrupted: returning the finished β's of every path "
                     "(result.partial is True)"

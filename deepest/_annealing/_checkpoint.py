@@ -94,9 +94,10 @@ def save_checkpoint(directory: str, state, meta: dict) -> str:
     return path
 
 
-def load_checkpoint(directory: str, template, expected: dict):
+def load_checkpoint(directory: str, template, expected: dict, put=None):
     """The loop state saved in `directory`, shaped like `template` (a state of this run),
-    after checking that it was written by a run of the same fingerprints `expected`.
+    after checking that it was written by a run of the same fingerprints `expected`; each
+    array placed as `template`'s by `put(array, sharding)` (default `jax.device_put`).
 
     **Returns:** `(state, meta)`.
     """
@@ -141,5 +142,5 @@ def load_checkpoint(directory: str, template, expected: dict):
                 f"{path}: array {i} has shape {a.shape} and dtype {a.dtype}; this run's loop "
                 f"needs {leaf.shape} and {leaf.dtype}."
             )
-        restored.append(jax.device_put(a, getattr(leaf, "sharding", None)))
+        restored.append((put or jax.device_put)(a, getattr(leaf, "sharding", None)))
     return jtu.tree_unflatten(treedef, restored), meta

@@ -206,9 +206,15 @@ def _advance_lanes(
 
 def loop_finished(state: LoopState, config: LoopConfig) -> bool:
     """Whether the loop of `state` has ended on every device: all of a device's lanes
-    through their schedule, or its loop at the step limit. Reads the state to the host."""
-    loop_steps = np.asarray(state.loop_steps)
-    beta = np.asarray(state.lanes.beta).reshape(loop_steps.shape[0], -1)
+    through their schedule, or its loop at the step limit. Reads the state to the host.
+
+    `state` may also be the pair `(beta, loop_steps)` of its lanes' β indices and its step
+    counters, already on the host."""
+    if isinstance(state, LoopState):
+        state = (state.lanes.beta, state.loop_steps)
+    beta, loop_steps = state
+    loop_steps = np.asarray(loop_steps).reshape(-1)
+    beta = np.asarray(beta).reshape(loop_steps.shape[0], -1)
     done = np.all(beta >= config.n_beta, axis=1) | (loop_steps >= config.n_beta * config.max_steps)
     return bool(np.all(done))
 
@@ -285,15 +291,22 @@ def init_loop(
     factors: Float[Array, " n_beta"],
     config: LoopConfig,
     devices: Sequence[jax.Device],
+    settings: bool = False,
 ) -> LoopState:
     """The [`deepest.annealing.LoopState`][] of the annealing loop before its first step:
-    every lane at its initial path `y0`, at β = 0, with a fresh solver."""
+    every lane at its initial path `y0`, at β = 0, with a fresh solver.
+
+    With `settings=True` every array of `problem`, `y0`, `rf_table` and `factors` has a
+    leading axis of settings (problems of one structure and shapes, e.g. the points of a
+    sweep), vmapped: one program for all of them, on one device."""
     params, static = eqx.partition(problem, eqx.is_array)
 
     def run(params, y0, rf_table, factors):
         problem = eqx.combine(params, static)
         return _init_lanes(problem, y0, rf_table, factors, config)
 
+    if settings:
+        return jax.vmap(run)(params, y0, rf_table, factors)
     return _on_devices(run, devices, 1, 2)(params, y0, rf_table, factors)
 
 
@@ -309,19 +322,23 @@ def advance_loop(
     stop_at: Int[Array, ""],
     config: LoopConfig,
     devices: Sequence[jax.Device],
+    settings: bool = False,
 ) -> LoopState:
     """Run the annealing loop from `state` for at most `stop_at − state.loop_steps` more
     steps (one chunk), then return to the host; the loop is the same whichever chunks it
     is cut into, so a run cut into chunks (and stopped, saved and resumed between them)
     ends bit for bit where a run in one chunk does. `stop_at` is traced: one program for
-    every chunk."""
+    every chunk. `settings` as for [`deepest.annealing.init_loop`][]."""
     params, static = eqx.partition(problem, eqx.is_array)
 
     def run(params, y0, state, rf_table, factors, handle, stop_at):
         problem = eqx.combine(params, static)
         return _advance_lanes(problem, y0, rf_table, factors, handle, state, stop_at, config)
 
-    run = _on_devices(run, devices, 2, 4)
+    if settings:
+        run = jax.vmap(run, in_axes=(0, 0, 0, 0, 0, None, None))
+    else:
+        run = _on_devices(run, devices, 2, 4)
     return run(params, y0, state, rf_table, factors, handle, stop_at)
 
 

@@ -11,7 +11,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
 from .._annealing import AbstractBandedProblem
 from .._data import Observations, check_dimension, integrate
-from ..models._base import check_estimate, parametrised
+from ..models._base import check_estimate, check_field, parametrised
 from ._discretization import AbstractDiscretization, as_discretization
 
 
@@ -35,7 +35,8 @@ class Assimilation(AbstractBandedProblem):
     **Arguments:**
 
     - `model`: an [`deepest.models.AbstractModel`][] or Equinox module called as
-      `model(t, x)`, or a callable `F(t, x, params)` (then pass `params`).
+      `model(t, x)`, a callable `F(t, x)`, or a callable `F(t, x, params)` (then pass
+      `params`). Its output is checked once, without computing: dx/dt of shape (D,).
     - `data`: the [`deepest.Observations`][] (equally spaced times).
     - `rm`: the measurement weight R_m > 0, scalar or one per observed component.
     - `dim`: the number D of model components (default: from `data.truth`, else required).
@@ -115,6 +116,7 @@ class Assimilation(AbstractBandedProblem):
                 f"`state_range` must be (low, high) with low < high; got {state_range}."
             )
         field, values = parametrised(model, params)
+        check_field(field, dim, jnp.result_type(float))
         estimate = check_estimate(estimate, values)
         param_ranges = dict(param_ranges or {})
         bounds = dict(bounds or {})

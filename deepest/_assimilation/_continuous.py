@@ -30,7 +30,7 @@ from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 from .._boundary_value import AbstractAnnealableBoundaryValueProblem, TPBVPSolution
 from .._data import Observations, check_dimension
 from .._networks import FitHistory
-from ..models._base import parametrised
+from ..models._base import check_field, parametrised
 
 
 class ContinuousAssimilation(AbstractAnnealableBoundaryValueProblem):
@@ -44,7 +44,8 @@ class ContinuousAssimilation(AbstractAnnealableBoundaryValueProblem):
     **Arguments:**
 
     - `model`: an [`deepest.models.AbstractModel`][], any Equinox module `F(t, x)` (e.g. a
-      continuous network's field), or a callable `F(t, x, params)` with `params`.
+      continuous network's field), a callable `F(t, x)`, or a callable `F(t, x, params)`
+      with `params`.
     - `data`: the [`deepest.Observations`][] (any increasing times, masks allowed).
     - `rm`: the measurement weight R_m > 0 (scalar or one per observed component).
     - `rf`: the model weight R_f > 0 (scalar).
@@ -112,13 +113,7 @@ class ContinuousAssimilation(AbstractAnnealableBoundaryValueProblem):
         if rf.shape != ():
             raise ValueError(f"`rf` must be a scalar; got shape {rf.shape}.")
         field, _ = parametrised(model, params)
-        zero = jnp.zeros(dim, dtype)
-        out = jax.eval_shape(lambda x: field(data.times[0], x, {}), zero)
-        if getattr(out, "shape", None) != (dim,):
-            raise ValueError(
-                f"The model must map a state of shape ({dim},) to a vector of the same shape; "
-                f"got {getattr(out, 'shape', out)}."
-            )
+        check_field(field, dim, dtype)
         weights = (
             jnp.ones(data.values.shape, dtype)
             if data.mask is None

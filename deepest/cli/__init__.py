@@ -7,6 +7,7 @@ public API only.
 from ._anneal import build_anneal as build_anneal, resolve_anneal_config as resolve_anneal_config
 from ._config import load_config as load_config
 from ._main import main as main
+from ._sweep import resolve_sweep as resolve_sweep, run_sweep as run_sweep
 from ._train import (
     TRAIN_DEFAULTS as TRAIN_DEFAULTS,
     build_data as build_data,

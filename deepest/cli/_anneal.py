@@ -20,7 +20,7 @@ from ._config import (
     number,
     numbers,
 )
-from ._folder import ResultsFolder, resume_source
+from ._folder import INCOMPLETE, ResultsFolder, resume_source
 
 ANNEAL_DEFAULTS = {
     "model": {"name": "lorenz96", "dim": 20, "params": {}},
@@ -337,10 +337,13 @@ def run_anneal(
 
     if config["anneal"]["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)
-    folder = ResultsFolder(out, overwrite, resume_from=source)
+    # With several processes (jax.distributed) process 0 writes; every process reads.
+    writes = jax.process_index() == 0
+    folder = ResultsFolder(out, overwrite, resume_from=source) if writes else None
+    path = folder.path if writes else os.path.normpath(out) + INCOMPLETE
     timings = {}
     try:
-        if source is None:
+        if source is None and writes:
             with open(folder.file("config.yaml"), "w") as f:
                 yaml.safe_dump(config, f, sort_keys=False)
         start = time.perf_counter()
@@ -349,13 +352,10 @@ def run_anneal(
         with warnings.catch_warnings():  # the CLI says how to resume itself
             warnings.filterwarnings("ignore", "Annealing interrupted")
             result = anneal_from_config(
-                problem,
-                schedule,
-                config,
-                progress,
-                checkpoint=folder.path,
-                resume=folder.path if source is not None else None,
+                problem, schedule, config, progress, checkpoint=path, resume=source
             )
+        if not writes:
+            return out, result.partial
         timings["compile"] = result.stats["compile_time"]
         timings["annealing"] = result.stats["run_time"]
         start = time.perf_counter()
@@ -367,7 +367,7 @@ def run_anneal(
     except BaseException:
         # A failed run leaves nothing that would block its rerun, unless it holds a
         # checkpoint of finished work (then `--resume` or `--overwrite` says what to do).
-        if not os.path.exists(folder.file(CHECKPOINT)):
+        if folder is not None and not os.path.exists(folder.file(CHECKPOINT)):
             folder.discard()
         raise
     print(summary, end="")

@@ -1,10 +1,12 @@
-"""The `deepest` command line: `deepest anneal CONFIG.yaml` and `deepest train CONFIG.yaml`."""
+"""The `deepest` command line: `deepest anneal CONFIG.yaml`, `deepest sweep SWEEP.yaml` and
+`deepest train CONFIG.yaml`."""
 
 import argparse
 import os
 import sys
 
 from ._anneal import run_anneal
+from ._sweep import run_sweep
 from ._train import run_train
 
 
@@ -14,20 +16,46 @@ def _version() -> str:
     return package_version()
 
 
+def distributed(coordinator: str | None, num_processes: int | None, process_id: int | None):
+    """Join a `jax.distributed` run of several processes, after checking the arguments;
+    with none given, nothing (one process)."""
+    given = [v is not None for v in (coordinator, num_processes, process_id)]
+    if not any(given):
+        return
+    if not all(given):
+        raise ValueError("Give --coordinator, --num-processes and --process-id together.")
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--coordinator must be HOST:PORT; got {coordinator!r}.")
+    if num_processes < 1:
+        raise ValueError(f"--num-processes must be at least 1; got {num_processes}.")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(
+            f"--process-id must lie in [0, {num_processes}) for --num-processes "
+            f"{num_processes}; got {process_id}."
+        )
+    import jax
+
+    # CPU devices of several processes talk over gloo (GPUs over NCCL, unaffected).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="deepest", description=__doc__)
     parser.add_argument("--version", action="version", version=f"deepest {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (
         ("anneal", "variational annealing of a data-assimilation problem"),
+        ("sweep", "anneal every point of a grid of settings (SWEEP.yaml)"),
         ("train", "train a network by annealing and by backpropagation"),
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument(
             "config",
-            nargs="?" if name == "anneal" else None,
+            nargs="?" if name != "train" else None,
             help="YAML experiment file"
-            + (" (not needed with --resume)" if name == "anneal" else ""),
+            + (" (not needed with --resume)" if name != "train" else ""),
         )
         p.add_argument(
             "--set",
@@ -44,20 +72,35 @@ def main(argv=None) -> int:
         )
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
         if name == "anneal":
+            hosts = p.add_argument_group(
+                "several hosts (jax.distributed; see docs: the command line)"
+            )
+            hosts.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+            hosts.add_argument("--num-processes", type=int, metavar="N")
+            hosts.add_argument("--process-id", type=int, metavar="I")
+        if name != "train":
             p.add_argument(
                 "--resume",
                 default=None,
                 metavar="DIR",
-                help="continue the interrupted run whose results folder is DIR",
+                help=f"continue the interrupted {name} whose results folder is DIR",
             )
     args = parser.parse_args(argv)
     partial = False
     try:
         if args.command == "anneal":
-            if args.config is None and args.resume is None:
-                parser.error("anneal needs a CONFIG file (or --resume DIR)")
+            distributed(args.coordinator, args.num_processes, args.process_id)
+        if args.command != "train" and args.config is None and args.resume is None:
+            parser.error(f"{args.command} needs a CONFIG file (or --resume DIR)")
+        if args.command == "anneal":
             out, partial = run_anneal(
                 args.config, args.set, args.out, args.overwrite, not args.no_progress, args.resume
+            )
+        elif args.command == "sweep":
+            if args.set:
+                parser.error("sweep takes no --set: put the settings in its base or grid")
+            out, partial = run_sweep(
+                args.config, args.out, args.overwrite, not args.no_progress, args.resume
             )
         else:
             out = run_train(args.config, args.set, args.out, args.overwrite, not args.no_progress)
@@ -68,11 +111,13 @@ def main(argv=None) -> int:
         print("interrupted before anything was finished; nothing written", file=sys.stderr)
         return 130
     print(f"results{' (partial)' if partial else ''}: {out}")
-    for name in ("action_levels.png", "estimates.png", "summary.txt"):
+    for name in ("action_levels.png", "estimates.png", "summary.txt", "index.csv", "sweep.png"):
         if os.path.exists(os.path.join(out, name)):
             print(f"  {os.path.join(out, name)}")
     if partial:
-        print(f"interrupted: continue with `deepest anneal --resume {out}`", file=sys.stderr)
+        print(
+            f"interrupted: continue with `deepest {args.command} --resume {out}`", file=sys.stderr
+        )
         return 130
     return 0
 

@@ -1,9 +1,11 @@
 """Models dx/dt = F(t, x, θ), and the parameter plumbing that names θ for estimation."""
 
 import abc
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
@@ -49,6 +51,19 @@ class _WithParams(eqx.Module):
         return self.params
 
 
+class _WithoutParams(eqx.Module):
+    """A user callable `F(t, x)` with no parameters."""
+
+    fn: Callable = eqx.field(static=True)
+
+    def __call__(self, t, x, theta):
+        return self.fn(t, x)
+
+    def parameters(self):
+        """What the user passed as the parameters: none."""
+        return {}
+
+
 class _ModuleWithParams(eqx.Module):
     model: AbstractModel
 
@@ -80,8 +95,9 @@ def parametrised(
     **Arguments:**
 
     - `model`: an [`deepest.models.AbstractModel`][] (its fields are the parameters), any
-      Equinox module called as `model(t, x)` (its float fields are the parameters), or a
-      callable `F(t, x, params)` with `params` a dict.
+      Equinox module called as `model(t, x)` (its float fields are the parameters), a
+      callable `F(t, x, params)` with `params` a dict, or a callable `F(t, x)` (no
+      parameters).
     - `params`: the parameter values of a callable model (not allowed for a module).
 
     **Returns:** `(field, values)`, with `field(t, x, theta)` and `values` a dict of arrays.
@@ -96,8 +112,50 @@ def parametrised(
         return _ModuleWithParams(model), values
     if not callable(model):
         raise TypeError(f"A model must be callable as F(t, x) or F(t, x, params); got {model!r}.")
+    if _required_positional(model) == 2:
+        if params:
+            raise ValueError(
+                "A model called as F(t, x) takes no `params`; write F(t, x, params) to "
+                "estimate parameters."
+            )
+        return _WithoutParams(model), {}
     values = {name: jnp.asarray(v) for name, v in dict(params or {}).items()}
     return _WithParams(model, values), values
+
+
+def _required_positional(fn) -> int | None:
+    """How many positional arguments `fn` requires (None if it cannot be told)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    arguments = signature.parameters.values()
+    if any(a.kind is inspect.Parameter.VAR_POSITIONAL for a in arguments):
+        return None
+    return sum(a.kind in kinds and a.default is inspect.Parameter.empty for a in arguments)
+
+
+def check_field(field: Callable, dim: int, dtype) -> None:
+    """Check once, without computing (`jax.eval_shape`), that `field(t, x, {})` maps a
+    state of shape (dim,) to a floating-point vector of the same shape; an error names
+    what was expected and what came back."""
+    x = jax.ShapeDtypeStruct((dim,), dtype)
+    t = jax.ShapeDtypeStruct((), dtype)
+    try:
+        out = jax.eval_shape(lambda t, x: field(t, x, {}), t, x)
+    except Exception as e:  # the model's own error, said to be the model's
+        raise ValueError(
+            f"The model failed when called as F(t, x) with x of shape ({dim},) and dtype "
+            f"{jnp.dtype(dtype)}: {type(e).__name__}: {e}"
+        ) from e
+    shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+    if shape != (dim,) or dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+        got = f"shape {shape} and dtype {dtype}" if shape is not None else repr(out)
+        raise ValueError(
+            f"The model must return dx/dt of shape ({dim},) (a float array, one entry per "
+            f"component) for a state x of shape ({dim},); it returned {got}."
+        )
 
 
 def check_estimate(estimate: Sequence[str], values: Mapping[str, Array]) -> tuple[str, ...]:

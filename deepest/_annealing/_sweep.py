@@ -1,0 +1,126 @@
+"""Sweeps: many annealing problems (the points of a grid of settings) in few programs."""
+
+import os
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import PRNGKeyArray
+
+from ._anneal import _check_checkpointing, _result, _run_chunks, _Settings, _start
+from ._checkpoint import CHECKPOINT, fingerprints
+from ._minimiser import AbstractMinimiser
+from ._problem import AbstractProblem
+from ._progress import AbstractProgressMeter
+from ._schedule import AnnealSchedule
+from ._solution import AnnealResult
+
+
+def _signature(problem, y0, rf_table) -> tuple:
+    """What points must share to run in one program: structure, shapes and dtypes."""
+    leaves = jtu.tree_leaves(eqx.filter(problem, eqx.is_array))
+    return (
+        jtu.tree_structure(problem),
+        tuple((a.shape, a.dtype) for a in leaves),
+        y0.shape,
+        rf_table.shape,
+    )
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+def sweep(
+    problems: Sequence[AbstractProblem],
+    schedules: AnnealSchedule | Sequence[AnnealSchedule],
+    n_paths: int,
+    keys: PRNGKeyArray | Sequence[PRNGKeyArray],
+    *,
+    save_betas: Sequence[int] | None = None,
+    ftol: float | None = None,
+    gtol: float | None = None,
+    max_steps: int = 5000,
+    minimiser: AbstractMinimiser | None = None,
+    dtype=None,
+    progress: bool | AbstractProgressMeter = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: float = 60.0,
+    resume: str | os.PathLike | None = None,
+) -> list[AnnealResult | None]:
+    """Anneal every point of a sweep: [`deepest.anneal`][] of `problems[i]` with
+    `schedules[i]` and `keys[i]`, with `n_paths` paths each and the same settings.
+
+    Points whose problems have the same structure and shapes (e.g. other data of the same
+    size, other weights, other R_f schedules of the same length) run as **one** compiled
+    program: a leading axis of settings is vmapped with the paths, so the problems, data,
+    schedules and initial paths are arrays of that program, and a sweep of 16 settings ×
+    256 paths is one launch. Each further shape (e.g. another set of observed components)
+    compiles once more. Each point's result equals its own `anneal` run's (same key): the
+    points do not interact.
+
+    **Arguments:** as [`deepest.anneal`][]; `schedules` and `keys` are one per point, or
+    one for all (one key gives every point the same initial-path draws).
+    `checkpoint` is a folder in which each program ("group") writes its state to
+    `group-K/checkpoint.npz` every `checkpoint_every` seconds, on Ctrl-C and at its end;
+    `resume` continues from such a folder: finished groups are read back, the running one
+    continues where it stopped, bit for bit.
+
+    **Returns:** one [`deepest.AnnealResult`][] per point, in order (`stats["run_time"]`
+    is the time of the program that ran it, shared by its group; `stats["program"]`
+    numbers that program). After Ctrl-C the
+    interrupted group's results are `partial` and the points of groups not started are
+    `None`.
+    """
+    problems = list(problems)
+    n = len(problems)
+    if n == 0:
+        raise ValueError("`problems` is empty: a sweep needs at least one point.")
+    schedules = [schedules] * n if isinstance(schedules, AnnealSchedule) else list(schedules)
+    is_one_key = isinstance(keys, jax.Array) and jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+    keys = [keys] * n if is_one_key and keys.ndim == 0 else list(keys)
+    if len(schedules) != n or len(keys) != n:
+        raise ValueError(
+            f"Give one schedule and one key per point (or one for all): {n} problems, "
+            f"{len(schedules)} schedules, {len(keys)} keys."
+        )
+    _check_checkpointing(checkpoint_every, resume)
+    # Every point checked (and its paths drawn) before any annealing.
+    settings = None
+    for schedule in schedules:
+        settings = _Settings.check(
+            schedule, n_paths, save_betas, ftol, gtol, max_steps, minimiser, dtype, progress
+        )
+    starts = [_start(p, s, k, None, settings) for p, s, k in zip(problems, schedules, keys)]
+    groups: dict[tuple, list[int]] = {}
+    for i, (problem, y0, rf_table, _) in enumerate(starts):
+        groups.setdefault(_signature(problem, y0, rf_table), []).append(i)
+
+    results: list[AnnealResult | None] = [None] * n
+    device = (jax.devices()[0],)
+    for g, members in enumerate(groups.values()):
+        first = starts[members[0]][0]
+        static = eqx.filter(first, eqx.is_array, inverse=True)
+        params = _stack([eqx.filter(starts[i][0], eqx.is_array) for i in members])
+        problem = eqx.combine(params, static)
+        y0, rf_table, factors = (_stack([starts[i][k] for i in members]) for k in (1, 2, 3))
+        config = settings.loop_config(schedules[members[0]].n_beta)
+        fps = fingerprints(problem, y0, rf_table, factors, config, settings.n_paths, 1)
+        folder = f"group-{g}"
+        ck = None if checkpoint is None else os.path.join(os.fspath(checkpoint), folder)
+        rs = None
+        if resume is not None and os.path.isfile(os.path.join(resume, folder, CHECKPOINT)):
+            rs = os.path.join(os.fspath(resume), folder)
+        state, compile_time, run_time, partial = _run_chunks(
+            problem, y0, rf_table, factors, config, device, fps, ck, checkpoint_every, rs, True
+        )
+        stats = {"run_time": run_time, "compile_time": compile_time, "n_devices": 1}
+        for j, i in enumerate(members):
+            one = jax.tree.map(lambda a, j=j: a[j], state)
+            results[i] = _result(starts[i][0], schedules[i], settings, one, stats, partial)
+            results[i].stats["program"] = g
+        if partial:
+            break
+    return results
