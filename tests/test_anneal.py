@@ -305,6 +305,15 @@ for n, minimiser in ((8, None), (6, None), (192, deepest.LevenbergMarquardt())):
     out[n] = {"rel": float(np.max(np.abs(many.action[-1] / one.action[-1] - 1))),
               "same_converged": bool(np.array_equal(many.converged, one.converged)),
               "n_devices": many.stats["n_devices"], "shape": list(many.action.shape)}
+# A sweep's points split over the devices: 3 points on 4 devices (one padded twice).
+points = [small_problem(n_times=n) for n in (21, 21, 21)]
+scheds = [deepest.AnnealSchedule(rf0, 2.0, 6) for rf0 in (1e-3, 1e-2, 1e-1)]
+many = deepest.sweep(points, scheds, 3, jr.key(2), progress=False)
+one = deepest.sweep(points, scheds, 3, jr.key(2), progress=False, devices=jax.devices()[:1])
+pairs = list(zip(many, one))
+out["sweep"] = {"rel": max(float(np.max(np.abs(a.action / b.action - 1))) for a, b in pairs),
+                "same_converged": all(np.array_equal(a.converged, b.converged) for a, b in pairs),
+                "n_devices": many[0].stats["n_devices"], "shape": list(many[2].action.shape)}
 print(json.dumps(out))
 """
 
@@ -322,7 +331,8 @@ def test_sharded_over_four_devices_matches_one():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for n, row in out.items():
         assert row["n_devices"] == 4
-        assert row["shape"] == [3 if n == "192" else 10, int(n)]
+        shapes = {"192": [3, 192], "sweep": [6, 3]}
+        assert row["shape"] == shapes.get(n, [10, int(n) if n.isdigit() else 0])
         assert row["rel"] < 1e-8, row
         assert row["same_converged"], row
 

@@ -171,7 +171,7 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.parametrize("n_writes", [1, 3, 6])
-def test_killed_run_resumes_bit_identically(uninterrupted, tmp_path, n_writes):
+def test_killed_run_resumes_bit_identically(uninterrupted, tmp_path, capsys, n_writes):
     config, expected, _ = uninterrupted
     out = str(tmp_path / "run")
     proc = _start("anneal", config, "--out", out)
@@ -179,6 +179,12 @@ def test_killed_run_resumes_bit_identically(uninterrupted, tmp_path, n_writes):
     proc.kill()
     proc.wait()
     assert not os.path.exists(out)  # nothing published, the checkpoint kept
+    if n_writes == 1:  # another config cannot resume it: the keys that differ are named
+        args = ["anneal", config, "--resume", out, "--set", "anneal.alpha=1.6", "--no-progress"]
+        assert main(args) == 2
+        assert main(["anneal", "--resume", str(tmp_path), "--no-progress"]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert "other settings of anneal.alpha" in err[0] and "no checkpoint" in err[1]
     assert main(["anneal", "--resume", out, "--no-progress"]) == 0
     got = _arrays(out)
     assert got.keys() == expected.keys()

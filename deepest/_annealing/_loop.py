@@ -95,14 +95,16 @@ class LoopState(eqx.Module):
     lane_steps: Int[Array, " n_devices"]
 
 
-def _lane_functions(problem, y0, rf_table, factors, config: LoopConfig):
-    """`init_lane(y)` and `step_lane(lane, loop_step)` of one device's lanes."""
+def _lane_functions(problem, y0, rf_table, factors, config: LoopConfig, shared=None):
+    """`init_lane(y)` and `step_lane(lane, loop_step)` of one device's lanes (`shared`:
+    the minimiser's `prepare`, computed here if not given)."""
     minimiser = config.minimiser
     dtype = y0.dtype
     n_beta = config.n_beta
     save_betas = jnp.asarray(config.save_betas or (-1,), dtype=jnp.int32)
     betas = jnp.arange(n_beta, dtype=jnp.int32)
-    shared = minimiser.prepare(problem, y0, rf_table, factors)
+    if shared is None:
+        shared = minimiser.prepare(problem, y0, rf_table, factors)
 
     def init_lane(y):
         nan = jnp.full((n_beta,), jnp.nan, dtype)
@@ -204,6 +206,59 @@ def _advance_lanes(
     return LoopState(lanes, loop_steps[None], lane_steps[None])
 
 
+def _advance_settings(
+    params, static, y0, rf_table, factors, handle, state: LoopState, stop_at, config: LoopConfig
+) -> LoopState:
+    """As `_advance_lanes`, for problems with a leading axis of settings (`params`, `y0`,
+    `rf_table`, `factors` and the lanes): one loop whose body steps every lane of every
+    setting at the same loop step (the settings a vmap inside it, as the lanes are), so
+    that each setting's lanes step exactly as in a run of their own."""
+    minimiser = config.minimiser
+
+    def prepare(params, y0, rf_table, factors):
+        return minimiser.prepare(eqx.combine(params, static), y0, rf_table, factors)
+
+    shared = jax.vmap(prepare)(params, y0, rf_table, factors)
+
+    def functions(params, y0, rf_table, factors, shared):
+        problem = eqx.combine(params, static)
+        return _lane_functions(problem, y0, rf_table, factors, config, shared)
+
+    def lanes_of_one():
+        one = jax.tree.map(lambda a: a[0], (params, y0, rf_table, factors, shared))
+        init_lane, _ = functions(*one)
+        return eqx.filter_vmap(init_lane)(one[1])
+
+    shapes = eqx.filter_eval_shape(lanes_of_one)
+    static_lanes = eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct), inverse=True)
+    n_beta = config.n_beta
+    limit = jnp.minimum(stop_at, n_beta * config.max_steps)
+
+    def step_setting(params, y0, rf_table, factors, shared, lanes, loop_step):
+        _, step_lane = functions(params, y0, rf_table, factors, shared)
+        lanes, done, active = eqx.filter_vmap(lambda lane: step_lane(lane, loop_step))(
+            eqx.combine(lanes, static_lanes)
+        )
+        return eqx.filter(lanes, eqx.is_array), done, active
+
+    def cond(carry):
+        lanes, loop_steps, _ = carry
+        return jnp.any(lanes.beta < n_beta) & (loop_steps < limit)
+
+    def body(carry):
+        lanes, loop_steps, lane_steps = carry
+        step = jax.vmap(step_setting, in_axes=(0, 0, 0, 0, 0, 0, None))
+        lanes, done, active = step(params, y0, rf_table, factors, shared, lanes, loop_steps)
+        config.progress_meter.update(handle, jnp.sum(done), jnp.min(lanes.beta))
+        return lanes, loop_steps + 1, lane_steps + jnp.sum(active, axis=1, dtype=jnp.int32)
+
+    # Every setting's counter is the same: the loop's.
+    carry = (state.lanes, state.loop_steps[0, 0], state.lane_steps[:, 0])
+    lanes, loop_steps, lane_steps = jax.lax.while_loop(cond, body, carry)
+    loop_steps = jnp.broadcast_to(loop_steps, lane_steps.shape)
+    return LoopState(lanes, loop_steps[:, None], lane_steps[:, None])
+
+
 def loop_finished(state: LoopState, config: LoopConfig) -> bool:
     """Whether the loop of `state` has ended on every device: all of a device's lanes
     through their schedule, or its loop at the step limit. Reads the state to the host.
@@ -232,9 +287,10 @@ def _records(state: LoopState):
     )
 
 
-def _on_devices(fn, devices, n_lane_args: int, n_replicated_after: int):
-    """`fn` split over `devices` by `jax.shard_map` (lanes on the first `n_lane_args`
-    positional arguments after the replicated problem and tables) when there are several."""
+def _on_devices(fn, devices, split: Sequence[bool]):
+    """`fn` split over `devices` by `jax.shard_map` when there are several: the positional
+    arguments marked in `split` along their leading axis (lanes, or settings), the others
+    replicated; the outputs along their leading axis."""
     if len(devices) <= 1:
         return fn
     from jax.sharding import Mesh, PartitionSpec as P
@@ -242,7 +298,7 @@ def _on_devices(fn, devices, n_lane_args: int, n_replicated_after: int):
     return jax.shard_map(
         fn,
         mesh=Mesh(np.asarray(devices), ("paths",)),
-        in_specs=(P(),) + (P("paths"),) * n_lane_args + (P(),) * n_replicated_after,
+        in_specs=tuple(P("paths") if s else P() for s in split),
         out_specs=P("paths"),
         check_vma=False,
     )
@@ -279,7 +335,8 @@ def anneal_lanes(
         state = _advance_lanes(problem, y0, rf_table, factors, handle, state, limit, config)
         return _records(state), state.loop_steps, state.lane_steps
 
-    return _on_devices(run, devices, 1, 3)(params, y0, rf_table, factors, handle)
+    split = (False, True, False, False, False)
+    return _on_devices(run, devices, split)(params, y0, rf_table, factors, handle)
 
 
 @eqx.filter_jit
@@ -298,16 +355,18 @@ def init_loop(
 
     With `settings=True` every array of `problem`, `y0`, `rf_table` and `factors` has a
     leading axis of settings (problems of one structure and shapes, e.g. the points of a
-    sweep), vmapped: one program for all of them, on one device."""
+    sweep), vmapped: one program for all of them, the settings split over `devices` (their
+    number a multiple of the devices')."""
     params, static = eqx.partition(problem, eqx.is_array)
 
     def run(params, y0, rf_table, factors):
         problem = eqx.combine(params, static)
         return _init_lanes(problem, y0, rf_table, factors, config)
 
-    if settings:
-        return jax.vmap(run)(params, y0, rf_table, factors)
-    return _on_devices(run, devices, 1, 2)(params, y0, rf_table, factors)
+    if settings:  # every argument along the settings, split over the devices
+        return _on_devices(jax.vmap(run), devices, (True,) * 4)(params, y0, rf_table, factors)
+    split = (False, True, False, False)
+    return _on_devices(run, devices, split)(params, y0, rf_table, factors)
 
 
 @eqx.filter_jit
@@ -332,13 +391,14 @@ def advance_loop(
     params, static = eqx.partition(problem, eqx.is_array)
 
     def run(params, y0, state, rf_table, factors, handle, stop_at):
+        if settings:  # every argument along the settings but the handle and stop_at
+            args = (params, static, y0, rf_table, factors, handle, state, stop_at, config)
+            return _advance_settings(*args)
         problem = eqx.combine(params, static)
         return _advance_lanes(problem, y0, rf_table, factors, handle, state, stop_at, config)
 
-    if settings:
-        run = jax.vmap(run, in_axes=(0, 0, 0, 0, 0, None, None))
-    else:
-        run = _on_devices(run, devices, 2, 4)
+    split = (True,) * 5 + (False, False) if settings else (False, True, True) + (False,) * 4
+    run = _on_devices(run, devices, split)
     return run(params, y0, state, rf_table, factors, handle, stop_at)
 
 

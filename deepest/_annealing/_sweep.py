@@ -7,10 +7,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from ._anneal import _check_checkpointing, _result, _run_chunks, _Settings, _start
 from ._checkpoint import CHECKPOINT, fingerprints
+from ._hosts import Hosts
 from ._minimiser import AbstractMinimiser
 from ._problem import AbstractProblem
 from ._progress import AbstractProgressMeter
@@ -45,6 +47,7 @@ def sweep(
     max_steps: int = 5000,
     minimiser: AbstractMinimiser | None = None,
     dtype=None,
+    devices: Sequence[jax.Device] | None = None,
     progress: bool | AbstractProgressMeter = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: float = 60.0,
@@ -62,7 +65,9 @@ def sweep(
     points do not interact.
 
     **Arguments:** as [`deepest.anneal`][]; `schedules` and `keys` are one per point, or
-    one for all (one key gives every point the same initial-path draws).
+    one for all (one key gives every point the same initial-path draws). With several
+    `devices` (default: all of the default backend, on every process of a
+    `jax.distributed` run) the points of a program are split over them.
     `checkpoint` is a folder in which each program ("group") writes its state to
     `group-K/checkpoint.npz` every `checkpoint_every` seconds, on Ctrl-C and at its end;
     `resume` continues from such a folder: finished groups are read back, the running one
@@ -99,24 +104,38 @@ def sweep(
         groups.setdefault(_signature(problem, y0, rf_table), []).append(i)
 
     results: list[AnnealResult | None] = [None] * n
-    device = (jax.devices()[0],)
+    devices = tuple(jax.devices() if devices is None else devices)
+    hosts = Hosts(devices)
     for g, members in enumerate(groups.values()):
+        # As many points as a multiple of the devices: the last one repeated.
+        padded = members + members[-1:] * (-len(members) % len(devices))
         first = starts[members[0]][0]
         static = eqx.filter(first, eqx.is_array, inverse=True)
-        params = _stack([eqx.filter(starts[i][0], eqx.is_array) for i in members])
+        params = _stack([eqx.filter(starts[i][0], eqx.is_array) for i in padded])
         problem = eqx.combine(params, static)
-        y0, rf_table, factors = (_stack([starts[i][k] for i in members]) for k in (1, 2, 3))
+        y0, rf_table, factors = (_stack([starts[i][k] for i in padded]) for k in (1, 2, 3))
         config = settings.loop_config(schedules[members[0]].n_beta)
-        fps = fingerprints(problem, y0, rf_table, factors, config, settings.n_paths, 1)
+        fps = fingerprints(problem, y0, rf_table, factors, config, settings.n_paths, len(devices))
+        if len(devices) > 1:
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+            sharding = NamedSharding(Mesh(np.asarray(devices), ("paths",)), P("paths"))
+
+            def spread(tree, sharding=sharding):
+                return jax.tree.map(lambda a: hosts.put(jax.device_get(a), sharding), tree)
+
+            params, y0, rf_table, factors = map(spread, (params, y0, rf_table, factors))
+            problem = eqx.combine(params, static)
         folder = f"group-{g}"
         ck = None if checkpoint is None else os.path.join(os.fspath(checkpoint), folder)
         rs = None
         if resume is not None and os.path.isfile(os.path.join(resume, folder, CHECKPOINT)):
             rs = os.path.join(os.fspath(resume), folder)
         state, compile_time, run_time, partial = _run_chunks(
-            problem, y0, rf_table, factors, config, device, fps, ck, checkpoint_every, rs, True
+            problem, y0, rf_table, factors, config, devices, fps, ck, checkpoint_every, rs, True
         )
-        stats = {"run_time": run_time, "compile_time": compile_time, "n_devices": 1}
+        state = hosts.get(state)
+        stats = {"run_time": run_time, "compile_time": compile_time, "n_devices": len(devices)}
         for j, i in enumerate(members):
             one = jax.tree.map(lambda a, j=j: a[j], state)
             results[i] = _result(starts[i][0], schedules[i], settings, one, stats, partial)

@@ -222,6 +222,17 @@ def build_anneal(config: dict):
     return problem, schedule, data, true_model
 
 
+def rms_errors(result, data) -> tuple[float, float | None]:
+    """RMS errors of the best path against the truth at the observation times, over the
+    observed and over the unobserved components (None if every component is observed)."""
+    est = np.asarray(result.paths)[result.best, :: result.problem.steps_per_obs]
+    truth = np.asarray(data.truth)
+    observed = list(data.observed)
+    unobserved = [i for i in range(truth.shape[1]) if i not in observed]
+    rms = lambda idx: float(np.sqrt(np.mean((est[:, idx] - truth[:, idx]) ** 2)))
+    return rms(observed), (rms(unobserved) if unobserved else None)
+
+
 def anneal_summary(result, data, true_model, horizon: float) -> str:
     """The text of summary.txt: the best path against the truth, and its forecast."""
     from .. import integrate
@@ -254,15 +265,11 @@ def anneal_summary(result, data, true_model, horizon: float) -> str:
             line += f"   (true {np.array2string(np.asarray(data.true_params[name]), precision=4)})"
         lines.append(line)
     if data.truth is not None:
-        spo = result.problem.steps_per_obs
-        est = np.asarray(result.paths)[best, ::spo]
         truth = np.asarray(data.truth)
-        obs = list(data.observed)
-        unobs = [i for i in range(truth.shape[1]) if i not in obs]
-        rms = lambda idx: float(np.sqrt(np.mean((est[:, idx] - truth[:, idx]) ** 2)))
-        lines.append(f"RMS error, observed components: {rms(obs):.4g}")
-        if unobs:
-            lines.append(f"RMS error, unobserved components: {rms(unobs):.4g}")
+        observed, unobserved = rms_errors(result, data)
+        lines.append(f"RMS error, observed components: {observed:.4g}")
+        if unobserved is not None:
+            lines.append(f"RMS error, unobserved components: {unobserved:.4g}")
         if horizon > 0:
             t_end = float(data.times[-1]) + horizon
             times, forecast = result.predict(t_end, path=best)
@@ -337,6 +344,11 @@ def run_anneal(
 
     if config["anneal"]["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401 (now, so that a Ctrl-C's partial result is quick)
+
     # With several processes (jax.distributed) process 0 writes; every process reads.
     writes = jax.process_index() == 0
     folder = ResultsFolder(out, overwrite, resume_from=source) if writes else None

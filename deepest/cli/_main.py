@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             help="replace an existing results folder (only once the new one is complete)",
         )
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-        if name == "anneal":
+        if name != "train":
             hosts = p.add_argument_group(
                 "several hosts (jax.distributed; see docs: the command line)"
             )
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     partial = False
     try:
-        if args.command == "anneal":
+        if args.command != "train":
             distributed(args.coordinator, args.num_processes, args.process_id)
         if args.command != "train" and args.config is None and args.resume is None:
             parser.error(f"{args.command} needs a CONFIG file (or --resume DIR)")

@@ -30,6 +30,7 @@ from ._anneal import (
     _minimiser,
     build_anneal,
     resolve_anneal_config,
+    rms_errors,
     write_results,
 )
 from ._config import check_keys, default_out, load_config, set_dotted
@@ -121,14 +122,9 @@ def _metrics(result, data) -> dict:
         "model_error": float(result.model_error[last, best]),
     }
     if data.truth is not None:
-        spo = result.problem.steps_per_obs
-        est = np.asarray(result.paths)[best, ::spo]
-        truth = np.asarray(data.truth)
-        obs = list(data.observed)
-        unobs = [i for i in range(truth.shape[1]) if i not in obs]
-        rms = lambda idx: float(np.sqrt(np.mean((est[:, idx] - truth[:, idx]) ** 2)))
-        row["rms_observed"] = rms(obs)
-        row["rms_unobserved"] = rms(unobs) if unobs else float("nan")
+        observed, unobserved = rms_errors(result, data)
+        row["rms_observed"] = observed
+        row["rms_unobserved"] = float("nan") if unobserved is None else unobserved
     for name, value in result.params.items():
         row[f"estimated_{name}"] = float(np.mean(np.asarray(value)[best]))
     s = result.summary()
@@ -198,10 +194,12 @@ def run_sweep(
 
     from .. import sweep
 
-    folder = ResultsFolder(out, overwrite, resume_from=source)
-    checkpoints = folder.file("checkpoints")
+    # With several processes (jax.distributed) process 0 writes; every process reads.
+    writes = jax.process_index() == 0
+    folder = ResultsFolder(out, overwrite, resume_from=source) if writes else None
+    checkpoints = os.path.join(folder.path if writes else out + INCOMPLETE, "checkpoints")
     try:
-        if source is None:
+        if source is None and writes:
             with open(folder.file("sweep.yaml"), "w") as f:
                 saved = {k: spec[k] for k in ("base", "grid", "combine")}
                 yaml.safe_dump(saved, f, sort_keys=False)
@@ -225,9 +223,11 @@ def run_sweep(
                 progress=progress,
                 checkpoint=checkpoints,
                 checkpoint_every=float(points[0]["config"]["output"]["checkpoint_every"]),
-                resume=checkpoints if source is not None else None,
+                resume=os.path.join(source, "checkpoints") if source is not None else None,
             )
         partial = any(r is None or r.partial for r in results)
+        if not writes:
+            return out, partial
         rows, keys = [], list(spec["grid"])
         for i, (point, (_, _, data, true_model), result) in enumerate(zip(points, built, results)):
             if result is None:
@@ -247,7 +247,7 @@ def run_sweep(
             shutil.rmtree(checkpoints, ignore_errors=True)
         folder.publish()
     except BaseException:
-        if not os.path.isdir(checkpoints):
+        if folder is not None and not os.path.isdir(checkpoints):
             folder.discard()
         raise
     n_programs = len({r.stats["program"] for r in results if r is not None})
