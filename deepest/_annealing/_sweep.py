@@ -62,7 +62,9 @@ def sweep(
     schedules and initial paths are arrays of that program, and a sweep of 16 settings ×
     256 paths is one launch. Each further shape (e.g. another set of observed components)
     compiles once more. Each point's result equals its own `anneal` run's (same key): the
-    points do not interact.
+    points do not interact. This is for devices that a single run leaves idle (a GPU): on a
+    CPU a step's cost grows with the lanes' memory, and one large program is slower than
+    the points run one after another (BENCHMARKS.md, "Long runs").
 
     **Arguments:** as [`deepest.anneal`][]; `schedules` and `keys` are one per point, or
     one for all (one key gives every point the same initial-path draws). With several
