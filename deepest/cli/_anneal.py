@@ -284,7 +284,6 @@ def anneal_from_config(
 ):
     """Run [`deepest.anneal`][] with the settings of a resolved config's `anneal` section,
     checkpointing into the folder `checkpoint` and resuming from `resume` if given."""
-    import jax.numpy as jnp
     import jax.random as jr
 
     from .. import anneal
@@ -295,17 +294,29 @@ def anneal_from_config(
         schedule,
         int(a["n_paths"]),
         jr.key(int(a["seed"])),
-        save_betas=config["output"]["save_betas"],
-        ftol=a["ftol"],
-        gtol=a["gtol"],
-        max_steps=int(a["max_steps"]),
-        minimiser=_minimiser(a),
-        dtype=jnp.dtype(a["dtype"]),
         progress=progress,
         checkpoint=checkpoint,
-        checkpoint_every=float(config["output"].get("checkpoint_every", 60.0)),
         resume=resume,
+        **run_settings(config),
     )
+
+
+def run_settings(config: dict) -> dict:
+    """The keyword arguments of [`deepest.anneal`][] (and [`deepest.sweep`][]) that a
+    resolved config sets: tolerances, step limit, minimiser, dtype, saved β's, checkpoint
+    interval."""
+    import jax.numpy as jnp
+
+    a = config["anneal"]
+    return {
+        "save_betas": config["output"]["save_betas"],
+        "ftol": a["ftol"],
+        "gtol": a["gtol"],
+        "max_steps": int(a["max_steps"]),
+        "minimiser": _minimiser(a),
+        "dtype": jnp.dtype(a["dtype"]),
+        "checkpoint_every": float(config["output"].get("checkpoint_every", 60.0)),
+    }
 
 
 def _resume_config(source: str, config_path: str | None, sets) -> dict:

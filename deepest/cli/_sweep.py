@@ -27,10 +27,10 @@ import numpy as np
 
 from ._anneal import (
     ANNEAL_DEFAULTS,
-    _minimiser,
     build_anneal,
     resolve_anneal_config,
     rms_errors,
+    run_settings,
     write_results,
 )
 from ._config import check_keys, default_out, load_config, set_dotted
@@ -189,7 +189,6 @@ def run_sweep(
 
     if points[0]["config"]["anneal"]["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
     import jax.random as jr
 
     from .. import sweep
@@ -214,16 +213,10 @@ def run_sweep(
                 [b[1] for b in built],
                 int(a["n_paths"]),
                 [jr.key(int(p["config"]["anneal"]["seed"])) for p in points],
-                save_betas=points[0]["config"]["output"]["save_betas"],
-                ftol=a["ftol"],
-                gtol=a["gtol"],
-                max_steps=int(a["max_steps"]),
-                minimiser=_minimiser(a),
-                dtype=jnp.dtype(a["dtype"]),
                 progress=progress,
                 checkpoint=checkpoints,
-                checkpoint_every=float(points[0]["config"]["output"]["checkpoint_every"]),
                 resume=os.path.join(source, "checkpoints") if source is not None else None,
+                **run_settings(points[0]["config"]),
             )
         partial = any(r is None or r.partial for r in results)
         if not writes:
