@@ -2,6 +2,7 @@
 that are never inconsistent, and configs checked before any compute (issue 14)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,7 +223,7 @@ def test_sigint_stops_at_once_with_a_partial_result(uninterrupted, tmp_path):
 def test_killed_overwrite_leaves_the_old_folder_intact(uninterrupted, tmp_path):
     config, _, full = uninterrupted
     out = tmp_path / "old"
-    os.system(f"cp -r {full} {out}")
+    shutil.copytree(full, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     proc = _start("anneal", config, "--out", str(out), "--overwrite")
     _wait_for_checkpoint(proc, str(out) + ".incomplete")

@@ -274,7 +274,9 @@ def loop_finished(state: LoopState, config: LoopConfig) -> bool:
     return bool(np.all(done))
 
 
-def _records(state: LoopState):
+def loop_records(state: LoopState):
+    """The records of a loop `state`: the lanes' points, action levels, errors, stop
+    reasons, iterations and saved points, as [`deepest.annealing.anneal_lanes`][] returns."""
     lanes = state.lanes
     return (
         lanes.y,
@@ -333,7 +335,7 @@ def anneal_lanes(
         state = _init_lanes(problem, y0, rf_table, factors, config)
         limit = jnp.asarray(config.n_beta * config.max_steps, jnp.int32)
         state = _advance_lanes(problem, y0, rf_table, factors, handle, state, limit, config)
-        return _records(state), state.loop_steps, state.lane_steps
+        return loop_records(state), state.loop_steps, state.lane_steps
 
     split = (False, True, False, False, False)
     return _on_devices(run, devices, split)(params, y0, rf_table, factors, handle)
@@ -400,9 +402,3 @@ def advance_loop(
     split = (True,) * 5 + (False, False) if settings else (False, True, True) + (False,) * 4
     run = _on_devices(run, devices, split)
     return run(params, y0, state, rf_table, factors, handle, stop_at)
-
-
-def loop_records(state: LoopState):
-    """The records of a loop `state`: the lanes' points, action levels, errors, stop
-    reasons, iterations and saved points, as [`deepest.annealing.anneal_lanes`][] returns."""
-    return _records(state)
