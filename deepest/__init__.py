@@ -58,6 +58,16 @@ from ._annealing import (
     solve_block_tridiagonal as solve_block_tridiagonal,
 )
 
+# -- statistical data assimilation: uncertainty (Laplace, precision annealing Monte Carlo) --
+from ._uncertainty import (
+    LaplaceResult as LaplaceResult,
+    PAMCResult as PAMCResult,
+    SelectedInverse as SelectedInverse,
+    laplace as laplace,
+    pamc as pamc,
+    selected_inversion as selected_inversion,
+)
+
 # -- networks, the costate sweep (backpropagation), training --
 from ._networks import (
     AbstractCostateNetwork as AbstractCostateNetwork,

@@ -5,6 +5,7 @@ from ._checkpoint import (
     CHECKPOINT as CHECKPOINT,
     load_checkpoint as load_checkpoint,
     package_version as package_version,
+    problem_digest as problem_digest,
     save_checkpoint as save_checkpoint,
 )
 from ._loop import (

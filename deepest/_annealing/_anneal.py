@@ -15,7 +15,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray, PyTree
 
-from ._checkpoint import fingerprints, load_checkpoint, save_checkpoint
+from ._checkpoint import fingerprints, load_checkpoint, problem_digest, save_checkpoint
 from ._hosts import Hosts
 from ._loop import LoopConfig, advance_loop, init_loop, loop_finished, loop_records
 from ._minimiser import LBFGS, AbstractMinimiser
@@ -177,6 +177,7 @@ def _result(problem, schedule, settings: _Settings, state, stats: dict, partial:
         "loop_steps": int(np.max(jax.device_get(state.loop_steps))),
         "lane_steps": int(np.sum(iterations[cut])),
         "n_devices": stats["n_devices"],
+        "problem": problem_digest(problem),
     }
     return AnnealResult(
         rf=np.asarray(schedule.rf),

@@ -43,10 +43,16 @@ def _digest(tree) -> str:
     return h.hexdigest()[:16]
 
 
+def problem_digest(problem) -> str:
+    """The problem's class and a digest of its arrays: what results and checkpoints record
+    to recognise the problem they belong to."""
+    return f"{type(problem).__name__} {_digest(problem)}"
+
+
 def fingerprints(problem, y0, rf_table, factors, config, n_paths: int, n_devices: int) -> dict:
     """What a checkpoint must share with the run that resumes it, part by part."""
     return {
-        "problem": f"{type(problem).__name__} {_digest(problem)}",
+        "problem": problem_digest(problem),
         "initial paths": _digest(y0),
         "schedule": _digest((rf_table, factors)),
         "settings": {

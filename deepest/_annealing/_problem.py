@@ -3,6 +3,7 @@
 import abc
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
 
@@ -44,6 +45,52 @@ class AbstractProblem(eqx.Module):
     @abc.abstractmethod
     def model_error(self, unknowns: PyTree[Array]) -> Scalar:
         """The model term with unit weight."""
+
+    @property
+    def action_counts(self) -> tuple[ArrayLike, ArrayLike]:
+        """(n_m, n_f): the numbers of squared residuals the action's measurement term and
+        model term each average over (varanneal's per-term normalisation).
+
+        Optional (needed by [`deepest.laplace`][] and [`deepest.pamc`][]); the default
+        raises `ValueError`.
+        """
+        raise ValueError(
+            f"{type(self).__name__} does not say how many residuals its action averages "
+            "over (`action_counts`), so its unnormalised action is unknown."
+        )
+
+    def unnormalised_action(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:
+        """A₀(X; R_f) = −log P(X | Y) + const, the statistical action: the one place where
+        it meets the annealer's normalised action A.
+
+        With (n_m, n_f) = `action_counts`,
+
+            A₀(X; R_f) = (n_m/2)·A(X; R_f)
+                       = (R_m/2)·Σ (x_obs − y)² + (R_f·n_m/n_f)/2 · Σ (model residual)²,
+
+        the negative log posterior for Gaussian measurement noise of variance 1/R_m per
+        measured entry and Gaussian model error of variance 1/(R_f·n_m/n_f) per component
+        and model step. So A₀ and A have the same minimisers at every R_f, and the
+        annealer's R_f is the model error's precision times n_f/n_m (not the precision
+        itself: the action divides each sum by its own count).
+        """
+        n_m, _ = self.action_counts
+        return 0.5 * n_m * self.action(unknowns, rf)
+
+    def log_jacobian(self, unknowns: PyTree[Array]) -> Scalar:
+        """log |det ∂(reported quantities)/∂(unknowns)|: the change of variables from the
+        unknowns to what results report (e.g. bounded parameters θ = a + (b − a)·σ(u)).
+
+        A flat prior on the reported quantities is exp(log_jacobian) on the unknowns.
+        Zero by default (the unknowns are what is reported).
+        """
+        return jnp.zeros((), jnp.result_type(float))
+
+    def uncertainty_views(self, unknowns: PyTree[Array], std: PyTree[Array]) -> dict[str, Array]:
+        """Named standard deviations of a batch of unknowns, from `std`, the marginal
+        standard deviations of the unknowns themselves (e.g. `paths_std`, `params_std`).
+        Empty by default."""
+        return {}
 
     def check_rf(self, rf: ArrayLike) -> None:  # noqa: B027
         """Raise `ValueError` if `rf` (a schedule's `rf0`) does not fit this problem."""

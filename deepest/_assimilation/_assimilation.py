@@ -231,6 +231,15 @@ class Assimilation(AbstractBandedProblem):
         total = sum(jnp.sum(jnp.broadcast_to(rf, r.shape) * r**2) for r in residuals)
         return total / (self.dim * (self.n_model - 1))
 
+    @property
+    def action_counts(self) -> tuple[ArrayLike, int]:
+        """(measured entries, D·(N_model − 1)): the action's two denominators, so that
+        A₀ = (R_m/2)Σ(x_obs − y)² + (R_f/2)Σ residual² (see
+        [`deepest.AbstractProblem.unnormalised_action`][])."""
+        mask = self.data.mask
+        n_m = self.data.values.size if mask is None else jnp.sum(mask, dtype=self.rm.dtype)
+        return n_m, self.dim * (self.n_model - 1)
+
     def model_error(self, unknowns: PyTree[Array]) -> Scalar:
         """The model term with unit weight, 1/(D·(N_model − 1)) Σ residual²."""
         return self.model_term(unknowns, 1.0)
@@ -319,6 +328,25 @@ class Assimilation(AbstractBandedProblem):
     def views(self, unknowns: PyTree[Array]) -> dict[str, Array]:
         """`paths` (n_paths, N_model, D) and `params` {name: (n_paths, …)}."""
         return {"paths": unknowns["path"], "params": jax.vmap(self.parameters)(unknowns)}
+
+    def log_jacobian(self, unknowns: PyTree[Array]) -> Scalar:
+        """Σ log((b − a)·σ(u)·(1 − σ(u))) over the entries of bounded parameters."""
+        total = jnp.zeros((), unknowns["path"].dtype)
+        for name, a, b in self.bounds:
+            u = unknowns["params"][name]
+            total = total + jnp.sum(jnp.log(b - a) + jax.nn.log_sigmoid(u) + jax.nn.log_sigmoid(-u))
+        return total
+
+    def uncertainty_views(self, unknowns: PyTree[Array], std: PyTree[Array]) -> dict[str, Array]:
+        """`paths_std` (n_paths, N_model, D) and `params_std` {name: (n_paths, …)}: the
+        parameters' standard deviations mapped through their bounds, |∂θ/∂u|·std(u) (the
+        map is elementwise)."""
+
+        def params_std(u, s):
+            _, tangent = jax.jvp(self.parameters, (u,), (s,))
+            return jax.tree.map(jnp.abs, tangent)
+
+        return {"paths_std": std["path"], "params_std": jax.vmap(params_std)(unknowns, std)}
 
     def forecast(
         self, unknowns: PyTree[Array], t_end: float, n_times: int = 200

@@ -236,6 +236,10 @@ class AbstractTraining(AbstractProblem):
             out["accuracy"] = _accuracy(outputs, targets)
         return out
 
+    def uncertainty_views(self, unknowns: PyTree[Array], std: PyTree[Array]) -> dict[str, Array]:
+        """`weights_std`: {"w000": (n_paths, …), …}, the weights' standard deviations."""
+        return {"weights_std": std["weights"]}
+
     def views(self, unknowns: PyTree[Array]) -> dict[str, Array]:
         """Per path: `train_error` (MSE of the forward pass of the path's network from the
         data inputs against the targets), `validation_error`, and with classification
@@ -335,6 +339,12 @@ class LayeredTraining(AbstractTraining):
         return total / (self.n_pairs * sum(self.widths[1:]))
 
     @property
+    def action_counts(self) -> tuple[int, int]:
+        """(M·(N_0 + N_L), M·Σ_{l≥1} N_l): the action's two denominators."""
+        m = self.n_pairs
+        return m * (self.widths[0] + self.widths[-1]), m * sum(self.widths[1:])
+
+    @property
     def expected_action(self) -> float | None:
         """R_m σ² (averaged over the measured entries), when the noise σ is known."""
         if self.noise is None:
@@ -390,6 +400,12 @@ class RecurrentTraining(AbstractTraining):
         previous = jnp.concatenate([h0, hs[:, :-1]], axis=1)
         predicted = jax.vmap(jax.vmap(net.cell))(previous, self.inputs)
         return jnp.mean((hs - predicted) ** 2)
+
+    @property
+    def action_counts(self) -> tuple[int, int]:
+        """(M·T·N_y, M·T·N_h): the action's two denominators."""
+        m, t = self.targets.shape[:2]
+        return m * t * self.widths[1], m * t * self.widths[0]
 
     @property
     def expected_action(self) -> float | None:

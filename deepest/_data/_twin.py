@@ -182,8 +182,6 @@ def integrate(
     be equally spaced).
     """
     field, _ = parametrised(model, params)
-    # Python floats in the model (e.g. Lorenz96(8.17)) as arrays: traced, not compiled in.
-    pass  # TEMP
     return _integrate(field, jnp.asarray(x0), jnp.asarray(times), int(substeps))
 
 

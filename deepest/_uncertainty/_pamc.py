@@ -1,0 +1,433 @@
+"""Precision annealing Monte Carlo: Hamiltonian Monte Carlo on exp(−A₀(X; R_f)) along the
+R_f schedule, many chains in one program, each β started from the last one's samples."""
+
+import time
+from collections.abc import Callable, Sequence
+
+import blackjax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree, Scalar
+
+from .._annealing import AbstractBandedProblem, AbstractProblem, AnnealResult, AnnealSchedule
+from ._laplace import _banded_hessian, _check_result
+from ._selected_inversion import BlockFactor, factor
+
+_KERNELS = {"hmc": blackjax.hmc, "nuts": blackjax.nuts}
+
+
+class PAMCResult(eqx.Module):
+    """The outcome of [`deepest.pamc`][]: per β of the schedule it ran (`betas`),
+
+    - `rf`: the model weights R_f, (n_run,) or (n_run, D).
+    - `action0_mean`, `action0_std`: ⟨A₀⟩ over the samples and its spread, (n_run,).
+    - `mean`, `std`: posterior means and standard deviations of the unknowns, pytrees
+      with a leading (n_run,) axis; `views` the problem's named ones (`paths`, `params`,
+      `paths_std`, `params_std` of an assimilation), in the reported quantities (bounded
+      parameters θ).
+    - `mc_error`: the Monte Carlo standard error of each mean, std/√ESS (like `mean`).
+    - `ess`: the effective sample size of each unknown across chains (like `mean`);
+      `rhat`: its rank-normalised split-R̂ (Vehtari et al. 2021).
+    - `acceptance`: (n_run, n_chains) each chain's mean acceptance probability;
+      `step_size`: the adapted step sizes.
+    - `finite`: (n_chains,) False for a chain whose samples turned non-finite: flagged and
+      left out of every later statistic; the others are kept.
+    - `samples`: {β: unknowns (n_chains, n_samples, …)} for the β's of `save_betas`.
+    - `stats`: `run_time` and `first_beta_time` (seconds; the first β's includes the
+      compile, which the later β's reuse), `leapfrog_steps` (of the kept
+      draws, all chains and β's; each is one gradient of A₀).
+    """
+
+    betas: np.ndarray
+    rf: np.ndarray
+    action0_mean: np.ndarray
+    action0_std: np.ndarray
+    mean: PyTree[np.ndarray]
+    std: PyTree[np.ndarray]
+    mc_error: PyTree[np.ndarray]
+    ess: PyTree[np.ndarray]
+    rhat: PyTree[np.ndarray]
+    views: dict
+    acceptance: np.ndarray
+    step_size: np.ndarray
+    finite: np.ndarray
+    samples: dict
+    stats: dict
+    problem: AbstractProblem
+
+    def _beta_index(self, beta: int | None) -> int:
+        if beta is None:
+            return len(self.betas) - 1
+        where = np.nonzero(self.betas == beta)[0]
+        if not where.size:
+            raise ValueError(f"β = {beta} was not run; these were: {self.betas.tolist()}.")
+        return int(where[0])
+
+    def forecast(self, t_end: float, beta: int | None = None, n_times: int = 200):
+        """The forecast band from the samples of a saved β (default: the last run): every
+        sample's forecast, then their mean and standard deviation per time.
+
+        **Returns:** `(times, mean (n_times, D), std (n_times, D))`.
+        """
+        beta = int(self.betas[self._beta_index(beta)])
+        if beta not in self.samples:
+            raise ValueError(
+                f"β = {beta} kept no samples; list it in `save_betas` (kept: "
+                f"{sorted(self.samples)})."
+            )
+        samples = self.samples[beta]
+        flat = jax.tree.map(
+            lambda a: jnp.asarray(a[self.finite]).reshape(-1, *a.shape[2:]), samples
+        )
+        times, states = _forecasts(self.problem, flat, t_end, n_times)
+        return np.asarray(times[0]), np.asarray(states.mean(0)), np.asarray(states.std(0))
+
+
+@eqx.filter_jit
+def _forecasts(problem, unknowns, t_end, n_times):
+    return jax.vmap(lambda u: problem.forecast(u, t_end, n_times))(unknowns)
+
+
+class _Whitening(eqx.Module):
+    """X = m + L̃⁻ᵀ·D^{−1/2}·z with H = L̃·D·L̃ᵀ the Gauss–Newton Hessian of A₀ at the
+    chains' mean m: a linear change of variables under which a near-Gaussian posterior is
+    near N(0, I), so one step size fits every direction (the Laplace approximation as
+    the sampler's metric, in O(N·D²) per evaluation instead of a dense mass matrix)."""
+
+    problem: AbstractBandedProblem
+    factor: BlockFactor
+    states: Array
+    params: Array
+    padding: Array
+
+    def __init__(self, problem, unravel, rf, prior, positions):
+        finite = jnp.all(jnp.isfinite(positions), axis=1, keepdims=True)
+        total = jnp.sum(jnp.where(finite, positions, 0), axis=0)
+        mean = unravel(total / jnp.maximum(jnp.sum(finite, dtype=total.dtype), 1))
+        (diagonal, off, border, corner), _ = _banded_hessian(problem, mean, rf, prior, True)
+        # A ridge far below the curvature keeps directions the data leave flat invertible;
+        # any invertible factor samples the same distribution.
+        ridge = 1e-10 * jnp.max(jnp.abs(jax.vmap(jnp.diag)(diagonal)))
+        eye = jnp.eye(diagonal.shape[1], dtype=diagonal.dtype)[None]
+        eye_p = jnp.eye(corner.shape[0], dtype=corner.dtype)
+        self.problem = problem
+        self.factor = factor(diagonal + ridge * eye, off, border, corner + ridge * eye_p)
+        self.states, self.params = problem.to_banded(mean)
+        live = problem.to_banded(problem.from_banded(jnp.ones_like(self.states), self.params))[0]
+        self.padding = (live == 0).astype(self.states.dtype)
+
+    def _split(self, z):
+        n, d = self.states.shape
+        return z[: n * d].reshape(n, d), z[n * d :]
+
+    def unknowns(self, z):
+        dx, dtheta = self.factor.colour(*self._split(z))
+        return self.problem.from_banded(self.states + dx, self.params + dtheta)
+
+    def coordinates(self, unknowns):
+        states, params = self.problem.to_banded(unknowns)
+        z_states, z_params = self.factor.whiten(states - self.states, params - self.params)
+        return jnp.concatenate([jnp.ravel(z_states * (1 - self.padding)), z_params])
+
+    def log_density_extra(self, z):
+        # padding slots are not unknowns: a standard normal keeps them proper
+        return -0.5 * jnp.sum((self._split(z)[0] * self.padding) ** 2)
+
+
+class _Identity(eqx.Module):
+    unravel: Callable
+
+    def unknowns(self, z):
+        return self.unravel(z)
+
+    def coordinates(self, unknowns):
+        return ravel_pytree(unknowns)[0]
+
+    def log_density_extra(self, z):
+        return 0.0
+
+
+def _a0(problem, rf, prior, u):
+    return problem.unnormalised_action(u, rf) + (0.0 if prior is None else prior(u))
+
+
+@eqx.filter_jit
+def _sample_beta(problem, unravel, rf, positions, key, prior, settings):
+    """One β: window adaptation then `n_samples` draws, every chain vmapped; positions and
+    samples are flat unknowns (n_chains, size)."""
+    kernel_name, n_warmup, n_samples, n_steps, target, precondition = settings
+    algorithm = _KERNELS[kernel_name]
+    if precondition:
+        chart = _Whitening(problem, unravel, rf, prior, positions)
+    else:
+        chart = _Identity(unravel)
+
+    def log_density(z):
+        u = chart.unknowns(z)
+        return problem.log_jacobian(u) - _a0(problem, rf, prior, u) + chart.log_density_extra(z)
+
+    extra = {"num_integration_steps": n_steps} if kernel_name == "hmc" else {}
+    warmup = blackjax.window_adaptation(
+        algorithm, log_density, target_acceptance_rate=target, **extra
+    )
+    kernel = algorithm.build_kernel()
+
+    def chain(key, position):
+        k_warm, k_draw = jr.split(key)
+        z = chart.coordinates(unravel(position))
+        (state, parameters), _ = warmup.run(k_warm, z, num_steps=n_warmup)
+        step_size = parameters["step_size"]
+        inverse_mass = parameters["inverse_mass_matrix"]
+
+        def draw(state, k):
+            state, info = kernel(k, state, log_density, step_size, inverse_mass, **extra)
+            x = ravel_pytree(chart.unknowns(state.position))[0]
+            return state, (x, info.acceptance_rate, info.num_integration_steps)
+
+        state, (samples, acceptance, steps) = jax.lax.scan(draw, state, jr.split(k_draw, n_samples))
+        return samples, jnp.mean(acceptance), step_size, jnp.sum(steps)
+
+    return jax.vmap(chain)(jr.split(key, positions.shape[0]), positions)
+
+
+@eqx.filter_jit
+def _statistics(problem, unravel, rf, samples, prior):
+    """⟨A₀⟩ and its spread, means, standard deviations, ESS and R̂ of finite chains'
+    samples (n_chains, n_samples, size)."""
+    flat = samples.reshape(-1, samples.shape[-1])
+
+    actions = jax.lax.map(lambda y: _a0(problem, rf, prior, unravel(y)), flat, batch_size=256)
+    ess = blackjax.ess(samples, chain_axis=0, sample_axis=1)
+    rhat = (
+        blackjax.rhat(samples, chain_axis=0, sample_axis=1)
+        if samples.shape[0] > 1
+        else (jnp.full(samples.shape[-1], jnp.nan, samples.dtype))
+    )
+    return jnp.mean(actions), jnp.std(actions), jnp.mean(flat, 0), jnp.std(flat, 0), ess, rhat
+
+
+def pamc(
+    problem: AbstractProblem,
+    schedule: AnnealSchedule,
+    n_chains: int,
+    key: PRNGKeyArray,
+    n_samples: int = 200,
+    *,
+    n_warmup: int = 200,
+    kernel: str = "nuts",
+    num_integration_steps: int = 16,
+    target_acceptance: float = 0.8,
+    init: AnnealResult | PyTree[ArrayLike] | None = None,
+    betas: Sequence[int] | None = None,
+    save_betas: Sequence[int] | None = None,
+    prior: Callable[[PyTree[Array]], Scalar] | None = None,
+    precondition: bool | None = None,
+) -> PAMCResult:
+    r"""Precision annealing Monte Carlo (Fang, Wong, Hao, Ty & Abarbanel, Phys. Rev.
+    Research 2, 013050, 2020): sample P(X | Y) ∝ exp(−A₀(X; R_f)) at each β of the
+    schedule by Hamiltonian Monte Carlo, starting each β's chains from the previous β's
+    last samples, so that the chains follow the distribution as R_f grows, as annealing
+    follows its minima.
+
+    The kernels (NUTS, or HMC with a fixed number of leapfrog steps) and their step-size
+    and diagonal mass adaptation (Stan's window adaptation, `n_warmup` steps at every β)
+    are blackjax's; every chain adapts and draws on its own, all of them vmapped in one
+    compiled program per β (one compile for the whole schedule). A₀ is the problem's
+    [`deepest.AbstractProblem.unnormalised_action`][]; parameters have a flat prior in
+    the reported quantities (bounded θ) unless `prior` is given.
+
+    **Arguments:**
+
+    - `problem`: the problem (e.g. [`deepest.Assimilation`][]).
+    - `schedule`: the [`deepest.AnnealSchedule`][] of R_f.
+    - `n_chains`: the number of chains (≥ 1; R̂ needs 2).
+    - `key`: a PRNG key.
+    - `n_samples`: draws kept per chain and β.
+    - `n_warmup`: adaptation steps per chain and β.
+    - `kernel`: "nuts" (default) or "hmc" (a fixed number of leapfrog steps: cheaper per
+      draw, but a trajectory near a multiple of the period of a whitened Gaussian,
+      2π, mixes poorly).
+    - `num_integration_steps`: leapfrog steps per HMC draw.
+    - `target_acceptance`: the adaptation's target acceptance rate.
+    - `init`: where the first β's chains start: an [`deepest.AnnealResult`][] (its minima
+      of that β where saved, else its final ones; chains cycle through its paths), or
+      unknowns with a leading axis (one per chain, or cycled); default: draws of
+      `problem.init`.
+    - `betas`: the β indices to run, increasing (default: all of the schedule).
+    - `save_betas`: β's whose samples are kept (default: the last run).
+    - `prior`: −log p of the unknowns (up to a constant), added to A₀.
+    - `precondition`: sample in whitened coordinates X = m + L⁻ᵀz, with L L ᵀ the
+      Gauss–Newton Hessian of A₀ at the chains' mean at the start of each β (the
+      block-tridiagonal factor, O(N·D²) per evaluation): the posterior of a large R_f is
+      a narrow valley along the model's trajectories that a diagonal mass matrix cannot
+      follow. Exact whatever the factor (a linear change of variables). Default: True for
+      banded problems ([`deepest.Assimilation`][]), False otherwise.
+
+    **Returns:** a [`deepest.PAMCResult`][].
+
+    **Example:**
+
+        result = deepest.pamc(problem, schedule, n_chains=64, key=jr.key(0), n_samples=200)
+        result.action0_mean  # ⟨A₀⟩ per β, beside the action levels of `anneal`
+    """
+    if not isinstance(problem, AbstractProblem):
+        raise TypeError(
+            f"`problem` must be a deepest.AbstractProblem; got {type(problem).__name__}."
+        )
+    if not isinstance(schedule, AnnealSchedule):
+        raise TypeError(
+            f"`schedule` must be a deepest.AnnealSchedule; got {type(schedule).__name__}."
+        )
+    for name, value, low in (
+        ("n_chains", n_chains, 1),
+        ("n_samples", n_samples, 4),
+        ("n_warmup", n_warmup, 0),
+        ("num_integration_steps", num_integration_steps, 1),
+    ):
+        if isinstance(value, bool) or int(value) != value or value < low:
+            raise ValueError(f"`{name}` must be an integer ≥ {low}; got {value!r}.")
+    if kernel not in _KERNELS:
+        raise ValueError(f"`kernel` must be one of {sorted(_KERNELS)}; got {kernel!r}.")
+    if not 0 < target_acceptance < 1:
+        raise ValueError(f"`target_acceptance` must lie in (0, 1); got {target_acceptance}.")
+    problem.action_counts  # noqa: B018  (raises for a problem without A₀)
+    problem.check_rf(schedule.rf0)
+    if precondition is None:
+        precondition = isinstance(problem, AbstractBandedProblem)
+    rf_table = np.asarray(schedule.rf, dtype=float)
+    betas = np.arange(schedule.n_beta) if betas is None else np.asarray(betas)
+    if (
+        betas.ndim != 1
+        or not betas.size
+        or not np.issubdtype(betas.dtype, np.integer)
+        or np.any(np.diff(betas) <= 0)
+        or betas[0] < 0
+        or betas[-1] >= schedule.n_beta
+    ):
+        raise ValueError(
+            f"`betas` must be increasing β indices in [0, {schedule.n_beta}); got {betas!r}."
+        )
+    save_betas = [int(betas[-1])] if save_betas is None else [int(b) for b in save_betas]
+    unknown = sorted(set(save_betas) - set(betas.tolist()))
+    if unknown:
+        raise ValueError(f"`save_betas` names β's that are not run: {unknown}.")
+
+    dtype = jnp.result_type(float)
+    k_init, key = jr.split(key)
+    template = problem.init(jr.key(0))
+    _, unravel = ravel_pytree(template)
+    if init is None:
+        starts = jax.vmap(lambda k: ravel_pytree(problem.init(k))[0])(jr.split(k_init, n_chains))
+    else:
+        if isinstance(init, AnnealResult):
+            unknowns, _ = _check_result(problem, init)
+            unknowns = init.saved.get(int(betas[0]), unknowns)
+        else:
+            unknowns, _ = _check_result(problem, init)
+        flat = jax.vmap(lambda u: ravel_pytree(u)[0])(jax.tree.map(jnp.asarray, unknowns))
+        starts = flat[np.arange(n_chains) % flat.shape[0]]
+    positions = jnp.asarray(starts, dtype)
+    if precondition and not isinstance(problem, AbstractBandedProblem):
+        raise ValueError(
+            "`precondition=True` needs a banded problem (an assimilation); pass "
+            "`precondition=False` for this one."
+        )
+    settings = (
+        kernel,
+        int(n_warmup),
+        int(n_samples),
+        int(num_integration_steps),
+        float(target_acceptance),
+        bool(precondition),
+    )
+
+    finite = np.ones(n_chains, bool)
+    records = {k: [] for k in ("a_mean", "a_std", "mean", "std", "ess", "rhat", "acc", "step")}
+    views, samples_kept = [], {}
+    first_beta, start, leapfrogs = 0.0, time.perf_counter(), 0
+    for b in betas:
+        rf = jnp.asarray(rf_table[b], dtype)
+        key, k_beta = jr.split(key)
+        t0 = time.perf_counter()
+        # blackjax's adaptation schedule mixes dtypes: trace it under the default rules
+        # whatever the user's (e.g. strict promotion in tests)
+        with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+            samples, acceptance, step_size, steps = _sample_beta(
+                problem, unravel, rf, positions, k_beta, prior, settings
+            )
+        samples = jax.block_until_ready(samples)
+        leapfrogs += int(np.sum(np.asarray(steps)))
+        if b == betas[0]:
+            first_beta = time.perf_counter() - t0
+        finite &= np.asarray(jnp.all(jnp.isfinite(samples), axis=(1, 2)))
+        finite &= np.isfinite(np.asarray(step_size))
+        if not finite.any():
+            raise FloatingPointError(
+                f"Every chain's samples turned non-finite at β = {b} (R_f = {rf_table[b]})."
+            )
+        kept = samples[finite]
+        with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+            a_mean, a_std, mean, std, ess, rhat = _statistics(problem, unravel, rf, kept, prior)
+        for name, value in zip(
+            ("a_mean", "a_std", "mean", "std", "ess", "rhat", "acc", "step"),
+            (a_mean, a_std, mean, std, ess, rhat, acceptance, step_size),
+        ):
+            records[name].append(np.asarray(value))
+        views.append(_views(problem, unravel, kept))
+        if int(b) in save_betas:
+            samples_kept[int(b)] = jax.device_get(jax.vmap(jax.vmap(unravel))(samples))
+        # a flagged chain continues from a finite chain's last sample, uncounted
+        last = samples[:, -1]
+        donor = np.nonzero(finite)[0][np.arange(n_chains) % finite.sum()]
+        positions = jnp.where(jnp.asarray(finite)[:, None], last, last[donor])
+    run_time = time.perf_counter() - start
+    stacked = {k: np.stack(v) for k, v in records.items()}
+    tree = lambda a: jax.vmap(unravel)(jnp.asarray(a))  # noqa: E731
+    ess = stacked["ess"]
+    return PAMCResult(
+        betas=betas,
+        rf=rf_table[betas],
+        action0_mean=stacked["a_mean"],
+        action0_std=stacked["a_std"],
+        mean=jax.device_get(tree(stacked["mean"])),
+        std=jax.device_get(tree(stacked["std"])),
+        mc_error=jax.device_get(tree(stacked["std"] / np.sqrt(np.maximum(ess, 1e-300)))),
+        ess=jax.device_get(tree(ess)),
+        rhat=jax.device_get(tree(stacked["rhat"])),
+        views={k: _stack([v[k] for v in views]) for k in views[0]},
+        acceptance=stacked["acc"],
+        step_size=stacked["step"],
+        finite=finite,
+        samples=samples_kept,
+        stats={
+            "run_time": run_time,
+            "first_beta_time": first_beta,
+            "leapfrog_steps": leapfrogs,
+        },
+        problem=problem,
+    )
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *a: np.stack(a), *trees)
+
+
+@eqx.filter_jit
+def _views_of(problem, unravel, samples):
+    flat = samples.reshape(-1, samples.shape[-1])
+    unknowns = jax.vmap(unravel)(flat)
+    views = problem.views(unknowns)
+    return {
+        **jax.tree.map(lambda a: jnp.mean(a, 0), views),
+        **{f"{k}_std": jax.tree.map(lambda a: jnp.std(a, 0), v) for k, v in views.items()},
+    }
+
+
+def _views(problem, unravel, samples):
+    """The problem's views (e.g. paths, parameters θ) averaged over the samples, and their
+    standard deviations (`…_std`): statistics of θ, not θ of the statistics."""
+    return jax.device_get(_views_of(problem, unravel, samples))
