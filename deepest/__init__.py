@@ -65,6 +65,8 @@ from ._uncertainty import (
     SelectedInverse as SelectedInverse,
     laplace as laplace,
     pamc as pamc,
+    plot_expected_action as plot_expected_action,
+    plot_uncertainty as plot_uncertainty,
     selected_inversion as selected_inversion,
 )
 

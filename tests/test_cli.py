@@ -131,6 +131,8 @@ def test_every_shipped_config_runs_under_a_subcommand():
     # settings live beside it in notebooks/.
     from deepest.cli import resolve_anneal_config, resolve_train_config
 
+    from deepest.cli import resolve_pamc_config
+
     names = sorted(os.listdir(os.path.join(ROOT, "configs")))
     assert len(names) >= 5
     for name in names:
@@ -138,5 +140,52 @@ def test_every_shipped_config_runs_under_a_subcommand():
             config = yaml.safe_load(f)
         if "experiment" in config:
             resolve_train_config(config)
+        elif "pamc" in config:
+            resolve_pamc_config(config)
         else:
             resolve_anneal_config(config)
+
+
+def test_anneal_with_laplace_and_pamc_commands(tmp_path, capsys):
+    config = _write(tmp_path, TINY)
+    out = tmp_path / "laplace"
+    assert main(["anneal", config, "--out", str(out), "--no-progress", "--laplace"]) == 0
+    assert (out / "uncertainty.png").exists()
+    summary = (out / "summary.txt").read_text()
+    assert "Laplace at the final β" in summary and "truth inside ±2σ, unobserved" in summary
+    assert "forcing: " in summary and "(1σ)" in summary
+    with np.load(out / "laplace.npz") as f:
+        assert f["paths_std"].shape == (4, 21, 8) and f["positive_definite"].all()
+        assert np.all(f["params_std.forcing"] > 0)
+
+    pamc = {**TINY, "pamc": {"n_chains": 4, "n_samples": 20, "n_warmup": 20, "betas": [10, 11]}}
+    out = tmp_path / "pamc"
+    assert main(["pamc", _write(tmp_path, pamc), "--out", str(out), "--no-progress"]) == 0
+    for name in ("result.npz", "pamc.npz", "uncertainty.png", "expected_action.png", "summary.txt"):
+        assert (out / name).exists(), name
+    summary = (out / "summary.txt").read_text()
+    assert "precision annealing Monte Carlo: 4 chains" in summary and "⟨A₀⟩ per β" in summary
+    with np.load(out / "pamc.npz") as f:
+        assert f["betas"].tolist() == [10, 11] and f["action0_mean"].shape == (2,)
+        assert f["samples/11/path"].shape == (4, 20, 21, 8)
+    assert "expected_action.png" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"n_chains": 0}, "`pamc.n_chains` must be an integer ≥ 1"),
+        ({"kernal": "nuts"}, "Did you mean 'kernel'"),
+        ({"kernel": "mala"}, "`pamc.kernel`"),
+        ({"betas": [5, 3]}, "`pamc.betas` must increase"),
+        ({"betas": [3, 40]}, "out of range"),
+        ({"betas": [5], "save_betas": [4]}, "not run: [4]"),
+        ({"target_acceptance": 1.5}, "`pamc.target_acceptance`"),
+    ],
+)
+def test_bad_pamc_config(tmp_path, capsys, section, message):
+    config = _write(tmp_path, {**TINY, "pamc": section})
+    out = tmp_path / "bad"
+    assert main(["pamc", config, "--out", str(out), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -123,16 +123,21 @@ def test_laplace_is_exact_for_a_linear_gaussian_problem(gauss_newton):
     assert lap.log_mass[0] == pytest.approx(expected, rel=1e-12)
 
 
-def test_laplace_forecast_band_is_the_linear_propagation():
+def test_laplace_forecast_band_is_the_propagated_gaussian():
     problem, _, result = _linear_gaussian()
     lap = deepest.laplace(problem, result, paths=[1])
-    times, mean, std = lap.forecast(5.0, n_times=5)
-    # Linear model: the forecast is exp(A t)·x_end, so its covariance is E·Σ_end·Eᵀ.
+    n = 4000
+    times, mean, std = lap.forecast(5.0, n_times=5, n_samples=n)
+    # Linear model: the forecast is E·x_end with E = exp(A (t − 4)), so it is Gaussian with
+    # covariance E·Σ_end·Eᵀ; a sample std of n draws is within ~1/√(2n) = 1.1% (5σ: 6%).
     end_cov = lap.end_covariance[0]
-    for t, s in zip(times, std, strict=True):
+    end_mean = lap.unknowns["path"][0, -1]
+    for t, m, s in zip(times, mean, std, strict=True):
         e = scipy.linalg.expm(ROTATION * (t - 4.0))
-        np.testing.assert_allclose(s, np.sqrt(np.diag(e @ end_cov @ e.T)), rtol=1e-6)
-    assert std[0] == pytest.approx(lap.paths_std[0, -1], rel=1e-6)
+        exact = np.sqrt(np.diag(e @ end_cov @ e.T))
+        np.testing.assert_allclose(s, exact, rtol=0.06)
+        np.testing.assert_allclose(m, e @ end_mean, atol=5 * exact.max() / np.sqrt(n))
+    np.testing.assert_allclose(end_cov.diagonal()[:3] ** 0.5, lap.paths_std[0, -1], rtol=1e-12)
 
 
 def test_pamc_matches_the_gaussian_posterior():

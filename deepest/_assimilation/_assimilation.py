@@ -351,10 +351,14 @@ class Assimilation(AbstractBandedProblem):
     def forecast(
         self, unknowns: PyTree[Array], t_end: float, n_times: int = 200
     ) -> tuple[Float[Array, " n"], Float[Array, "n dim"]]:
-        """Integrate one path's final state with its estimated parameters to `t_end`."""
+        """Integrate one path's final state with its estimated parameters to `t_end`.
+
+        Vmap it over paths inside a program that closes over the problem (its times are
+        read as numbers to check `t_end`)."""
         ts = self.ts
-        if not t_end > ts[-1]:
-            raise ValueError(f"`t_end` must lie after the window's end {float(ts[-1])}.")
+        end = float(np.asarray(self.data.times)[-1])
+        if not t_end > end:
+            raise ValueError(f"`t_end` must lie after the window's end {end}.")
         theta = {n: v for n, v in self.parameters(unknowns).items() if n in self.estimate}
         times = jnp.linspace(ts[-1], t_end, n_times)
         field = self.field

@@ -6,10 +6,11 @@ from collections.abc import Callable, Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import jax.scipy.linalg as jsl
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, ArrayLike, PyTree, Scalar
+from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree, Scalar
 
 from .._annealing import (
     AbstractBandedProblem,
@@ -91,30 +92,45 @@ class LaplaceResult(eqx.Module):
             raise ValueError(f"Path {path} is not among this result's paths {self.paths.tolist()}.")
         return int(where[0])
 
-    def forecast(self, t_end: float, path: int | None = None, n_times: int = 200):
-        """The forecast of a path past the window with its linearised ±σ band: the
-        covariance of the last states and the parameters pushed through the forecast's
-        Jacobian, J·Σ·Jᵀ. Default path: the largest `log_mass`.
+    def bands(self, path: int | None = None):
+        """An assimilation path's means and standard deviations in the reported quantities
+        (default path: the largest `log_mass`).
+
+        **Returns:** `(paths (N_model, D), paths_std (N_model, D), {name: (θ, θ_std)})`.
+        """
+        i = self._index(path)
+        views = self.problem.views(jax.tree.map(lambda a: a[i : i + 1], self.unknowns))
+        params = {
+            n: (np.asarray(v)[0], np.asarray(self.params_std[n])[i])
+            for n, v in views["params"].items()
+        }
+        return np.asarray(views["paths"])[0], np.asarray(self.paths_std[i]), params
+
+    def forecast(
+        self,
+        t_end: float,
+        path: int | None = None,
+        n_times: int = 200,
+        n_samples: int = 256,
+        key: PRNGKeyArray | None = None,
+    ):
+        """The forecast band of a path past the window: `n_samples` draws of the last
+        states and the parameters from their Laplace Gaussian (`end_covariance`), each
+        integrated to `t_end` by the problem's forecast; their mean and standard
+        deviation per time. (Sampled rather than linearised: a chaotic forecast's spread
+        is not linear for long.) Default path: the largest `log_mass`.
 
         **Returns:** `(times, mean (n_times, D), std (n_times, D))`.
         """
         if self.end_covariance is None:
             raise ValueError("`forecast` needs a banded problem (an assimilation).")
         i = self._index(path)
-        problem = self.problem
+        key = jr.key(0) if key is None else key
         u = jax.tree.map(lambda a: jnp.asarray(a[i]), self.unknowns)
-        states, params = problem.to_banded(u)
-
-        def forecast(end):
-            d = states.shape[1]
-            x = states.at[-1].set(end[:d])
-            return problem.forecast(problem.from_banded(x, end[d:]), t_end, n_times)[1]
-
-        end = jnp.concatenate([states[-1], params])
-        times, mean = problem.forecast(u, t_end, n_times)
-        jac = jax.jacrev(forecast)(end)  # (n_times, D, d + p); the solve has a custom VJP
-        var = jnp.einsum("tai,ij,taj->ta", jac, jnp.asarray(self.end_covariance[i]), jac)
-        return np.asarray(times), np.asarray(mean), np.sqrt(np.maximum(np.asarray(var), 0))
+        times, states = _forecast_band(
+            self.problem, u, jnp.asarray(self.end_covariance[i]), key, t_end, n_times, n_samples
+        )
+        return np.asarray(times), np.asarray(states.mean(0)), np.asarray(states.std(0))
 
     def linearised_std(self, fn: Callable[[PyTree[Array]], Array], path: int | None = None):
         """The value of `fn(unknowns)` at a path's minimum and its standard deviation by
@@ -136,6 +152,29 @@ class LaplaceResult(eqx.Module):
         jac = jax.jacrev(lambda z: jnp.ravel(fn(unravel(z))))(y)
         var = jnp.einsum("oi,ij,oj->o", jac, jnp.asarray(self.covariance[i]), jac)
         return np.asarray(value), np.sqrt(np.maximum(np.asarray(var), 0)).reshape(np.shape(value))
+
+
+def _forecast_band(problem, unknowns, covariance, key, t_end, n_times, n_samples):
+    # The problem is closed over, not traced: its forecast checks `t_end` against its
+    # concrete times.
+    return jax.jit(lambda u, c, k: _forecast_draws(problem, u, c, k, t_end, n_times, n_samples))(
+        unknowns, covariance, key
+    )
+
+
+def _forecast_draws(problem, unknowns, covariance, key, t_end, n_times, n_samples):
+    states, params = problem.to_banded(unknowns)
+    d = states.shape[1]
+    end = jnp.concatenate([states[-1], params])
+    # the padding slots of the banded layout have unit variance and no effect
+    draws = jr.multivariate_normal(key, end, covariance, (n_samples,), method="eigh")
+
+    def forecast(draw):
+        u = problem.from_banded(states.at[-1].set(draw[:d]), draw[d:])
+        return problem.forecast(u, t_end, n_times)
+
+    times, paths = jax.vmap(forecast)(draws)
+    return times[0], paths
 
 
 class _Jacobian(eqx.Module):

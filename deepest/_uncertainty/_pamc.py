@@ -67,6 +67,20 @@ class PAMCResult(eqx.Module):
             raise ValueError(f"β = {beta} was not run; these were: {self.betas.tolist()}.")
         return int(where[0])
 
+    def bands(self, beta: int | None = None):
+        """An assimilation's posterior means and standard deviations at a β (default: the
+        last run), of the reported quantities (θ, not θ of the mean of u).
+
+        **Returns:** `(paths (N_model, D), paths_std (N_model, D), {name: (θ, θ_std)})`.
+        """
+        j = self._beta_index(beta)
+        views = self.views
+        params = {
+            n: (np.asarray(v)[j], np.asarray(views["params_std"][n])[j])
+            for n, v in views["params"].items()
+        }
+        return np.asarray(views["paths"][j]), np.asarray(views["paths_std"][j]), params
+
     def forecast(self, t_end: float, beta: int | None = None, n_times: int = 200):
         """The forecast band from the samples of a saved β (default: the last run): every
         sample's forecast, then their mean and standard deviation per time.
@@ -83,13 +97,10 @@ class PAMCResult(eqx.Module):
         flat = jax.tree.map(
             lambda a: jnp.asarray(a[self.finite]).reshape(-1, *a.shape[2:]), samples
         )
-        times, states = _forecasts(self.problem, flat, t_end, n_times)
+        # the problem closed over, not traced: its forecast checks `t_end` against its times
+        forecasts = jax.jit(jax.vmap(lambda u: self.problem.forecast(u, t_end, n_times)))
+        times, states = forecasts(flat)
         return np.asarray(times[0]), np.asarray(states.mean(0)), np.asarray(states.std(0))
-
-
-@eqx.filter_jit
-def _forecasts(problem, unknowns, t_end, n_times):
-    return jax.vmap(lambda u: problem.forecast(u, t_end, n_times))(unknowns)
 
 
 class _Whitening(eqx.Module):

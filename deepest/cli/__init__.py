@@ -1,4 +1,4 @@
-"""The `deepest` command line: `deepest anneal CONFIG` and `deepest train CONFIG`.
+"""The `deepest` command line: `deepest anneal|sweep|pamc|train CONFIG`.
 
 The library never imports this package; it builds problems from config files through the
 public API only.
@@ -17,4 +17,9 @@ from ._train import (
     rf_scale as rf_scale,
     run_annealing as run_annealing,
     run_backprop as run_backprop,
+)
+from ._uncertainty import (
+    PAMC_DEFAULTS as PAMC_DEFAULTS,
+    resolve_pamc_config as resolve_pamc_config,
+    run_pamc as run_pamc,
 )

@@ -339,9 +339,17 @@ def _resume_config(source: str, config_path: str | None, sets) -> dict:
 
 
 def run_anneal(
-    config_path: str | None, sets, out, overwrite, progress, resume: str | None = None
+    config_path: str | None,
+    sets,
+    out,
+    overwrite,
+    progress,
+    resume: str | None = None,
+    laplace: bool = False,
 ) -> tuple[str, bool]:
-    """`deepest anneal`: returns the results folder and whether the result is partial."""
+    """`deepest anneal`: returns the results folder and whether the result is partial.
+    With `laplace`, a complete result also gets the Laplace approximation at its minima
+    (laplace.npz, uncertainty.png, ± σ lines in summary.txt)."""
     import yaml
 
     source = None
@@ -384,6 +392,15 @@ def run_anneal(
         start = time.perf_counter()
         summary = write_results(folder.path, result, data, true_model, config, out)
         timings["results"] = time.perf_counter() - start
+        if laplace and not result.partial:
+            from ._uncertainty import write_laplace
+
+            start = time.perf_counter()
+            lines = write_laplace(folder.path, result, problem, data, true_model, config)
+            summary += "\n".join(lines) + "\n"
+            with open(folder.file("summary.txt"), "w") as f:
+                f.write(summary)
+            timings["Laplace"] = time.perf_counter() - start
         if not result.partial and os.path.exists(folder.file(CHECKPOINT)):
             os.remove(folder.file(CHECKPOINT))  # a complete result has nothing to resume
         folder.publish()

@@ -1,5 +1,5 @@
-"""The `deepest` command line: `deepest anneal CONFIG.yaml`, `deepest sweep SWEEP.yaml` and
-`deepest train CONFIG.yaml`."""
+"""The `deepest` command line: `deepest anneal CONFIG.yaml`, `deepest sweep SWEEP.yaml`,
+`deepest pamc CONFIG.yaml` and `deepest train CONFIG.yaml`."""
 
 import argparse
 import os
@@ -8,6 +8,10 @@ import sys
 from ._anneal import run_anneal
 from ._sweep import run_sweep
 from ._train import run_train
+from ._uncertainty import run_pamc
+
+# the commands that anneal one problem and can resume, run on several hosts
+_LONG = ("anneal", "sweep")
 
 
 def _version() -> str:
@@ -48,14 +52,14 @@ def main(argv=None) -> int:
     for name, help_ in (
         ("anneal", "variational annealing of a data-assimilation problem"),
         ("sweep", "anneal every point of a grid of settings (SWEEP.yaml)"),
+        ("pamc", "precision annealing Monte Carlo: sample the posterior along the schedule"),
         ("train", "train a network by annealing and by backpropagation"),
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument(
             "config",
-            nargs="?" if name != "train" else None,
-            help="YAML experiment file"
-            + (" (not needed with --resume)" if name != "train" else ""),
+            nargs="?" if name in _LONG else None,
+            help="YAML experiment file" + (" (not needed with --resume)" if name in _LONG else ""),
         )
         p.add_argument(
             "--set",
@@ -71,14 +75,20 @@ def main(argv=None) -> int:
             help="replace an existing results folder (only once the new one is complete)",
         )
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-        if name != "train":
+        if name == "anneal":
+            p.add_argument(
+                "--laplace",
+                action="store_true",
+                help="also the Laplace approximation at the minima: ±σ of every estimate",
+            )
+        if name in _LONG:
             hosts = p.add_argument_group(
                 "several hosts (jax.distributed; see docs: the command line)"
             )
             hosts.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
             hosts.add_argument("--num-processes", type=int, metavar="N")
             hosts.add_argument("--process-id", type=int, metavar="I")
-        if name != "train":
+        if name in _LONG:
             p.add_argument(
                 "--resume",
                 default=None,
@@ -88,13 +98,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     partial = False
     try:
-        if args.command != "train":
+        if args.command in _LONG:
             distributed(args.coordinator, args.num_processes, args.process_id)
-        if args.command != "train" and args.config is None and args.resume is None:
+        if args.command in _LONG and args.config is None and args.resume is None:
             parser.error(f"{args.command} needs a CONFIG file (or --resume DIR)")
         if args.command == "anneal":
             out, partial = run_anneal(
-                args.config, args.set, args.out, args.overwrite, not args.no_progress, args.resume
+                args.config,
+                args.set,
+                args.out,
+                args.overwrite,
+                not args.no_progress,
+                args.resume,
+                laplace=args.laplace,
             )
         elif args.command == "sweep":
             if args.set:
@@ -102,6 +118,8 @@ def main(argv=None) -> int:
             out, partial = run_sweep(
                 args.config, args.out, args.overwrite, not args.no_progress, args.resume
             )
+        elif args.command == "pamc":
+            out = run_pamc(args.config, args.set, args.out, args.overwrite, not args.no_progress)
         else:
             out = run_train(args.config, args.set, args.out, args.overwrite, not args.no_progress)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
@@ -111,7 +129,15 @@ def main(argv=None) -> int:
         print("interrupted before anything was finished; nothing written", file=sys.stderr)
         return 130
     print(f"results{' (partial)' if partial else ''}: {out}")
-    for name in ("action_levels.png", "estimates.png", "summary.txt", "index.csv", "sweep.png"):
+    for name in (
+        "action_levels.png",
+        "estimates.png",
+        "uncertainty.png",
+        "expected_action.png",
+        "summary.txt",
+        "index.csv",
+        "sweep.png",
+    ):
         if os.path.exists(os.path.join(out, name)):
             print(f"  {os.path.join(out, name)}")
     if partial:
