@@ -127,11 +127,9 @@ def test_shipped_configs_resolve():
 
 
 def test_every_shipped_config_runs_under_a_subcommand():
-    # configs/ holds what `deepest anneal` or `deepest train` runs; a notebook's own
+    # configs/ holds what `deepest anneal`, `deepest pamc` or `deepest train` runs; a notebook's own
     # settings live beside it in notebooks/.
-    from deepest.cli import resolve_anneal_config, resolve_train_config
-
-    from deepest.cli import resolve_pamc_config
+    from deepest.cli import resolve_anneal_config, resolve_pamc_config, resolve_train_config
 
     names = sorted(os.listdir(os.path.join(ROOT, "configs")))
     assert len(names) >= 5
