@@ -27,6 +27,15 @@
    warm-up and draws), ONE chain at a time, `--serial-chains` chains one after another,
    on the same log density −A₀(X; R_f) in the unwhitened coordinates, jitted; compile
    excluded by a warm-up chain; ESS by `blackjax.ess` of the stacked chains.
+4. Calibration of Laplace's bands on the L = 12 twin against R_f: the schedule extended to
+   45 β (R_f up to 1.8e7), 8 paths, Laplace at the best path of β 30 (the shipped
+   config's last), 35, 40 and 44: the fraction of the unobserved truth inside ±2σ, the
+   RMS error, the mean σ, the forcing ± σ and whether its ±2σ band covers 8.17; for the
+   shipped trapezoid rule and for "simpson_hermite" (fourth order).
+5. PAMC on Lorenz-96 (`pamc96`): on L = 12, 16 chains of NUTS at β 28–30 from the annealed
+   minima against Laplace at β 30 (the states' means within 4 Monte Carlo errors, the
+   forcing, the ratio of standard deviations, ⟨A₀⟩ against the Gaussian's A₀* + n/2); on
+   L = 8, ⟨A₀⟩ per β (12, 16, …, 30) beside the annealed minima's levels in A₀ units.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_uncertainty.py [--quick] [--paths 16]
         [--repeats 3] [--serial-chains 4] [--skip PART ...]
@@ -264,13 +273,148 @@ def pamc_rows(n_chains, serial_chains, n_warmup, n_samples, n_anneal=8, beta=5):
     }
 
 
+def calibration_rows(discretization, n_paths, n_beta, betas):
+    """Laplace's ±2σ bands at several β of a longer schedule on the L = 12 twin, with
+    `discretization`: the fraction of the unobserved truth inside, the forcing's band."""
+    problem, schedule, _ = load_with(discretization, n_beta, n_paths)
+    result = deepest.anneal(
+        problem, schedule, n_paths, jr.key(1), save_betas=betas[:-1], progress=False
+    )
+    data = problem.data
+    truth = np.asarray(data.truth)
+    unobserved = [c for c in range(truth.shape[1]) if c not in list(data.observed)]
+    step = problem.steps_per_obs
+    rows = []
+    for beta in betas:
+        unknowns = result.saved.get(beta, result.unknowns)
+        best = int(np.nanargmin(result.action[beta]))
+        lap = deepest.laplace(problem, unknowns, rf=result.rf[beta], paths=best)
+        mean = np.asarray(problem.views(lap.unknowns)["paths"][0])[::step, unobserved]
+        std = np.asarray(lap.paths_std[0])[::step, unobserved]
+        theta = float(problem.views(lap.unknowns)["params"]["forcing"][0])
+        sd = float(lap.params_std["forcing"][0])
+        rows.append(
+            {
+                "beta": beta,
+                "rf": float(result.rf[beta]),
+                "inside": float(np.mean(np.abs(truth[:, unobserved] - mean) <= 2 * std)),
+                "rms": float(np.sqrt(np.mean((truth[:, unobserved] - mean) ** 2))),
+                "sigma": float(np.mean(std)),
+                "forcing": theta,
+                "forcing_std": sd,
+                "covered": abs(theta - TRUE_FORCING) <= 2 * sd,
+            }
+        )
+    return rows
+
+
+def pamc_lorenz96_rows(quick):
+    """PAMC on the Lorenz-96 configs: at the last β's of L = 12 against Laplace, and ⟨A₀⟩
+    per β on L = 8 beside the annealed minima's levels."""
+    out = {}
+    # L = 12: a single minimum; NUTS at β 28–30 from the annealed minima of β 28
+    n_paths, n_chains, n_draws = (4, 4, 20) if quick else (16, 16, 200)
+    problem, schedule, _ = load_with("trapezoid", 31, n_paths)
+    last = schedule.n_beta - 1
+    betas = [last - 2, last - 1, last]
+    result = deepest.anneal(
+        problem, schedule, n_paths, jr.key(1), save_betas=betas[:1], progress=False
+    )
+    lap = deepest.laplace(problem, result)
+    i = result.best
+    mc = deepest.pamc(
+        problem,
+        schedule,
+        n_chains,
+        jr.key(2),
+        n_draws,
+        n_warmup=n_draws,
+        betas=betas,
+        init=result,
+    )
+    z = (mc.mean["path"][-1] - lap.unknowns["path"][i]) / mc.mc_error["path"][-1]
+    theta_mc = float(mc.views["params"]["forcing"][-1])
+    sd_mc = float(mc.views["params_std"]["forcing"][-1])
+    ess_forcing = float(mc.ess["params"]["forcing"][-1])
+    theta_lap = float(problem.views(lap.unknowns)["params"]["forcing"][i])
+    ratio = np.asarray(mc.std["path"][-1] / lap.paths_std[i])
+    out["L12"] = {
+        "n_chains": n_chains,
+        "draws": n_draws,
+        "time": mc.stats["run_time"],
+        "inside4": float(np.mean(np.abs(z) <= 4)),
+        "zmax": float(np.max(np.abs(z))),
+        "forcing_mc": theta_mc,
+        "forcing_mc_std": sd_mc,
+        "forcing_lap": theta_lap,
+        "forcing_lap_std": float(lap.params_std["forcing"][i]),
+        "forcing_z": (theta_mc - theta_lap) / (sd_mc / np.sqrt(ess_forcing)),
+        "ratio": np.percentile(ratio, [5, 50, 95]),
+        "a0": float(mc.action0_mean[-1]),
+        "a0_gauss": float(lap.action0[i] + lap.unknowns["path"][i].size / 2),
+        "ess": (float(np.min(mc.ess["path"][-1])), float(np.median(mc.ess["path"][-1]))),
+        "rhat": float(np.max(mc.rhat["path"][-1])),
+        "leapfrogs": mc.stats["leapfrog_steps"],
+    }
+    # L = 8: several minima at small β; ⟨A₀⟩ per β against the annealed levels (A₀ units)
+    n_paths, n_chains, n_draws = (4, 4, 20) if quick else (16, 16, 100)
+    problem, schedule, _ = load_with("trapezoid", 31, n_paths, "lorenz96_L8.yaml")
+    betas = [12, 16, 20, 24, 28, 30] if not quick else [20, 24]
+    result = deepest.anneal(
+        problem, schedule, n_paths, jr.key(1), save_betas=betas[:1], progress=False
+    )
+    mc = deepest.pamc(
+        problem,
+        schedule,
+        n_chains,
+        jr.key(2),
+        n_draws,
+        n_warmup=n_draws,
+        betas=betas,
+        init=result,
+    )
+    scale = 0.5 * float(problem.action_counts[0])
+    size = mc.mean["path"][0].size + 1
+    out["L8"] = [
+        {
+            "beta": int(b),
+            "rf": float(mc.rf[k]),
+            "a0": float(mc.action0_mean[k]),
+            "a0_std": float(mc.action0_std[k]),
+            "levels": scale * np.nanpercentile(result.action[b], [0, 50, 100]),
+            "rhat": float(np.max(mc.rhat["path"][k])),
+            "acceptance": float(np.mean(mc.acceptance[k])),
+        }
+        for k, b in enumerate(mc.betas)
+    ]
+    out["L8_half_n"] = size / 2
+    out["L8_time"] = mc.stats["run_time"]
+    out["L8_chains"] = (n_chains, n_draws)
+    return out
+
+
+def load_with(discretization, n_beta, n_paths, name="lorenz96_L12.yaml"):
+    with open(os.path.join(ROOT, "configs", name)) as f:
+        config = yaml.safe_load(f)
+    config["anneal"].update(n_beta=n_beta, n_paths=n_paths)
+    config["problem"]["discretization"] = discretization
+    config = resolve_anneal_config(config)
+    problem, schedule, _, _ = build_anneal(config)
+    return problem, schedule, config
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke size (figures mean nothing)")
     parser.add_argument("--paths", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--serial-chains", type=int, default=4)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["inversion", "laplace", "pamc"])
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["inversion", "laplace", "pamc", "calibration", "pamc96"],
+    )
     args = parser.parse_args()
     quick = args.quick
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
@@ -390,6 +534,76 @@ def main():
                 f"min {ours[0]:.0f} vs {serial[0]:.0f} "
                 f"({ours[0] / serial[0]:.1f}×), median {ours[1]:.0f} vs {serial[1]:.0f} "
                 f"({ours[1] / serial[1]:.1f}×)",
+            )
+        )
+
+    if "calibration" not in args.skip:
+        n_beta = 14 if quick else 45
+        betas = [10, 12, 13] if quick else [30, 35, 40, 44]
+        print(
+            "Laplace calibration on L = 12 (unobserved components, ±2σ; nominal 0.954), "
+            f"best path of 8 at each β, schedule extended to {n_beta} β"
+        )
+        print(
+            "| discretisation | β | R_f | truth inside ±2σ | RMS error | mean σ | forcing ± σ "
+            "| 8.17 inside ±2σ |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for scheme in ("trapezoid", "simpson_hermite"):
+            for r in calibration_rows(scheme, 4 if quick else 8, n_beta, betas):
+                print(
+                    f"| {scheme} | {r['beta']} | {r['rf']:.3g} | {r['inside']:.3f} | "
+                    f"{r['rms']:.4f} | {r['sigma']:.4f} | {r['forcing']:.4f} ± "
+                    f"{r['forcing_std']:.4f} | {r['covered']} |"
+                )
+                if r["beta"] == 30:
+                    summary.append(
+                        (
+                            f"calibration, {scheme}, β 30",
+                            f"inside ±2σ {r['inside']:.3f}, forcing covered {r['covered']}",
+                        )
+                    )
+        print()
+
+    if "pamc96" not in args.skip:
+        r = pamc_lorenz96_rows(quick)
+        a = r["L12"]
+        print(
+            f"PAMC on L = 12 at β 28–30 ({a['n_chains']} chains, NUTS, {a['draws']} warm-up + "
+            f"{a['draws']} draws per β, from the annealed minima) against Laplace at β 30:"
+        )
+        print(
+            f"states within 4 Monte Carlo errors of Laplace's means: {a['inside4']:.4f} "
+            f"(max |z| {a['zmax']:.2f}); forcing {a['forcing_mc']:.4f} ± "
+            f"{a['forcing_mc_std']:.4f} (PAMC) vs {a['forcing_lap']:.4f} ± "
+            f"{a['forcing_lap_std']:.4f} (Laplace), z = {a['forcing_z']:.2f}"
+        )
+        print(
+            f"posterior std PAMC / Laplace: 5%, 50%, 95% = "
+            f"{', '.join(f'{v:.3f}' for v in a['ratio'])}; ⟨A₀⟩ {a['a0']:.1f} vs A₀* + n/2 "
+            f"= {a['a0_gauss']:.1f}; ESS min / median {a['ess'][0]:.0f} / {a['ess'][1]:.0f}, "
+            f"R̂ max {a['rhat']:.3f}; {a['time']:.0f} s, {a['leapfrogs']} leapfrog steps\n"
+        )
+        print(
+            f"PAMC on L = 8 ({r['L8_chains'][0]} chains, {r['L8_chains'][1]} warm-up + "
+            f"{r['L8_chains'][1]} draws per β, from the annealed minima of the first β; "
+            f"{r['L8_time']:.0f} s); annealed levels in A₀ units, (n_m/2)·A; n/2 = "
+            f"{r['L8_half_n']:.0f}"
+        )
+        print("| β | R_f | ⟨A₀⟩ ± std | annealed A₀ min | median | max | R̂ max | acceptance |")
+        print("|---|---|---|---|---|---|---|---|")
+        for row in r["L8"]:
+            lo, mid, hi = row["levels"]
+            print(
+                f"| {row['beta']} | {row['rf']:.3g} | {row['a0']:.1f} ± {row['a0_std']:.1f} | "
+                f"{lo:.1f} | {mid:.1f} | {hi:.1f} | {row['rhat']:.3f} | "
+                f"{row['acceptance']:.2f} |"
+            )
+        print()
+        summary.append(
+            (
+                "PAMC vs Laplace, L = 12 β 30",
+                f"{a['inside4']:.3f} of states within 4 MC errors; forcing z {a['forcing_z']:.2f}",
             )
         )
 

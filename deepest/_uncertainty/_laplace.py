@@ -86,6 +86,8 @@ class LaplaceResult(eqx.Module):
 
     def _index(self, path: int | None) -> int:
         if path is None:
+            if not self.positive_definite.any():
+                raise ValueError("No path has a positive definite Hessian; name a `path`.")
             return int(np.nanargmax(np.where(self.positive_definite, self.log_mass, -np.inf)))
         where = np.nonzero(self.paths == path)[0]
         if not where.size:

@@ -122,7 +122,8 @@ class _Whitening(eqx.Module):
         (diagonal, off, border, corner), _ = _banded_hessian(problem, mean, rf, prior, True)
         # A ridge far below the curvature keeps directions the data leave flat invertible;
         # any invertible factor samples the same distribution.
-        ridge = 1e-10 * jnp.max(jnp.abs(jax.vmap(jnp.diag)(diagonal)))
+        relative = max(1e-10, 100 * float(jnp.finfo(diagonal.dtype).eps))
+        ridge = relative * jnp.max(jnp.abs(jax.vmap(jnp.diag)(diagonal)))
         eye = jnp.eye(diagonal.shape[1], dtype=diagonal.dtype)[None]
         eye_p = jnp.eye(corner.shape[0], dtype=corner.dtype)
         self.problem = problem
@@ -174,8 +175,11 @@ def _sample_beta(problem, unravel, rf, positions, key, prior, settings):
     algorithm = _KERNELS[kernel_name]
     if precondition:
         chart = _Whitening(problem, unravel, rf, prior, positions)
+        chart_ok = jnp.all(jnp.isfinite(chart.factor.chol)) & jnp.all(
+            jnp.isfinite(chart.factor.chol_theta)
+        )
     else:
-        chart = _Identity(unravel)
+        chart, chart_ok = _Identity(unravel), jnp.array(True)
 
     def log_density(z):
         u = chart.unknowns(z)
@@ -202,7 +206,7 @@ def _sample_beta(problem, unravel, rf, positions, key, prior, settings):
         state, (samples, acceptance, steps) = jax.lax.scan(draw, state, jr.split(k_draw, n_samples))
         return samples, jnp.mean(acceptance), step_size, jnp.sum(steps)
 
-    return jax.vmap(chain)(jr.split(key, positions.shape[0]), positions)
+    return *jax.vmap(chain)(jr.split(key, positions.shape[0]), positions), chart_ok
 
 
 @eqx.filter_jit
@@ -367,7 +371,7 @@ def pamc(
         # blackjax's adaptation schedule mixes dtypes: trace it under the default rules
         # whatever the user's (e.g. strict promotion in tests)
         with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
-            samples, acceptance, step_size, steps = _sample_beta(
+            samples, acceptance, step_size, steps, chart_ok = _sample_beta(
                 problem, unravel, rf, positions, k_beta, prior, settings
             )
         samples = jax.block_until_ready(samples)
@@ -376,6 +380,12 @@ def pamc(
             first_beta = time.perf_counter() - t0
         finite &= np.asarray(jnp.all(jnp.isfinite(samples), axis=(1, 2)))
         finite &= np.isfinite(np.asarray(step_size))
+        if not bool(chart_ok):
+            raise FloatingPointError(
+                f"The whitening factor (the Gauss–Newton Hessian of A₀ at the chains' mean) "
+                f"is not positive definite at β = {b} (R_f = {rf_table[b]}); run in float64, "
+                "or pass `precondition=False`."
+            )
         if not finite.any():
             raise FloatingPointError(
                 f"Every chain's samples turned non-finite at β = {b} (R_f = {rf_table[b]})."
