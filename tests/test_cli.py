@@ -156,16 +156,19 @@ def test_anneal_with_laplace_and_pamc_commands(tmp_path, capsys):
         assert f["paths_std"].shape == (4, 21, 8) and f["positive_definite"].all()
         assert np.all(f["params_std.forcing"] > 0)
 
-    pamc = {**TINY, "pamc": {"n_chains": 4, "n_samples": 20, "n_warmup": 20, "betas": [10, 11]}}
+    # HMC with few leapfrog steps: the smallest program that runs the whole command
+    section = {"n_chains": 4, "n_samples": 8, "n_warmup": 8, "kernel": "hmc"}
+    section.update(num_integration_steps=4, betas=[10, 11])
+    pamc = {**TINY, "pamc": section}
     out = tmp_path / "pamc"
     assert main(["pamc", _write(tmp_path, pamc), "--out", str(out), "--no-progress"]) == 0
     for name in ("result.npz", "pamc.npz", "uncertainty.png", "expected_action.png", "summary.txt"):
         assert (out / name).exists(), name
     summary = (out / "summary.txt").read_text()
-    assert "precision annealing Monte Carlo: 4 chains" in summary and "⟨A₀⟩ per β" in summary
+    assert "precision annealing Monte Carlo: 4 chains (hmc)" in summary and "⟨A₀⟩ per β" in summary
     with np.load(out / "pamc.npz") as f:
         assert f["betas"].tolist() == [10, 11] and f["action0_mean"].shape == (2,)
-        assert f["samples/11/path"].shape == (4, 20, 21, 8)
+        assert f["samples/11/path"].shape == (4, 8, 21, 8)
     assert "expected_action.png" in capsys.readouterr().out
 
 

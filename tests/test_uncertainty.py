@@ -174,7 +174,7 @@ def test_laplace_bands_on_lorenz96():
     converged minimum is positive definite, and the bands are finite."""
     problem = small_problem(bounds={"forcing": (4.0, 12.0)})
     schedule = deepest.AnnealSchedule(rf0=0.1, alpha=2.0, n_beta=14)
-    result = deepest.anneal(problem, schedule, n_paths=4, key=jr.key(1))
+    result = deepest.anneal(problem, schedule, n_paths=2, key=jr.key(1))
     lap = deepest.laplace(problem, result)
     assert lap.positive_definite.all()
     u = lap.unknowns["params"]["forcing"]
@@ -182,10 +182,9 @@ def test_laplace_bands_on_lorenz96():
     np.testing.assert_allclose(
         lap.params_std["forcing"], 8.0 * sig * (1 - sig) * lap.std["params"]["forcing"], rtol=1e-12
     )
-    exact = deepest.laplace(problem, result, paths=0)
-    gn = deepest.laplace(problem, result, paths=0, gauss_newton=True)
+    gn = deepest.laplace(problem, result, gauss_newton=True)
     # at a good minimum the residuals are small: Gauss–Newton is close to exact
-    np.testing.assert_allclose(gn.paths_std, exact.paths_std, rtol=0.2)
+    np.testing.assert_allclose(gn.paths_std, lap.paths_std, rtol=0.2)
 
 
 def test_laplace_for_training_is_dense_and_exact():

@@ -4,7 +4,6 @@ R_f schedule, many chains in one program, each β started from the last one's sa
 import time
 from collections.abc import Callable, Sequence
 
-import blackjax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,9 @@ from .._annealing import AbstractBandedProblem, AbstractProblem, AnnealResult, A
 from ._laplace import _banded_hessian, _check_result
 from ._selected_inversion import BlockFactor, factor
 
-_KERNELS = {"hmc": blackjax.hmc, "nuts": blackjax.nuts}
+# blackjax is imported when sampling starts: importing it initialises JAX's backends,
+# which must wait for `jax.distributed.initialize` in a run of several processes.
+_KERNELS = ("hmc", "nuts")
 
 
 class PAMCResult(eqx.Module):
@@ -172,7 +173,9 @@ def _sample_beta(problem, unravel, rf, positions, key, prior, settings):
     """One β: window adaptation then `n_samples` draws, every chain vmapped; positions and
     samples are flat unknowns (n_chains, size)."""
     kernel_name, n_warmup, n_samples, n_steps, target, precondition = settings
-    algorithm = _KERNELS[kernel_name]
+    import blackjax
+
+    algorithm = getattr(blackjax, kernel_name)
     if precondition:
         chart = _Whitening(problem, unravel, rf, prior, positions)
         chart_ok = jnp.all(jnp.isfinite(chart.factor.chol)) & jnp.all(
@@ -216,6 +219,8 @@ def _statistics(problem, unravel, rf, samples, prior):
     flat = samples.reshape(-1, samples.shape[-1])
 
     actions = jax.lax.map(lambda y: _a0(problem, rf, prior, unravel(y)), flat, batch_size=256)
+    import blackjax
+
     ess = blackjax.ess(samples, chain_axis=0, sample_axis=1)
     rhat = (
         blackjax.rhat(samples, chain_axis=0, sample_axis=1)
