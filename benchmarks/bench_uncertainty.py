@@ -67,10 +67,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRUE_FORCING = 8.17
 
 
-def load(name, **anneal):
+def load(name, problem=None, **anneal):
+    """A shipped config's problem and schedule, with `anneal` (and `problem`) entries set."""
     with open(os.path.join(ROOT, "configs", name)) as f:
         config = yaml.safe_load(f)
     config["anneal"].update(anneal)
+    config["problem"].update(problem or {})
     config = resolve_anneal_config(config)
     problem, schedule, _, _ = build_anneal(config)
     return problem, schedule, config
@@ -276,7 +278,9 @@ def pamc_rows(n_chains, serial_chains, n_warmup, n_samples, n_anneal=8, beta=5):
 def calibration_rows(discretization, n_paths, n_beta, betas):
     """Laplace's ±2σ bands at several β of a longer schedule on the L = 12 twin, with
     `discretization`: the fraction of the unobserved truth inside, the forcing's band."""
-    problem, schedule, _ = load_with(discretization, n_beta, n_paths)
+    problem, schedule, _ = load(
+        "lorenz96_L12.yaml", {"discretization": discretization}, n_beta=n_beta, n_paths=n_paths
+    )
     result = deepest.anneal(
         problem, schedule, n_paths, jr.key(1), save_betas=betas[:-1], progress=False
     )
@@ -314,7 +318,7 @@ def pamc_lorenz96_rows(quick):
     out = {}
     # L = 12: a single minimum; NUTS at β 28–30 from the annealed minima of β 28
     n_paths, n_chains, n_draws = (4, 4, 20) if quick else (16, 16, 200)
-    problem, schedule, _ = load_with("trapezoid", 31, n_paths)
+    problem, schedule, _ = load("lorenz96_L12.yaml", n_paths=n_paths)
     last = schedule.n_beta - 1
     betas = [last - 2, last - 1, last]
     result = deepest.anneal(
@@ -358,7 +362,7 @@ def pamc_lorenz96_rows(quick):
     }
     # L = 8: several minima at small β; ⟨A₀⟩ per β against the annealed levels (A₀ units)
     n_paths, n_chains, n_draws = (4, 4, 20) if quick else (16, 16, 100)
-    problem, schedule, _ = load_with("trapezoid", 31, n_paths, "lorenz96_L8.yaml")
+    problem, schedule, _ = load("lorenz96_L8.yaml", n_paths=n_paths)
     betas = [12, 16, 20, 24, 28, 30] if not quick else [20, 24]
     result = deepest.anneal(
         problem, schedule, n_paths, jr.key(1), save_betas=betas[:1], progress=False
@@ -391,16 +395,6 @@ def pamc_lorenz96_rows(quick):
     out["L8_time"] = mc.stats["run_time"]
     out["L8_chains"] = (n_chains, n_draws)
     return out
-
-
-def load_with(discretization, n_beta, n_paths, name="lorenz96_L12.yaml"):
-    with open(os.path.join(ROOT, "configs", name)) as f:
-        config = yaml.safe_load(f)
-    config["anneal"].update(n_beta=n_beta, n_paths=n_paths)
-    config["problem"]["discretization"] = discretization
-    config = resolve_anneal_config(config)
-    problem, schedule, _, _ = build_anneal(config)
-    return problem, schedule, config
 
 
 def main():
