@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BENCHMARKS := bench_anneal bench_lbfgs_step bench_lm_step bench_costate bench_training \
 	bench_adjoint bench_tpbvp bench_long_runs bench_uncertainty
 
-.PHONY: install demo test docs lint bench bench-quick bench-gpu clean
+.PHONY: install demo test test-minimum docs lint bench bench-quick bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,43 @@ demo: $(STAMP)
 test: $(STAMP) docs
 	rm -rf $(CURDIR)/.cache/jax
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax DEEPEST_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --dist worksteal tests --nbmake notebooks
+
+# The lowest versions that pyproject.toml allows, in a venv of their own (.venv-min): each
+# dependency pinned `==` its floor by constraints-minimum.txt (checked against pyproject.toml
+# first), then a fast subset of the tests on them (a few minutes): annealing (on four
+# devices too, through `jax.shard_map`), the minimisers, assimilation, the continuous and
+# costate paths (diffrax), the TPBVP solvers, Laplace and PAMC (blackjax), result files and
+# experiment configs. Not run by CI (.ci/run), whose time `make test` fills.
+MIN_VENV := .venv-min
+MIN_STAMP := $(MIN_VENV)/.installed
+MIN_TESTS := tests/test_anneal.py tests/test_minimisers.py tests/test_assimilation.py \
+	tests/test_continuous.py tests/test_adjoint.py tests/test_tpbvp.py tests/test_uncertainty.py \
+	tests/test_results.py tests/test_config.py
+MIN_SELECT := sharded or save_and_load or plots or stop_reasons \
+	or levenberg_marquardt_reaches or compact_lbfgs_directions_equal_optax_on_a_quadratic \
+	or block_tridiagonal_solve_matches_dense or action_hand_computed \
+	or gradient_finite_differences or costate_sweep_gives or adaptive_replay \
+	or linear_problem_matches or nonlinear_matches_scipy or laplace_is_exact or pamc_matches \
+	or anneal_result_round_trip or yaml_error or every_bad_key or defaults_are
+
+$(MIN_STAMP): pyproject.toml constraints-minimum.txt
+	@$(PYTHON) -c 'import re, tomllib; \
+	norm = lambda v: re.sub(r"(\.0)+$$", "", v); \
+	deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
+	floors = {re.match(r"[A-Za-z0-9_.-]+", d).group().lower(): re.search(r">=\s*([^,;\s]+)", d) for d in deps}; \
+	pins = dict(l.split("#")[0].strip().lower().split("==") for l in open("constraints-minimum.txt") if "==" in l.split("#")[0]); \
+	bad = [n for n, f in floors.items() if f is None or norm(pins.get(n, "")) != norm(f.group(1))]; \
+	bad += [n for n in pins if n not in floors]; \
+	bad and exit("constraints-minimum.txt must pin each dependency to its floor in pyproject.toml: " + ", ".join(sorted(bad)))'
+	rm -rf $(MIN_VENV)
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install -q -c constraints-minimum.txt -e ".[test]"
+	touch $(MIN_STAMP)
+
+test-minimum: $(MIN_STAMP)
+	DEEPEST_SMOKE=1 MPLBACKEND=Agg $(MIN_VENV)/bin/python -m pytest -q -n 2 --dist worksteal \
+		$(MIN_TESTS) -k "$(MIN_SELECT)"
 
 # The site (mkdocs-material, mkdocstrings, notebooks rendered without executing them) in site/.
 docs: $(STAMP)
@@ -55,4 +92,4 @@ bench-gpu: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/bench_gpu.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache site .cache
+	rm -rf $(VENV) $(MIN_VENV) .pytest_cache site .cache

@@ -18,7 +18,8 @@ shards the paths over all of them.
 
 Four of deepest's minimisers run: the compact, preconditioned L-BFGS (the default), the
 same with its memory in float64 instead of float32, the earlier L-BFGS with optax's
-two-loop directions (`LBFGS(compact=False)`), and the block-banded Levenberg–Marquardt.
+two-loop directions (`OptaxLBFGS`, `optax_lbfgs.py`; it was `LBFGS(compact=False)`), and
+the block-banded Levenberg–Marquardt.
 The last three run at `--small-sizes` only. For each
 minimiser the first `--polish-paths` paths of its smallest run are polished at every β
 with scipy's L-BFGS-B (gtol 1e-13, ftol 1e-15) from the reported points: the worst relative
@@ -52,21 +53,20 @@ import jax.flatten_util  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 import deepest  # noqa: E402
-from deepest.cli import build_anneal, resolve_anneal_config  # noqa: E402
+import deepest.experiments  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from optax_lbfgs import OptaxLBFGS  # noqa: E402
 from serial_baseline import serial_anneal  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load(name):
-    with open(os.path.join(ROOT, "configs", f"lorenz96_{name}.yaml")) as f:
-        config = resolve_anneal_config(yaml.safe_load(f))
-    problem, schedule, data, _ = build_anneal(config)
+    config = deepest.experiments.load(os.path.join(ROOT, "configs", f"lorenz96_{name}.yaml"))
+    problem, schedule, data, _ = config.build()
     return problem, schedule, config
 
 
@@ -155,7 +155,7 @@ def main():
             "deepest.anneal, L-BFGS, float64 memory",
             deepest.LBFGS(history_length=args.history, memory_dtype="float64"),
         ),
-        "optax": ("deepest.anneal, L-BFGS two-loop (optax)", deepest.LBFGS(compact=False)),
+        "optax": ("deepest.anneal, L-BFGS two-loop (optax)", OptaxLBFGS()),
         "lm": ("deepest.anneal, banded LM", deepest.LevenbergMarquardt()),
     }
     print(

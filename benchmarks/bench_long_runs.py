@@ -48,7 +48,7 @@ from deepest.annealing import (  # noqa: E402
     loop_records,
     save_checkpoint,
 )
-from deepest.cli import build_anneal, resolve_anneal_config  # noqa: E402
+from deepest.experiments import resolve  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,8 +57,8 @@ def load(name, **anneal):
     with open(os.path.join(ROOT, "configs", name)) as f:
         config = yaml.safe_load(f)
     config["anneal"].update(anneal)
-    config = resolve_anneal_config(config)
-    problem, schedule, _, _ = build_anneal(config)
+    config = resolve(config, kind="anneal")
+    problem, schedule, _, _ = config.build()
     return problem, schedule, config
 
 
@@ -137,13 +137,12 @@ def checkpoint_cost(problem, schedule, n_paths):
 def sigint_latency(config_name, sets):
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "run")
-        cli = "import sys; from deepest.cli import main; sys.exit(main(sys.argv[1:]))"
         args = ["anneal", os.path.join(ROOT, "configs", config_name), "--out", out]
         args += ["--no-progress", "--set", "output.checkpoint_every=0.5"]
         for s in sets:
             args += ["--set", s]
         proc = subprocess.Popen(
-            [sys.executable, "-c", cli, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            [sys.executable, "-m", "deepest", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         checkpoint = os.path.join(out + ".incomplete", deepest.annealing.CHECKPOINT)
         while not os.path.exists(checkpoint):
@@ -166,7 +165,7 @@ def sweep_against_calls(n_settings, n_paths, n_beta=None):
             config = yaml.safe_load(f)
         config["data"]["twin"]["seed"] = i
         config["anneal"].update(overrides, rf0=1e-6 if i % 2 == 0 else 1e-5)
-        problem, schedule, _, _ = build_anneal(resolve_anneal_config(config))
+        problem, schedule, _, _ = resolve(config, kind="anneal").build()
         problems.append(problem)
         schedules.append(schedule)
     jax.clear_caches()

@@ -19,13 +19,11 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from deepest.cli import (  # noqa: E402
-    build_data,
-    load_config,
+from deepest.experiments import (  # noqa: E402
+    load,
     mean_baseline,
-    resolve_train_config,
-    run_annealing,
-    run_backprop,
+    train_by_annealing,
+    train_by_backprop,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,9 +41,11 @@ QUICK = [
 
 def backprop_compile_time(config, data):
     """Seconds of one `fit` call with a single step: its compile (each call compiles)."""
-    one = {**config, "backprop": {**config["backprop"], "steps": 1, "n_runs": 1}}
+    one = config.model_copy(
+        update={"backprop": config.backprop.model_copy(update={"steps": 1, "n_runs": 1})}
+    )
     start = time.perf_counter()
-    run_backprop(one, data)
+    train_by_backprop(one, data)
     return time.perf_counter() - start
 
 
@@ -67,11 +67,11 @@ def main():
     sets = (QUICK if args.quick else []) + args.set
     rows = []
     for name, file in EXPERIMENTS.items():
-        config = resolve_train_config(load_config(os.path.join(ROOT, "configs", file), []), sets)
-        data = build_data(config)
-        _, _, ann = run_annealing(config, data)
+        config = load(os.path.join(ROOT, "configs", file), sets)
+        data = config.build_data()
+        _, _, ann = train_by_annealing(config, data)
         c = backprop_compile_time(config, data)
-        bp = run_backprop(config, data)
+        bp = train_by_backprop(config, data)
         n_runs = int(config["backprop"]["n_runs"])
         a, b = config["anneal"], config["backprop"]
         ann_label = f"annealing, {a['n_paths']} paths × {a['n_beta']} β"

@@ -61,7 +61,7 @@ import yaml  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import deepest  # noqa: E402
-from deepest.cli import build_anneal, resolve_anneal_config  # noqa: E402
+from deepest.experiments import resolve  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRUE_FORCING = 8.17
@@ -73,8 +73,8 @@ def load(name, problem=None, **anneal):
         config = yaml.safe_load(f)
     config["anneal"].update(anneal)
     config["problem"].update(problem or {})
-    config = resolve_anneal_config(config)
-    problem, schedule, _, _ = build_anneal(config)
+    config = resolve(config, kind="anneal")
+    problem, schedule, _, _ = config.build()
     return problem, schedule, config
 
 

@@ -13,6 +13,9 @@ from ._annealing import package_version as _package_version
 
 __version__ = _package_version()
 
+# -- one failure vocabulary, and results that own their files --
+from ._results import AbstractResult as AbstractResult, RESULTS as RESULTS
+
 # -- data: observations, twin experiments, training sets --
 from ._data import (
     FlowMap as FlowMap,
@@ -46,10 +49,10 @@ from ._annealing import (
     AbstractMinimiser as AbstractMinimiser,
     AbstractProblem as AbstractProblem,
     AnnealResult as AnnealResult,
+    SweepResult as SweepResult,
     AnnealSchedule as AnnealSchedule,
     LBFGS as LBFGS,
     LevenbergMarquardt as LevenbergMarquardt,
-    StopReason as StopReason,
     anneal as anneal,
     sweep as sweep,
     load_result as load_result,
@@ -111,8 +114,20 @@ from ._boundary_value import (
     Collocation as Collocation,
     MultipleShooting as MultipleShooting,
     Shooting as Shooting,
-    TPBVPResults as TPBVPResults,
     TPBVPSolution as TPBVPSolution,
     anneal_tpbvp as anneal_tpbvp,
     solve_tpbvp as solve_tpbvp,
 )
+
+
+def __getattr__(name):
+    # Deprecated names, each with its warning: `StopReason` (the codes of an
+    # AnnealResult are `result`, deepest.RESULTS, and `converged_by`), `TPBVPResults`
+    # (deepest.RESULTS).
+    from . import _annealing, _boundary_value
+
+    if name == "StopReason":
+        return _annealing.__getattr__(name)
+    if name == "TPBVPResults":
+        return _boundary_value.__getattr__(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,7 @@ from ._annealing import (
     CHECKPOINT as CHECKPOINT,
     AbstractBandedProblem as AbstractBandedProblem,
     AbstractProgressMeter as AbstractProgressMeter,
+    Block as Block,
     LoopConfig as LoopConfig,
     LoopState as LoopState,
     NoProgressMeter as NoProgressMeter,

@@ -1,7 +1,9 @@
 """The minimisers of [`deepest.anneal`][] and their parts.
 
 [`deepest.LBFGS`][] and [`deepest.LevenbergMarquardt`][] are also at the top level; here
-are the pieces they are built from, each usable (and tested) on its own: the compact
+are the protocol every minimiser implements (`AbstractMinimiser`, whose `step` returns a
+`StepInfo`: a minimiser of your own plugs into [`deepest.anneal`][] through it) and the
+pieces the two are built from, each usable (and tested) on its own: the compact
 L-BFGS of many lanes (`CompactLBFGS`, its direction `compact_direction`, the shared
 `Schedule` and `TridiagonalPreconditioner`) and the banded linear algebra of
 Levenberg–Marquardt (`banded_normal_equations`, `solve_by_elimination`,

@@ -1,12 +1,12 @@
 """Problems shared by the tests."""
 
+import json
 import os
 
 import jax.random as jr
-import yaml
 
 import deepest
-from deepest.cli import build_anneal, resolve_anneal_config
+import deepest.experiments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,10 +29,10 @@ def small_problem(discretization="trapezoid", steps_per_obs=1, n_times=21, dim=8
 
 
 def config_problem(name, **overrides):
-    """The problem, schedule, data and true model of a shipped config."""
-    with open(os.path.join(ROOT, "configs", name)) as f:
-        config = yaml.safe_load(f)
-    for section, values in overrides.items():
-        config.setdefault(section, {}).update(values)
-    config = resolve_anneal_config(config)
-    return (*build_anneal(config), config)
+    """The problem, schedule, data and true model of a shipped config, and the config;
+    `overrides` maps a section to the keys it sets (`anneal={"n_beta": 4}`)."""
+    sets = [
+        f"{s}.{k}={json.dumps(v)}" for s, values in overrides.items() for k, v in values.items()
+    ]
+    config = deepest.experiments.load(os.path.join(ROOT, "configs", name), sets)
+    return (*config.build(), config)

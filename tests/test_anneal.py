@@ -216,17 +216,23 @@ def test_views_are_properties(small):
 
 
 def test_old_result_folder_loads(tmp_path, small):
-    # Results saved before stop reasons were recorded carry `converged` instead.
+    # A result folder of the layout `save_result` wrote before results owned their files,
+    # from before stop reasons were recorded (`converged` instead), still loads.
     problem, result = small
-    path = result.save(tmp_path)
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files if k != "stop_reason"}
-    arrays["converged"] = result.converged
-    np.savez(path, **arrays)
+    arrays = {k: getattr(result, k) for k in ("rf", "action", "measurement_error")}
+    arrays.update(model_error=result.model_error, iterations=result.iterations)
+    arrays.update(converged=result.converged)
+    arrays["unknowns/path"] = result.unknowns["path"]
+    arrays["unknowns/params/forcing"] = result.unknowns["params"]["forcing"]
+    arrays["views/paths"] = result.paths
+    arrays["saved/0/path"] = result.saved[0]["path"]
+    arrays["meta"] = np.asarray(json.dumps({"stats": {}, "expected_action": None}))
+    np.savez(tmp_path / "result.npz", **arrays)
     loaded = deepest.load_result(tmp_path, problem=problem)
     np.testing.assert_array_equal(loaded.converged, result.converged)
     np.testing.assert_array_equal(loaded.action, result.action)
-    assert loaded.stop_reasons()["max_steps"] == int(np.sum(~result.converged))
+    np.testing.assert_array_equal(loaded.saved[0]["path"], result.saved[0]["path"])
+    assert loaded.stop_reasons()["nonlinear_max_steps_reached"] == int(np.sum(~result.converged))
 
 
 def test_progress_meter_component(small):
@@ -473,26 +479,31 @@ def test_carried_curvature_reaches_the_cold_start_minima(small):
         progress=False,
     )
     assert warm.converged.all()
-    np.testing.assert_allclose(warm.action, cold.action, rtol=1e-6)
+    # Each converged level lies within 1e-6 relative of its polished minimum (the stopping
+    # rule's guarantee, `_tolerances` in _runner.py and the polish test below), so two
+    # routes to one minimum agree within 2e-6; 3e-6 leaves a margin over that bound
+    # (measured 1.1e-6 at β = 0 on an AMD EPYC, where 1e-6 failed).
+    np.testing.assert_allclose(warm.action, cold.action, rtol=3e-6)
 
 
 def test_stop_reasons(small):
     problem, good = small
     short = deepest.anneal(problem, SCHEDULE, 2, jr.key(0), max_steps=3, progress=False)
     # three evaluations cannot minimise a fresh β: every level is out of steps
-    assert (short.stop_reason == deepest.StopReason.max_steps).all()
-    assert not short.converged.any()
-    assert short.stop_reasons()["max_steps"] == SCHEDULE.n_beta * 2
+    assert (short.result == deepest.RESULTS.nonlinear_max_steps_reached).all()
+    assert not short.converged.any() and (short.converged_by == "").all()
+    assert short.stop_reasons()["nonlinear_max_steps_reached"] == SCHEDULE.n_beta * 2
     assert (short.iterations == 3).all()
-    assert np.isin(good.stop_reason, [1, 2]).all() and good.converged.all()
+    assert (good.result == deepest.RESULTS.successful).all() and good.converged.all()
+    assert np.isin(good.converged_by, ["decrease", "gradient"]).all()
     assert good.summary()["stop_reasons"]["converged_decrease"] > 0
     poisoned = _Poisoned(problem, threshold=0.05)
     init = jax.vmap(poisoned.init)(jr.split(jr.key(0), 2))
     init["poison"] = init["poison"].at[0].set(1.0)
     hit = deepest.anneal(poisoned, SCHEDULE, 2, init=init, progress=False)
     first_bad = int(np.argmax(SCHEDULE.rf > 0.05))
-    assert hit.stop_reason[first_bad, 0] == deepest.StopReason.non_finite
-    assert (hit.stop_reason[first_bad + 1 :, 0] == deepest.StopReason.not_reached).all()
+    assert (hit.result == deepest.RESULTS.nonfinite)[first_bad, 0]
+    assert (hit.result == deepest.RESULTS.not_reached)[first_bad + 1 :, 0].all()
     assert hit.converged[:, 1].all()
 
 

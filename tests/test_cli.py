@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 import deepest
+import deepest.experiments
 from deepest.cli import main
 
 from .helpers import ROOT
@@ -113,11 +114,8 @@ def test_unknown_set_key(tmp_path, capsys):
 
 
 def test_shipped_configs_resolve():
-    from deepest.cli import resolve_anneal_config
-
     for name in ("lorenz96_L12.yaml", "lorenz96_L8.yaml"):
-        with open(os.path.join(ROOT, "configs", name)) as f:
-            config = resolve_anneal_config(yaml.safe_load(f))
+        config = deepest.experiments.load(os.path.join(ROOT, "configs", name)).model_dump()
         assert config["model"]["dim"] == 20
         assert config["data"]["twin"]["n_times"] == 161
         assert config["data"]["twin"]["noise"] == 0.4
@@ -128,20 +126,14 @@ def test_shipped_configs_resolve():
 
 def test_every_shipped_config_runs_under_a_subcommand():
     # configs/ holds what `deepest anneal`, `deepest pamc` or `deepest train` runs; a notebook's own
-    # settings live beside it in notebooks/.
-    from deepest.cli import resolve_anneal_config, resolve_pamc_config, resolve_train_config
-
+    # settings live beside it in notebooks/ (tests/test_config.py builds every one).
     names = sorted(os.listdir(os.path.join(ROOT, "configs")))
     assert len(names) >= 5
+    kinds = {"train": 0, "pamc": 0, "anneal": 0}
     for name in names:
-        with open(os.path.join(ROOT, "configs", name)) as f:
-            config = yaml.safe_load(f)
-        if "experiment" in config:
-            resolve_train_config(config)
-        elif "pamc" in config:
-            resolve_pamc_config(config)
-        else:
-            resolve_anneal_config(config)
+        config = deepest.experiments.load(os.path.join(ROOT, "configs", name))
+        kinds[deepest.experiments.kind_of(config.model_dump())] += 1
+    assert all(kinds.values()), kinds
 
 
 def test_anneal_with_laplace_and_pamc_commands(tmp_path, capsys):
@@ -152,9 +144,9 @@ def test_anneal_with_laplace_and_pamc_commands(tmp_path, capsys):
     summary = (out / "summary.txt").read_text()
     assert "Laplace at the final β" in summary and "truth inside ±2σ, unobserved" in summary
     assert "forcing: " in summary and "(1σ)" in summary
-    with np.load(out / "laplace.npz") as f:
-        assert f["paths_std"].shape == (4, 21, 8) and f["positive_definite"].all()
-        assert np.all(f["params_std.forcing"] > 0)
+    lap = deepest.LaplaceResult.load(out)
+    assert lap.paths_std.shape == (4, 21, 8) and lap.positive_definite.all()
+    assert np.all(lap.params_std["forcing"] > 0)
 
     # HMC with few leapfrog steps: the smallest program that runs the whole command
     section = {"n_chains": 4, "n_samples": 8, "n_warmup": 8, "kernel": "hmc"}
@@ -166,9 +158,9 @@ def test_anneal_with_laplace_and_pamc_commands(tmp_path, capsys):
         assert (out / name).exists(), name
     summary = (out / "summary.txt").read_text()
     assert "precision annealing Monte Carlo: 4 chains (hmc)" in summary and "⟨A₀⟩ per β" in summary
-    with np.load(out / "pamc.npz") as f:
-        assert f["betas"].tolist() == [10, 11] and f["action0_mean"].shape == (2,)
-        assert f["samples/11/path"].shape == (4, 8, 21, 8)
+    mc = deepest.PAMCResult.load(out)
+    assert mc.betas.tolist() == [10, 11] and mc.action0_mean.shape == (2,)
+    assert mc.samples[11]["path"].shape == (4, 8, 21, 8)
     assert "expected_action.png" in capsys.readouterr().out
 
 

@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 import deepest
-from deepest.cli import TRAIN_DEFAULTS, main, resolve_train_config, rf_scale
+from deepest.cli import main
+from deepest.experiments import TRAIN_EXPERIMENTS, resolve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +47,7 @@ def test_train_twin_writes_results(tmp_path, capsys):
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["backprop"]["learning_rate"] == 0.02
     assert resolved["problem"]["rm"] == pytest.approx(1 / 0.005**2)
-    assert set(resolved) == set(TRAIN_DEFAULTS["twin_network"])
+    assert set(resolved) == set(TRAIN_EXPERIMENTS["twin_network"].model_fields)
     summary = (out / "summary.txt").read_text()
     assert "annealing" in summary and "backprop" in summary and "test MSE" in summary
     result = deepest.load_result(out)
@@ -89,30 +90,26 @@ def test_shipped_configs_resolve():
     for name in ("twin_network", "bar_images", "depth_resolution"):
         with open(os.path.join(ROOT, "configs", f"{name}.yaml")) as f:
             raw = yaml.safe_load(f)
-        config = resolve_train_config(raw)
-        assert config["experiment"] == name
+        config = resolve(raw)
+        assert config.experiment == name
         # Every hyperparameter is in the file: resolving adds nothing.
-        assert config == raw
+        assert config.model_dump() == raw
 
 
 def test_rf_scale():
-    config = resolve_train_config(
-        {"experiment": "depth_resolution", "data": {"dim": 3, "horizon": 2.0}}
-    )
+    config = resolve({"experiment": "depth_resolution", "data": {"dim": 3, "horizon": 2.0}})
     # D·T/(2h²) with h = T/L = 0.2.
-    assert rf_scale(config, 10) == pytest.approx(3 * 2.0 / (2 * 0.04))
+    assert config.rf_scale(10) == pytest.approx(3 * 2.0 / (2 * 0.04))
 
 
 def test_bad_values():
     with pytest.raises(ValueError, match="activation"):
-        resolve_train_config({"experiment": "bar_images", "network": {"activation": "swish"}})
+        resolve({"experiment": "bar_images", "network": {"activation": "swish"}})
     with pytest.raises(ValueError, match="n_train"):
-        resolve_train_config({"experiment": "bar_images", "data": {"n_train": 0}})
+        resolve({"experiment": "bar_images", "data": {"n_train": 0}})
     with pytest.raises(ValueError, match="experiment"):
-        resolve_train_config({})
+        resolve({}, kind="train")
     with pytest.raises(ValueError, match="minimiser"):
-        resolve_train_config(
-            {"experiment": "bar_images", "anneal": {"minimiser": "levenberg_marquardt"}}
-        )
+        resolve({"experiment": "bar_images", "anneal": {"minimiser": "levenberg_marquardt"}})
     with pytest.raises(ValueError, match="history_length"):
-        resolve_train_config({"experiment": "bar_images", "anneal": {"history_length": 0}})
+        resolve({"experiment": "bar_images", "anneal": {"history_length": 0}})

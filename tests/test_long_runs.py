@@ -20,7 +20,12 @@ from deepest.cli import main
 
 from .helpers import small_problem
 
-_ARRAYS = ("action", "measurement_error", "model_error", "stop_reason", "iterations")
+_ARRAYS = ("action", "measurement_error", "model_error", "converged_by", "iterations")
+
+
+def _same(a, b) -> bool:
+    """Equal arrays, NaN equal to NaN (where the dtype has NaN: `converged_by` is text)."""
+    return np.array_equal(a, b, equal_nan=np.issubdtype(np.asarray(a).dtype, np.inexact))
 
 
 class _InterruptAfter(deepest.AbstractProgressMeter):
@@ -62,10 +67,11 @@ def test_interrupt_gives_a_partial_result_and_resume_is_bit_identical(run, tmp_p
         )
     assert part.partial and not full.partial
     # Every finished (β, path) equals the uninterrupted run's; the rest is marked.
-    done = part.stop_reason != deepest.StopReason.not_reached
+    done = np.asarray(part.result != deepest.RESULTS.not_reached)
     assert 20 <= done.sum() < done.size
     for name in _ARRAYS:
         assert np.array_equal(getattr(part, name)[done], getattr(full, name)[done]), name
+    assert np.asarray(part.result == full.result)[done].all()
     assert np.all(np.isnan(part.action[~done]))
     # The unknowns of a partial result are each path's minimum at its last finished β.
     last = done.sum(axis=0) - 1
@@ -79,7 +85,8 @@ def test_interrupt_gives_a_partial_result_and_resume_is_bit_identical(run, tmp_p
     resumed = deepest.anneal(problem, schedule, 6, jr.key(1), progress=False, resume=tmp_path)
     assert not resumed.partial
     for name in _ARRAYS:
-        assert np.array_equal(getattr(resumed, name), getattr(full, name), equal_nan=True), name
+        assert _same(getattr(resumed, name), getattr(full, name)), name
+    assert np.asarray(resumed.result == full.result).all()
     assert np.array_equal(resumed.paths, full.paths)
     assert np.array_equal(resumed.params["forcing"], full.params["forcing"])
 
@@ -190,7 +197,7 @@ def test_killed_run_resumes_bit_identically(uninterrupted, tmp_path, capsys, n_w
     got = _arrays(out)
     assert got.keys() == expected.keys()
     for key in expected:
-        assert np.array_equal(got[key], expected[key], equal_nan=True), key
+        assert _same(got[key], expected[key]), key
     assert not os.path.exists(out + ".incomplete")
     assert not os.path.exists(os.path.join(out, deepest.annealing.CHECKPOINT))
 
@@ -211,7 +218,7 @@ def test_sigint_stops_at_once_with_a_partial_result(uninterrupted, tmp_path):
     assert result.partial
     assert (tmp_path / "run" / "summary.txt").read_text().startswith("PARTIAL RESULT")
     assert f"--resume {out}" in err
-    done = result.stop_reason != deepest.StopReason.not_reached
+    done = np.asarray(result.result != deepest.RESULTS.not_reached)
     assert 0 < done.sum() < done.size
     assert np.array_equal(result.action[done], expected["action"][done])
     # The partial folder resumes to the complete result, replacing itself.
@@ -337,7 +344,8 @@ def test_sweep_runs_one_program_per_shape_and_equals_separate_runs():
     for p, s, r in zip(problems, schedules, results, strict=True):
         alone = deepest.anneal(p, s, 3, jr.key(4), progress=False)
         np.testing.assert_allclose(r.action, alone.action, rtol=1e-8)
-        np.testing.assert_array_equal(r.stop_reason, alone.stop_reason)
+        assert np.asarray(r.result == alone.result).all()
+        np.testing.assert_array_equal(r.converged_by, alone.converged_by)
     with pytest.raises(ValueError, match="one schedule and one key per point"):
         deepest.sweep(problems, schedules[:2], 3, jr.key(4))
     with pytest.raises(ValueError, match="empty"):
@@ -356,7 +364,7 @@ SWEEP_BASE = {
 def test_sweep_index_rows_equal_the_separate_runs(tmp_path):
     import csv
 
-    from deepest.cli import build_anneal, resolve_anneal_config
+    from deepest.experiments import resolve
 
     grid = {"anneal.rf0": [1e-3, 1e-2], "data.twin.seed": [0, 1]}
     path = _write(tmp_path, {"base": SWEEP_BASE, "grid": grid}, "sweep.yaml")
@@ -369,7 +377,7 @@ def test_sweep_index_rows_equal_the_separate_runs(tmp_path):
         config = yaml.safe_load((out / row["point"] / "config.yaml").read_text())
         assert config["anneal"]["rf0"] == float(row["anneal.rf0"])
         assert config["data"]["twin"]["seed"] == int(row["data.twin.seed"])
-        problem, schedule, data, _ = build_anneal(resolve_anneal_config(config))
+        problem, schedule, data, _ = resolve(config, kind="anneal").build()
         alone = deepest.anneal(problem, schedule, 3, jr.key(1), progress=False)
         best = alone.best
         assert float(row["best_action"]) == pytest.approx(alone.action[-1, best], rel=1e-8)
@@ -421,7 +429,7 @@ def test_killed_sweep_resumes_bit_identically(tmp_path):
         expected, got = _arrays(os.path.join(full, point)), _arrays(os.path.join(out, point))
         assert got.keys() == expected.keys()
         for key in expected:
-            assert np.array_equal(got[key], expected[key], equal_nan=True), (point, key)
+            assert _same(got[key], expected[key]), (point, key)
     assert not os.path.exists(os.path.join(out, "checkpoints"))
 
 
@@ -451,7 +459,8 @@ def test_two_processes_equal_one(tmp_path):
     a, b = deepest.load_result(one), deepest.load_result(two)
     assert b.stats["n_devices"] == 2 and a.stats["n_devices"] == 1
     np.testing.assert_allclose(b.action, a.action, rtol=1e-8)
-    np.testing.assert_array_equal(b.stop_reason, a.stop_reason)
+    assert np.asarray(b.result == a.result).all()
+    np.testing.assert_array_equal(b.converged_by, a.converged_by)
     assert not os.path.exists(two + ".incomplete")
 
 

@@ -343,6 +343,78 @@ def test_preconditioner_needs_a_banded_problem():
         TridiagonalPreconditioner.build(training, training.init(jr.key(0)), 1.0, jnp.ones(2))
 
 
+class _Unbanded(deepest.AbstractProblem):
+    """A banded problem that says it has no banded structure: minimisers ask the problem's
+    protocol (`banded_shape`), not its class."""
+
+    inner: deepest.Assimilation
+
+    def init(self, key):
+        return self.inner.init(key)
+
+    def action(self, unknowns, rf):
+        return self.inner.action(unknowns, rf)
+
+    def measurement_error(self, unknowns):
+        return self.inner.measurement_error(unknowns)
+
+    def model_error(self, unknowns):
+        return self.inner.model_error(unknowns)
+
+
+def test_minimisers_ask_the_problem_for_its_banded_structure():
+    banded = _problem("trapezoid", 1, False)
+    plain = _Unbanded(banded)
+    assert banded.banded_shape == banded.to_banded(banded.init(jr.key(0)))[0].shape + (1,)
+    assert plain.banded_shape is None
+    lm = deepest.LevenbergMarquardt()
+    lm.check(banded)
+    with pytest.raises(ValueError, match="banded residuals"):
+        lm.check(plain)
+    # L-BFGS preconditions (the banded layout) only where the problem offers the structure.
+    lbfgs = deepest.LBFGS()
+    y0 = jnp.stack([lbfgs.flatten(banded, banded.init(jr.key(0)))])
+    factors = jnp.ones(2)
+    shared = lbfgs.prepare(banded, y0, jnp.ones(2), factors)
+    assert shared.preconditioner is not None
+    y0 = jnp.stack([lbfgs.flatten(plain, plain.init(jr.key(0)))])
+    assert lbfgs.prepare(plain, y0, jnp.ones(2), factors).preconditioner is None
+
+
+def test_give_up_limits_are_fields():
+    assert deepest.LBFGS().max_trials == 20
+    assert deepest.LevenbergMarquardt().max_rejections == 30
+    for make, name in (
+        (lambda v: deepest.LBFGS(max_trials=v), "max_trials"),
+        (lambda v: deepest.LevenbergMarquardt(max_rejections=v), "max_rejections"),
+    ):
+        for bad in (0, 1.5):
+            with pytest.raises(ValueError, match=name):
+                make(bad)
+    # A line search allowed one trial gives up at once where a default one goes on.
+    problem = _problem("trapezoid", 1, False)
+    schedule = deepest.AnnealSchedule(1e-2, 2.0, 2)
+    runs = {
+        trials: deepest.anneal(
+            problem,
+            schedule,
+            2,
+            jr.key(0),
+            progress=False,
+            minimiser=deepest.LBFGS(max_trials=trials),
+        )
+        for trials in (1, 20)
+    }
+    assert runs[1].iterations.sum() < runs[20].iterations.sum()
+
+
+def test_the_optax_lbfgs_switch_is_gone_with_a_pointer():
+    with pytest.raises(ValueError, match="optax_lbfgs.py"):
+        deepest.LBFGS(compact=False)
+    with pytest.warns(DeprecationWarning, match="compact"):
+        assert deepest.LBFGS(compact=True) == deepest.LBFGS()
+
+
 def test_block_tridiagonal_solve_is_exact_under_vmap(getkey):
     # several lanes at once, blocks larger than the eliminations' unrolling is trivial for
 

@@ -423,7 +423,7 @@ def test_collocation_refines_until_the_tolerance_is_met(name, scipy_solutions):
     solve = eqx.filter_jit(deepest.solve_tpbvp)
     # The uniform 5-node mesh does not meet the tolerance (no room to refine: flagged) …
     coarse = solve(problem, deepest.Collocation(5, tol=1e-6, max_nodes=5), throw=False)
-    assert coarse.result == deepest.TPBVPResults.max_nodes_reached
+    assert coarse.result == deepest.RESULTS.max_nodes_reached
     assert int(coarse.n_nodes) == 5
     # … the refined mesh does, with a mesh of the size scipy's solve_bvp chooses for the same
     # rms residual (the same estimate and splitting rule), and agrees with scipy at 1e-10.
@@ -518,6 +518,6 @@ def test_nonconvergence_is_flagged_or_raised():
     solve = eqx.filter_jit(deepest.solve_tpbvp)
     sol = solve(problem, method, throw=False)
     assert not bool(sol.converged)
-    assert sol.result == deepest.TPBVPResults.nonlinear_max_steps_reached
+    assert sol.result == deepest.RESULTS.nonlinear_max_steps_reached
     with pytest.raises(RuntimeError, match="did not converge"):
         solve(problem, method, throw=True)

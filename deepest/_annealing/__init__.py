@@ -34,6 +34,8 @@ from ._plot import plot_action_levels as plot_action_levels, plot_estimates as p
 from ._problem import (
     AbstractBandedProblem as AbstractBandedProblem,
     AbstractProblem as AbstractProblem,
+    Block as Block,
+    unnormalised_scale as unnormalised_scale,
 )
 from ._progress import (
     AbstractProgressMeter as AbstractProgressMeter,
@@ -43,8 +45,17 @@ from ._progress import (
 from ._schedule import AnnealSchedule as AnnealSchedule
 from ._solution import (
     AnnealResult as AnnealResult,
-    StopReason as StopReason,
+    StopCode as StopCode,
+    SweepResult as SweepResult,
     load_result as load_result,
     save_result as save_result,
 )
 from ._sweep import sweep as sweep
+
+
+def __getattr__(name):
+    if name == "StopReason":  # deprecated, with its warning
+        from . import _solution
+
+        return _solution.StopReason
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,16 +1,16 @@
 """Checkpoints of the annealing loop: its exact state, written atomically, and resumed.
 
-A checkpoint is one `.npz` file: every array of the loop's
-[`deepest.annealing.LoopState`][] (the lanes' points, solver memories, β indices, step
-counts and records, the loop's counters) and a JSON header with the package version, the
-time run so far and the fingerprints of what the run was started with (problem arrays,
-initial paths, schedule, settings, lane layout). A resume recomputes the fingerprints and
-refuses a checkpoint whose fingerprints differ, naming what differs; the loop then goes on
-from the saved state with the same compiled program, so it ends bit for bit where the
-uninterrupted run ends.
+A checkpoint is one file, `checkpoint.eqx`: a line of JSON (the header: the package
+version, the time run so far and the fingerprints of what the run was started with:
+problem arrays, initial paths, schedule, settings, lane layout), then every array of the
+loop's [`deepest.annealing.LoopState`][] (the lanes' points, solver memories, β indices,
+step counts and records, the loop's counters) by `equinox.tree_serialise_leaves`. A resume
+recomputes the fingerprints and refuses a checkpoint whose fingerprints differ, naming
+what differs; the loop then goes on from the saved state with the same compiled program,
+so it ends bit for bit where the uninterrupted run ends.
 
-Writes are atomic: the file is written beside its final name, flushed to disk, and renamed
-over it, so a kill at any moment leaves the previous checkpoint or the new one, whole.
+Writes go through the package's one atomic writer (`deepest._io.write_atomic`), so a kill
+at any moment leaves the previous checkpoint or the new one, whole.
 """
 
 import hashlib
@@ -23,7 +23,9 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
-CHECKPOINT = "checkpoint.npz"
+from .._io import write_atomic
+
+CHECKPOINT = "checkpoint.eqx"
 
 
 def package_version() -> str:
@@ -67,36 +69,17 @@ def fingerprints(problem, y0, rf_table, factors, config, n_paths: int, n_devices
     }
 
 
-def write_atomic(path: str, write) -> None:
-    """Call `write(file)` on a temporary file beside `path`, flush it to disk and rename it
-    to `path`: a kill leaves the old file or the new one, never a part."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    try:  # make the rename itself durable
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. a platform without directory handles
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(directory: str, state, meta: dict) -> str:
-    """Write the loop `state` and `meta` to `directory/checkpoint.npz`, atomically."""
+    """Write the loop `state` and `meta` to `directory/checkpoint.eqx`, atomically."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, CHECKPOINT)
-    arrays = {f"state/{i}": np.asarray(a) for i, a in enumerate(jtu.tree_leaves(state))}
-    arrays["meta"] = np.asarray(json.dumps({"version": package_version(), **meta}))
-    write_atomic(path, lambda f: np.savez(f, **arrays))
+    header = json.dumps({"version": package_version(), **meta}).encode() + b"\n"
+
+    def write(f):
+        f.write(header)
+        eqx.tree_serialise_leaves(f, state)
+
+    write_atomic(path, write)
     return path
 
 
@@ -110,12 +93,38 @@ def load_checkpoint(directory: str, template, expected: dict, put=None):
     path = os.path.join(os.fspath(directory), CHECKPOINT)
     if not os.path.isfile(path):
         raise ValueError(f"{directory} holds no checkpoint ({CHECKPOINT}): nothing to resume.")
-    try:
-        with np.load(path) as f:
-            arrays = dict(f)
-        meta = json.loads(str(arrays.pop("meta")))
-    except Exception as e:  # a file that is not a checkpoint: say so, in one line
-        raise ValueError(f"{path} is not a readable checkpoint: {e}") from None
+    with open(path, "rb") as f:
+        try:
+            meta = json.loads(f.readline())
+        except Exception as e:  # a file that is not a checkpoint: say so, in one line
+            raise ValueError(f"{path} is not a readable checkpoint: {e}") from None
+        _check_fingerprints(directory, meta, expected)
+        leaves = jtu.tree_leaves(template)
+        count = iter(range(len(leaves)))
+
+        def read(f, leaf):
+            i = next(count)
+            try:
+                a = np.load(f)
+            except Exception:
+                raise ValueError(
+                    f"{path} holds {i} arrays; this run's loop has {len(leaves)}."
+                ) from None
+            if a.shape != leaf.shape or a.dtype != leaf.dtype:
+                raise ValueError(
+                    f"{path}: array {i} has shape {a.shape} and dtype {a.dtype}; this run's "
+                    f"loop needs {leaf.shape} and {leaf.dtype}."
+                )
+            return (put or jax.device_put)(a, getattr(leaf, "sharding", None))
+
+        state = eqx.tree_deserialise_leaves(f, template, filter_spec=read)
+        if f.read(1):
+            raise ValueError(f"{path} holds more arrays than this run's loop ({len(leaves)}).")
+    return state, meta
+
+
+def _check_fingerprints(directory, meta: dict, expected: dict) -> None:
+    """Refuse a checkpoint of another run, naming what differs."""
     differ = []
     if meta.get("version") != package_version():
         differ.append(f"version ({meta.get('version')} there, {package_version()} here)")
@@ -137,16 +146,3 @@ def load_checkpoint(directory: str, template, expected: dict, put=None):
             + "; ".join(differ)
             + "."
         )
-    leaves, treedef = jtu.tree_flatten(template)
-    if len(arrays) != len(leaves):
-        raise ValueError(f"{path} holds {len(arrays)} arrays; this run's loop has {len(leaves)}.")
-    restored = []
-    for i, leaf in enumerate(leaves):
-        a = arrays[f"state/{i}"]
-        if a.shape != leaf.shape or a.dtype != leaf.dtype:
-            raise ValueError(
-                f"{path}: array {i} has shape {a.shape} and dtype {a.dtype}; this run's loop "
-                f"needs {leaf.shape} and {leaf.dtype}."
-            )
-        restored.append((put or jax.device_put)(a, getattr(leaf, "sharding", None)))
-    return jtu.tree_unflatten(treedef, restored), meta

@@ -9,8 +9,11 @@ rule, the lane records its action levels, moves to the next β (R_f ← α R_f) 
 minimum and resets its solver, while the other lanes carry on. So the loop runs for the
 largest *total* number of steps of any path, not the sum over β of the slowest path at
 each β: a path that is slow at one β is fast at another, and no lane waits for the batch
-to finish a β. A lane that turns non-finite leaves at once. With several devices the lanes
-are split between them by `jax.shard_map`, and each device runs its own loop.
+to finish a β. A lane that turns non-finite leaves at once. The loop body is written once,
+for one problem's lanes (`_problem_lanes`); a sweep's settings (problems of one structure
+and shapes) are a `jax.vmap` of it, every lane of every setting stepping at the same loop
+step. With several devices the lanes (or settings) are split between them by
+`jax.shard_map`, and each device runs its own loop.
 """
 
 from collections.abc import Sequence
@@ -24,7 +27,7 @@ from jaxtyping import Array, Float, Int, PyTree
 from ._minimiser import AbstractMinimiser, StepInfo
 from ._problem import AbstractProblem
 from ._progress import AbstractProgressMeter
-from ._solution import StopReason
+from ._solution import StopCode as StopReason
 
 
 class _Lane(eqx.Module):
@@ -95,18 +98,16 @@ class LoopState(eqx.Module):
     lane_steps: Int[Array, " n_devices"]
 
 
-def _lane_functions(problem, y0, rf_table, factors, config: LoopConfig, shared=None):
-    """`init_lane(y)` and `step_lane(lane, loop_step)` of one device's lanes (`shared`:
-    the minimiser's `prepare`, computed here if not given)."""
+def _lane_functions(problem, rf_table, config: LoopConfig, shared):
+    """`init_lane(y)` and `step_lane(lane, loop_step)` of one problem's lanes (`shared`:
+    the minimiser's `prepare`)."""
     minimiser = config.minimiser
-    dtype = y0.dtype
     n_beta = config.n_beta
     save_betas = jnp.asarray(config.save_betas or (-1,), dtype=jnp.int32)
     betas = jnp.arange(n_beta, dtype=jnp.int32)
-    if shared is None:
-        shared = minimiser.prepare(problem, y0, rf_table, factors)
 
     def init_lane(y):
+        dtype = y.dtype
         nan = jnp.full((n_beta,), jnp.nan, dtype)
         return _Lane(
             y=y,
@@ -168,95 +169,92 @@ def _lane_functions(problem, y0, rf_table, factors, config: LoopConfig, shared=N
     return init_lane, step_lane
 
 
-def _init_lanes(problem, y0, rf_table, factors, config: LoopConfig) -> LoopState:
-    init_lane, _ = _lane_functions(problem, y0, rf_table, factors, config)
-    # A solver state may hold non-arrays (e.g. a jaxpr): only the arrays are carried
-    # through the loop (and saved); the rest is rebuilt from the problem each time.
-    lanes = eqx.filter(eqx.filter_vmap(init_lane)(y0), eqx.is_array)
-    zero = jnp.zeros((1,), jnp.int32)
-    return LoopState(lanes, zero, zero)
+def _problem_lanes(static, config: LoopConfig):
+    """The loop over the lanes of one problem, given its arrays `params` (its structure
+    `static`): `prepare` (what the lanes share), `init` (the lanes' initial states, with
+    the solver states' non-arrays) and `step`, the loop body, which steps every lane once.
+    A sweep's settings are a vmap of these (`_over_settings`)."""
 
-
-def _advance_lanes(
-    problem, y0, rf_table, factors, handle, state: LoopState, stop_at, config: LoopConfig
-) -> LoopState:
-    """Run one device's loop from `state` until every lane has finished its schedule, the
-    loop has taken `n_beta · max_steps` steps, or it has taken `stop_at` steps in all."""
-    init_lane, step_lane = _lane_functions(problem, y0, rf_table, factors, config)
-    shapes = eqx.filter_eval_shape(eqx.filter_vmap(init_lane), y0)
-    static = eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct), inverse=True)
-    n_beta = config.n_beta
-    limit = jnp.minimum(stop_at, n_beta * config.max_steps)
-
-    def cond(carry):
-        lanes, loop_steps, _ = carry
-        return jnp.any(lanes.beta < n_beta) & (loop_steps < limit)
-
-    def body(carry):
-        lanes, loop_steps, lane_steps = carry
-        lanes, done, active = eqx.filter_vmap(lambda lane: step_lane(lane, loop_steps))(
-            eqx.combine(lanes, static)
-        )
-        lanes = eqx.filter(lanes, eqx.is_array)
-        config.progress_meter.update(handle, jnp.sum(done), jnp.min(lanes.beta))
-        return lanes, loop_steps + 1, lane_steps + jnp.sum(active, dtype=jnp.int32)
-
-    carry = (state.lanes, state.loop_steps[0], state.lane_steps[0])
-    lanes, loop_steps, lane_steps = jax.lax.while_loop(cond, body, carry)
-    return LoopState(lanes, loop_steps[None], lane_steps[None])
-
-
-def _advance_settings(
-    params, static, y0, rf_table, factors, handle, state: LoopState, stop_at, config: LoopConfig
-) -> LoopState:
-    """As `_advance_lanes`, for problems with a leading axis of settings (`params`, `y0`,
-    `rf_table`, `factors` and the lanes): one loop whose body steps every lane of every
-    setting at the same loop step (the settings a vmap inside it, as the lanes are), so
-    that each setting's lanes step exactly as in a run of their own."""
-    minimiser = config.minimiser
+    def functions(params, rf_table, shared):
+        return _lane_functions(eqx.combine(params, static), rf_table, config, shared)
 
     def prepare(params, y0, rf_table, factors):
-        return minimiser.prepare(eqx.combine(params, static), y0, rf_table, factors)
+        return config.minimiser.prepare(eqx.combine(params, static), y0, rf_table, factors)
 
-    shared = jax.vmap(prepare)(params, y0, rf_table, factors)
+    def init(params, y0, rf_table, shared):
+        init_lane, _ = functions(params, rf_table, shared)
+        return eqx.filter_vmap(init_lane)(y0)
 
-    def functions(params, y0, rf_table, factors, shared):
-        problem = eqx.combine(params, static)
-        return _lane_functions(problem, y0, rf_table, factors, config, shared)
-
-    def lanes_of_one():
-        one = jax.tree.map(lambda a: a[0], (params, y0, rf_table, factors, shared))
-        init_lane, _ = functions(*one)
-        return eqx.filter_vmap(init_lane)(one[1])
-
-    shapes = eqx.filter_eval_shape(lanes_of_one)
-    static_lanes = eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct), inverse=True)
-    n_beta = config.n_beta
-    limit = jnp.minimum(stop_at, n_beta * config.max_steps)
-
-    def step_setting(params, y0, rf_table, factors, shared, lanes, loop_step):
-        _, step_lane = functions(params, y0, rf_table, factors, shared)
+    def step(params, rf_table, shared, lanes, loop_step, static_lanes):
+        _, step_lane = functions(params, rf_table, shared)
         lanes, done, active = eqx.filter_vmap(lambda lane: step_lane(lane, loop_step))(
             eqx.combine(lanes, static_lanes)
         )
         return eqx.filter(lanes, eqx.is_array), done, active
 
+    return prepare, init, step
+
+
+def _over_settings(fn, settings: bool, in_axes=0):
+    """`fn` vmapped over a leading axis of settings if there is one."""
+    return jax.vmap(fn, in_axes=in_axes) if settings else fn
+
+
+def _init(params, static, y0, rf_table, factors, config: LoopConfig, settings: bool):
+    """The loop state before the first step (`settings`: along a leading axis of them)."""
+    prepare, init, _ = _problem_lanes(static, config)
+
+    def arrays(params, y0, rf_table, factors):
+        # A solver state may hold non-arrays (e.g. a jaxpr): only the arrays are carried
+        # through the loop (and saved); the rest is rebuilt from the problem each time.
+        shared = prepare(params, y0, rf_table, factors)
+        return eqx.filter(init(params, y0, rf_table, shared), eqx.is_array)
+
+    lanes = _over_settings(arrays, settings)(params, y0, rf_table, factors)
+    zero = jnp.zeros(y0.shape[:-2] + (1,), jnp.int32)
+    return LoopState(lanes, zero, zero)
+
+
+def _advance(
+    params, static, y0, rf_table, factors, handle, state, stop_at, config: LoopConfig, settings
+) -> LoopState:
+    """Run the loop from `state` until every lane has finished its schedule, the loop has
+    taken `n_beta · max_steps` steps, or it has taken `stop_at` steps in all.
+
+    With `settings` (a leading axis of them on `params`, `y0`, `rf_table`, `factors` and
+    the lanes) the body is the vmap of one problem's body: every lane of every setting
+    steps at the same loop step, so that each setting's lanes step exactly as in a run of
+    their own."""
+    prepare, init, step = _problem_lanes(static, config)
+    shared = _over_settings(prepare, settings)(params, y0, rf_table, factors)
+    one = (params, y0, rf_table, shared)
+    if settings:
+        one = jax.tree.map(lambda a: a[0], one)
+    shapes = eqx.filter_eval_shape(init, *one)
+    static_lanes = eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct), inverse=True)
+
+    def step_lanes(params, rf_table, shared, lanes, loop_step):
+        return step(params, rf_table, shared, lanes, loop_step, static_lanes)
+
+    step_lanes = _over_settings(step_lanes, settings, in_axes=(0, 0, 0, 0, None))
+    n_beta = config.n_beta
+    limit = jnp.minimum(stop_at, n_beta * config.max_steps)
+
     def cond(carry):
         lanes, loop_steps, _ = carry
         return jnp.any(lanes.beta < n_beta) & (loop_steps < limit)
 
     def body(carry):
         lanes, loop_steps, lane_steps = carry
-        step = jax.vmap(step_setting, in_axes=(0, 0, 0, 0, 0, 0, None))
-        lanes, done, active = step(params, y0, rf_table, factors, shared, lanes, loop_steps)
+        lanes, done, active = step_lanes(params, rf_table, shared, lanes, loop_steps)
         config.progress_meter.update(handle, jnp.sum(done), jnp.min(lanes.beta))
-        return lanes, loop_steps + 1, lane_steps + jnp.sum(active, axis=1, dtype=jnp.int32)
+        return lanes, loop_steps + 1, lane_steps + jnp.sum(active, axis=-1, dtype=jnp.int32)
 
-    # Every setting's counter is the same: the loop's.
-    carry = (state.lanes, state.loop_steps[0, 0], state.lane_steps[:, 0])
+    # One loop counter for every setting; the lane counts are each setting's.
+    carry = (state.lanes, state.loop_steps.reshape(-1)[0], state.lane_steps[..., 0])
     lanes, loop_steps, lane_steps = jax.lax.while_loop(cond, body, carry)
     loop_steps = jnp.broadcast_to(loop_steps, lane_steps.shape)
-    return LoopState(lanes, loop_steps[:, None], lane_steps[:, None])
+    return LoopState(lanes, loop_steps[..., None], lane_steps[..., None])
 
 
 def loop_finished(state: LoopState, config: LoopConfig) -> bool:
@@ -322,7 +320,8 @@ def anneal_lanes(
     One program per problem structure, shapes and `config` (a filter-jitted function, so
     repeated runs of the same shapes reuse it; `eqx.debug.get_num_traces(anneal_lanes)`
     counts its traces). The lanes are split over `devices` by `jax.shard_map` when there
-    are several (`y0`'s length must then be a multiple of their number).
+    are several (`y0`'s length must then be a multiple of their number). The same loop
+    body as [`deepest.annealing.advance_loop`][]'s, in one chunk.
 
     **Returns:** `(records, loop_steps, lane_steps)`: the lanes' final points, action
     levels, errors, stop reasons, iterations and saved points, and the loop's step
@@ -331,10 +330,10 @@ def anneal_lanes(
     params, static = eqx.partition(problem, eqx.is_array)
 
     def run(params, y0, rf_table, factors, handle):
-        problem = eqx.combine(params, static)
-        state = _init_lanes(problem, y0, rf_table, factors, config)
+        state = _init(params, static, y0, rf_table, factors, config, False)
         limit = jnp.asarray(config.n_beta * config.max_steps, jnp.int32)
-        state = _advance_lanes(problem, y0, rf_table, factors, handle, state, limit, config)
+        args = (params, static, y0, rf_table, factors, handle, state, limit, config, False)
+        state = _advance(*args)
         return loop_records(state), state.loop_steps, state.lane_steps
 
     split = (False, True, False, False, False)
@@ -362,12 +361,10 @@ def init_loop(
     params, static = eqx.partition(problem, eqx.is_array)
 
     def run(params, y0, rf_table, factors):
-        problem = eqx.combine(params, static)
-        return _init_lanes(problem, y0, rf_table, factors, config)
+        return _init(params, static, y0, rf_table, factors, config, settings)
 
-    if settings:  # every argument along the settings, split over the devices
-        return _on_devices(jax.vmap(run), devices, (True,) * 4)(params, y0, rf_table, factors)
-    split = (False, True, False, False)
+    # Split over the devices: every argument along the settings, or the lanes.
+    split = (True,) * 4 if settings else (False, True, False, False)
     return _on_devices(run, devices, split)(params, y0, rf_table, factors)
 
 
@@ -389,16 +386,16 @@ def advance_loop(
     steps (one chunk), then return to the host; the loop is the same whichever chunks it
     is cut into, so a run cut into chunks (and stopped, saved and resumed between them)
     ends bit for bit where a run in one chunk does. `stop_at` is traced: one program for
-    every chunk. `settings` as for [`deepest.annealing.init_loop`][]."""
+    every chunk. `settings` as for [`deepest.annealing.init_loop`][]: the loop body is
+    then the vmap over the settings of one problem's body."""
     params, static = eqx.partition(problem, eqx.is_array)
 
     def run(params, y0, state, rf_table, factors, handle, stop_at):
-        if settings:  # every argument along the settings but the handle and stop_at
-            args = (params, static, y0, rf_table, factors, handle, state, stop_at, config)
-            return _advance_settings(*args)
-        problem = eqx.combine(params, static)
-        return _advance_lanes(problem, y0, rf_table, factors, handle, state, stop_at, config)
+        args = (params, static, y0, rf_table, factors, handle, state, stop_at, config, settings)
+        return _advance(*args)
 
+    # Split over the devices: every argument but the handle and stop_at along the
+    # settings, or the lanes and their state.
     split = (True,) * 5 + (False, False) if settings else (False, True, True) + (False,) * 4
     run = _on_devices(run, devices, split)
     return run(params, y0, state, rf_table, factors, handle, stop_at)

@@ -9,7 +9,7 @@ def plot_action_levels(result, ax=None, *, x="beta", expected: float | None = No
     One line per path; the path with the lowest final action is drawn thicker; the action
     level of a path consistent with the data (`result.expected_action`, or `expected`) is
     marked by a dashed line. Levels whose minimisation did not converge (stalled, or out
-    of steps: `result.stop_reason`) are marked by hollow circles: they may not be minima.
+    of steps: `result.result`) are marked by hollow circles: they may not be minima.
 
     **Arguments:**
 

@@ -1,10 +1,74 @@
 """The problem protocol shared by everything the annealer solves, and its banded form."""
 
 import abc
+import functools
+import operator
+from collections.abc import Callable
+from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
+
+
+class Block(eqx.Module):
+    r"""One block of an action: squared residuals, their weight, and their count.
+
+    A problem's action is the sum over its blocks of
+
+    $$\frac{w}{n} \sum_i r_i^2$$
+
+    with r = `residuals(unknowns)` (an array, or a tuple of arrays that share the block's
+    weight and count), n = `count` the number of squared residuals the block averages over
+    (varanneal's per-term normalisation), and w its weight: `weight` (R_m for a
+    measurement block, broadcasting against each residual array) times, for a `"model"`
+    block, the annealed model weight R_f of the call. A new term of the action (a
+    background term, a prior on θ, a driving input's residual) is one more block.
+
+    **Arguments:**
+
+    - `residuals`: `unknowns -> r`, what is squared.
+    - `count`: n, what the block averages over.
+    - `weight`: the fixed weight (R_m, scalar or broadcasting against r; default 1).
+    - `term`: `"measurement"` (summed by `measurement_error`) or `"model"` (weighted by
+      R_f too, summed by `model_error`).
+    - `layout`: for a banded problem, where the rows of r sit in the banded layout: `"node"`
+      (row i depends on one time only, of shape (rows, q)) or `"interval"` (row n on times
+      n and n + 1, of shape (N − 1, k)).
+    - `stride`: node row i of r lies at banded row `i·stride` (rows between are zero).
+    """
+
+    residuals: Callable[[PyTree[Array]], Array | tuple[Array, ...]]
+    count: ArrayLike
+    weight: ArrayLike = 1.0
+    term: Literal["measurement", "model"] = eqx.field(static=True, default="measurement")
+    layout: Literal["node", "interval"] | None = eqx.field(static=True, default=None)
+    stride: int = eqx.field(static=True, default=1)
+
+    def __check_init__(self):
+        if self.term not in ("measurement", "model"):
+            raise ValueError(f"A block's `term` is 'measurement' or 'model'; got {self.term!r}.")
+        if self.layout not in (None, "node", "interval"):
+            raise ValueError(f"A block's `layout` is 'node' or 'interval'; got {self.layout!r}.")
+
+    def scale(self, rf: ArrayLike) -> ArrayLike:
+        """w/n: the factor of Σ r² in the action at model weight `rf` (the one place where
+        a count divides)."""
+        weight = self.weight * rf if self.term == "model" else self.weight
+        return weight / self.count
+
+    def arrays(self, unknowns: PyTree[Array]) -> tuple[Array, ...]:
+        """The residual arrays of `unknowns`, as a tuple."""
+        r = self.residuals(unknowns)
+        return tuple(r) if isinstance(r, (tuple, list)) else (r,)
+
+
+def unnormalised_scale(count: ArrayLike) -> ArrayLike:
+    """count/2: the ratio of a block's Gaussian negative log-likelihood (w/2)·Σ r² to its
+    term (w/count)·Σ r² in the normalised action, so that A₀ = (n_m/2)·A (see
+    [`deepest.AbstractProblem.unnormalised_action`][]). The one place this factor is
+    written; [`deepest.discrete_weights`][] uses it too."""
+    return count / 2
 
 
 class AbstractProblem(eqx.Module):
@@ -14,14 +78,21 @@ class AbstractProblem(eqx.Module):
     assimilation [`deepest.Assimilation`][] and the network training `deepest.Training`.
     The unknowns `X` are a pytree of arrays (the path, and the estimated parameters).
 
-    Subclasses provide:
+    Subclasses provide `init(key)` (a random initial guess of the unknowns, one path) and
+    declare their action once, as `residual_blocks()`: a tuple of
+    `deepest.annealing.Block` (what is squared, its weight R_m or R_f, what it averages
+    over). From it the protocol derives
 
-    - `init(key)`: a random initial guess of the unknowns (one path).
     - `action(unknowns, rf)`: the action at model weight `rf` (a scalar, or an array that
-      broadcasts against the model residuals, for per-component weights).
-    - `measurement_error(unknowns)`: the R_m-weighted measurement term of the action.
-    - `model_error(unknowns)`: the model term with unit weight, so that
-      `action(u, rf) == measurement_error(u) + rf * model_error(u)` for scalar `rf`.
+      broadcasts against the model residuals, for per-component weights), the sum of every
+      block's (w/n)·Σ r²;
+    - `measurement_error(unknowns)`: the sum of the `"measurement"` blocks;
+    - `model_error(unknowns)`: the `"model"` blocks with unit weight, so that
+      `action(u, rf) == measurement_error(u) + rf * model_error(u)` for scalar `rf`;
+    - `action_counts` (n_m, n_f) and `unnormalised_action` A₀ = (n_m/2)·A.
+
+    A problem whose action is not a sum of squares may instead override `action`,
+    `measurement_error` and `model_error` themselves (then it has no `action_counts`).
 
     Problems may override `views(unknowns)` to expose named views (e.g. `paths`) of a batch
     of unknowns, `expected_action` for the level a consistent path reaches, and the
@@ -34,30 +105,70 @@ class AbstractProblem(eqx.Module):
     def init(self, key: PRNGKeyArray) -> PyTree[Array]:
         """A random initial guess of the unknowns for one path."""
 
-    @abc.abstractmethod
+    def residual_blocks(self) -> tuple[Block, ...]:
+        """The blocks of squared residuals whose sum is the action (see
+        `deepest.annealing.Block`). The default raises `NotImplementedError`: a problem
+        either declares its blocks or overrides `action`, `measurement_error` and
+        `model_error`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} declares no `residual_blocks`; define them, or override "
+            "`action`, `measurement_error` and `model_error`."
+        )
+
+    def _block_sum(self, unknowns: PyTree[Array], rf: ArrayLike, terms: tuple[str, ...]) -> Scalar:
+        """Σ over the blocks of `terms` of (w/n)·Σ r² at model weight `rf`."""
+        sums = []
+        for block in self.residual_blocks():
+            if block.term not in terms:
+                continue
+            scale = block.scale(rf)
+            for r in block.arrays(unknowns):
+                # `scale` scalar or per component: broadcast along the rows explicitly
+                sums.append(jnp.sum(jnp.broadcast_to(scale, r.shape) * r**2))
+        if not sums:
+            return jnp.zeros((), jnp.result_type(float))
+        return functools.reduce(operator.add, sums)
+
     def action(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:
-        """The action at model weight `rf`."""
+        """The action at model weight `rf`: every block's (w/n)·Σ r²."""
+        return self._block_sum(unknowns, rf, ("measurement", "model"))
 
-    @abc.abstractmethod
     def measurement_error(self, unknowns: PyTree[Array]) -> Scalar:
-        """The R_m-weighted measurement term."""
+        """The R_m-weighted measurement term: the `"measurement"` blocks."""
+        return self._block_sum(unknowns, 1.0, ("measurement",))
 
-    @abc.abstractmethod
     def model_error(self, unknowns: PyTree[Array]) -> Scalar:
-        """The model term with unit weight."""
+        """The model term with unit weight: the `"model"` blocks at R_f = 1."""
+        return self._block_sum(unknowns, 1.0, ("model",))
 
     @property
     def action_counts(self) -> tuple[ArrayLike, ArrayLike]:
         """(n_m, n_f): the numbers of squared residuals the action's measurement term and
-        model term each average over (varanneal's per-term normalisation).
+        model term each average over (varanneal's per-term normalisation), read from the
+        `residual_blocks` (the count of the first block of each term).
 
-        Optional (needed by [`deepest.laplace`][] and [`deepest.pamc`][]); the default
-        raises `ValueError`.
+        Needed by [`deepest.laplace`][] and [`deepest.pamc`][]; raises `ValueError` for a
+        problem that declares no blocks.
         """
-        raise ValueError(
-            f"{type(self).__name__} does not say how many residuals its action averages "
-            "over (`action_counts`), so its unnormalised action is unknown."
-        )
+        try:
+            blocks = self.residual_blocks()
+        except NotImplementedError:
+            blocks = ()
+        counts = {}
+        for block in blocks:
+            counts.setdefault(block.term, block.count)
+        if "measurement" not in counts or "model" not in counts:
+            raise ValueError(
+                f"{type(self).__name__} does not say how many residuals its action averages "
+                "over (`action_counts`), so its unnormalised action is unknown."
+            )
+        return counts["measurement"], counts["model"]
+
+    @property
+    def unnormalised_scale(self) -> ArrayLike:
+        """n_m/2, the factor from the action A to the unnormalised action A₀."""
+        n_m, _ = self.action_counts
+        return unnormalised_scale(n_m)
 
     def unnormalised_action(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:
         """A₀(X; R_f) = −log P(X | Y) + const, the statistical action: the one place where
@@ -74,8 +185,7 @@ class AbstractProblem(eqx.Module):
         annealer's R_f is the model error's precision times n_f/n_m (not the precision
         itself: the action divides each sum by its own count).
         """
-        n_m, _ = self.action_counts
-        return 0.5 * n_m * self.action(unknowns, rf)
+        return self.unnormalised_scale * self.action(unknowns, rf)
 
     def log_jacobian(self, unknowns: PyTree[Array]) -> Scalar:
         """log |det ∂(reported quantities)/∂(unknowns)|: the change of variables from the
@@ -94,6 +204,14 @@ class AbstractProblem(eqx.Module):
 
     def check_rf(self, rf: ArrayLike) -> None:  # noqa: B027
         """Raise `ValueError` if `rf` (a schedule's `rf0`) does not fit this problem."""
+
+    @property
+    def banded_shape(self) -> tuple[int, int, int] | None:
+        """(N, d, p) for a problem whose action is a sum of squares of residuals local in
+        time (a [`deepest.AbstractBandedProblem`][], with `to_banded`, `from_banded` and
+        `banded_residuals`), else `None` (the default): how a minimiser asks whether it
+        may use that structure."""
+        return None
 
     @property
     def expected_action(self) -> float | None:
@@ -126,11 +244,12 @@ class AbstractBandedProblem(AbstractProblem):
 
     Needed by [`deepest.LevenbergMarquardt`][] and by the tridiagonal preconditioner of
     [`deepest.LBFGS`][]. Besides [`deepest.AbstractProblem`][]'s methods, subclasses
-    provide `banded_shape` (N, d, p), `to_banded(unknowns) -> (states (N, d), params (p,))`,
-    its inverse `from_banded`, and `banded_residuals(states, params, rf) -> (node (N, q),
-    interval (N − 1, k))` with `action == Σ node² + Σ interval²`, where row n of `node`
-    depends on `states[n]` and `params` only, and row n of `interval` on `states[n]`,
-    `states[n + 1]` and `params` only.
+    provide `banded_shape` (N, d, p), `to_banded(unknowns) -> (states (N, d), params (p,))`
+    and its inverse `from_banded`, and give each of their `residual_blocks` a `layout`.
+    From those, `banded_residuals(states, params, rf) -> (node (N, q), interval (N − 1, k))`
+    is derived, with `action == Σ node² + Σ interval²`, where row n of `node` depends on
+    `states[n]` and `params` only, and row n of `interval` on `states[n]`, `states[n + 1]`
+    and `params` only.
     """
 
     @property
@@ -146,7 +265,43 @@ class AbstractBandedProblem(AbstractProblem):
     def from_banded(self, states: Array, params: Array) -> PyTree[Array]:
         """The inverse of `to_banded`."""
 
-    @abc.abstractmethod
-    def banded_residuals(self, states: Array, params: Array, rf: ArrayLike) -> tuple[Array, Array]:
+    def banded_residuals(
+        self, states: Array, params: Array, rf: ArrayLike
+    ) -> tuple[Float[Array, "N q"], Float[Array, "N-1 k"]]:
         """(node residuals (N, q), interval residuals (N − 1, k)) whose squares sum to the
-        action at `rf`."""
+        action at `rf`: each block's √(w/n)·r, node blocks side by side (a block of stride
+        s on the rows 0, s, 2s, …, zero between), interval blocks side by side."""
+        unknowns = self.from_banded(states, params)
+        n = self.banded_shape[0]
+        node, interval = [], []
+        for block in self.residual_blocks():
+            if block.layout is None:
+                raise ValueError(
+                    f"{type(self).__name__} has a residual block without a banded `layout`."
+                )
+            root = jnp.sqrt(block.scale(rf))
+            for r in block.arrays(unknowns):
+                r = (jnp.broadcast_to(root, r.shape) * r).reshape(r.shape[0], -1)
+                if block.layout == "interval":
+                    interval.append(r)
+                elif block.stride == 1 and r.shape[0] == n:
+                    node.append(r)
+                else:
+                    rows = jnp.zeros((n, r.shape[1]), r.dtype)
+                    node.append(rows.at[:: block.stride].set(r))
+        return _side_by_side(node, n, states.dtype), _side_by_side(interval, n - 1, states.dtype)
+
+    def unnormalised_banded_residuals(
+        self, states: Array, params: Array, rf: ArrayLike
+    ) -> tuple[Float[Array, "N q"], Float[Array, "N-1 k"]]:
+        """`banded_residuals` scaled so that A₀ = ½(Σ node² + Σ interval²) (see
+        `unnormalised_action`)."""
+        node, interval = self.banded_residuals(states, params, rf)
+        root = jnp.sqrt(2 * self.unnormalised_scale)
+        return root * node, root * interval
+
+
+def _side_by_side(arrays: list[Array], rows: int, dtype) -> Array:
+    if not arrays:
+        return jnp.zeros((rows, 0), dtype)
+    return arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays, axis=1)

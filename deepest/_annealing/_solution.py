@@ -1,34 +1,25 @@
-"""The solution of [`deepest.anneal`][]: stop reasons, the result, and its files."""
+"""The solution of [`deepest.anneal`][]: its codes, the result, and its files."""
 
 import enum
 import json
 import os
+import warnings
 
 import equinox as eqx
 import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
+from .._io import load_npz, unflatten, write_atomic
+from .._results import RESULTS, AbstractResult, check_throw, codes_of, name_of, results_of
 from ._problem import AbstractProblem
 
 
-class StopReason(enum.IntEnum):
-    """Why the minimisation of a (β, path) stopped: `AnnealResult.stop_reason`'s codes.
-
-    - `not_reached`: the path never reached this β (it turned non-finite earlier, or the
-      run was interrupted first: `AnnealResult.partial`).
-    - `converged_decrease`: the last accepted step and the decrease the minimiser's local
-      model still predicts were both at most `ftol` relative to the action; or the line
-      search failed along a direction on which the model expected at most that (the
-      decrease left is below the action's rounding, as in float32).
-    - `converged_gradient`: the largest gradient entry fell to `gtol` times its value at
-      the β's first point.
-    - `max_steps`: `max_steps` evaluations without meeting either rule.
-    - `stalled`: the line search (L-BFGS) or trust region (Levenberg–Marquardt) could make
-      no further progress.
-    - `non_finite`: the action or its gradient at the β's first point was not finite; the
-      path stops here (its later levels are NaN).
-    """
+class StopCode(enum.IntEnum):
+    """The annealing loop's code of why a (β, path) minimisation stopped: what the loop
+    records per lane, turned by the result into a [`deepest.RESULTS`][] code and the
+    convergence rule that fired (`from_stop_codes`). Kept importable as the deprecated
+    `deepest.StopReason`."""
 
     not_reached = 0
     converged_decrease = 1
@@ -38,15 +29,62 @@ class StopReason(enum.IntEnum):
     non_finite = 5
 
 
-_CONVERGED = (StopReason.converged_decrease, StopReason.converged_gradient)
+# StopCode → RESULTS, and → the rule that fired ("" where none did)
+_TO_RESULTS = {
+    StopCode.not_reached: RESULTS.not_reached,
+    StopCode.converged_decrease: RESULTS.successful,
+    StopCode.converged_gradient: RESULTS.successful,
+    StopCode.max_steps: RESULTS.nonlinear_max_steps_reached,
+    StopCode.stalled: RESULTS.stalled,
+    StopCode.non_finite: RESULTS.nonfinite,
+}
+_RULE = {StopCode.converged_decrease: "decrease", StopCode.converged_gradient: "gradient"}
 
 
-class AnnealResult(eqx.Module):
+def from_stop_codes(codes) -> dict:
+    """The fields `result` and `converged_by` of an [`deepest.AnnealResult`][] from the
+    loop's `StopCode`s."""
+    codes = np.asarray(codes)
+    lookup = np.zeros(len(StopCode), np.int32)
+    rules = np.full(len(StopCode), "", dtype="<U8")
+    for code, item in _TO_RESULTS.items():
+        lookup[code] = codes_of(item)
+        rules[code] = _RULE.get(code, "")
+    return {"result": results_of(lookup[codes]), "converged_by": rules[codes]}
+
+
+def _to_stop_codes(result: RESULTS, converged_by: np.ndarray) -> np.ndarray:
+    """The inverse of `from_stop_codes`: the deprecated `stop_reason` codes."""
+    codes = codes_of(result)
+    out = np.zeros(codes.shape, np.int32)
+    for code, item in _TO_RESULTS.items():
+        hit = codes == codes_of(item)
+        if code in _RULE:
+            hit &= converged_by == _RULE[code]
+        out[hit] = code
+    return out
+
+
+def __getattr__(name):
+    if name == "StopReason":
+        warnings.warn(
+            "deepest.StopReason is deprecated: an AnnealResult's codes are "
+            "`result.result` (deepest.RESULTS) and `result.converged_by`.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return StopCode
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class AnnealResult(AbstractResult):
     """The outcome of [`deepest.anneal`][].
 
     Arrays indexed `[beta, path]`: `action`, `measurement_error`, `model_error`,
-    `stop_reason` (a [`deepest.StopReason`][] code), `converged` (stopped by the `ftol` or
-    `gtol` rule), `iterations` (solver steps, one evaluation each, spent at that β).
+    `result` (why the minimisation stopped: [`deepest.RESULTS`][] codes, `successful`
+    when the `ftol` or `gtol` rule fired), `converged_by` (the rule that fired:
+    "decrease", "gradient", or "" where neither did), `converged` (`result` is
+    `successful`), `iterations` (solver steps, one evaluation each, spent at that β).
 
     - `rf`: the model weights of the schedule, (n_beta,) or (n_beta, dim).
     - `finite`: (n_paths,) False for a path that turned non-finite (its later levels NaN).
@@ -62,13 +100,17 @@ class AnnealResult(eqx.Module):
     - `partial`: True for a run that was interrupted: only the β's each path finished
       are recorded (the others NaN, `not_reached`), and `unknowns` are each path's
       minimum at the last β it finished.
+
+    `save(path)` writes it (`path/result.npz`), `AnnealResult.load(path, problem)` reads
+    it back (also the files of earlier versions).
     """
 
     rf: np.ndarray
     action: np.ndarray
     measurement_error: np.ndarray
     model_error: np.ndarray
-    stop_reason: np.ndarray
+    result: RESULTS
+    converged_by: np.ndarray
     iterations: np.ndarray
     unknowns: PyTree[np.ndarray]
     saved: dict[int, PyTree[np.ndarray]]
@@ -123,16 +165,49 @@ class AnnealResult(eqx.Module):
     @property
     def converged(self) -> np.ndarray:
         """(n_beta, n_paths): the minimisation met the `ftol` or `gtol` rule."""
-        return np.isin(self.stop_reason, [int(r) for r in _CONVERGED])
+        return codes_of(self.result) == codes_of(RESULTS.successful)
 
     @property
     def finite(self) -> np.ndarray:
         """(n_paths,): False for a path that turned non-finite (its later levels NaN)."""
-        return ~np.any(self.stop_reason == StopReason.non_finite, axis=0)
+        return ~np.any(codes_of(self.result) == codes_of(RESULTS.nonfinite), axis=0)
+
+    @property
+    def path_result(self) -> RESULTS:
+        """(n_paths,): each path's code: `nonfinite` for a path that turned non-finite,
+        else its code at the last β."""
+        last = codes_of(self.result)[-1]
+        return results_of(np.where(self.finite, last, codes_of(RESULTS.nonfinite)))
+
+    @property
+    def stop_reason(self) -> np.ndarray:
+        """Deprecated: the codes of the former `deepest.StopReason`; use `result` and
+        `converged_by`."""
+        warnings.warn(
+            "AnnealResult.stop_reason is deprecated: use `result` (deepest.RESULTS codes) "
+            "and `converged_by`.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return _to_stop_codes(self.result, self.converged_by)
 
     def stop_reasons(self) -> dict[str, int]:
-        """How many (β, path) minimisations stopped for each [`deepest.StopReason`][]."""
-        return {r.name: int(np.sum(self.stop_reason == r)) for r in StopReason}
+        """How many (β, path) minimisations stopped for each reason: `converged_decrease`
+        and `converged_gradient` (`successful`, by that rule), then the other
+        [`deepest.RESULTS`][] codes by name."""
+        codes = codes_of(self.result)
+        counts = {
+            f"converged_{rule}": int(np.sum(self.converged & (self.converged_by == rule)))
+            for rule in ("decrease", "gradient")
+        }
+        for item in (
+            RESULTS.nonlinear_max_steps_reached,
+            RESULTS.stalled,
+            RESULTS.nonfinite,
+            RESULTS.not_reached,
+        ):
+            counts[name_of(codes_of(item))] = int(np.sum(codes == codes_of(item)))
+        return counts
 
     @property
     def best(self) -> int:
@@ -186,103 +261,123 @@ class AnnealResult(eqx.Module):
             **{k: v for k, v in self.stats.items()},
         }
 
-    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> str:
-        """Write the result to `directory/result.npz`: see [`deepest.save_result`][]."""
-        return save_result(self, directory, overwrite=overwrite)
+    @classmethod
+    def load(cls, path: str | os.PathLike, problem: AbstractProblem | None = None):
+        """Read a result written by `save` (or by `deepest.save_result` of an earlier
+        version) from `path`, a folder or a `.npz` file; pass the `problem` to use
+        `predict` and `model`."""
+        arrays, meta = load_npz(cls._file(path))
+        if "kinds" in meta:
+            return super().load(path, problem)
+        return _load_legacy(arrays, meta, problem)
 
 
-_ARRAYS = ("rf", "action", "measurement_error", "model_error", "stop_reason", "iterations")
+class SweepResult(eqx.Module):
+    """The outcome of [`deepest.sweep`][]: one [`deepest.AnnealResult`][] per point, in
+    order (`None` for a point of a group not started before Ctrl-C). A sequence: index it,
+    iterate it, `len` it.
+
+    `save(path)` writes each point's result to `path/point-K/result.npz` and the index
+    `path/sweep.json`; `SweepResult.load(path, problems)` reads them back (pass the
+    points' problems, one per point, for the methods that need them).
+    """
+
+    points: tuple[AnnealResult | None, ...]
+
+    def __getitem__(self, i):
+        return self.points[i]
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __iter__(self):
+        return iter(self.points)
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> str:
+        """Write every point's result below the folder `path`, atomically each.
+
+        **Returns:** the path of the folder.
+        """
+        path = os.fspath(path)
+        index = os.path.join(path, "sweep.json")
+        if os.path.exists(index) and not overwrite:
+            raise FileExistsError(f"{index} exists; pass overwrite=True to replace it.")
+        os.makedirs(path, exist_ok=True)
+        done = [i for i, r in enumerate(self.points) if r is not None]
+        for i in done:
+            self.points[i].save(os.path.join(path, f"point-{i}"), overwrite=True)
+        text = json.dumps({"n_points": len(self.points), "saved": done}).encode()
+        write_atomic(index, lambda f: f.write(text))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, problems=None) -> "SweepResult":
+        """Read a sweep written by `save`; `problems`: one per point (or None)."""
+        path = os.fspath(path)
+        with open(os.path.join(path, "sweep.json")) as f:
+            index = json.load(f)
+        n = index["n_points"]
+        problems = [None] * n if problems is None else list(problems)
+        if len(problems) != n:
+            raise ValueError(f"Give one problem per point: {n} points, {len(problems)} problems.")
+        points = [None] * n
+        for i in index["saved"]:
+            points[i] = AnnealResult.load(os.path.join(path, f"point-{i}"), problems[i])
+        return cls(tuple(points))
 
 
 def save_result(result: AnnealResult, directory: str | os.PathLike, overwrite: bool = False) -> str:
-    """Write an [`deepest.AnnealResult`][] to `directory/result.npz` (the problem itself is
-    not saved; [`deepest.load_result`][] reads it back).
-
-    Refuses to replace an existing result unless `overwrite=True`; the file is written
-    to a temporary name first and then moved into place.
-
-    **Returns:** the path of the file.
-    """
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "result.npz")
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-    arrays = {name: getattr(result, name) for name in _ARRAYS}
-    arrays.update(_flatten("unknowns", result.unknowns))
-    arrays.update(_flatten("views", result.views))
-    for beta, u in result.saved.items():
-        arrays.update(_flatten(f"saved/{beta}", u))
-    meta = {
-        "stats": result.stats,
-        "expected_action": result.expected_action,
-        "partial": result.partial,
-    }
-    arrays["meta"] = np.asarray(json.dumps(meta))
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-    os.replace(tmp, path)
-    return path
-
-
-def _flatten(prefix: str, tree) -> dict[str, np.ndarray]:
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten(f"{prefix}/{k}", v))
-        return out
-    return {prefix: np.asarray(tree)}
-
-
-def _unflatten(arrays: dict[str, np.ndarray], prefix: str):
-    tree: dict = {}
-    for key, value in arrays.items():
-        if not key.startswith(prefix + "/"):
-            continue
-        parts = key[len(prefix) + 1 :].split("/")
-        node = tree
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return tree
-
-
-def _old_codes(arrays):
-    """Stop reasons for a result saved before they were recorded: converged levels count as
-    `converged_decrease`, the others as `max_steps`, a non-finite path's from its first
-    NaN level on as `non_finite` then `not_reached`."""
-    codes = np.where(arrays["converged"], StopReason.converged_decrease, StopReason.max_steps)
-    nan = np.isnan(arrays["action"])
-    first_nan = nan & (np.cumsum(nan, axis=0) == 1)
-    codes = np.where(nan, StopReason.not_reached, codes)
-    return np.where(first_nan, StopReason.non_finite, codes).astype(np.int32)
+    """Write an [`deepest.AnnealResult`][] to `directory/result.npz`: `result.save`."""
+    return result.save(directory, overwrite=overwrite)
 
 
 def load_result(
     directory: str | os.PathLike, problem: AbstractProblem | None = None
 ) -> AnnealResult:
-    """Read an [`deepest.AnnealResult`][] written by [`deepest.save_result`][] (or
-    `AnnealResult.save`), including those of earlier versions.
+    """Read an [`deepest.AnnealResult`][] written by `AnnealResult.save` (or
+    [`deepest.save_result`][], including those of earlier versions):
+    `AnnealResult.load`."""
+    return AnnealResult.load(directory, problem)
 
-    Pass the `problem` to use `predict` and `model` on the loaded result.
-    """
-    path = os.path.join(os.fspath(directory), "result.npz")
-    with np.load(path) as f:
-        arrays = dict(f)
-    meta = json.loads(str(arrays.pop("meta")))
-    saved = _unflatten(arrays, "saved")
+
+def _old_codes(arrays):
+    """Stop codes for a result saved before they were recorded: converged levels count as
+    `converged_decrease`, the others as `max_steps`, a non-finite path's from its first
+    NaN level on as `non_finite` then `not_reached`."""
+    codes = np.where(arrays["converged"], StopCode.converged_decrease, StopCode.max_steps)
+    nan = np.isnan(arrays["action"])
+    first_nan = nan & (np.cumsum(nan, axis=0) == 1)
+    codes = np.where(nan, StopCode.not_reached, codes)
+    return np.where(first_nan, StopCode.non_finite, codes).astype(np.int32)
+
+
+def _load_legacy(arrays, meta, problem) -> AnnealResult:
+    """A result file of the layout before `AnnealResult.save` wrote its kinds."""
+    saved = unflatten(arrays, "saved")
+    codes = arrays["stop_reason"] if "stop_reason" in arrays else _old_codes(arrays)
     return AnnealResult(
         rf=arrays["rf"],
         action=arrays["action"],
         measurement_error=arrays["measurement_error"],
         model_error=arrays["model_error"],
-        stop_reason=arrays["stop_reason"] if "stop_reason" in arrays else _old_codes(arrays),
+        **from_stop_codes(codes),
         iterations=arrays["iterations"],
-        unknowns=_unflatten(arrays, "unknowns"),
+        unknowns=unflatten(arrays, "unknowns"),
         saved={int(k): v for k, v in saved.items()},
-        views=_unflatten(arrays, "views"),
+        views=unflatten(arrays, "views"),
         stats=meta["stats"],
         expected_action=meta["expected_action"],
         problem=problem,
         partial=bool(meta.get("partial", False)),
+    )
+
+
+def check_anneal_throw(result: AnnealResult, throw: bool, what: str = "anneal") -> None:
+    """`throw` of [`deepest.anneal`][] and of each point of [`deepest.sweep`][]: raise
+    when every path turned non-finite (see [`deepest.RESULTS`][])."""
+    check_throw(
+        throw,
+        result.finite,
+        result.path_result,
+        f"{what}: every path turned non-finite; check the model, the data and rf0",
     )

@@ -7,17 +7,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from ._anneal import _check_checkpointing, _result, _run_chunks, _Settings, _start
-from ._checkpoint import CHECKPOINT, fingerprints
-from ._hosts import Hosts
+from ._checkpoint import CHECKPOINT
 from ._minimiser import AbstractMinimiser
 from ._problem import AbstractProblem
 from ._progress import AbstractProgressMeter
+from ._runner import RunSettings, check_checkpointing, run_loop
 from ._schedule import AnnealSchedule
-from ._solution import AnnealResult
+from ._solution import AnnealResult, SweepResult, check_anneal_throw
 
 
 def _signature(problem, y0, rf_table) -> tuple:
@@ -49,10 +47,11 @@ def sweep(
     dtype=None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool | AbstractProgressMeter = True,
+    throw: bool = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: float = 60.0,
     resume: str | os.PathLike | None = None,
-) -> list[AnnealResult | None]:
+) -> SweepResult:
     """Anneal every point of a sweep: [`deepest.anneal`][] of `problems[i]` with
     `schedules[i]` and `keys[i]`, with `n_paths` paths each and the same settings.
 
@@ -67,19 +66,20 @@ def sweep(
     the points run one after another (BENCHMARKS.md, "Long runs").
 
     **Arguments:** as [`deepest.anneal`][]; `schedules` and `keys` are one per point, or
-    one for all (one key gives every point the same initial-path draws). With several
+    one for all (one key gives every point the same initial-path draws). `throw`: raise
+    if every path of some point turned non-finite (as that point's own `anneal` would);
+    with `False` return every point's result with its codes. With several
     `devices` (default: all of the default backend, on every process of a
     `jax.distributed` run) the points of a program are split over them.
     `checkpoint` is a folder in which each program ("group") writes its state to
-    `group-K/checkpoint.npz` every `checkpoint_every` seconds, on Ctrl-C and at its end;
+    `group-K/checkpoint.eqx` every `checkpoint_every` seconds, on Ctrl-C and at its end;
     `resume` continues from such a folder: finished groups are read back, the running one
     continues where it stopped, bit for bit.
 
-    **Returns:** one [`deepest.AnnealResult`][] per point, in order (`stats["run_time"]`
-    is the time of the program that ran it, shared by its group; `stats["program"]`
-    numbers that program). After Ctrl-C the
-    interrupted group's results are `partial` and the points of groups not started are
-    `None`.
+    **Returns:** a [`deepest.SweepResult`][]: one [`deepest.AnnealResult`][] per point, in
+    order (`stats["run_time"]` is the time of the program that ran it, shared by its
+    group; `stats["program"]` numbers that program). After Ctrl-C the interrupted group's
+    results are `partial` and the points of groups not started are `None`.
     """
     problems = list(problems)
     n = len(problems)
@@ -93,21 +93,20 @@ def sweep(
             f"Give one schedule and one key per point (or one for all): {n} problems, "
             f"{len(schedules)} schedules, {len(keys)} keys."
         )
-    _check_checkpointing(checkpoint_every, resume)
+    check_checkpointing(checkpoint_every, resume)
     # Every point checked (and its paths drawn) before any annealing.
     settings = None
     for schedule in schedules:
-        settings = _Settings.check(
+        settings = RunSettings.check(
             schedule, n_paths, save_betas, ftol, gtol, max_steps, minimiser, dtype, progress
         )
-    starts = [_start(p, s, k, None, settings) for p, s, k in zip(problems, schedules, keys)]
+    starts = [settings.start(p, s, k, None) for p, s, k in zip(problems, schedules, keys)]
     groups: dict[tuple, list[int]] = {}
     for i, (problem, y0, rf_table, _) in enumerate(starts):
         groups.setdefault(_signature(problem, y0, rf_table), []).append(i)
 
     results: list[AnnealResult | None] = [None] * n
     devices = tuple(jax.devices() if devices is None else devices)
-    hosts = Hosts(devices)
     for g, members in enumerate(groups.values()):
         # As many points as a multiple of the devices: the last one repeated.
         padded = members + members[-1:] * (-len(members) % len(devices))
@@ -116,32 +115,32 @@ def sweep(
         params = _stack([eqx.filter(starts[i][0], eqx.is_array) for i in padded])
         problem = eqx.combine(params, static)
         y0, rf_table, factors = (_stack([starts[i][k] for i in padded]) for k in (1, 2, 3))
-        config = settings.loop_config(schedules[members[0]].n_beta)
-        fps = fingerprints(problem, y0, rf_table, factors, config, settings.n_paths, len(devices))
-        if len(devices) > 1:
-            from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-            sharding = NamedSharding(Mesh(np.asarray(devices), ("paths",)), P("paths"))
-
-            def spread(tree, sharding=sharding):
-                return jax.tree.map(lambda a: hosts.put(jax.device_get(a), sharding), tree)
-
-            params, y0, rf_table, factors = map(spread, (params, y0, rf_table, factors))
-            problem = eqx.combine(params, static)
         folder = f"group-{g}"
         ck = None if checkpoint is None else os.path.join(os.fspath(checkpoint), folder)
         rs = None
         if resume is not None and os.path.isfile(os.path.join(resume, folder, CHECKPOINT)):
             rs = os.path.join(os.fspath(resume), folder)
-        state, compile_time, run_time, partial = _run_chunks(
-            problem, y0, rf_table, factors, config, devices, fps, ck, checkpoint_every, rs, True
+        n_beta = schedules[members[0]].n_beta
+        state, stats, partial = run_loop(
+            problem,
+            y0,
+            rf_table,
+            factors,
+            settings,
+            n_beta,
+            devices,
+            ck,
+            checkpoint_every,
+            rs,
+            batched=True,
         )
-        state = hosts.get(state)
-        stats = {"run_time": run_time, "compile_time": compile_time, "n_devices": len(devices)}
         for j, i in enumerate(members):
             one = jax.tree.map(lambda a, j=j: a[j], state)
-            results[i] = _result(starts[i][0], schedules[i], settings, one, stats, partial)
+            results[i] = settings.result(starts[i][0], schedules[i], one, stats, partial)
             results[i].stats["program"] = g
         if partial:
             break
-    return results
+    for i, result in enumerate(results):
+        if result is not None:
+            check_anneal_throw(result, throw, f"sweep, point {i}")
+    return SweepResult(tuple(results))

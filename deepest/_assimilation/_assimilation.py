@@ -9,9 +9,10 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
-from .._annealing import AbstractBandedProblem
-from .._data import Observations, check_dimension, integrate
+from .._annealing import AbstractBandedProblem, Block
+from .._data import Observations, check_dimension, concrete, integrate
 from ..models._base import check_estimate, check_field, parametrised
+from ._checks import check_rm
 from ._discretization import AbstractDiscretization, as_discretization
 
 
@@ -98,18 +99,13 @@ class Assimilation(AbstractBandedProblem):
         discretization = as_discretization(discretization)
         if int(steps_per_obs) != steps_per_obs or steps_per_obs < 1:
             raise ValueError(f"`steps_per_obs` must be a positive integer; got {steps_per_obs}.")
-        dts = np.diff(np.asarray(data.times))
-        # relative to the rounding of the times' own dtype
-        if not np.allclose(dts, dts[0], rtol=1e3 * np.finfo(dts.dtype).eps, atol=0):
-            raise ValueError("Assimilation needs equally spaced observation times.")
-        rm = np.asarray(rm, dtype=float)
-        if rm.shape not in ((), (len(data.observed),)):
-            raise ValueError(
-                f"`rm` must be a scalar or one value per observed component "
-                f"({len(data.observed)}); got shape {rm.shape}."
-            )
-        if not np.all(np.isfinite(rm)) or np.any(rm <= 0):
-            raise ValueError(f"`rm` must be positive and finite; got {rm}.")
+        times = concrete(data.times)
+        if times is not None:
+            dts = np.diff(times)
+            # relative to the rounding of the times' own dtype
+            if not np.allclose(dts, dts[0], rtol=1e3 * np.finfo(dts.dtype).eps, atol=0):
+                raise ValueError("Assimilation needs equally spaced observation times.")
+        rm = check_rm(rm, data)
         lo, hi = (float(v) for v in state_range)
         if not lo < hi:
             raise ValueError(
@@ -133,13 +129,19 @@ class Assimilation(AbstractBandedProblem):
             elif name in bounds:
                 a, b = bounds[name]
             else:
-                v = float(np.mean(np.asarray(values[name])))
+                value = concrete(values[name])
+                if value is None:
+                    raise ValueError(
+                        f"The parameter {name!r} is traced, so its default range (±50% around "
+                        f"its value) is unknown; pass `param_ranges[{name!r}]`."
+                    )
+                v = float(np.mean(value))
                 a, b = sorted((0.5 * v, 1.5 * v)) if v != 0 else (-1.0, 1.0)
             ranges.append((name, float(a), float(b)))
         self.field = field
         self.values = values
         self.data = data
-        self.rm = jnp.asarray(rm)
+        self.rm = rm
         self.dim = dim
         self.discretization = discretization
         self.steps_per_obs = int(steps_per_obs)
@@ -203,15 +205,14 @@ class Assimilation(AbstractBandedProblem):
         return unknowns
 
     # -- the action ---------------------------------------------------------------------
-    def measurement_error(self, unknowns: PyTree[Array]) -> Scalar:
-        """R_m/(L·N_obs) Σ (x_l(t_n) − y_l(t_n))², over measured entries."""
+    def _misfit(self, unknowns: PyTree[Array]) -> Float[Array, "n_obs n_observed"]:
+        """x_l(t_n) − y_l(t_n), zero where the data are masked."""
         x = unknowns["path"][:: self.steps_per_obs][:, jnp.asarray(self.data.observed)]
-        diff = x - self.data.values
-        sq = jnp.broadcast_to(self.rm, diff.shape) * diff**2
-        if self.data.mask is None:
-            return jnp.mean(sq)
         mask = self.data.mask
-        return jnp.sum(jnp.where(mask, sq, 0)) / jnp.sum(mask, dtype=sq.dtype)
+        if mask is None:
+            return x - self.data.values
+        # both `where`s: a masked entry may hold NaN, which must reach neither value nor grad
+        return jnp.where(mask, x - jnp.where(mask, self.data.values, 0), 0)
 
     def _model_residuals(self, unknowns: PyTree[Array]) -> tuple[Array, ...]:
         theta = {**self.values, **self.parameters(unknowns)}
@@ -224,29 +225,33 @@ class Assimilation(AbstractBandedProblem):
             unknowns.get("midpoints"),
         )
 
+    def residual_blocks(self) -> tuple[Block, Block]:
+        """The misfit at the observation times (weight R_m, averaged over the measured
+        entries, node rows every `steps_per_obs`) and the model residuals of every interval
+        (weight R_f, averaged over D·(N_model − 1), interval rows; Simpson–Hermite and
+        Gauss–Legendre's two residuals side by side)."""
+        mask = self.data.mask
+        n_m = self.data.values.size if mask is None else jnp.sum(mask, dtype=self.rm.dtype)
+        return (
+            Block(self._misfit, n_m, self.rm, layout="node", stride=self.steps_per_obs),
+            Block(
+                self._model_residuals,
+                self.dim * (self.n_model - 1),
+                term="model",
+                layout="interval",
+            ),
+        )
+
     def model_term(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:
         """R_f/(D·(N_model − 1)) Σ residual², with `rf` scalar or per component (D,)."""
-        residuals = self._model_residuals(unknowns)
-        # `rf` scalar or per component: broadcast along the intervals explicitly
-        total = sum(jnp.sum(jnp.broadcast_to(rf, r.shape) * r**2) for r in residuals)
-        return total / (self.dim * (self.n_model - 1))
+        return self._block_sum(unknowns, rf, ("model",))
 
     @property
     def action_counts(self) -> tuple[ArrayLike, int]:
         """(measured entries, D·(N_model − 1)): the action's two denominators, so that
-        A₀ = (R_m/2)Σ(x_obs − y)² + (R_f/2)Σ residual² (see
+        A₀ = (R_m/2)Σ(x_obs − y)² + (R_f·n_m/n_f)/2·Σ residual² (see
         [`deepest.AbstractProblem.unnormalised_action`][])."""
-        mask = self.data.mask
-        n_m = self.data.values.size if mask is None else jnp.sum(mask, dtype=self.rm.dtype)
-        return n_m, self.dim * (self.n_model - 1)
-
-    def model_error(self, unknowns: PyTree[Array]) -> Scalar:
-        """The model term with unit weight, 1/(D·(N_model − 1)) Σ residual²."""
-        return self.model_term(unknowns, 1.0)
-
-    def action(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:
-        """The action A(X, θ; R_f) = measurement_error + model term."""
-        return self.measurement_error(unknowns) + self.model_term(unknowns, rf)
+        return super().action_counts
 
     # -- banded residuals (for deepest.LevenbergMarquardt) ----------------------------
     @property
@@ -278,38 +283,6 @@ class Assimilation(AbstractBandedProblem):
         if self.discretization.has_midpoints:
             unknowns["midpoints"] = states[:-1, self.dim :]
         return unknowns
-
-    def banded_residuals(
-        self, states: Array, params: Array, rf: ArrayLike
-    ) -> tuple[Float[Array, "n_model n_observed"], Float[Array, "n_model-1 k"]]:
-        """Node residuals √(R_m/(L N_obs))·(x_l − y_l) at the observation times (zero
-        rows between them, zero where masked) and interval residuals
-        √(R_f/(D (N_model − 1)))·(model residual), the two residuals of Simpson–Hermite or
-        Gauss–Legendre side by side."""
-        unknowns = self.from_banded(states, params)
-        path = unknowns["path"]
-        observed = path[:: self.steps_per_obs][:, jnp.asarray(self.data.observed)]
-        values = self.data.values
-        if self.data.mask is None:
-            diff = observed - values
-            count = values.size
-        else:
-            mask = self.data.mask
-            diff = jnp.where(mask, observed - jnp.where(mask, values, 0), 0)
-            count = jnp.sum(mask, dtype=diff.dtype)
-        node = jnp.broadcast_to(jnp.sqrt(self.rm / count), diff.shape) * diff
-        if self.steps_per_obs > 1:
-            node = (
-                jnp.zeros((self.n_model, node.shape[1]), node.dtype)
-                .at[:: self.steps_per_obs]
-                .set(node)
-            )
-        residuals = self._model_residuals(unknowns)
-        weight = jnp.sqrt(jnp.asarray(rf) / (self.dim * (self.n_model - 1)))
-        interval = jnp.concatenate(
-            [jnp.broadcast_to(weight, r.shape) * r for r in residuals], axis=1
-        )
-        return node, interval
 
     def check_rf(self, rf: ArrayLike) -> None:
         if np.shape(rf) not in ((), (self.dim,)):

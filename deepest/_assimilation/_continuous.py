@@ -27,10 +27,12 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 
+from .._annealing import unnormalised_scale
 from .._boundary_value import AbstractAnnealableBoundaryValueProblem, TPBVPSolution
-from .._data import Observations, check_dimension
+from .._data import Observations, check_dimension, concrete
 from .._networks import FitHistory
 from ..models._base import check_field, parametrised
+from ._checks import check_rm, check_weight
 
 
 class ContinuousAssimilation(AbstractAnnealableBoundaryValueProblem):
@@ -93,25 +95,12 @@ class ContinuousAssimilation(AbstractAnnealableBoundaryValueProblem):
             else:
                 raise ValueError("Pass `dim`: it cannot be read from the data.")
         dim = check_dimension(model, data.observed, dim)
-        times = np.asarray(data.times)
-        if not times[-1] > times[0]:
+        times = concrete(data.times)
+        if times is not None and not times[-1] > times[0]:
             raise ValueError("The observation times must span an interval T > 0.")
         dtype = jnp.result_type(float)
-        for name, value in (("rm", rm), ("rf", rf)):
-            if isinstance(value, jax.core.Tracer):
-                continue
-            value = np.asarray(value)
-            if not np.all(np.isfinite(value)) or np.any(value <= 0):
-                raise ValueError(f"`{name}` must be positive and finite; got {value}.")
-        rm = jnp.asarray(rm, dtype)
-        rf = jnp.asarray(rf, dtype)
-        if rm.shape not in ((), (len(data.observed),)):
-            raise ValueError(
-                f"`rm` must be a scalar or one value per observed component "
-                f"({len(data.observed)}); got shape {rm.shape}."
-            )
-        if rf.shape != ():
-            raise ValueError(f"`rf` must be a scalar; got shape {rf.shape}.")
+        rm = check_rm(rm, data)
+        rf = check_weight(rf, "rf", ((),), "a scalar")
         field, _ = parametrised(model, params)
         check_field(field, dim, dtype)
         weights = (
@@ -121,7 +110,8 @@ class ContinuousAssimilation(AbstractAnnealableBoundaryValueProblem):
         )
         self.field = field
         self.times = jnp.asarray(data.times, dtype)
-        self.values = jnp.asarray(data.values, dtype) * weights
+        # a masked entry may hold NaN: zero it rather than multiply it by its zero weight
+        self.values = jnp.where(weights > 0, jnp.asarray(data.values, dtype), 0)
         self.weights = weights
         self.rm = rm
         self.rf = rf
@@ -183,7 +173,7 @@ class ContinuousAssimilation(AbstractAnnealableBoundaryValueProblem):
         """(R_m/2) Σ_k |H x(τ_k) − y_k|² along a solution (masked entries excluded)."""
         xs = jax.vmap(lambda t: sol.evaluate(t)[0])(self.times)
         residual = self.weights * (xs[:, jnp.asarray(self.observed)] - self.values)
-        return 0.5 * jnp.sum(self.rm * residual**2)
+        return 0.5 * jnp.sum(jnp.broadcast_to(self.rm, residual.shape) * residual**2)
 
     def action(self, sol: TPBVPSolution) -> Scalar:
         """The action A of the solution's path.
@@ -242,8 +232,11 @@ def discrete_weights(
     if n_steps < 1 or not t1 > 0 or n_measured < 1:
         raise ValueError("discrete_weights needs n_steps ≥ 1, t1 > 0 and n_measured ≥ 1.")
     h = t1 / n_steps
-    rf_disc = jnp.asarray(rf) * dim * t1 / (2 * h**2)
-    rm_disc = jnp.asarray(rm) * n_measured / 2
+    # each term of the normalised action divides its weight by its count n; the continuous
+    # action weights each squared residual by R/2 (the model's by R_f/(2h), a Riemann sum
+    # with residuals h·(ẋ − F)): the ratio is the count over 2, for n_f = D·L model entries
+    rf_disc = jnp.asarray(rf) * unnormalised_scale(dim * n_steps) / h
+    rm_disc = jnp.asarray(rm) * unnormalised_scale(n_measured)
     return rf_disc, rm_disc
 
 

@@ -12,22 +12,25 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
-from .._annealing import AbstractProblem
+from .._annealing import AbstractProblem, Block
+from .._data import concrete
 from .._misc import default_float
 from .._networks import AbstractCostateNetwork, CostateVJP, LayeredNetwork, RecurrentNetwork
+from ._checks import check_weight
 
 WeightInit = str | Callable[[PRNGKeyArray], eqx.Module]
 
 
 def _as_data(a, name: str) -> Array:
-    a = np.asarray(a)
-    if not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
-        raise ValueError(f"`{name}` must be a real numeric array; got dtype {a.dtype}.")
-    if not np.all(np.isfinite(a)):
+    known = concrete(a)
+    dtype = a.dtype if known is None else known.dtype
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"`{name}` must be a real numeric array; got dtype {dtype}.")
+    if known is not None and not np.all(np.isfinite(known)):
         raise ValueError(f"`{name}` contains NaN or infinite values; remove or repair them.")
-    a = jnp.asarray(a)
+    a = jnp.asarray(a if known is None else known)
     return a if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(default_float())
 
 
@@ -71,7 +74,7 @@ class AbstractTraining(AbstractProblem):
     - `check_shapes(net, inputs, targets, what) -> widths`: the state widths, checking
       that the data fit the network.
     - `initial_states(net, key)`: the states of a path's initial guess.
-    - `measurement_error`, `model_error`, `expected_action`.
+    - `residual_blocks` (the action, see [`deepest.AbstractProblem`][]), `expected_action`.
     """
 
     net: AbstractCostateNetwork
@@ -116,11 +119,7 @@ class AbstractTraining(AbstractProblem):
                 "per input."
             )
         self.widths = self.check_shapes(net, inputs, targets, "")
-        rm = np.asarray(rm, dtype=float)
-        if rm.shape not in self.rm_shapes:
-            raise ValueError(f"`rm` must be {self.rm_description}; got shape {rm.shape}.")
-        if not np.all(np.isfinite(rm)) or np.any(rm <= 0):
-            raise ValueError(f"`rm` must be positive and finite; got {rm}.")
+        rm = check_weight(rm, "rm", self.rm_shapes, self.rm_description)
         if validation is not None:
             if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
                 raise TypeError("`validation` must be a pair (inputs, targets).")
@@ -150,14 +149,16 @@ class AbstractTraining(AbstractProblem):
         self.net = net
         self.inputs = inputs
         self.targets = targets
-        self.rm = jnp.asarray(rm)
+        self.rm = rm
         self.validation = validation
         self.noise = None if noise is None else float(noise)
         self.weight_init = weight_init
         self.state_noise = float(state_noise)
-        self.classification = (
-            _is_one_hot(np.asarray(targets)) if classification is None else bool(classification)
-        )
+        if classification is None:
+            # traced targets cannot be read: no accuracy unless asked for
+            known = concrete(targets)
+            classification = known is not None and _is_one_hot(known)
+        self.classification = bool(classification)
 
     @abc.abstractmethod
     def check_shapes(self, net, inputs: Array, targets: Array, what: str) -> tuple[int, ...]:
@@ -216,10 +217,6 @@ class AbstractTraining(AbstractProblem):
         }
 
     # -- the action -------------------------------------------------------------------
-    def action(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:
-        """A(X, W; R_f) = measurement_error + R_f · model_error."""
-        return self.measurement_error(unknowns) + rf * self.model_error(unknowns)
-
     def check_rf(self, rf: ArrayLike) -> None:
         if np.shape(rf) != ():
             raise ValueError(
@@ -303,21 +300,18 @@ class LayeredTraining(AbstractTraining):
         states = unknowns["states"]
         return [states[n] for n in _names("x", len(states))]
 
-    def measurement_error(self, unknowns: PyTree[Array]) -> Scalar:
-        """R_m/(M·(N_0 + N_L)) Σ_k (|x^k(0) − u^k|² + |x^k(L) − v^k|²)."""
-        states = self._states(unknowns)
-        rm_in, rm_out = (self.rm, self.rm) if self.rm.ndim == 0 else (self.rm[0], self.rm[1])
-        total = rm_in * jnp.sum((states[0] - self.inputs) ** 2) + rm_out * jnp.sum(
-            (states[-1] - self.targets) ** 2
-        )
-        return total / (self.n_pairs * (self.widths[0] + self.widths[-1]))
+    def _input_misfit(self, unknowns: PyTree[Array]) -> Array:
+        return self._states(unknowns)[0] - self.inputs
 
-    def model_error(self, unknowns: PyTree[Array]) -> Scalar:
-        """1/(M·Σ_{l≥1} N_l) Σ_k Σ_l |x^k(l+1) − f_l(x^k(l))|² (unit weight)."""
+    def _output_misfit(self, unknowns: PyTree[Array]) -> Array:
+        return self._states(unknowns)[-1] - self.targets
+
+    def _layer_residuals(self, unknowns: PyTree[Array]) -> tuple[Array, ...]:
+        """x^k(l+1) − f_l(x^k(l)) of every layer, one array per run of stacked layers."""
         net = self.to_model(unknowns)
         states = self._states(unknowns)
         h = net.residual_step
-        total = 0.0
+        out = []
         first = 0  # index of the segment's first layer
         for layer, n in zip(net.layers, net.stack_lengths, strict=True):
             # Given the states, every layer's residual is independent of the others: a
@@ -329,20 +323,27 @@ class LayeredTraining(AbstractTraining):
                 return y if h is None else x + h * y
 
             if n == 1:
-                residual = states[first + 1] - forward(params, states[first])
+                out.append(states[first + 1] - forward(params, states[first]))
             else:
                 x_in = jnp.stack(states[first : first + n])
                 x_out = jnp.stack(states[first + 1 : first + n + 1])
-                residual = x_out - jax.vmap(forward)(params, x_in)
-            total = total + jnp.sum(residual**2)
+                out.append(x_out - jax.vmap(forward)(params, x_in))
             first += n
-        return total / (self.n_pairs * sum(self.widths[1:]))
+        return tuple(out)
 
-    @property
-    def action_counts(self) -> tuple[int, int]:
-        """(M·(N_0 + N_L), M·Σ_{l≥1} N_l): the action's two denominators."""
+    def residual_blocks(self) -> tuple[Block, ...]:
+        """The input and output misfits x^k(0) − u^k, x^k(L) − v^k (weights R_m, or the
+        pair's R_m input and R_m output; averaged together over M·(N_0 + N_L)) and every
+        layer's residual x^k(l+1) − f_l(x^k(l)) (weight R_f, averaged over
+        M·Σ_{l≥1} N_l)."""
         m = self.n_pairs
-        return m * (self.widths[0] + self.widths[-1]), m * sum(self.widths[1:])
+        n_m = m * (self.widths[0] + self.widths[-1])
+        rm_in, rm_out = (self.rm, self.rm) if self.rm.ndim == 0 else (self.rm[0], self.rm[1])
+        return (
+            Block(self._input_misfit, n_m, rm_in),
+            Block(self._output_misfit, n_m, rm_out),
+            Block(self._layer_residuals, m * sum(self.widths[1:]), term="model"),
+        )
 
     @property
     def expected_action(self) -> float | None:
@@ -386,26 +387,28 @@ class RecurrentTraining(AbstractTraining):
         hs = jax.vmap(net.states)(self.inputs)[:, 1:]
         return hs + self.state_noise * jr.normal(key, hs.shape, hs.dtype)
 
-    def measurement_error(self, unknowns: PyTree[Array]) -> Scalar:
-        """The readout misfit R_m/(M·T·N_y) Σ_{k,t} |g(h^k(t+1)) − y^k(t)|²."""
+    def _readout_misfit(self, unknowns: PyTree[Array]) -> Array:
+        """g(h^k(t+1)) − y^k(t)."""
         net = self.to_model(unknowns)
-        ys = jax.vmap(jax.vmap(net.readout))(unknowns["states"])
-        return self.rm * jnp.mean((ys - self.targets) ** 2)
+        return jax.vmap(jax.vmap(net.readout))(unknowns["states"]) - self.targets
 
-    def model_error(self, unknowns: PyTree[Array]) -> Scalar:
-        """1/(M·T·N_h) Σ_{k,t} |h^k(t+1) − f(h^k(t), u^k(t))|² (unit weight)."""
+    def _step_residuals(self, unknowns: PyTree[Array]) -> Array:
+        """h^k(t+1) − f(h^k(t), u^k(t))."""
         net = self.to_model(unknowns)
         hs = unknowns["states"]
         h0 = jnp.broadcast_to(net.initial_state, (hs.shape[0], 1, hs.shape[2]))
         previous = jnp.concatenate([h0, hs[:, :-1]], axis=1)
-        predicted = jax.vmap(jax.vmap(net.cell))(previous, self.inputs)
-        return jnp.mean((hs - predicted) ** 2)
+        return hs - jax.vmap(jax.vmap(net.cell))(previous, self.inputs)
 
-    @property
-    def action_counts(self) -> tuple[int, int]:
-        """(M·T·N_y, M·T·N_h): the action's two denominators."""
+    def residual_blocks(self) -> tuple[Block, Block]:
+        """The readout misfit g(h^k(t+1)) − y^k(t) (weight R_m, averaged over M·T·N_y) and
+        every step's residual h^k(t+1) − f(h^k(t), u^k(t)) (weight R_f, averaged over
+        M·T·N_h)."""
         m, t = self.targets.shape[:2]
-        return m * t * self.widths[1], m * t * self.widths[0]
+        return (
+            Block(self._readout_misfit, m * t * self.widths[1], self.rm),
+            Block(self._step_residuals, m * t * self.widths[0], term="model"),
+        )
 
     @property
     def expected_action(self) -> float | None:
@@ -477,7 +480,8 @@ def Training(
       `lambda k: deepest.LayeredNetwork(widths, key=k)`).
     - `state_noise`: the standard deviation of the noise on the initial hidden states.
     - `classification`: report accuracy (argmax of output against argmax of target);
-      default: when the targets are one-hot.
+      default: when the targets are one-hot (not for targets traced under `jax.jit`,
+      `jax.grad` or `jax.vmap`, whose values cannot be read).
 
     **Returns:** the annealing problem, a [`deepest.AbstractProblem`][].
 

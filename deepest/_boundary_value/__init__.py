@@ -22,9 +22,9 @@ Array shapes are static: the shooting methods cut each interval between consecut
 which a traced number of nodes is active; so the node *times* may be traced (vmap over problems
 with different observation times) while the shapes stay fixed.
 
-Layout: `_problem.py` (the problems), `_solution.py` (result codes, the solution and its
-dense output), `_solve.py` (the entry points), `_method/` (the family of methods: each
-implements its own `solve`).
+Layout: `_problem.py` (the problems), `_solution.py` (the solution and its dense output;
+its codes are [`deepest.RESULTS`][]), `_solve.py` (the entry points), `_method/` (the
+family of methods: each implements its own `solve`).
 """
 
 from ._method import (
@@ -38,5 +38,20 @@ from ._problem import (
     AbstractBoundaryValueProblem as AbstractBoundaryValueProblem,
     BoundaryValueProblem as BoundaryValueProblem,
 )
-from ._solution import TPBVPResults as TPBVPResults, TPBVPSolution as TPBVPSolution
+from ._solution import TPBVPSolution as TPBVPSolution
 from ._solve import anneal_tpbvp as anneal_tpbvp, solve_tpbvp as solve_tpbvp
+
+
+def __getattr__(name):
+    if name == "TPBVPResults":
+        import warnings
+
+        from .._results import RESULTS
+
+        warnings.warn(
+            "deepest.TPBVPResults is deprecated: use deepest.RESULTS (the same codes).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return RESULTS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

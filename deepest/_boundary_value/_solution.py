@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
-import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from .._misc import Pair
+from .._results import RESULTS
 
 
 def hermite(s, h, y0, y1, f0, f1):
@@ -33,14 +33,9 @@ def _hermite_at(t0, t1, y0, y1, f0, f1, t):
     return hermite(s, h, y0, y1, f0, f1)[0]
 
 
-class TPBVPResults(optx.RESULTS):
-    """The result codes of [`deepest.solve_tpbvp`][]: optimistix's, plus one for mesh
-    refinement."""
-
-    max_nodes_reached = (
-        "The collocation mesh reached `max_nodes` before every interval's residual fell "
-        "below `tol`."
-    )
+# The solvers' codes are deepest's RESULTS (optimistix's, promoted, and
+# `max_nodes_reached`); the former name stays for the methods and as a deprecated alias.
+TPBVPResults = RESULTS
 
 
 class TPBVPSolution(eqx.Module):
@@ -55,7 +50,7 @@ class TPBVPSolution(eqx.Module):
     - `dxs`, `dps`: ẋ and ṗ at `ts` (used for dense output).
     - `residual_norm`: the max-norm of the final Newton residual (continuity, boundary and,
       for collocation, stage equations).
-    - `result`: a [`deepest.TPBVPResults`][] code (optimistix's codes, promoted):
+    - `result`: a [`deepest.RESULTS`][] code (optimistix's codes, promoted):
       `successful` when Newton converged to a finite root (and, for a refining
       [`deepest.Collocation`][], every interval met `tol`); `max_nodes_reached` when the
       collocation mesh filled up first (the solution on the full mesh is returned).
@@ -74,14 +69,14 @@ class TPBVPSolution(eqx.Module):
     dxs: Float[Array, "n dim"]
     dps: Float[Array, "n dim"]
     residual_norm: Float[Array, ""]
-    result: TPBVPResults
+    result: RESULTS
     n_newton: Int[Array, ""]
     n_nodes: Int[Array, ""]
 
     @property
     def converged(self) -> Array:
         """Whether Newton converged (a boolean array)."""
-        return self.result == TPBVPResults.successful
+        return self.result == RESULTS.successful
 
     def evaluate(self, t: Float[ArrayLike, ""]) -> Pair:
         """(x(t), p(t)) by cubic Hermite interpolation between the stored states."""
@@ -148,7 +143,7 @@ def build_solution(
         dxs=dxs,
         dps=dps,
         residual_norm=norm,
-        result=TPBVPResults.where(finite, result, TPBVPResults.nonfinite),
+        result=RESULTS.where(finite, result, RESULTS.nonfinite),
         n_newton=n_newton,
         n_nodes=jnp.asarray(n_nodes),
     )

@@ -9,9 +9,10 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from .._misc import is_concrete
+from .._results import RESULTS
 from ._method import AbstractTPBVPMethod, MultipleShooting
 from ._problem import AbstractAnnealableBoundaryValueProblem, AbstractBoundaryValueProblem
-from ._solution import TPBVPResults, TPBVPSolution
+from ._solution import TPBVPSolution
 
 
 def _check_problem(problem):
@@ -54,15 +55,23 @@ def _guess_function(problem, guess) -> Callable:
 
 
 _NOT_CONVERGED = (
-    "solve_tpbvp: Newton's method did not converge to a finite root of the boundary-value "
-    "problem. Try a better `guess`, more segments or nodes, continuation in R_f "
-    "(deepest.anneal_tpbvp), or pass throw=False to inspect the result code."
+    "Newton's method did not converge to a finite root of the boundary-value problem. Try "
+    "a better `guess`, more segments or nodes, continuation in R_f (deepest.anneal_tpbvp), "
+    "or pass throw=False to inspect the result code."
 )
 _MAX_NODES = (
-    "solve_tpbvp: the collocation mesh reached `max_nodes` before every interval's residual "
-    "fell below `tol`. Raise `max_nodes`, loosen `tol`, or pass throw=False to use the "
-    "solution on the full mesh (flagged TPBVPResults.max_nodes_reached)."
+    "Raise `max_nodes`, loosen `tol`, or pass throw=False to use the solution on the full "
+    "mesh (flagged deepest.RESULTS.max_nodes_reached)."
 )
+
+
+def _messages() -> list[str]:
+    """The error of each RESULTS code: its message, then what to try."""
+    max_nodes = int(RESULTS.max_nodes_reached._value)
+    return [
+        f"solve_tpbvp: {message} {_MAX_NODES if i == max_nodes else _NOT_CONVERGED}"
+        for i, message in enumerate(RESULTS._index_to_message)
+    ]
 
 
 def solve_tpbvp(
@@ -89,9 +98,11 @@ def solve_tpbvp(
       `MultipleShooting()`).
     - `guess`: `None` (the problem's default guess), a callable `t -> (x, p)`, or a previous
       [`deepest.TPBVPSolution`][] (continuation).
-    - `throw`: raise if Newton does not converge or a refining collocation mesh fills up
-      (default); with `False` the failure is reported in `solution.result` (check
-      `solution.converged`).
+    - `throw`: raise (an `equinox.EquinoxRuntimeError` naming the [`deepest.RESULTS`][]
+      message) if the solve failed: Newton did not converge, or a refining collocation
+      mesh filled up (default); with `False` the failure is reported in
+      `solution.result` (check `solution.converged`). The same meaning as every entry
+      point's `throw` (see [`deepest.RESULTS`][]).
 
     **Returns:** a [`deepest.TPBVPSolution`][].
 
@@ -104,13 +115,9 @@ def solve_tpbvp(
     method = _check_method(method)
     _check_problem(problem)
     sol = method.solve(problem, _guess_function(problem, guess))
-    if throw:
-        result = sol.result
-        newton_failed = (result != TPBVPResults.successful) & (
-            result != TPBVPResults.max_nodes_reached
-        )
-        xs = eqx.error_if(sol.xs, newton_failed, _NOT_CONVERGED)
-        xs = eqx.error_if(xs, result == TPBVPResults.max_nodes_reached, _MAX_NODES)
+    if throw:  # the call's one solve failed: raise, naming its RESULTS message
+        failed = sol.result != RESULTS.successful
+        xs = eqx.branched_error_if(sol.xs, failed, sol.result._value, _messages())
         sol = eqx.tree_at(lambda s: s.xs, sol, xs)
     return sol
 
@@ -180,7 +187,7 @@ def anneal_tpbvp(
             jnp.zeros_like(xs),
             jnp.zeros_like(ps),
             zero,
-            TPBVPResults.successful,
+            RESULTS.successful,
             jnp.array(0),
             jnp.array(0),
         )

@@ -10,6 +10,7 @@ from ._datasets import (
 from ._twin import (
     Observations as Observations,
     check_dimension as check_dimension,
+    concrete as concrete,
     integrate as integrate,
     twin_experiment as twin_experiment,
 )

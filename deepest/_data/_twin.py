@@ -15,6 +15,14 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 from ..models._base import AbstractModel, parametrised
 
 
+def concrete(x: ArrayLike) -> np.ndarray | None:
+    """`x` as a NumPy array, or None while it is traced (inside `jax.jit`, `jax.grad` or
+    `jax.vmap`): the checks that need values run only on concrete ones."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
 class Observations(eqx.Module):
     """Noisy measurements `y_l(t_n)` of components `observed` of a D-component state.
 
@@ -29,7 +37,9 @@ class Observations(eqx.Module):
     - `true_params`: optional dict of the true model parameters, for twin experiments.
 
     Checks run when the object is built, before any compute: shapes agree, times increase,
-    indices are distinct, and the measured values are finite.
+    indices are distinct, and the measured values are finite (the checks of values only
+    for concrete ones: Observations may be built inside `jax.jit`, `jax.grad` or `jax.vmap`
+    from traced values).
     """
 
     times: Float[Array, " n_obs"]
@@ -50,12 +60,14 @@ class Observations(eqx.Module):
         noise: ArrayLike | None = None,
         true_params: dict[str, ArrayLike] | None = None,
     ):
-        times = np.asarray(times)
-        values = np.asarray(values)
         observed = tuple(int(i) for i in np.asarray(observed).reshape(-1))
+        times, values = jnp.asarray(times), jnp.asarray(values)
         if times.ndim != 1 or times.size < 2:
             raise ValueError(f"`times` must be 1-D with at least 2 entries; got {times.shape}.")
-        if not np.all(np.isfinite(times)) or np.any(np.diff(times) <= 0):
+        concrete_times = concrete(times)
+        if concrete_times is not None and (
+            not np.all(np.isfinite(concrete_times)) or np.any(np.diff(concrete_times) <= 0)
+        ):
             raise ValueError("`times` must be finite and strictly increasing.")
         if len(observed) == 0:
             raise ValueError("`observed` must name at least one component.")
@@ -70,19 +82,19 @@ class Observations(eqx.Module):
                 f"`values` must have shape (n_times, n_observed) = "
                 f"({times.size}, {len(observed)}); got {values.shape}."
             )
+        checked = concrete(values)
         if mask is not None:
-            mask = np.asarray(mask, dtype=bool)
+            mask = jnp.asarray(mask, dtype=bool)
             if mask.shape != values.shape:
                 raise ValueError(f"`mask` must have shape {values.shape}; got {mask.shape}.")
-            if not mask.any():
+            concrete_mask = concrete(mask)
+            if concrete_mask is not None and not concrete_mask.any():
                 raise ValueError("`mask` hides every measurement.")
-            checked = values[mask]
-        else:
-            checked = values
-        if not np.all(np.isfinite(checked)):
+            checked = None if checked is None or concrete_mask is None else checked[concrete_mask]
+        if checked is not None and not np.all(np.isfinite(checked)):
             raise ValueError("The measured `values` contain NaN or inf.")
         if truth is not None:
-            truth = np.asarray(truth)
+            truth = jnp.asarray(truth)
             if truth.ndim != 2 or truth.shape[0] != times.size:
                 raise ValueError(f"`truth` must have shape (n_times, dim); got {truth.shape}.")
             if max(observed) >= truth.shape[1]:
@@ -91,15 +103,18 @@ class Observations(eqx.Module):
                     f"{truth.shape[1]}."
                 )
         if noise is not None:
-            noise = np.asarray(noise)
-            if noise.shape not in ((), (len(observed),)) or np.any(noise <= 0):
+            noise = jnp.asarray(noise)
+            concrete_noise = concrete(noise)
+            if noise.shape not in ((), (len(observed),)) or (
+                concrete_noise is not None and np.any(concrete_noise <= 0)
+            ):
                 raise ValueError("`noise` must be a positive scalar or one value per component.")
-        self.times = jnp.asarray(times)
-        self.values = jnp.asarray(values)
+        self.times = times
+        self.values = values
         self.observed = observed
-        self.truth = None if truth is None else jnp.asarray(truth)
-        self.mask = None if mask is None else jnp.asarray(mask)
-        self.noise = None if noise is None else jnp.asarray(noise)
+        self.truth = truth
+        self.mask = mask
+        self.noise = noise
         self.true_params = (
             None if true_params is None else {k: jnp.asarray(v) for k, v in true_params.items()}
         )

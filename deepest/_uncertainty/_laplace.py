@@ -2,6 +2,7 @@
 and each minimum's probability mass."""
 
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -20,13 +21,14 @@ from .._annealing import (
     problem_digest,
     solve_block_tridiagonal,
 )
+from .._results import RESULTS, AbstractResult, check_throw, codes_of, results_of
 from ._selected_inversion import selected_inversion
 
 # A dense Hessian of more unknowns than this is refused (its inverse is formed).
 _DENSE_LIMIT = 8000
 
 
-class LaplaceResult(eqx.Module):
+class LaplaceResult(AbstractResult):
     """The Laplace approximation P(X | Y) ≈ N(X*, H⁻¹) at each path's minimum X*, with
     H the Hessian of the unnormalised action A₀ (see
     [`deepest.AbstractProblem.unnormalised_action`][]).
@@ -47,13 +49,19 @@ class LaplaceResult(eqx.Module):
     - `log_mass`: the Laplace estimate of the log probability mass of each minimum's
       basin, −A₀* − ½·log det H + (n/2)·log 2π (up to one constant shared by all paths):
       it ranks minima by the mass around them, not the height alone.
-    - `positive_definite`: False where H is not positive definite (then the point is not
-      a strict minimum and its statistics are NaN).
+    - `result`: [`deepest.RESULTS`][] codes per path: `successful`, or
+      `not_positive_definite` where H is not (then the point is not a strict minimum and
+      its statistics are NaN); `positive_definite` is that as booleans.
     - `end_covariance`: of a banded problem, the joint covariance of the last time's
       states and the parameters (in the banded layout, unknowns' coordinates), for
       `forecast`; `covariance`: of another problem, the whole H⁻¹.
     - `method`: "exact" or "gauss_newton".
+
+    `save(path)` writes it (`path/laplace.npz`), `LaplaceResult.load(path, problem)` reads
+    it back.
     """
+
+    file_name: ClassVar[str] = "laplace.npz"
 
     rf: np.ndarray
     paths: np.ndarray
@@ -63,11 +71,16 @@ class LaplaceResult(eqx.Module):
     action0: np.ndarray
     log_det: np.ndarray
     log_mass: np.ndarray
-    positive_definite: np.ndarray
+    result: RESULTS
     end_covariance: np.ndarray | None
     covariance: np.ndarray | None
     method: str
-    problem: AbstractProblem
+    problem: AbstractProblem | None
+
+    @property
+    def positive_definite(self) -> np.ndarray:
+        """(n,): H is positive definite at the path's minimum (`result` is `successful`)."""
+        return codes_of(self.result) == codes_of(RESULTS.successful)
 
     @property
     def paths_std(self) -> np.ndarray:
@@ -204,12 +217,10 @@ def _banded_hessian(problem, unknowns, rf, prior, gauss_newton: bool):
     """
     states, params = problem.to_banded(unknowns)
     n, d, p = problem.banded_shape
-    scale = jnp.sqrt(problem.action_counts[0])
     dtype = states.dtype
 
-    def residuals(s, q):
-        node, interval = problem.banded_residuals(s, q, rf)
-        return scale * node, scale * interval  # A₀ = (n_m/2)·A = ½(|node|² + |interval|²)
+    def residuals(s, q):  # A₀ = ½(|node|² + |interval|²)
+        return problem.unnormalised_banded_residuals(s, q, rf)
 
     def prior_of(s, q):
         return 0.0 if prior is None else prior(problem.from_banded(s, q))
@@ -344,6 +355,7 @@ def laplace(
     *,
     gauss_newton: bool = False,
     prior: Callable[[PyTree[Array]], Scalar] | None = None,
+    throw: bool = True,
 ) -> LaplaceResult:
     r"""The Laplace approximation to P(X | Y) ∝ exp(−A₀(X; R_f)) at annealed minima.
 
@@ -370,9 +382,13 @@ def laplace(
     - `gauss_newton`: use JᵀJ instead of the exact Hessian (banded problems).
     - `prior`: −log p of the unknowns' parameters (up to a constant), added to A₀; for
       a banded problem it may depend on the parameters only.
+    - `throw`: raise if no path's Hessian is positive definite (an
+      `equinox.EquinoxRuntimeError` naming the [`deepest.RESULTS`][] message); with
+      `False` return the result with its codes.
 
     **Returns:** a [`deepest.LaplaceResult`][]. A Hessian that is not positive definite is
-    reported per path (`positive_definite` False, its statistics NaN), not raised.
+    reported per path (`result` `not_positive_definite`, `positive_definite` False, its
+    statistics NaN), and raised only when no path's is (`throw`).
 
     **Example:**
 
@@ -423,7 +439,10 @@ def laplace(
         np.nan,
     )
     std = jax.device_get(std)
-    return LaplaceResult(
+    codes = np.where(
+        positive, codes_of(RESULTS.successful), codes_of(RESULTS.not_positive_definite)
+    )
+    out = LaplaceResult(
         rf=rf,
         paths=index,
         unknowns=jax.device_get(mean),
@@ -432,9 +451,13 @@ def laplace(
         action0=np.asarray(action0),
         log_det=np.where(positive, np.asarray(log_det), np.nan),
         log_mass=log_mass,
-        positive_definite=positive,
+        result=results_of(codes),
         end_covariance=None if end is None else np.asarray(end),
         covariance=None if covariance is None else np.asarray(covariance),
         method="gauss_newton" if gauss_newton else "exact",
         problem=problem,
     )
+    check_throw(
+        throw, positive, out.result, "laplace: no path's Hessian of A₀ is positive definite"
+    )
+    return out

@@ -3,6 +3,7 @@ R_f schedule, many chains in one program, each β started from the last one's sa
 
 import time
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -13,6 +14,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree, Scalar
 
 from .._annealing import AbstractBandedProblem, AbstractProblem, AnnealResult, AnnealSchedule
+from .._results import RESULTS, AbstractResult, check_throw, codes_of, results_of
 from ._laplace import _banded_hessian, _check_result
 from ._selected_inversion import BlockFactor, factor
 
@@ -21,7 +23,7 @@ from ._selected_inversion import BlockFactor, factor
 _KERNELS = ("hmc", "nuts")
 
 
-class PAMCResult(eqx.Module):
+class PAMCResult(AbstractResult):
     """The outcome of [`deepest.pamc`][]: per β of the schedule it ran (`betas`),
 
     - `rf`: the model weights R_f, (n_run,) or (n_run, D).
@@ -35,13 +37,24 @@ class PAMCResult(eqx.Module):
       `rhat`: its rank-normalised split-R̂ (Vehtari et al. 2021).
     - `acceptance`: (n_run, n_chains) each chain's mean acceptance probability;
       `step_size`: the adapted step sizes.
-    - `finite`: (n_chains,) False for a chain whose samples turned non-finite: flagged and
-      left out of every later statistic; the others are kept.
+    - `result`: (n_chains,) [`deepest.RESULTS`][] codes: `successful`, `nonfinite` for a
+      chain whose samples turned non-finite (flagged and left out of every later
+      statistic; the others are kept), `not_positive_definite` for every chain when the
+      whitening factor failed (sampling stopped there). `finite` is `successful` as
+      booleans.
     - `samples`: {β: unknowns (n_chains, n_samples, …)} for the β's of `save_betas`.
     - `stats`: `run_time` and `first_beta_time` (seconds; the first β's includes the
       compile, which the later β's reuse), `leapfrog_steps` (of the kept
       draws, all chains and β's; each is one gradient of A₀).
+
+    When every chain failed at a β (and `throw=False`), sampling stopped there: that β is
+    the last of `betas`, with NaN statistics.
+
+    `save(path)` writes it (`path/pamc.npz`), `PAMCResult.load(path, problem)` reads it
+    back.
     """
+
+    file_name: ClassVar[str] = "pamc.npz"
 
     betas: np.ndarray
     rf: np.ndarray
@@ -55,10 +68,16 @@ class PAMCResult(eqx.Module):
     views: dict
     acceptance: np.ndarray
     step_size: np.ndarray
-    finite: np.ndarray
+    result: RESULTS
     samples: dict
     stats: dict
-    problem: AbstractProblem
+    problem: AbstractProblem | None
+
+    @property
+    def finite(self) -> np.ndarray:
+        """(n_chains,): the chain's samples are kept (`result` is `successful`); False for
+        a chain that turned non-finite."""
+        return codes_of(self.result) == codes_of(RESULTS.successful)
 
     def _beta_index(self, beta: int | None) -> int:
         if beta is None:
@@ -246,6 +265,7 @@ def pamc(
     save_betas: Sequence[int] | None = None,
     prior: Callable[[PyTree[Array]], Scalar] | None = None,
     precondition: bool | None = None,
+    throw: bool = True,
 ) -> PAMCResult:
     r"""Precision annealing Monte Carlo (Fang, Wong, Hao, Ty & Abarbanel, Phys. Rev.
     Research 2, 013050, 2020): sample P(X | Y) ∝ exp(−A₀(X; R_f)) at each β of the
@@ -286,6 +306,10 @@ def pamc(
       a narrow valley along the model's trajectories that a diagonal mass matrix cannot
       follow. Exact whatever the factor (a linear change of variables). Default: True for
       banded problems ([`deepest.Assimilation`][]), False otherwise.
+    - `throw`: raise if every chain failed (turned non-finite, or the whitening factor
+      is not positive definite): an `equinox.EquinoxRuntimeError` naming the
+      [`deepest.RESULTS`][] message; with `False` sampling stops at that β and the result
+      is returned with its codes. Some chains' failures are always returned as codes.
 
     **Returns:** a [`deepest.PAMCResult`][].
 
@@ -366,6 +390,7 @@ def pamc(
     )
 
     finite = np.ones(n_chains, bool)
+    codes = np.full(n_chains, codes_of(RESULTS.successful))
     records = {k: [] for k in ("a_mean", "a_std", "mean", "std", "ess", "rhat", "acc", "step")}
     views, samples_kept = [], {}
     first_beta, start, leapfrogs = 0.0, time.perf_counter(), 0
@@ -385,16 +410,19 @@ def pamc(
             first_beta = time.perf_counter() - t0
         finite &= np.asarray(jnp.all(jnp.isfinite(samples), axis=(1, 2)))
         finite &= np.isfinite(np.asarray(step_size))
+        codes = np.where(finite, codes, codes_of(RESULTS.nonfinite))
         if not bool(chart_ok):
-            raise FloatingPointError(
-                f"The whitening factor (the Gauss–Newton Hessian of A₀ at the chains' mean) "
-                f"is not positive definite at β = {b} (R_f = {rf_table[b]}); run in float64, "
-                "or pass `precondition=False`."
+            codes[:] = codes_of(RESULTS.not_positive_definite)
+        if not bool(chart_ok) or not finite.any():
+            check_throw(
+                throw,
+                False,
+                results_of(codes),
+                f"pamc: every chain failed at β = {b} (R_f = {rf_table[b]})",
             )
-        if not finite.any():
-            raise FloatingPointError(
-                f"Every chain's samples turned non-finite at β = {b} (R_f = {rf_table[b]})."
-            )
+            _record_failure(records, views, problem, unravel, samples, acceptance, step_size)
+            betas = betas[: list(betas).index(b) + 1]
+            break
         kept = samples[finite]
         with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
             a_mean, a_std, mean, std, ess, rhat = _statistics(problem, unravel, rf, kept, prior)
@@ -427,7 +455,7 @@ def pamc(
         views={k: _stack([v[k] for v in views]) for k in views[0]},
         acceptance=stacked["acc"],
         step_size=stacked["step"],
-        finite=finite,
+        result=results_of(codes),
         samples=samples_kept,
         stats={
             "run_time": run_time,
@@ -436,6 +464,18 @@ def pamc(
         },
         problem=problem,
     )
+
+
+def _record_failure(records, views, problem, unravel, samples, acceptance, step_size):
+    """The records of a β at which every chain failed: NaN statistics."""
+    size = samples.shape[-1]
+    nan = np.full(size, np.nan, samples.dtype)
+    for name, value in zip(
+        ("a_mean", "a_std", "mean", "std", "ess", "rhat", "acc", "step"),
+        (nan[0], nan[0], nan, nan, nan, nan, acceptance, step_size),
+    ):
+        records[name].append(np.asarray(value))
+    views.append(_views(problem, unravel, jnp.full((1, 1, size), jnp.nan, samples.dtype)))
 
 
 def _stack(trees):

@@ -111,7 +111,7 @@ def plot_expected_action(pamc_result, anneal_result=None, ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
     if anneal_result is not None:
-        scale = 0.5 * float(np.asarray(pamc_result.problem.action_counts[0]))
+        scale = float(np.asarray(pamc_result.problem.unnormalised_scale))
         levels = scale * np.asarray(anneal_result.action)
         betas = np.arange(levels.shape[0])
         for i in range(levels.shape[1]):

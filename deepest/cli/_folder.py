@@ -9,12 +9,21 @@ leaves it with its last checkpoint, for `--resume`.
 """
 
 import ctypes
+import datetime
 import os
 import shutil
 
+from .._io import sync_folder
 from ..annealing import CHECKPOINT
 
 INCOMPLETE = ".incomplete"
+
+
+def default_out(config_path: str) -> str:
+    """`results/NAME-TIME`, the results folder of a run of `config_path` by default."""
+    stem = os.path.splitext(os.path.basename(config_path))[0]
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("results", f"{stem}-{stamp}")
 
 
 def _exchange(a: str, b: str) -> bool:
@@ -57,7 +66,9 @@ class ResultsFolder:
         return os.path.join(self.path, name)
 
     def publish(self) -> str:
-        """Move the written folder to `out` (replacing an old one in one step)."""
+        """Move the written folder to `out` (replacing an old one in one step), its files
+        and the rename flushed to disk."""
+        sync_folder(self.path, files=True)
         if not os.path.exists(self.out):
             os.replace(self.path, self.out)
         elif _exchange(self.path, self.out):
@@ -67,6 +78,7 @@ class ResultsFolder:
             os.replace(self.out, old)
             os.replace(self.path, self.out)
             shutil.rmtree(old)
+        sync_folder(os.path.dirname(os.path.abspath(self.out)))
         return self.out
 
     def discard(self) -> None:

@@ -16,95 +16,16 @@ settings, best action, measurement error, RMS errors against the truth, estimate
 parameters, converged fraction, stop reasons, times) and `sweep.png`.
 """
 
-import copy
 import csv
-import itertools
 import os
 import time
 import warnings
 
 import numpy as np
 
-from ._anneal import (
-    ANNEAL_DEFAULTS,
-    build_anneal,
-    resolve_anneal_config,
-    rms_errors,
-    run_settings,
-    write_results,
-)
-from ._config import check_keys, default_out, load_config, set_dotted
-from ._folder import INCOMPLETE, ResultsFolder
-
-COMBINE = ("product", "zip")
-
-
-def _leaf_keys(defaults: dict, where: str = "") -> list[str]:
-    out = []
-    for key, value in defaults.items():
-        dotted = f"{where}.{key}" if where else key
-        if isinstance(value, dict) and key not in (
-            "params",
-            "initial_params",
-            "param_ranges",
-            "bounds",
-        ):
-            out += _leaf_keys(value, dotted)
-        else:
-            out.append(dotted)
-    return out
-
-
-def resolve_sweep(path: str) -> dict:
-    """The sweep file `path` checked, with its base resolved into a full config and every
-    point's config listed (`points`), each checked as `deepest anneal` checks one."""
-    sweep = load_config(path, [])
-    check_keys(sweep, ("base", "grid", "combine"), "sweep")
-    base = sweep.get("base")
-    if isinstance(base, str):
-        base = load_config(os.path.join(os.path.dirname(os.path.abspath(path)), base), [])
-    if not isinstance(base, dict):
-        raise ValueError("`base` must name an anneal config file or be one (a mapping).")
-    base = resolve_anneal_config(base)
-    grid = sweep.get("grid")
-    if not isinstance(grid, dict) or not grid:
-        raise ValueError("`grid` must map dotted config keys to lists of values.")
-    valid = _leaf_keys(ANNEAL_DEFAULTS)
-    for key, values in grid.items():
-        if key not in valid:
-            check_keys({key: None}, valid, "grid")
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"`grid.{key}` must be a non-empty list of values; got {values!r}.")
-    combine = sweep.get("combine", "product")
-    if combine not in COMBINE:
-        raise ValueError(f"`combine` must be one of {COMBINE}; got {combine!r}.")
-    keys = list(grid)
-    if combine == "zip":
-        lengths = {len(v) for v in grid.values()}
-        if len(lengths) > 1:
-            raise ValueError(f"`combine: zip` needs lists of one length; got {sorted(lengths)}.")
-        rows = list(zip(*grid.values()))
-    else:
-        rows = list(itertools.product(*grid.values()))
-    points = []
-    for row in rows:
-        config = copy.deepcopy(base)
-        for key, value in zip(keys, row):
-            set_dotted(config, f"{key}={_yaml(value)}")
-        try:
-            config = resolve_anneal_config(config)
-        except ValueError as e:
-            where = ", ".join(f"{k}={v!r}" for k, v in zip(keys, row))
-            raise ValueError(f"sweep point ({where}): {e}") from None
-        points.append({"settings": dict(zip(keys, row)), "config": config})
-    shared = [k for k in ("n_paths", "seed", "ftol", "gtol", "max_steps", "minimiser")]
-    shared += ["history_length", "damping", "dtype"]
-    for key in shared:
-        if len({repr(p["config"]["anneal"][key]) for p in points}) > 1:
-            raise ValueError(f"`anneal.{key}` must be the same at every point of a sweep.")
-    if len({repr(p["config"]["output"]["save_betas"]) for p in points}) > 1:
-        raise ValueError("`output.save_betas` must be the same at every point of a sweep.")
-    return {"base": base, "grid": grid, "combine": combine, "points": points}
+from ..experiments import load
+from ._anneal import rms_errors, write_results
+from ._folder import INCOMPLETE, ResultsFolder, default_out
 
 
 def _yaml(value) -> str:
@@ -183,15 +104,12 @@ def run_sweep(
         sweep_path = os.path.join(source, "sweep.yaml")
     elif out is None:
         out = default_out(sweep_path)
-    spec = resolve_sweep(sweep_path)
-    points = spec["points"]
+    spec = load(sweep_path, kind="sweep")
+    points = spec.points
     import jax
 
-    if points[0]["config"]["anneal"]["dtype"] == "float64":
+    if points[0].config.anneal.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    import jax.random as jr
-
-    from .. import sweep
 
     # With several processes (jax.distributed) process 0 writes; every process reads.
     writes = jax.process_index() == 0
@@ -200,28 +118,22 @@ def run_sweep(
     try:
         if source is None and writes:
             with open(folder.file("sweep.yaml"), "w") as f:
-                saved = {k: spec[k] for k in ("base", "grid", "combine")}
-                yaml.safe_dump(saved, f, sort_keys=False)
+                yaml.safe_dump(spec.model_dump(), f, sort_keys=False)
         start = time.perf_counter()
-        built = [build_anneal(p["config"]) for p in points]
+        built = [p.config.build() for p in points]
         built_time = time.perf_counter() - start
-        a = points[0]["config"]["anneal"]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Annealing interrupted")
-            results = sweep(
-                [b[0] for b in built],
-                [b[1] for b in built],
-                int(a["n_paths"]),
-                [jr.key(int(p["config"]["anneal"]["seed"])) for p in points],
+            results = spec.run(
+                built,
                 progress=progress,
                 checkpoint=checkpoints,
                 resume=os.path.join(source, "checkpoints") if source is not None else None,
-                **run_settings(points[0]["config"]),
             )
         partial = any(r is None or r.partial for r in results)
         if not writes:
             return out, partial
-        rows, keys = [], list(spec["grid"])
+        rows, keys = [], list(spec.grid)
         for i, (point, (_, _, data, true_model), result) in enumerate(zip(points, built, results)):
             if result is None:
                 continue
@@ -229,9 +141,9 @@ def run_sweep(
             where = folder.file(name)
             os.makedirs(where, exist_ok=True)
             with open(os.path.join(where, "config.yaml"), "w") as f:
-                yaml.safe_dump(point["config"], f, sort_keys=False)
-            write_results(where, result, data, true_model, point["config"], out)
-            rows.append({"point": name, **point["settings"], **_metrics(result, data)})
+                yaml.safe_dump(point.config.model_dump(), f, sort_keys=False)
+            write_results(where, result, data, true_model, point.config, out)
+            rows.append({"point": name, **point.settings, **_metrics(result, data)})
         _write_index(rows, folder.file("index.csv"))
         _plot(rows, keys, folder.file("sweep.png"))
         if not partial:

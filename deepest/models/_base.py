@@ -107,7 +107,7 @@ def parametrised(
             name: jnp.asarray(getattr(model, name))
             for name in model.__dataclass_fields__
             if not model.__dataclass_fields__[name].metadata.get("static", False)
-            and eqx.is_inexact_array_like(getattr(model, name))
+            and _is_inexact(getattr(model, name))
         }
         return _ModuleWithParams(model), values
     if not callable(model):
@@ -121,6 +121,14 @@ def parametrised(
         return _WithoutParams(model), {}
     values = {name: jnp.asarray(v) for name, v in dict(params or {}).items()}
     return _WithParams(model, values), values
+
+
+def _is_inexact(x) -> bool:
+    """Whether a field holds a floating-point parameter: a float array (traced ones too,
+    which `eqx.is_inexact_array_like` cannot read) or a Python/NumPy float."""
+    return eqx.is_inexact_array(x) or (
+        not isinstance(x, jax.core.Tracer) and eqx.is_inexact_array_like(x)
+    )
 
 
 def _required_positional(fn) -> int | None:

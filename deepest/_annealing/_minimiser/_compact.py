@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from .._problem import AbstractBandedProblem
+from ._base import StepInfo
 
 
 def _triangular_solve(r: Float[Array, "m m"], b: Float[Array, " m"], *, transpose: bool):
@@ -92,29 +92,6 @@ def compact_direction(
     return -(gamma * g + (w_s @ s_mem + w_y @ y_mem).astype(dtype))
 
 
-class StepInfo(eqx.Module):
-    """What one step of a minimiser tells the annealing loop, for one lane.
-
-    - `accepted`: the evaluated point was accepted (it is now the lane's point).
-    - `first`: the step evaluated the first point of a β (accepted unless non-finite).
-    - `action`, `grad`: the action and its gradient at the accepted point.
-    - `errors`: (measurement error, model error) at the accepted point.
-    - `predicted_decrease`: the decrease the minimiser's local model still expects at the
-      accepted point (½ gᵀHg for L-BFGS), or the last decrease where it has no model; on
-      the step the search fails (`failed`), the decrease it expected along the direction
-      it failed on (∞ where it has none).
-    - `failed`: the line search or trust region can make no more progress.
-    """
-
-    accepted: Bool[Array, ""]
-    first: Bool[Array, ""]
-    action: Float[Array, ""]
-    grad: Float[Array, " n"]
-    errors: PyTree[Array]
-    predicted_decrease: Float[Array, ""]
-    failed: Bool[Array, ""]
-
-
 class TridiagonalPreconditioner(eqx.Module):
     """M_β = the per-component tridiagonal part of the action's Gauss–Newton matrix at
     each β, M = 2(C + f_β K) with C the measurement term's part and K the model term's at
@@ -136,10 +113,11 @@ class TridiagonalPreconditioner(eqx.Module):
     @staticmethod
     def build(problem, unknowns, rf0, factors):
         """The factors at every β, from one path's `unknowns` of a banded `problem`."""
-        if not isinstance(problem, AbstractBandedProblem):
+        if problem.banded_shape is None:
             raise TypeError(
-                f"The tridiagonal preconditioner needs a deepest.AbstractBandedProblem; "
-                f"got {type(problem).__name__}."
+                f"The tridiagonal preconditioner needs a problem with banded residuals (a "
+                f"deepest.AbstractBandedProblem: `banded_shape` not None); got "
+                f"{type(problem).__name__}."
             )
         meas, model, model_off, meas_p, model_p = gauss_newton_tridiagonal(problem, unknowns, rf0)
         f = factors[:, None, None]

@@ -18,9 +18,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ..._linalg import gauss_jordan
-from .._problem import AbstractBandedProblem
-from ._compact import StepInfo
-from ._lbfgs import AbstractMinimiser, _errors
+from ._base import AbstractMinimiser, StepInfo, action_errors
 
 
 class LevenbergMarquardt(AbstractMinimiser):
@@ -41,16 +39,23 @@ class LevenbergMarquardt(AbstractMinimiser):
     **Arguments:**
 
     - `damping`: λ at unit trust-region size (> 0); small values start near Gauss–Newton.
+    - `max_rejections`: the steps the trust region may reject in a row before it gives up
+      at a β (stop reason `stalled`; ≥ 1).
     """
 
     damping: float = eqx.field(default=1e-3, static=True)
+    max_rejections: int = eqx.field(default=30, static=True)
 
     def __check_init__(self):
         if not self.damping > 0:
             raise ValueError(f"`damping` must be positive; got {self.damping}.")
+        if int(self.max_rejections) != self.max_rejections or self.max_rejections < 1:
+            raise ValueError(
+                f"`max_rejections` must be a positive integer; got {self.max_rejections}."
+            )
 
     def check(self, problem):
-        if not isinstance(problem, AbstractBandedProblem):
+        if problem.banded_shape is None:
             raise ValueError(
                 f"LevenbergMarquardt needs a problem with banded residuals (a "
                 f"deepest.AbstractBandedProblem); {type(problem).__name__} is not one. "
@@ -72,7 +77,7 @@ class LevenbergMarquardt(AbstractMinimiser):
         def fn(y, rf):
             states, params = self._split(problem, y)
             u = problem.from_banded(states, params)
-            return problem.banded_residuals(states, params, rf), _errors(problem, u)
+            return problem.banded_residuals(states, params, rf), action_errors(problem, u)
 
         n, d, p = problem.banded_shape
         descent = _BandedDampedNewton(n, d, p, self.damping)
@@ -114,7 +119,9 @@ class LevenbergMarquardt(AbstractMinimiser):
         residual, grad, errors = solver.accepted_point(inner)
         action = sum(jnp.sum(r**2) for r in jtu.tree_leaves(residual))
         rejections = jnp.where(accepted, 0, state.rejections + 1)
-        failed = (rejections >= 30) | (solver.result(inner) != optx.RESULTS.successful)
+        failed = (rejections >= self.max_rejections) | (
+            solver.result(inner) != optx.RESULTS.successful
+        )
         info = StepInfo(
             accepted=accepted,
             first=state.first,

@@ -1,0 +1,412 @@
+"""The host side of every annealing run, shared by [`deepest.anneal`][] and
+[`deepest.sweep`][]: the settings' checks, each problem's start (its initial paths drawn
+or checked), the chunked run of the compiled loop (`_loop.py`) with its checkpoints and
+Ctrl-C, and the result of a problem's lanes.
+
+`anneal` runs one problem; `sweep` runs groups of problems of one structure and shapes,
+each group one program whose settings axis is a vmap of the same loop body (`batched`).
+"""
+
+import os
+import signal
+import threading
+import time
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+import numpy as np
+
+from ._checkpoint import fingerprints, load_checkpoint, problem_digest, save_checkpoint
+from ._hosts import Hosts
+from ._loop import LoopConfig, advance_loop, init_loop, loop_finished, loop_records
+from ._minimiser import LBFGS, AbstractMinimiser
+from ._problem import AbstractProblem
+from ._progress import AbstractProgressMeter, progress_meter
+from ._schedule import AnnealSchedule
+from ._solution import AnnealResult, from_stop_codes
+
+
+def _resolve_dtype(dtype):
+    dtype = jnp.dtype(jnp.float64 if dtype is None else dtype)
+    if dtype == jnp.float64 and not jax.config.read("jax_enable_x64"):
+        raise ValueError(
+            "float64 was asked for but JAX's x64 mode is off. Turn it on at the start of your "
+            "program with `jax.config.update('jax_enable_x64', True)`, or pass "
+            "dtype=jnp.float32."
+        )
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"`dtype` must be a floating-point type; got {dtype}.")
+    return dtype
+
+
+def _cast(tree, dtype):
+    return jtu.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
+
+
+# Compiled once per problem structure and shapes (not once per call, as a fresh
+# `jax.jit(jax.vmap(problem.init))` would be).
+@eqx.filter_jit
+def _draw(problem, keys):
+    return jax.vmap(problem.init)(keys)
+
+
+@eqx.filter_jit
+def _flatten(minimiser, problem, unknowns):
+    return jax.vmap(lambda u: minimiser.flatten(problem, u))(unknowns)
+
+
+@eqx.filter_jit
+def _unflatten(minimiser, problem, y):
+    return jax.vmap(lambda y: minimiser.unflatten(problem, y))(y)
+
+
+@eqx.filter_jit
+def _initial_actions(minimiser, problem, y0, rf0):
+    return jax.vmap(lambda y: problem.action(minimiser.unflatten(problem, y), rf0))(y0)
+
+
+def _check_initial_actions(minimiser, problem, y0, rf0):
+    """Report paths whose action is not finite at their start, before any annealing: an
+    error if every path's is (the model returns NaN or inf there), else a warning."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(_initial_actions(minimiser, problem, y0, rf0))))
+    if bad.size == len(y0):
+        raise ValueError(
+            "The action is not finite at any initial path: the model returns NaN or inf "
+            "there (or the data hold NaN). Check the model at states in `state_range`, or "
+            "pass finite starting paths as `init`."
+        )
+    if bad.size:
+        warnings.warn(
+            f"The action is not finite at the initial paths {bad.tolist()}: the model returns "
+            "NaN or inf there; those paths stop at β = 0 (stop reason non_finite).",
+            stacklevel=5,  # the caller of anneal (past RunSettings.start, wrapped by equinox)
+        )
+
+
+class RunSettings(eqx.Module):
+    """The settings of a run that every path (and every point of a sweep) shares, checked
+    (`check`); how a problem starts (`start`) and what its lanes' records give
+    (`result`)."""
+
+    n_paths: int
+    save_betas: tuple[int, ...]
+    ftol: float
+    gtol: float
+    max_steps: int
+    minimiser: AbstractMinimiser
+    dtype: np.dtype
+    meter: AbstractProgressMeter
+
+    @staticmethod
+    def check(schedule, n_paths, save_betas, ftol, gtol, max_steps, minimiser, dtype, progress):
+        """The settings of `anneal`'s (or `sweep`'s) arguments, or a clear error."""
+        if not isinstance(schedule, AnnealSchedule):
+            raise TypeError("`schedule` must be a deepest.AnnealSchedule.")
+        if int(n_paths) != n_paths or n_paths < 1:
+            raise ValueError(f"`n_paths` must be a positive integer; got {n_paths}.")
+        if int(max_steps) != max_steps or max_steps < 1:
+            raise ValueError(f"`max_steps` must be a positive integer; got {max_steps}.")
+        meter = progress_meter(progress)
+        minimiser = LBFGS() if minimiser is None else minimiser
+        if not isinstance(minimiser, AbstractMinimiser):
+            raise TypeError(
+                f"`minimiser` must be a deepest.AbstractMinimiser, e.g. deepest.LBFGS() or "
+                f"deepest.LevenbergMarquardt(); got {type(minimiser).__name__}."
+            )
+        save_betas = tuple(sorted({int(b) for b in (save_betas or ())}))
+        if any(b < 0 or b >= schedule.n_beta for b in save_betas):
+            raise ValueError(f"`save_betas` must lie in [0, {schedule.n_beta}); got {save_betas}.")
+        dtype = _resolve_dtype(dtype)
+        ftol, gtol = _tolerances(dtype, ftol, gtol)
+        return RunSettings(
+            int(n_paths), save_betas, ftol, gtol, int(max_steps), minimiser, dtype, meter
+        )
+
+    def loop_config(self, n_beta: int) -> LoopConfig:
+        """The compiled loop's settings for a schedule of `n_beta` values."""
+        return LoopConfig(
+            n_beta=n_beta,
+            save_betas=self.save_betas,
+            ftol=self.ftol,
+            gtol=self.gtol,
+            max_steps=self.max_steps,
+            minimiser=self.minimiser,
+            progress_meter=self.meter,
+        )
+
+    def start(self, problem, schedule, key, init):
+        """Check one problem against its schedule and settings; cast it; draw (or check) its
+        initial paths and flatten them. **Returns:** `(problem, y0, rf_table, factors)`."""
+        if not isinstance(problem, AbstractProblem):
+            raise TypeError(f"`problem` must be a deepest.AbstractProblem; got {type(problem)}.")
+        self.minimiser.check(problem)
+        problem.check_rf(schedule.rf0)
+        dtype, minimiser = self.dtype, self.minimiser
+        problem = _cast(problem, dtype)
+        if init is None:
+            unknowns = _draw(problem, jr.split(key, self.n_paths))
+        else:
+            unknowns = _check_init(problem, init, self.n_paths, dtype)
+        y0 = _flatten(minimiser, problem, unknowns).astype(dtype)
+        _check_initial_actions(minimiser, problem, y0, jnp.asarray(schedule.rf[0], dtype))
+        rf_table = jnp.asarray(schedule.rf, dtype)
+        factors = jnp.asarray(schedule.alpha ** np.arange(schedule.n_beta), dtype)
+        return problem, y0, rf_table, factors
+
+    def result(self, problem, schedule, state, stats: dict, partial: bool):
+        """The [`deepest.AnnealResult`][] of one problem's loop `state` (lanes past `n_paths`
+        are padding)."""
+        records = jax.device_get(loop_records(state))
+        y, action, meas, model, stop_reason, iterations, saved = records
+        if partial:  # each path at the minimum of the last β it finished
+            y = np.asarray(jax.device_get(state.lanes.minimum))
+        cut = slice(0, self.n_paths)
+        minimiser = self.minimiser
+        final = _unflatten(minimiser, problem, y[cut])
+        saved_trees = {
+            b: jax.device_get(_unflatten(minimiser, problem, saved[cut, j]))
+            for j, b in enumerate(self.save_betas)
+        }
+        stats = {
+            "run_time": stats["run_time"],
+            "compile_time": stats["compile_time"],
+            "loop_steps": int(np.max(jax.device_get(state.loop_steps))),
+            "lane_steps": int(np.sum(iterations[cut])),
+            "n_devices": stats["n_devices"],
+            "problem": problem_digest(problem),
+        }
+        return AnnealResult(
+            rf=np.asarray(schedule.rf),
+            action=action[cut].T,
+            measurement_error=meas[cut].T,
+            model_error=model[cut].T,
+            **from_stop_codes(stop_reason[cut].T),
+            iterations=iterations[cut].T,
+            unknowns=jax.device_get(final),
+            saved=saved_trees,
+            views=jax.device_get(problem.views(final)),
+            stats=stats,
+            expected_action=problem.expected_action,
+            problem=problem,
+            partial=partial,
+        )
+
+
+def check_checkpointing(checkpoint_every, resume):
+    """Raise `ValueError` for a non-positive `checkpoint_every` or a `resume` that is not a
+    folder."""
+    if not (float(checkpoint_every) > 0):
+        raise ValueError(f"`checkpoint_every` must be positive (seconds); got {checkpoint_every}.")
+    if resume is not None and not os.path.isdir(resume):
+        raise ValueError(f"`resume`: {resume} is not a folder.")
+
+
+def _tolerances(dtype, ftol, gtol):
+    # The polish test of tests/test_anneal.py fixes these: at the defaults a tight scipy
+    # polish of a converged level lowers it by < 1e-6 relative in float64 and < 1e-3 in
+    # float32, where rounding of an action summed over ~10⁴ terms allows no less.
+    defaults = {jnp.dtype(jnp.float64): (1e-10, 1e-9), jnp.dtype(jnp.float32): (1e-5, 1e-4)}
+    default_f, default_g = defaults.get(jnp.dtype(dtype), defaults[jnp.dtype(jnp.float32)])
+    ftol = default_f if ftol is None else float(ftol)
+    gtol = default_g if gtol is None else float(gtol)
+    if not (ftol >= 0 and gtol >= 0):
+        raise ValueError(f"`ftol` and `gtol` must be non-negative; got {ftol}, {gtol}.")
+    return ftol, gtol
+
+
+def _check_init(problem, init, n_paths, dtype):
+    """`init` as the problem's unknowns with a leading n_paths axis, or a clear error."""
+    template = jax.eval_shape(problem.init, jr.key(0))
+    try:
+        unknowns = jtu.tree_map(jnp.asarray, init)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"`init` must be a pytree of arrays: {e}") from None
+    if jtu.tree_structure(unknowns) != jtu.tree_structure(template):
+        raise ValueError(
+            f"`init` must have the structure of `problem.init(key)` with a leading n_paths "
+            f"axis: {jtu.tree_structure(template)}; got {jtu.tree_structure(unknowns)}."
+        )
+    paths = jtu.tree_flatten_with_path(unknowns)[0]
+    for (where, leaf), expected in zip(paths, jtu.tree_leaves(template)):
+        want = (n_paths,) + tuple(expected.shape)
+        if leaf.shape != want:
+            raise ValueError(
+                f"`init{jtu.keystr(where)}` must have shape {want} (n_paths, then the shape "
+                f"`problem.init(key)` gives); got {leaf.shape}."
+            )
+    return _cast(unknowns, dtype)
+
+
+# The host loop between chunks aims at chunks of this many seconds: short enough that
+# Ctrl-C is answered at once, long enough that the return to the host costs little.
+_CHUNK_SECONDS = 0.25
+
+
+class _Interrupt:
+    """While open (in the main thread), the first SIGINT sets `hit`; a second raises."""
+
+    def __init__(self):
+        self.hit = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _run_chunks(
+    problem, y0, rf_table, factors, config, devices, fps, checkpoint, every, resume, batched=False
+):
+    """Run the loop chunk by chunk from a fresh state or a checkpoint (`batched`: with a
+    leading axis of settings, as for a sweep). A checkpoint is written every `every`
+    seconds, when interrupted, and at the end.
+
+    **Returns:** `(state, compile_time, run_time, partial)`.
+    """
+    hosts = Hosts(devices)
+    start = time.perf_counter()
+    state = init_loop(problem, y0, rf_table, factors, config, devices, batched)
+    run_before = 0.0
+    if resume is not None:
+        state, meta = load_checkpoint(resume, state, fps, put=hosts.put)
+        run_before = float(meta["run_time"])
+    zero = np.int32(0) if hosts.many else jnp.asarray(0, jnp.int32)
+    # Lowered and compiled apart from the run, to report the compile time; a program of
+    # the same shapes and settings is reused (jit's cache), then this takes no time.
+    advance = advance_loop.lower(
+        problem, y0, rf_table, factors, zero, state, zero, config, devices, batched
+    ).compile()
+    compile_time = time.perf_counter() - start
+
+    def save(run_time):
+        if checkpoint is not None:
+            whole = hosts.get(state)  # every process takes part; process 0 writes
+            if hosts.writes:
+                meta = {"fingerprints": fps, "run_time": run_time}
+                save_checkpoint(os.fspath(checkpoint), whole, meta)
+
+    def view():  # what the host loop decides by, the same on every process
+        return hosts.get((state.lanes.beta, state.lanes.stop_reason, state.loop_steps))
+
+    beta, stop_reason, loop_steps = view()
+    # The bar counts the (path, β) minimisations still to run.
+    done_before = int(np.sum(stop_reason != 0))
+    handle = config.progress_meter.open(int(np.prod(y0.shape[:-1])) * config.n_beta - done_before)
+    chunk, start, saved_at = 8, time.perf_counter(), time.perf_counter()
+    finished = loop_finished((beta, loop_steps), config)
+    try:
+        with _Interrupt() as interrupt:
+            while not finished and not hosts.any(interrupt.hit):
+                began = time.perf_counter()
+                stop_at = int(np.max(loop_steps)) + chunk
+                state = advance(
+                    problem,
+                    y0,
+                    rf_table,
+                    factors,
+                    hosts.scalar(handle),
+                    state,
+                    hosts.scalar(stop_at),
+                    config,
+                    devices,
+                    batched,
+                )
+                beta, _, loop_steps = view()
+                finished = loop_finished((beta, loop_steps), config)
+                took = time.perf_counter() - began
+                grow = _CHUNK_SECONDS / max(took, 1e-4)
+                chunk = hosts.agree(int(min(max(chunk * min(grow, 2.0), 1), 2**30)))
+                due = time.perf_counter() - saved_at >= every
+                if not finished and hosts.agree(int(due)):
+                    save(run_before + time.perf_counter() - start)
+                    saved_at = time.perf_counter()
+            run_time = run_before + time.perf_counter() - start
+            save(run_time)
+            if not finished:
+                warnings.warn(
+                    "Annealing interrupted: returning the finished β's of every path "
+                    "(result.partial is True)"
+                    + (f"; resume from {checkpoint}." if checkpoint is not None else "."),
+                    stacklevel=4,  # the caller of anneal or sweep
+                )
+    finally:
+        config.progress_meter.close(handle)
+    return state, compile_time, run_time, not finished
+
+
+def _place(problem, y0, rf_table, factors, devices, hosts: Hosts, batched: bool):
+    """The loop's inputs placed for a program over several `devices`: split along the
+    settings (`batched`: every array) or the lanes (`y0`; the rest replicated)."""
+    if len(devices) <= 1:
+        return problem, y0, rf_table, factors
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    sharding = NamedSharding(Mesh(np.asarray(devices), ("paths",)), P("paths"))
+
+    if not batched:
+        y0 = hosts.put(jax.device_get(y0), sharding)
+        problem, rf_table, factors = hosts.local((problem, rf_table, factors))
+        return problem, y0, rf_table, factors
+
+    def spread(tree):
+        return jax.tree.map(lambda a: hosts.put(jax.device_get(a), sharding), tree)
+
+    params, static = eqx.partition(problem, eqx.is_array)
+    params, y0, rf_table, factors = map(spread, (params, y0, rf_table, factors))
+    return eqx.combine(params, static), y0, rf_table, factors
+
+
+def run_loop(
+    problem,
+    y0,
+    rf_table,
+    factors,
+    settings: RunSettings,
+    n_beta: int,
+    devices,
+    checkpoint,
+    checkpoint_every: float,
+    resume,
+    batched: bool = False,
+):
+    """Run the annealing loop of `problem` from the flat initial paths `y0` (lanes a
+    multiple of the `devices`), or of a group of problems of one structure and shapes
+    with a leading axis of settings on every array (`batched`, as a sweep does): chunk by
+    chunk, with checkpoints to `checkpoint` and a resume from `resume` (folders, or None).
+
+    **Returns:** `(state, stats, partial)`: the final loop state on the host, the run's
+    timings and device count, and whether it was interrupted.
+    """
+    config = settings.loop_config(n_beta)
+    fps = fingerprints(problem, y0, rf_table, factors, config, settings.n_paths, len(devices))
+    hosts = Hosts(devices)
+    problem, y0, rf_table, factors = _place(problem, y0, rf_table, factors, devices, hosts, batched)
+    state, compile_time, run_time, partial = _run_chunks(
+        problem,
+        y0,
+        rf_table,
+        factors,
+        config,
+        devices,
+        fps,
+        checkpoint,
+        checkpoint_every,
+        resume,
+        batched,
+    )
+    stats = {"run_time": run_time, "compile_time": compile_time, "n_devices": len(devices)}
+    return hosts.get(state), stats, partial
