@@ -73,7 +73,7 @@ def inputs(problem, schedule, n_paths):
         save_betas=(),
         ftol=1e-10,
         gtol=1e-9,
-        max_steps=5000,
+        max_evaluations=5000,
         minimiser=minimiser,
         progress_meter=deepest.NoProgressMeter(),
     )

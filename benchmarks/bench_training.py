@@ -1,7 +1,7 @@
 """Annealing against backpropagation on the same training pairs.
 
 Experiment a (twin network, tanh generator) and b (bar images), each from its config in
-`configs/`: variational annealing of `deepest.Training` (all paths in one compiled loop)
+`configs/`: variational annealing of `deepest.training` (all paths in one compiled loop)
 against Adam with costate gradients (`deepest.fit`), several runs from the network's
 initialisation. Reports the errors reached (train, validation and held-out test MSE of the
 plain forward pass; accuracy for the bar images) and the wall time, compile excluded and
@@ -31,7 +31,7 @@ EXPERIMENTS = {"a: twin (tanh)": "twin_network.yaml", "b: bar images": "bar_imag
 QUICK = [
     "anneal.n_paths=2",
     "anneal.n_beta=4",
-    "anneal.max_steps=200",
+    "anneal.max_evaluations=200",
     "backprop.steps=20",
     "backprop.n_runs=1",
     "data.n_test=50",

@@ -275,11 +275,11 @@ def pamc_rows(n_chains, serial_chains, n_warmup, n_samples, n_anneal=8, beta=5):
     }
 
 
-def calibration_rows(discretization, n_paths, n_beta, betas):
+def calibration_rows(discretisation, n_paths, n_beta, betas):
     """Laplace's ±2σ bands at several β of a longer schedule on the L = 12 twin, with
-    `discretization`: the fraction of the unobserved truth inside, the forcing's band."""
+    `discretisation`: the fraction of the unobserved truth inside, the forcing's band."""
     problem, schedule, _ = load(
-        "lorenz96_L12.yaml", {"discretization": discretization}, n_beta=n_beta, n_paths=n_paths
+        "lorenz96_L12.yaml", {"discretisation": discretisation}, n_beta=n_beta, n_paths=n_paths
     )
     result = deepest.anneal(
         problem, schedule, n_paths, jr.key(1), save_betas=betas[:-1], progress=False

@@ -3,7 +3,7 @@
 
 from . import (
     annealing as annealing,
-    discretizations as discretizations,
+    discretisations as discretisations,
     integrators as integrators,
     minimisers as minimisers,
     models as models,
@@ -33,7 +33,9 @@ from ._assimilation import (
     AbstractTraining as AbstractTraining,
     Assimilation as Assimilation,
     ContinuousAssimilation as ContinuousAssimilation,
-    Training as Training,
+    LayeredTraining as LayeredTraining,
+    RecurrentTraining as RecurrentTraining,
+    training as training,
     discrete_weights as discrete_weights,
     residual_network as residual_network,
     train_continuous as train_continuous,
@@ -123,9 +125,18 @@ from ._boundary_value import (
 def __getattr__(name):
     # Deprecated names, each with its warning: `StopReason` (the codes of an
     # AnnealResult are `result`, deepest.RESULTS, and `converged_by`), `TPBVPResults`
-    # (deepest.RESULTS).
+    # (deepest.RESULTS), `discretizations` (deepest.discretisations), `Training`
+    # (deepest.training).
     from . import _annealing, _boundary_value
 
+    if name == "discretizations":  # deprecated: importing it warns
+        import importlib
+
+        return importlib.import_module(".discretizations", __name__)
+    if name == "Training":  # deprecated: deepest.training, a function
+        from ._misc import deprecated_alias
+
+        return deprecated_alias(__name__, name, {name: ("deepest.training", training)})
     if name == "StopReason":
         return _annealing.__getattr__(name)
     if name == "TPBVPResults":

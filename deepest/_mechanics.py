@@ -17,6 +17,8 @@ import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float, Scalar
 
+from ._misc import renamed_keywords
+
 _SINGULAR = (
     "The velocity Hessian ∂²L/∂ẋ² of the Lagrangian is singular here, so the Lagrangian is "
     "degenerate: it has no Legendre transform and its Euler–Lagrange equation cannot be "
@@ -102,12 +104,29 @@ class Legendre(eqx.Module):
     - `momentum(t, x, v)`: p = ∂L/∂ẋ.
     - `velocity(t, x, p)`: the inverse map, ẋ solving ∂L/∂ẋ(t, x, ẋ) = p.
     - `hamiltonian(t, x, p)`: 𝓗 = p·ẋ − L(t, x, ẋ) at that ẋ.
+
+    `rtol`, `atol`, `max_newton_steps`: the Newton solve of the inverse map (formerly
+    `max_steps`, still accepted with a `DeprecationWarning`).
     """
 
     lagrangian: Callable
     rtol: float = eqx.field(static=True, default=1e-12)
     atol: float = eqx.field(static=True, default=1e-12)
-    max_steps: int = eqx.field(static=True, default=64)
+    max_newton_steps: int = eqx.field(static=True, default=64)
+
+    @renamed_keywords(max_steps="max_newton_steps")
+    def __init__(
+        self,
+        lagrangian: Callable,
+        rtol: float = 1e-12,
+        atol: float = 1e-12,
+        max_newton_steps: int = 64,
+    ):
+        # a written `__init__` only to read the former keyword `max_steps` (Newton steps)
+        self.lagrangian = lagrangian
+        self.rtol = rtol
+        self.atol = atol
+        self.max_newton_steps = max_newton_steps
 
     def momentum(self, t, x: Float[Array, " dim"], v: Float[Array, " dim"]) -> Array:
         if isinstance(self.lagrangian, QuadraticLagrangian):
@@ -126,7 +145,7 @@ class Legendre(eqx.Module):
             lambda v, _: self.momentum(t, x, v) - p,
             optx.Newton(self.rtol, self.atol),
             start,
-            max_steps=self.max_steps,
+            max_steps=self.max_newton_steps,
             throw=False,
         )
         v = eqx.error_if(solution.value, _singular(hessian(t, x, solution.value)), _SINGULAR)

@@ -1,6 +1,8 @@
 """Small helpers shared by every subpackage: argument checks, dtypes, pytrees."""
 
 import difflib
+import functools
+import warnings
 from collections.abc import Iterable
 
 import jax
@@ -42,3 +44,49 @@ def is_concrete(tree) -> bool:
 def tree_where(pred, a, b):
     """`jnp.where(pred, a, b)` leaf by leaf over two pytrees of the same structure."""
     return jtu.tree_map(lambda u, v: jnp.where(pred, u, v), a, b)
+
+
+def renamed_keywords(**old_to_new: str):
+    """Decorator: accept the old keyword names `old=new` of a function's renamed
+    parameters, with a `DeprecationWarning`, for one release.
+
+    A call that passes an old name and its new one at once raises `TypeError`. The
+    wrapped function keeps its signature (`inspect.signature` reads the new names)."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            for old, new in old_to_new.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(
+                            f"{function.__qualname__}() got both `{new}` and its "
+                            f"deprecated name `{old}`."
+                        )
+                    warnings.warn(
+                        f"{function.__qualname__}(): the keyword `{old}` is deprecated; "
+                        f"use `{new}`.",
+                        DeprecationWarning,
+                        stacklevel=2,
+                    )
+                    kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def deprecated_alias(module: str, name: str, renames: dict[str, tuple[str, object]]):
+    """A module `__getattr__`'s answer for a deprecated `name` of `module`: the object
+    of its new name, with a `DeprecationWarning`; `renames` maps old name to
+    (new full name, object)."""
+    import warnings
+
+    if name not in renames:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    new, obj = renames[name]
+    warnings.warn(
+        f"`{module}.{name}` is deprecated; use `{new}`.", DeprecationWarning, stacklevel=3
+    )
+    return obj

@@ -40,7 +40,7 @@ class RESULTS(optx.RESULTS):  # pyright: ignore
 
     Codes of [`deepest.anneal`][] per (β, path): `successful` (the `ftol` or `gtol` rule
     fired: which one is `AnnealResult.converged_by`), `nonlinear_max_steps_reached`
-    (`max_steps` evaluations without either), `stalled`, `nonfinite` (the action or its
+    (`max_evaluations` evaluations without either), `stalled`, `nonfinite` (the action or its
     gradient at the β's first point), `not_reached`. Of [`deepest.laplace`][] per path:
     `successful` or `not_positive_definite`. Of [`deepest.pamc`][] per chain:
     `successful`, `nonfinite` or `not_positive_definite` (the whitening factor). Of

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import deepest
-from deepest.discretizations import DISCRETIZATIONS
+from deepest.discretisations import DISCRETISATIONS
 
 DIM, OBSERVED, N_OBS, DT, FORCING = 6, (0, 2, 3), 6, 0.05, 8.0
 RM = np.array([10.0, 20.0, 5.0])
@@ -98,7 +98,7 @@ def _perturbed(problem, key):
 
 ASSIMILATIONS = [
     (d.name, spo, masked, rf)
-    for d in DISCRETIZATIONS
+    for d in DISCRETISATIONS
     for spo, masked, rf in ((1, False, 2.5), (3, True, RF_VECTOR))
 ]
 
@@ -114,7 +114,7 @@ def test_assimilation_action(name, spo, masked, rf):
         deepest.models.Lorenz96(FORCING),
         data,
         RM,
-        discretization=name,
+        discretisation=name,
         steps_per_obs=spo,
         estimate=("forcing",),
     )
@@ -173,7 +173,7 @@ def test_layered_training_action(widths, rm):
     net = deepest.LayeredNetwork(list(widths), jnp.tanh, key=jr.key(0))
     inputs = np.asarray(jr.normal(jr.key(3), (m, widths[0])))
     targets = np.asarray(jr.normal(jr.key(4), (m, widths[-1])))
-    problem = deepest.Training(net, inputs, targets, jnp.asarray(rm))
+    problem = deepest.training(net, inputs, targets, jnp.asarray(rm))
     u = _perturbed(problem, jr.key(5))
     states = [np.asarray(u["states"][k]) for k in sorted(u["states"])]
     rm_in, rm_out = (rm, rm) if np.ndim(rm) == 0 else rm
@@ -200,7 +200,7 @@ def test_recurrent_training_action():
     net = deepest.RecurrentNetwork(n_in, n_h, n_y, key=jr.key(0))
     inputs = np.asarray(jr.normal(jr.key(3), (m, t, n_in)))
     targets = np.asarray(jr.normal(jr.key(4), (m, t, n_y)))
-    problem = deepest.Training(net, inputs, targets, rm)
+    problem = deepest.training(net, inputs, targets, rm)
     u = _perturbed(problem, jr.key(5))
     trained = problem.to_model(u)
     hs = np.asarray(u["states"])  # h(1..T) of every sequence

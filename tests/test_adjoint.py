@@ -10,7 +10,7 @@ import pytest
 
 import deepest
 from deepest.integrators import (
-    RK4,
+    ClassicalRK4,
     ReversibleRK,
     partner_step,
     partner_sweep,
@@ -42,7 +42,7 @@ def _time_field(key, dim=3):
 
 
 # Explicit tableaux with every weight nonzero: the partner tableau exists.
-FULL_WEIGHT = [diffrax.Euler(), diffrax.Heun(), diffrax.Ralston(), RK4()]
+FULL_WEIGHT = [diffrax.Euler(), diffrax.Heun(), diffrax.Ralston(), ClassicalRK4()]
 # Zero weights (the FSAL stage): only the division-free form applies.
 ZERO_WEIGHT = [diffrax.Midpoint(), diffrax.Bosh3(), diffrax.Dopri5(), diffrax.Tsit5()]
 
@@ -70,7 +70,7 @@ def test_tableau_coefficients_rejects_implicit_and_unknown():
         tableau_coefficients(diffrax.ReversibleHeun())
 
 
-@pytest.mark.parametrize("solver", [diffrax.Heun(), RK4()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("solver", [diffrax.Heun(), ClassicalRK4()], ids=lambda s: type(s).__name__)
 def test_division_free_sweep_equals_partner_tableau(solver, getkey):
     # For a linear time-dependent field F = A(t) x, Sanz-Serna's partner advances λ by
     #   Λ_i = λ_n − h Σ_j ā_ij A(t_n + c_j h)ᵀ Λ_j,   λ_{n+1} = λ_n − h Σ_i b_i A(t_n + c_i h)ᵀ Λ_i,
@@ -117,7 +117,14 @@ def test_division_free_sweep_equals_partner_tableau(solver, getkey):
     "solver",
     # Midpoint has a zero weight on a stage that feeds another; Dopri5 and Tsit5 on a stage
     # that feeds none (FSAL).
-    [diffrax.Euler(), diffrax.Heun(), RK4(), diffrax.Midpoint(), diffrax.Dopri5(), diffrax.Tsit5()],
+    [
+        diffrax.Euler(),
+        diffrax.Heun(),
+        ClassicalRK4(),
+        diffrax.Midpoint(),
+        diffrax.Dopri5(),
+        diffrax.Tsit5(),
+    ],
     ids=lambda s: type(s).__name__,
 )
 def test_partner_step_is_the_transposed_diffrax_step(solver, getkey):
@@ -150,7 +157,9 @@ def test_partner_sweep_rejects_decreasing_times():
     field = _time_field(jr.key(0))
     ts = jnp.array([0.0, 0.2, 0.1])
     with pytest.raises(eqx.EquinoxRuntimeError, match="must increase"):
-        partner_sweep(field, tableau_coefficients(RK4()), ts, jnp.ones((3, 3)), jnp.ones(3))
+        partner_sweep(
+            field, tableau_coefficients(ClassicalRK4()), ts, jnp.ones((3, 3)), jnp.ones(3)
+        )
 
 
 def _loss_grad(net, x):
@@ -159,7 +168,7 @@ def _loss_grad(net, x):
 
 _loss_grad_jit = eqx.filter_jit(_loss_grad)
 
-FIXED = [diffrax.Euler(), diffrax.Heun(), RK4(), diffrax.Dopri5()]
+FIXED = [diffrax.Euler(), diffrax.Heun(), ClassicalRK4(), diffrax.Dopri5()]
 
 
 @pytest.mark.parametrize("solver", FIXED, ids=lambda s: type(s).__name__)
@@ -243,7 +252,7 @@ def test_costate_gradient_equals_autodiff_adaptive_replay(solver, getkey):
 def test_reversible_gradient_equals_autodiff_through_reversible_scheme(getkey):
     field = _time_field(getkey())
     x = jr.normal(getkey(), (3,))
-    scheme = ReversibleRK(RK4(), coupling=0.999)
+    scheme = ReversibleRK(ClassicalRK4(), coupling=0.999)
     grad_reversible = _loss_grad_jit(
         deepest.ContinuousNetwork(field, 2.0, 64, solver=scheme, adjoint="reversible"), x
     )
@@ -281,8 +290,8 @@ def test_reversible_gradient_stays_exact_over_many_steps(getkey):
     "base, coupling",
     [
         (diffrax.Heun(), dict(coupling=0.5)),
-        (RK4(), dict(coupling=0.5)),
-        (RK4(), dict(coupling_rate=3.0)),
+        (ClassicalRK4(), dict(coupling=0.5)),
+        (ClassicalRK4(), dict(coupling_rate=3.0)),
     ],
     ids=["Heun-λ=0.5", "RK4-λ=0.5", "RK4-κ=3"],
 )

@@ -304,7 +304,7 @@ wide = small_problem(dim=20, n_times=11)
 # Three β and a few steps suffice for that.
 for n, minimiser in ((8, None), (6, None), (192, deepest.LevenbergMarquardt())):
     problem = wide if minimiser else problem
-    kwargs = dict(progress=False, minimiser=minimiser, max_steps=6 if minimiser else 5000)
+    kwargs = dict(progress=False, minimiser=minimiser, max_evaluations=6 if minimiser else 5000)
     sched = deepest.AnnealSchedule(1e-3, 2.0, 3) if minimiser else schedule
     many = deepest.anneal(problem, sched, n, jr.key(2), **kwargs)
     one = deepest.anneal(problem, sched, n, jr.key(2), devices=jax.devices()[:1], **kwargs)
@@ -428,7 +428,7 @@ POLISH_SCHEDULE = deepest.AnnealSchedule(1e-3, 3.0, 8)
 # unknowns (its other three were checked alike when it was written; each case is a compile
 # of ~7 s, and CI has 25 minutes).
 @pytest.mark.parametrize(
-    "discretization, minimiser",
+    "discretisation, minimiser",
     [
         (d, deepest.LBFGS())
         for d in ("euler", "trapezoid", "rk4", "simpson_hermite", "gauss_legendre")
@@ -436,10 +436,10 @@ POLISH_SCHEDULE = deepest.AnnealSchedule(1e-3, 3.0, 8)
     + [(d, deepest.LevenbergMarquardt()) for d in ("trapezoid", "gauss_legendre")],
     ids=lambda v: v if isinstance(v, str) else type(v).__name__,
 )
-def test_every_level_is_a_minimum(discretization, minimiser):
+def test_every_level_is_a_minimum(discretisation, minimiser):
     # Rates 1e-3·3^β reach R_f ≈ 2: the low β where the old rule stalled and the high β
     # where the action is ~100× larger.
-    problem = small_problem(discretization, n_times=13)
+    problem = small_problem(discretisation, n_times=13)
     betas = list(range(POLISH_SCHEDULE.n_beta))
     result = deepest.anneal(
         problem,
@@ -456,12 +456,12 @@ def test_every_level_is_a_minimum(discretization, minimiser):
 def test_every_training_level_is_a_minimum():
     # One tanh layer, noisy targets: a well-posed minimum. (Hidden layers bring flat
     # directions, weight-space symmetries with Hessian eigenvalues ~1e-16 of the largest,
-    # where L-BFGS, scipy's too, needs ~10⁴ evaluations: such levels stop at max_steps and
+    # where L-BFGS, scipy's too, needs ~10⁴ evaluations: such levels stop at max_evaluations and
     # are reported so.)
     net = deepest.LayeredNetwork([2, 1], jnp.tanh, key=jr.key(0))
     x = jr.normal(jr.key(1), (10, 2))
     y = jnp.tanh(x[:, :1] - 0.5 * x[:, 1:]) + 0.3 * jr.normal(jr.key(3), (10, 1))
-    problem = deepest.Training(net, x, y, rm=10.0)
+    problem = deepest.training(net, x, y, rm=10.0)
     schedule = deepest.AnnealSchedule(1.0, 3.0, 6)
     betas = list(range(schedule.n_beta))
     result = deepest.anneal(problem, schedule, 2, jr.key(2), save_betas=betas, progress=False)
@@ -488,7 +488,7 @@ def test_carried_curvature_reaches_the_cold_start_minima(small):
 
 def test_stop_reasons(small):
     problem, good = small
-    short = deepest.anneal(problem, SCHEDULE, 2, jr.key(0), max_steps=3, progress=False)
+    short = deepest.anneal(problem, SCHEDULE, 2, jr.key(0), max_evaluations=3, progress=False)
     # three evaluations cannot minimise a fresh β: every level is out of steps
     assert (short.result == deepest.RESULTS.nonlinear_max_steps_reached).all()
     assert not short.converged.any() and (short.converged_by == "").all()

@@ -8,12 +8,12 @@ import optimistix as optx
 import pytest
 
 import deepest
-from deepest.discretizations import DISCRETIZATIONS as SCHEMES
+from deepest.discretisations import DISCRETISATIONS as SCHEMES
 
 from .helpers import small_problem
 
 
-def _linear_problem(discretization):
+def _linear_problem(discretisation):
     # F(t, x, p) = a x with a = -1: a case small enough to work out by hand.
     data = deepest.Observations([0.0, 0.5, 1.0], [[1.0], [0.5], [0.2]], observed=[0])
     return deepest.Assimilation(
@@ -21,7 +21,7 @@ def _linear_problem(discretization):
         data,
         rm=2.0,
         dim=2,
-        discretization=discretization,
+        discretisation=discretisation,
         params={"a": -1.0},
         estimate=("a",),
     )
@@ -31,7 +31,7 @@ PATH = jnp.array([[1.2, 0.0], [0.4, 1.0], [0.3, -0.5]])
 
 
 @pytest.mark.parametrize(
-    "discretization, model_error",
+    "discretisation, model_error",
     [
         # Euler: r = x1 - (1 + h a) x0 = x1 - 0.5 x0 -> [-0.2, 1.0], [0.1, -1.0]; sum 2.05 / 4.
         ("euler", 2.05 / 4),
@@ -39,8 +39,8 @@ PATH = jnp.array([[1.2, 0.0], [0.4, 1.0], [0.3, -0.5]])
         ("trapezoid", 3.61875 / 4),
     ],
 )
-def test_action_hand_computed(discretization, model_error):
-    problem = _linear_problem(discretization)
+def test_action_hand_computed(discretisation, model_error):
+    problem = _linear_problem(discretisation)
     u = {"path": PATH, "params": {"a": jnp.array(-1.0)}}
     # 2/(1*3) * (0.2^2 + 0.1^2 + 0.1^2) = 0.04
     assert float(problem.measurement_error(u)) == pytest.approx(0.04, rel=1e-14)
@@ -57,11 +57,11 @@ def test_action_per_component_weights():
     assert float(problem.action(u, rf)) == pytest.approx(expected, rel=1e-14)
 
 
-@pytest.mark.parametrize("discretization", [d.name for d in SCHEMES])
-def test_gradient_finite_differences(discretization, getkey):
+@pytest.mark.parametrize("discretisation", [d.name for d in SCHEMES])
+def test_gradient_finite_differences(discretisation, getkey):
     mask = np.ones((11, 3), bool)
     mask[3, 1] = mask[7, 0] = False
-    base = small_problem(discretization, steps_per_obs=2, n_times=11, dim=6)
+    base = small_problem(discretisation, steps_per_obs=2, n_times=11, dim=6)
     data = deepest.Observations(
         base.data.times, base.data.values, base.data.observed, truth=base.data.truth, mask=mask
     )
@@ -69,7 +69,7 @@ def test_gradient_finite_differences(discretization, getkey):
         deepest.models.Lorenz96(8.0),
         data,
         rm=jnp.array([4.0, 6.0, 8.0]),
-        discretization=discretization,
+        discretisation=discretisation,
         steps_per_obs=2,
         estimate=("forcing",),
         bounds={"forcing": (5.0, 11.0)},
@@ -86,7 +86,7 @@ def test_gradient_finite_differences(discretization, getkey):
     assert float(directional) == pytest.approx(float(fd), rel=1e-7)
 
 
-def _own_trajectory(discretization, field, x0, h, n):
+def _own_trajectory(discretisation, field, x0, h, n):
     """A trajectory of the scheme itself, with implicit steps solved by Newton."""
     newton = optx.Newton(rtol=1e-14, atol=1e-14)
 
@@ -98,14 +98,14 @@ def _own_trajectory(discretization, field, x0, h, n):
         return x + h * (k1 + 2 * k2 + 2 * k3 + k4) / 6
 
     def step(x, _):
-        if discretization == "euler":
+        if discretisation == "euler":
             return x + h * field(x), x
-        if discretization == "rk4":
+        if discretisation == "rk4":
             return rk4(x), x
-        if discretization == "trapezoid":
+        if discretisation == "trapezoid":
             res = lambda y, _: y - x - h / 2 * (field(x) + field(y))
             return optx.root_find(res, newton, x + h * field(x)).value, x
-        if discretization == "gauss_legendre":
+        if discretisation == "gauss_legendre":
             # the 2-stage Gauss–Legendre Runge–Kutta step; the midpoint is its collocation
             # polynomial at h/2, x + h Σ_j (∫_0^½ ℓ_j) K_j with ℓ_j Lagrange on the stages
             r = 3**0.5
@@ -126,26 +126,26 @@ def _own_trajectory(discretization, field, x0, h, n):
         return y, (x, m)
 
     last, xs = jax.lax.scan(step, x0, None, length=n - 1)
-    if discretization in ("simpson_hermite", "gauss_legendre"):
+    if discretisation in ("simpson_hermite", "gauss_legendre"):
         nodes, mids = xs
         return jnp.concatenate([nodes, last[None]]), mids
     return jnp.concatenate([xs, last[None]]), None
 
 
-@pytest.mark.parametrize("discretization", [d.name for d in SCHEMES])
-def test_model_error_vanishes_on_own_trajectory(discretization):
-    problem = small_problem(discretization, steps_per_obs=2, n_times=11, dim=6)
+@pytest.mark.parametrize("discretisation", [d.name for d in SCHEMES])
+def test_model_error_vanishes_on_own_trajectory(discretisation):
+    problem = small_problem(discretisation, steps_per_obs=2, n_times=11, dim=6)
     h = float(problem.ts[1] - problem.ts[0])
     model = deepest.models.Lorenz96(8.17)
     field = lambda x: model(0.0, x)
-    path, mids = _own_trajectory(discretization, field, problem.data.truth[0], h, problem.n_model)
+    path, mids = _own_trajectory(discretisation, field, problem.data.truth[0], h, problem.n_model)
     u = {"path": path, "params": {"forcing": jnp.array(8.17)}}
     if mids is not None:
         u["midpoints"] = mids
     # residuals are rounding-level (~1e-15 each), so their mean square is ~1e-30.
     assert problem.model_error(u) < 1e-26
     # ...while a trajectory of another scheme does not satisfy this one.
-    other = "rk4" if discretization == "euler" else "euler"
+    other = "rk4" if discretisation == "euler" else "euler"
     wrong, _ = _own_trajectory(other, field, problem.data.truth[0], h, problem.n_model)
     u["path"] = wrong
     assert problem.model_error(u) > 1e-12
@@ -177,8 +177,8 @@ def _shared_data():
         ({"rm": [1.0, 2.0]}, "rm"),
         ({"estimate": ("forcin",)}, "Did you mean 'forcing'"),
         ({"estimate": ("forcing", "forcing")}, "twice"),
-        ({"discretization": "leapfrog"}, "discretization"),
-        ({"discretization": "trapezoidal"}, "Did you mean 'trapezoid'"),
+        ({"discretisation": "leapfrog"}, "discretisation"),
+        ({"discretisation": "trapezoidal"}, "Did you mean 'trapezoid'"),
         ({"steps_per_obs": 0}, "steps_per_obs"),
         ({"dim": 3}, "out of range|at least 4"),
     ],
@@ -199,11 +199,11 @@ def test_uneven_times_rejected():
 
 
 @pytest.mark.parametrize("scheme", SCHEMES, ids=lambda d: d.name)
-def test_discretization_module_or_its_name(scheme, getkey):
+def test_discretisation_module_or_its_name(scheme, getkey):
     # A Module and its name build the same problem: the same action at the same unknowns.
     by_name = small_problem(scheme.name, n_times=7, dim=6)
     by_module = small_problem(scheme, n_times=7, dim=6)
-    assert by_module.discretization == scheme
+    assert by_module.discretisation == scheme
     u = by_name.init(getkey())
     assert float(by_module.action(u, 3.0)) == float(by_name.action(u, 3.0))
 

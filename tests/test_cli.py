@@ -8,7 +8,7 @@ import deepest
 import deepest.experiments
 from deepest.cli import main
 
-from .helpers import ROOT
+from .helpers import ROOT, write_config
 
 TINY = {
     "model": {"name": "lorenz96", "dim": 8, "params": {"forcing": 8.17}},
@@ -19,14 +19,8 @@ TINY = {
 }
 
 
-def _write(tmp_path, config):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
-
-
 def test_anneal_command(tmp_path, capsys):
-    config = _write(tmp_path, TINY)
+    config = write_config(tmp_path, TINY)
     out = tmp_path / "run"
     assert (
         main(["anneal", config, "--out", str(out), "--no-progress", "--set", "anneal.n_paths=3"])
@@ -89,13 +83,13 @@ def test_bad_config(tmp_path, capsys, change, message):
             else:
                 config[section][k] = v
     out = tmp_path / "bad"
-    assert main(["anneal", _write(tmp_path, config), "--out", str(out), "--no-progress"]) == 2
+    assert main(["anneal", write_config(tmp_path, config), "--out", str(out), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
     assert not (out / "result.npz").exists()
 
 
 def test_unknown_set_key(tmp_path, capsys):
-    config = _write(tmp_path, TINY)
+    config = write_config(tmp_path, TINY)
     assert (
         main(
             [
@@ -137,7 +131,7 @@ def test_every_shipped_config_runs_under_a_subcommand():
 
 
 def test_anneal_with_laplace_and_pamc_commands(tmp_path, capsys):
-    config = _write(tmp_path, TINY)
+    config = write_config(tmp_path, TINY)
     out = tmp_path / "laplace"
     assert main(["anneal", config, "--out", str(out), "--no-progress", "--laplace"]) == 0
     assert (out / "uncertainty.png").exists()
@@ -153,14 +147,15 @@ def test_anneal_with_laplace_and_pamc_commands(tmp_path, capsys):
     section.update(num_integration_steps=4, betas=[10, 11])
     pamc = {**TINY, "pamc": section}
     out = tmp_path / "pamc"
-    assert main(["pamc", _write(tmp_path, pamc), "--out", str(out), "--no-progress"]) == 0
+    assert main(["pamc", write_config(tmp_path, pamc), "--out", str(out), "--no-progress"]) == 0
     for name in ("result.npz", "pamc.npz", "uncertainty.png", "expected_action.png", "summary.txt"):
         assert (out / name).exists(), name
     summary = (out / "summary.txt").read_text()
     assert "precision annealing Monte Carlo: 4 chains (hmc)" in summary and "⟨A₀⟩ per β" in summary
     mc = deepest.PAMCResult.load(out)
     assert mc.betas.tolist() == [10, 11] and mc.action0_mean.shape == (2,)
-    assert mc.samples[11]["path"].shape == (4, 8, 21, 8)
+    assert mc.samples[11]["paths"].shape == (4, 8, 21, 8)
+    assert mc.unknown_samples[11]["path"].shape == (4, 8, 21, 8)
     assert "expected_action.png" in capsys.readouterr().out
 
 
@@ -177,7 +172,7 @@ def test_anneal_with_laplace_and_pamc_commands(tmp_path, capsys):
     ],
 )
 def test_bad_pamc_config(tmp_path, capsys, section, message):
-    config = _write(tmp_path, {**TINY, "pamc": section})
+    config = write_config(tmp_path, {**TINY, "pamc": section})
     out = tmp_path / "bad"
     assert main(["pamc", config, "--out", str(out), "--no-progress"]) == 2
     assert message in capsys.readouterr().err

@@ -35,7 +35,7 @@ def test_every_shipped_config_builds(name):
         assert isinstance(problem, deepest.Assimilation)
         assert schedule.n_beta == config.anneal.n_beta
         assert data.values.shape[0] == config.data.twin.n_times
-        assert set(config.run_options()) >= {"max_steps", "minimiser", "save_betas"}
+        assert set(config.run_options()) >= {"max_evaluations", "minimiser", "save_betas"}
         if isinstance(config, dx.PAMCConfig):
             assert config.pamc_options()["betas"] == config.betas()
     elif isinstance(config, dx.TrainConfig):
@@ -69,7 +69,7 @@ def test_build_is_the_public_api():
 def test_defaults_are_the_librarys():
     defaults = dx.AnnealSection()
     anneal_args = inspect.signature(deepest.anneal).parameters
-    assert defaults.max_steps == anneal_args["max_steps"].default
+    assert defaults.max_evaluations == anneal_args["max_evaluations"].default
     assert dx.OutputConfig().checkpoint_every == anneal_args["checkpoint_every"].default
     assert defaults.history_length == deepest.LBFGS().history_length
     assert defaults.damping == deepest.LevenbergMarquardt().damping
@@ -99,7 +99,7 @@ def test_registries():
         (["anneal.history_length=0"], "`anneal.history_length`"),
         (["anneal.n_paths=0"], "`anneal.n_paths` must be an integer ≥ 1; got 0."),
         (["anneal.n_paths=two"], "`anneal.n_paths` must be an integer ≥ 1; got 'two'."),
-        (["problem.discretization=trapezium"], "Did you mean 'trapezoid'?"),
+        (["problem.discretisation=trapezium"], "Did you mean 'trapezoid'?"),
         (["problem.estimate=[forcng]"], "`problem.estimate`"),
         (["output.save_betas=[9]"], "`output.save_betas` has β 9, out of range [0, 4)."),
         (["anneal.n_paths.x=1"], "anneal.n_paths is not a section"),

@@ -10,7 +10,7 @@ import pytest
 import scipy.linalg
 
 import deepest
-from deepest.integrators import RK4, ReversibleRK
+from deepest.integrators import ClassicalRK4, ReversibleRK
 
 
 def _relative_error(tree, reference):
@@ -30,7 +30,7 @@ def test_forward_pass_converges_to_matrix_exponential_at_order_four(getkey):
     exact = scipy.linalg.expm(np.asarray(field.weight) * t1) @ np.asarray(x)
     errors = []
     for n_steps in (8, 16):
-        net = deepest.ContinuousNetwork(field, t1, n_steps, solver=RK4())
+        net = deepest.ContinuousNetwork(field, t1, n_steps, solver=ClassicalRK4())
         errors.append(np.linalg.norm(np.asarray(net(x)) - exact))
     order = np.log2(errors[0] / errors[1])
     assert abs(order - 4) <= 0.2
@@ -45,7 +45,7 @@ def test_piecewise_constant_switches_parameters_at_equal_slices(getkey):
     exact = np.asarray(x)
     for k in range(n_slices):
         exact = scipy.linalg.expm(np.asarray(field.slice(k).weight) * t1 / n_slices) @ exact
-    net = deepest.ContinuousNetwork(field, t1, 60, solver=RK4())
+    net = deepest.ContinuousNetwork(field, t1, 60, solver=ClassicalRK4())
     # RK4 with h = 0.02: global error ~ h⁴ |A|⁵ T / 120, well below 1e-7.
     np.testing.assert_allclose(net(x), exact, rtol=1e-7)
     # A module instead of a factory: every slice starts as a copy.
@@ -63,7 +63,7 @@ def test_costate_sweep_gives_costates_and_gradient(adjoint, getkey):
     field = deepest.PiecewiseConstant(mlp, n_slices, getkey())
     encoder = eqx.nn.Linear(2, dim, key=getkey())
     decoder = eqx.nn.Linear(dim, 2, key=getkey())
-    solver = ReversibleRK(RK4()) if adjoint == "reversible" else RK4()
+    solver = ReversibleRK(ClassicalRK4()) if adjoint == "reversible" else ClassicalRK4()
 
     def network(adjoint):
         return deepest.ContinuousNetwork(
@@ -145,11 +145,11 @@ def test_bad_input_gets_clear_errors(getkey):
     with pytest.raises(ValueError, match="n_slices"):
         deepest.PiecewiseConstant(field, 0)
     with pytest.raises(ValueError, match="coupling"):
-        ReversibleRK(RK4(), coupling=0.0)
+        ReversibleRK(ClassicalRK4(), coupling=0.0)
     with pytest.raises(ValueError, match="coupling rate"):
-        ReversibleRK(RK4(), coupling_rate=-1.0)
+        ReversibleRK(ClassicalRK4(), coupling_rate=-1.0)
     with pytest.raises(ValueError, match="not both"):
-        ReversibleRK(RK4(), coupling=0.5, coupling_rate=1.0)
+        ReversibleRK(ClassicalRK4(), coupling=0.5, coupling_rate=1.0)
     net = deepest.ContinuousNetwork(field, 1.0, 10)
     with pytest.raises(ValueError, match="vmap"):
         net(jnp.ones((4, 3)))

@@ -103,7 +103,7 @@ def test_discrete_action_minimiser_converges_at_the_discretisation_order():
             rf, rm, dim=dim, t1=t_span, n_steps=n_layers, n_measured=values.size
         )
         problem = deepest.Assimilation(
-            field, data, rm_d, dim=dim, discretization="euler", steps_per_obs=n_layers
+            field, data, rm_d, dim=dim, discretisation="euler", steps_per_obs=n_layers
         )
         schedule = deepest.AnnealSchedule(float(rf_d), alpha=2.0, n_beta=1)
         # The default tolerances (relative decrease 1e-10, gradient 1e-9 of its start) are
@@ -179,7 +179,7 @@ def test_discrete_weights_and_residual_network(getkey):
     assert jnp.allclose(rf_d, 2.0 * 3 * 2.0 / (2 * h**2))
     assert jnp.allclose(rm_d, 10.0 * 6 / 2)
     field = _field(getkey())
-    layered = deepest.residual_network(field, t1=1.0, n_layers=256)
+    layered = deepest.residual_network(field, t1=1.0, n_steps=256)
     continuous = deepest.ContinuousNetwork(field, t1=1.0, n_steps=256)
     x = jnp.array([0.3, -0.7])
     # Forward Euler (the residual map) vs RK4 at h = 1/256: first-order gap ≈ h.

@@ -11,7 +11,7 @@ import scipy.linalg
 from jax.flatten_util import ravel_pytree
 
 import deepest
-from deepest.discretizations import DISCRETIZATIONS as SCHEMES, RK4, as_discretization
+from deepest.discretisations import DISCRETISATIONS as SCHEMES, RK4, as_discretisation
 
 # A forced, damped linear oscillator F(t, x) = A x + (0, a cos ωt): the (x, p) system is
 # linear, so the continuous minimiser has a closed form and each discrete action is
@@ -79,8 +79,8 @@ def _discrete_minimiser(problem, rf, unknowns):
 ORDERS = {"euler": 1, "trapezoid": 2, "rk4": 1, "simpson_hermite": 2, "gauss_legendre": 4}
 
 
-@pytest.mark.parametrize("discretization", [d.name for d in SCHEMES])
-def test_discrete_minimiser_converges_at_the_discretisation_order(discretization):
+@pytest.mark.parametrize("discretisation", [d.name for d in SCHEMES])
+def test_discrete_minimiser_converges_at_the_discretisation_order(discretisation):
     # The discrete action with deepest.discrete_weights approximates the continuous one; its
     # minimiser's error at the model times, against the continuous minimiser, at three steps.
     data = deepest.Observations(TIMES, VALUES, [0, 1])
@@ -97,33 +97,33 @@ def test_discrete_minimiser_converges_at_the_discretisation_order(discretization
             rm,
             dim=2,
             params={},
-            discretization=discretization,
+            discretisation=discretisation,
             steps_per_obs=steps_per_obs,
         )
         unknowns = {"path": jnp.zeros((problem.n_model, 2)), "params": {}}
-        if as_discretization(discretization).has_midpoints:
+        if as_discretisation(discretisation).has_midpoints:
             unknowns["midpoints"] = jnp.zeros((problem.n_model - 1, 2))
         minimiser = _discrete_minimiser(problem, rf, unknowns)
         exact = continuous_minimiser(np.asarray(problem.ts))
         errors.append(float(np.max(np.abs(np.asarray(minimiser["path"]) - exact))))
         steps.append(t_span / n_steps)
     order = np.polyfit(np.log(steps), np.log(errors), 1)[0]
-    print(f"{discretization}: errors {errors}, order {order:.2f}")
+    print(f"{discretisation}: errors {errors}, order {order:.2f}")
     # Measured: euler 1.01, trapezoid 1.99, rk4 1.00, simpson_hermite 1.98, gauss_legendre
     # 3.98 (errors 7e-6 … 3e-8). The forward maps (euler, rk4) are order 1: x(n+1) − Φ_h(x(n))
     # evaluates F along the model flow from x(n), not along the path, which leaves an
     # O(h·|p|/R_f) error; gauss_legendre's residuals are Gauss quadrature of |ẋ − F|² on a
     # piecewise-quadratic path.
-    expected = ORDERS[discretization]
+    expected = ORDERS[discretisation]
     assert expected - 0.2 < order < expected + 0.3, (errors, order)
 
 
-@pytest.mark.parametrize("discretization", [d.name for d in SCHEMES])
-def test_time_dependent_field_gets_scalar_times(discretization):
+@pytest.mark.parametrize("discretisation", [d.name for d in SCHEMES])
+def test_time_dependent_field_gets_scalar_times(discretisation):
     # forced_oscillator asserts a scalar t when traced; the action must be finite.
     data = deepest.Observations(TIMES, VALUES, [0, 1])
     problem = deepest.Assimilation(
-        forced_oscillator, data, 1.0, dim=2, params={}, discretization=discretization
+        forced_oscillator, data, 1.0, dim=2, params={}, discretisation=discretisation
     )
     unknowns = problem.init(jr.key(0))
     assert jnp.isfinite(eqx.filter_jit(problem.action)(unknowns, 1.0))
@@ -157,7 +157,7 @@ def test_gauss_legendre_banded_residuals():
         data,
         rm=1 / 0.4**2,
         dim=6,
-        discretization="gauss_legendre",
+        discretisation="gauss_legendre",
         steps_per_obs=2,
         estimate=("forcing",),
     )

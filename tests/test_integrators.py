@@ -18,10 +18,10 @@ import scipy.integrate
 
 import deepest
 from deepest.integrators import (
-    GaussLegendre,
     ImplicitMidpoint,
     StormerVerlet,
     SymplecticEuler,
+    SymplecticGaussLegendre,
     gauss_legendre_tableau,
 )
 
@@ -30,7 +30,7 @@ SCHEMES = {
     "euler_p_first": (SymplecticEuler("p_first"), 1, True),
     "euler_x_first": (SymplecticEuler("x_first"), 1, True),
     "midpoint": (ImplicitMidpoint(), 2, True),
-    "gauss2": (GaussLegendre(n_stages=2), 4, True),
+    "gauss2": (SymplecticGaussLegendre(n_stages=2), 4, True),
     "verlet_general": (StormerVerlet(separable=False), 2, True),
     "verlet": (StormerVerlet(), 2, False),
 }
@@ -194,7 +194,7 @@ def test_newton_failure_is_flagged_by_step(name):
 
 
 def test_newton_failure_through_diffeqsolve():
-    solver = GaussLegendre(root_find_max_steps=1)
+    solver = SymplecticGaussLegendre(root_find_max_steps=1)
     hamiltonian, args, y0 = problem_for("gauss2")
     term = dfx.ODETerm(hamiltonian_field(hamiltonian))
     sol = dfx.diffeqsolve(term, solver, 0.0, 1.0, 0.1, y0, args, throw=False)
@@ -232,7 +232,7 @@ def test_gradient_through_diffeqsolve():
     term = dfx.ODETerm(hamiltonian_field(hamiltonian))
 
     def loss(c):
-        sol = dfx.diffeqsolve(term, GaussLegendre(), 0.0, 2.0, 0.1, y0, c)
+        sol = dfx.diffeqsolve(term, SymplecticGaussLegendre(), 0.0, 2.0, 0.1, y0, c)
         return jnp.sum(jnp.sin(sol.ys[0][-1])) + jnp.sum(sol.ys[1][-1] ** 2)
 
     delta = 1e-5
@@ -263,7 +263,7 @@ def test_orders_and_public_names():
     term = dfx.ODETerm(hamiltonian_field(nonseparable_h))
     for solver, order, _ in SCHEMES.values():
         assert solver.order(term) == order
-    assert GaussLegendre(n_stages=3).order(term) == 6
+    assert SymplecticGaussLegendre(n_stages=3).order(term) == 6
     assert deepest.integrators.SymplecticEuler is SymplecticEuler
 
 
@@ -272,7 +272,7 @@ def test_float32_state():
     term = dfx.ODETerm(hamiltonian_field(nonseparable_h))
     y0 = (jnp.array([0.6, -0.4], jnp.float32), jnp.array([0.3, 0.8], jnp.float32))
     t0, t1 = jnp.float32(0), jnp.float32(0.1)
-    y1, _, _, _, result = eqx.filter_jit(GaussLegendre().step)(
+    y1, _, _, _, result = eqx.filter_jit(SymplecticGaussLegendre().step)(
         term, t0, t1, y0, jnp.float32(0.3), None, False
     )
     assert result == dfx.RESULTS.successful
@@ -328,7 +328,7 @@ def test_adaptive_controller_is_refused():
     with pytest.raises(RuntimeError, match="error estimates"):
         dfx.diffeqsolve(
             term,
-            GaussLegendre(),
+            SymplecticGaussLegendre(),
             0.0,
             1.0,
             0.1,
@@ -341,7 +341,7 @@ def test_adaptive_controller_is_refused():
     "make, match",
     [
         (lambda: SymplecticEuler("z_first"), "variant"),
-        (lambda: GaussLegendre(n_stages=0), "n_stages"),
+        (lambda: SymplecticGaussLegendre(n_stages=0), "n_stages"),
         (lambda: ImplicitMidpoint(rtol=-1.0), "rtol"),
         (lambda: StormerVerlet(root_find_max_steps=0), "root_find_max_steps"),
     ],

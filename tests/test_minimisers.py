@@ -39,7 +39,7 @@ def _data():
     return problem.data
 
 
-def _problem(discretization, steps_per_obs, masked):
+def _problem(discretisation, steps_per_obs, masked):
     data = _data()
     rm = 1 / 0.4**2
     if masked:
@@ -53,15 +53,15 @@ def _problem(discretization, steps_per_obs, masked):
         deepest.models.Lorenz96(8.0),
         data,
         rm=rm,
-        discretization=discretization,
+        discretisation=discretisation,
         steps_per_obs=steps_per_obs,
         estimate=("forcing",),
     )
 
 
-@pytest.mark.parametrize("discretization, steps_per_obs, masked", CASES)
-def test_banded_residuals_sum_to_the_action(discretization, steps_per_obs, masked):
-    problem = _problem(discretization, steps_per_obs, masked)
+@pytest.mark.parametrize("discretisation, steps_per_obs, masked", CASES)
+def test_banded_residuals_sum_to_the_action(discretisation, steps_per_obs, masked):
+    problem = _problem(discretisation, steps_per_obs, masked)
     u = problem.init(jr.key(3))
     states, params = problem.to_banded(u)
     assert (states.shape[0], states.shape[1], params.shape[0]) == problem.banded_shape
@@ -74,9 +74,9 @@ def test_banded_residuals_sum_to_the_action(discretization, steps_per_obs, maske
         assert float(total) == pytest.approx(float(action), rel=1e-13)
 
 
-@pytest.mark.parametrize("discretization, steps_per_obs, masked", CASES)
-def test_banded_residuals_are_local_in_time(discretization, steps_per_obs, masked):
-    problem = _problem(discretization, steps_per_obs, masked)
+@pytest.mark.parametrize("discretisation, steps_per_obs, masked", CASES)
+def test_banded_residuals_are_local_in_time(discretisation, steps_per_obs, masked):
+    problem = _problem(discretisation, steps_per_obs, masked)
     states, params = problem.to_banded(problem.init(jr.key(4)))
     n, d, _ = problem.banded_shape
     jacobian = jax.jit(lambda s, p: jax.jacfwd(problem.banded_residuals)(s, p, 1.0))
@@ -90,9 +90,9 @@ def test_banded_residuals_are_local_in_time(discretization, steps_per_obs, maske
     assert touched[allowed].all()
 
 
-@pytest.mark.parametrize("discretization, steps_per_obs, masked", CASES)
-def test_normal_blocks_match_the_dense_jacobian(discretization, steps_per_obs, masked):
-    problem = _problem(discretization, steps_per_obs, masked)
+@pytest.mark.parametrize("discretisation, steps_per_obs, masked", CASES)
+def test_normal_blocks_match_the_dense_jacobian(discretisation, steps_per_obs, masked):
+    problem = _problem(discretisation, steps_per_obs, masked)
     minimiser = deepest.LevenbergMarquardt()
     y = minimiser.flatten(problem, problem.init(jr.key(5)))
     _, fn = minimiser.solver_and_fn(problem)
@@ -329,14 +329,14 @@ def test_minimiser_arguments_are_checked():
     with pytest.raises(ValueError, match="history_length"):
         deepest.LBFGS(history_length=0)
     xs = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
-    training = deepest.Training(deepest.LayeredNetwork([3, 3, 3], key=jr.key(0)), xs, xs, rm=1.0)
+    training = deepest.training(deepest.LayeredNetwork([3, 3, 3], key=jr.key(0)), xs, xs, rm=1.0)
     with pytest.raises(ValueError, match="banded residuals"):
         deepest.anneal(training, schedule, 2, jr.key(0), minimiser=deepest.LevenbergMarquardt())
 
 
 def test_preconditioner_needs_a_banded_problem():
     xs = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
-    training = deepest.Training(deepest.LayeredNetwork([3, 3, 3], key=jr.key(0)), xs, xs, rm=1.0)
+    training = deepest.training(deepest.LayeredNetwork([3, 3, 3], key=jr.key(0)), xs, xs, rm=1.0)
     assert not isinstance(training, deepest.annealing.AbstractBandedProblem)
     assert isinstance(_problem("trapezoid", 1, False), deepest.annealing.AbstractBandedProblem)
     with pytest.raises(TypeError, match="AbstractBandedProblem"):

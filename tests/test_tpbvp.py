@@ -30,7 +30,7 @@ class Pendulum(deepest.models.AbstractModel):
 METHODS = {
     "multiple-shooting-tsit5": deepest.MultipleShooting(4, steps_per_segment=32),
     "multiple-shooting-gauss-legendre": deepest.MultipleShooting(
-        4, deepest.integrators.GaussLegendre(), steps_per_segment=32
+        4, deepest.integrators.SymplecticGaussLegendre(), steps_per_segment=32
     ),
     "shooting": deepest.Shooting(steps_per_interval=128),
     "collocation": deepest.Collocation(65),
@@ -242,7 +242,7 @@ def test_hamiltonian_constant_along_solution(long_pendulum):
 
 @pytest.mark.parametrize(
     "solver, order",
-    [(diffrax.Tsit5(), 5), (deepest.integrators.GaussLegendre(), 4)],
+    [(diffrax.Tsit5(), 5), (deepest.integrators.SymplecticGaussLegendre(), 4)],
     ids=["tsit5", "gauss-legendre"],
 )
 def test_hamiltonian_conserved_to_integrator_order(solver, order, long_pendulum):

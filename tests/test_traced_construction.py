@@ -22,7 +22,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def path(data):
-    problem = deepest.Assimilation(deepest.models.Lorenz96(8.0), data, 10.0, discretization="rk4")
+    problem = deepest.Assimilation(deepest.models.Lorenz96(8.0), data, 10.0, discretisation="rk4")
     u = problem.init(jr.key(1))
     return jax.tree.map(lambda a: a + 0.2 * jr.normal(jr.key(2), a.shape, a.dtype), u)
 
@@ -35,7 +35,7 @@ def _central(f, x, h):
 def test_forcing_gradient_through_construction(data, path, transform):
     def action(forcing):
         model = deepest.models.Lorenz96(forcing)
-        problem = deepest.Assimilation(model, data, 10.0, discretization="rk4")
+        problem = deepest.Assimilation(model, data, 10.0, discretisation="rk4")
         return problem.action(path, RF)
 
     grad = jax.grad(action) if transform == "grad" else jax.jit(jax.grad(action))
@@ -143,11 +143,11 @@ def test_trainings_under_a_trace(kind):
         shape_in, shape_out = (m, 4, 2), (m, 4, 2)
     inputs = jr.normal(jr.key(1), shape_in)
     targets = jr.normal(jr.key(2), shape_out)
-    u = deepest.Training(net, inputs, targets, 1.0).init(jr.key(3))
+    u = deepest.training(net, inputs, targets, 1.0).init(jr.key(3))
     u = jax.tree.map(lambda a: a + 0.1, u)
 
     def action(rm, x, y):
-        return deepest.Training(net, x, y, rm).action(u, RF)
+        return deepest.training(net, x, y, rm).action(u, RF)
 
     g = jax.jit(jax.grad(action, argnums=(0, 2)))(2.0, inputs, targets)
     fd_rm = (action(2.0 + 1e-3, inputs, targets) - action(2.0 - 1e-3, inputs, targets)) / 2e-3

@@ -18,7 +18,7 @@ def test_action_hand_computed():
     # measurement 2/(1·(1+1))·(0.5² + 0.5²) = 0.5, model (2.5 − 3)²/(1·1) = 0.25.
     net = deepest.LayeredNetwork([1, 1], _identity, key=jr.key(0), use_bias=False)
     net = eqx.tree_at(lambda n: n.layers[0].weight, net, jnp.array([[2.0]]))
-    problem = deepest.Training(net, [[1.0]], [[3.0]], rm=2.0)
+    problem = deepest.training(net, [[1.0]], [[3.0]], rm=2.0)
     u = {
         "states": {"x000": jnp.array([[1.5]]), "x001": jnp.array([[2.5]])},
         "weights": {"w000": jnp.array([[2.0]])},
@@ -42,7 +42,7 @@ def test_action_against_numpy(residual):
     x = jr.normal(k1, (3, widths[0]))
     y = jr.normal(k2, (3, widths[-1]))
     rm = np.array([3.0, 0.5])
-    problem = deepest.Training(net, x, y, rm=rm, state_noise=0.3, weight_init="network")
+    problem = deepest.training(net, x, y, rm=rm, state_noise=0.3, weight_init="network")
     u = problem.init(k3)
     states = [np.asarray(u["states"][f"x{j:03d}"]) for j in range(len(widths))]
     meas = rm[0] * np.sum((states[0] - np.asarray(x)) ** 2) + rm[1] * np.sum(
@@ -73,7 +73,7 @@ def test_gradient_finite_differences():
     net = deepest.LayeredNetwork([3, 5, 5, 2], jnp.tanh, key=jr.key(3))
     x = jr.normal(jr.key(4), (4, 3))
     y = jr.normal(jr.key(5), (4, 2))
-    problem = deepest.Training(net, x, y, rm=7.0)
+    problem = deepest.training(net, x, y, rm=7.0)
     flat, unravel = ravel_pytree(problem.init(jr.key(6)))
     rf = 30.0
     fn = jax.jit(lambda v: problem.action(unravel(v), rf))
@@ -91,9 +91,9 @@ def twin_result():
     x, y = deepest.noisy_pairs(generator, 8, jr.key(1), noise=0.01)
     val = deepest.noisy_pairs(generator, 50, jr.key(2), noise=0.01)
     net = deepest.LayeredNetwork([4] * 6, jnp.tanh, key=jr.key(3), use_bias=False)
-    problem = deepest.Training(net, x, y, rm=1 / 0.01**2, validation=val, noise=0.01)
+    problem = deepest.training(net, x, y, rm=1 / 0.01**2, validation=val, noise=0.01)
     schedule = deepest.AnnealSchedule(1e-2, 4.0, 16)
-    result = deepest.anneal(problem, schedule, 4, jr.key(4), progress=False, max_steps=3000)
+    result = deepest.anneal(problem, schedule, 4, jr.key(4), progress=False, max_evaluations=3000)
     return problem, result
 
 
@@ -131,7 +131,7 @@ def test_recurrent_training():
     rnn = deepest.RecurrentNetwork(2, 3, 1, key=jr.key(0))
     us = jr.normal(jr.key(1), (4, 6, 2))
     ys = jax.vmap(rnn)(us) + 0.1
-    problem = deepest.Training(rnn, us, ys, rm=5.0, weight_init="network", state_noise=0.0)
+    problem = deepest.training(rnn, us, ys, rm=5.0, weight_init="network", state_noise=0.0)
     u = problem.init(jr.key(2))
     # States from the forward pass: the model holds exactly, and the measurement term is
     # R_m times the mean squared readout misfit (0.1²).
@@ -145,7 +145,12 @@ def test_recurrent_training():
         float(jnp.mean((hs - pred) ** 2)), rel=1e-13
     )
     result = deepest.anneal(
-        problem, deepest.AnnealSchedule(1.0, 10.0, 4), 2, jr.key(3), progress=False, max_steps=2000
+        problem,
+        deepest.AnnealSchedule(1.0, 10.0, 4),
+        2,
+        jr.key(3),
+        progress=False,
+        max_evaluations=2000,
     )
     best = result.best
     assert result.model_error[-1, best] < 1e-6
@@ -158,20 +163,20 @@ def test_problem_follows_the_network():
     # network's action takes one R_m (its only measurement is the readout).
     net = deepest.LayeredNetwork([3, 4, 2], jnp.tanh, key=jr.key(0))
     x, y = jr.normal(jr.key(1), (5, 3)), jr.normal(jr.key(2), (5, 2))
-    plain = deepest.Training(net, x, y, rm=2.0)
-    wrapped = deepest.Training(deepest.costate_vjp(net), x, y, rm=2.0)
+    plain = deepest.training(net, x, y, rm=2.0)
+    wrapped = deepest.training(deepest.costate_vjp(net), x, y, rm=2.0)
     u = plain.init(jr.key(3))
     assert float(wrapped.action(u, 3.0)) == float(plain.action(u, 3.0))
     rnn = deepest.RecurrentNetwork(2, 3, 1, key=jr.key(4))
     us = jr.normal(jr.key(5), (4, 6, 2))
     with pytest.raises(ValueError, match="scalar for a recurrent network"):
-        deepest.Training(rnn, us, jax.vmap(rnn)(us), rm=[1.0, 2.0])
+        deepest.training(rnn, us, jax.vmap(rnn)(us), rm=[1.0, 2.0])
 
 
 def test_classification_views():
     images, labels = deepest.bar_images(12, jr.key(0))
     net = deepest.LayeredNetwork([25, 6, 4], jax.nn.sigmoid, key=jr.key(1))
-    problem = deepest.Training(net, images, labels, rm=1.0)
+    problem = deepest.training(net, images, labels, rm=1.0)
     assert problem.classification
     views = jax.jit(lambda k: problem.views(jax.vmap(problem.init)(jr.split(k, 3))))(jr.key(2))
     out = jax.vmap(net)(images)
@@ -211,7 +216,7 @@ def test_rf_scaling_matches_continuous_action():
         h = T / L
         net = deepest.LayeredNetwork(layers=[field] * L, residual_step=h)
         xs = path(jnp.linspace(0.0, T, L + 1))
-        problem = deepest.Training(net, xs[:1], xs[-1:], rm=1.0)
+        problem = deepest.training(net, xs[:1], xs[-1:], rm=1.0)
         weights = jax.tree_util.tree_leaves(eqx.filter(net, eqx.is_inexact_array))
         u = {
             "weights": {f"w{i:03d}": w for i, w in enumerate(weights)},
@@ -228,7 +233,7 @@ def _bad(**kw):
     net = deepest.LayeredNetwork([3, 4, 2], jnp.tanh, key=jr.key(0))
     args = {"net": net, "inputs": np.ones((5, 3)), "targets": np.ones((5, 2)), "rm": 1.0}
     args.update(kw)
-    return lambda: deepest.Training(**args)
+    return lambda: deepest.training(**args)
 
 
 @pytest.mark.parametrize(
@@ -254,7 +259,7 @@ def test_bad_input(kwargs, message):
 
 def test_bad_network_and_rf():
     with pytest.raises(TypeError, match="LayeredNetwork"):
-        deepest.Training(lambda x: x, np.ones((2, 3)), np.ones((2, 3)), rm=1.0)
+        deepest.training(lambda x: x, np.ones((2, 3)), np.ones((2, 3)), rm=1.0)
     problem = _bad()()
     with pytest.raises(ValueError, match="scalar"):
         deepest.anneal(problem, deepest.AnnealSchedule([1.0, 2.0], 2.0, 2), 2, jr.key(0))

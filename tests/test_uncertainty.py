@@ -166,7 +166,8 @@ def test_pamc_matches_the_gaussian_posterior():
     a0_star = float(problem.unnormalised_action(unravel(jnp.asarray(mean)), rf))
     assert out.action0_mean[-1] == pytest.approx(a0_star + mean.size / 2, rel=0.03)
     assert out.rhat["path"][-1].max() < 1.05
-    assert set(out.samples) == {5} and out.samples[5]["path"].shape == (32, 200, 40, 3)
+    assert set(out.samples) == {5} and out.samples[5]["paths"].shape == (32, 200, 40, 3)
+    assert out.unknown_samples[5]["path"].shape == (32, 200, 40, 3)
 
 
 def test_laplace_bands_on_lorenz96():
@@ -191,7 +192,7 @@ def test_laplace_for_training_is_dense_and_exact():
     net = deepest.LayeredNetwork([2, 3, 1], jnp.tanh, key=jr.key(1))
     x = jr.normal(jr.key(2), (6, 2))
     y = jnp.sin(x[:, :1])
-    problem = deepest.Training(net, x, y, rm=50.0, weight_init="network", state_noise=0.0)
+    problem = deepest.training(net, x, y, rm=50.0, weight_init="network", state_noise=0.0)
     schedule = deepest.AnnealSchedule(rf0=1.0, alpha=2.0, n_beta=6)
     result = deepest.anneal(problem, schedule, n_paths=2, key=jr.key(0))
     # throw=False: a flat direction of the weights may leave H not positive definite at

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import ArrayLike, PRNGKeyArray, PyTree
 
+from .._misc import renamed_keywords
 from ._minimiser import AbstractMinimiser
 from ._problem import AbstractProblem
 from ._progress import AbstractProgressMeter
@@ -16,6 +17,7 @@ from ._schedule import AnnealSchedule
 from ._solution import AnnealResult, check_anneal_throw
 
 
+@renamed_keywords(max_steps="max_evaluations")
 def anneal(
     problem: AbstractProblem,
     schedule: AnnealSchedule,
@@ -26,7 +28,7 @@ def anneal(
     init: PyTree[ArrayLike] | None = None,
     ftol: float | None = None,
     gtol: float | None = None,
-    max_steps: int = 5000,
+    max_evaluations: int = 5000,
     minimiser: AbstractMinimiser | None = None,
     dtype=None,
     devices: Sequence[jax.Device] | None = None,
@@ -51,7 +53,7 @@ def anneal(
       (also when the line search fails along a direction on which the model expects at
       most `ftol`·|A|: what is left is below A's rounding);
     - or max|∇A| ≤ `gtol` · max|∇A| at the β's first point;
-    - or the line search / trust region stalls, or after `max_steps` evaluations (then
+    - or the line search / trust region stalls, or after `max_evaluations` evaluations (then
       `converged` is False).
 
     **Arguments:**
@@ -69,7 +71,8 @@ def anneal(
       `init = jax.vmap(problem.init)(jax.random.split(key, n_paths))`, then edited.
     - `ftol`, `gtol`: the tolerances above; default 1e-10 and 1e-9 in float64, 1e-5 and
       1e-4 in float32.
-    - `max_steps`: the most evaluations per β and path.
+    - `max_evaluations`: the most evaluations of the action (minimiser steps) per β and
+      path (formerly `max_steps`, still accepted with a `DeprecationWarning`).
     - `minimiser`: the minimiser of each β: [`deepest.LBFGS`][] (default, any problem)
       or [`deepest.LevenbergMarquardt`][] (problems with banded residuals, e.g.
       [`deepest.Assimilation`][]: far fewer steps, each a block-banded linear solve).
@@ -99,7 +102,7 @@ def anneal(
     **Returns:** an [`deepest.AnnealResult`][].
     """
     settings = RunSettings.check(
-        schedule, n_paths, save_betas, ftol, gtol, max_steps, minimiser, dtype, progress
+        schedule, n_paths, save_betas, ftol, gtol, max_evaluations, minimiser, dtype, progress
     )
     check_checkpointing(checkpoint_every, resume)
     if key is None and init is None:

@@ -62,7 +62,7 @@ def fingerprints(problem, y0, rf_table, factors, config, n_paths: int, n_devices
             "save_betas": list(config.save_betas),
             "ftol": config.ftol,
             "gtol": config.gtol,
-            "max_steps": config.max_steps,
+            "max_evaluations": config.max_evaluations,
             "minimiser": repr(config.minimiser),
         },
         "lanes": {"n_paths": n_paths, "n_devices": n_devices, "dtype": str(y0.dtype)},

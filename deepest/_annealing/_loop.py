@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
+from .._misc import renamed_keywords
 from ._minimiser import AbstractMinimiser, StepInfo
 from ._problem import AbstractProblem
 from ._progress import AbstractProgressMeter
@@ -55,9 +56,20 @@ class LoopConfig(eqx.Module):
     save_betas: tuple[int, ...] = eqx.field(static=True)
     ftol: float = eqx.field(static=True)
     gtol: float = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
+    max_evaluations: int = eqx.field(static=True)
     minimiser: AbstractMinimiser = eqx.field(static=True)
     progress_meter: AbstractProgressMeter = eqx.field(static=True)
+
+    @renamed_keywords(max_steps="max_evaluations")
+    def __init__(self, n_beta, save_betas, ftol, gtol, max_evaluations, minimiser, progress_meter):
+        # a written `__init__` only to read the former keyword `max_steps`
+        self.n_beta = n_beta
+        self.save_betas = save_betas
+        self.ftol = ftol
+        self.gtol = gtol
+        self.max_evaluations = max_evaluations
+        self.minimiser = minimiser
+        self.progress_meter = progress_meter
 
 
 def _stop_reason(info: StepInfo, lane: _Lane, grad_start, steps, config: LoopConfig):
@@ -79,7 +91,7 @@ def _stop_reason(info: StepInfo, lane: _Lane, grad_start, steps, config: LoopCon
         (gradient, StopReason.converged_gradient),
         (decrease | floor, StopReason.converged_decrease),
         (info.failed, StopReason.stalled),
-        (steps >= config.max_steps, StopReason.max_steps),
+        (steps >= config.max_evaluations, StopReason.max_steps),
     ]
     code = jnp.array(-1, jnp.int32)
     for hit, reason in reversed(reasons):
@@ -219,7 +231,7 @@ def _advance(
     params, static, y0, rf_table, factors, handle, state, stop_at, config: LoopConfig, settings
 ) -> LoopState:
     """Run the loop from `state` until every lane has finished its schedule, the loop has
-    taken `n_beta · max_steps` steps, or it has taken `stop_at` steps in all.
+    taken `n_beta · max_evaluations` steps, or it has taken `stop_at` steps in all.
 
     With `settings` (a leading axis of them on `params`, `y0`, `rf_table`, `factors` and
     the lanes) the body is the vmap of one problem's body: every lane of every setting
@@ -238,7 +250,7 @@ def _advance(
 
     step_lanes = _over_settings(step_lanes, settings, in_axes=(0, 0, 0, 0, None))
     n_beta = config.n_beta
-    limit = jnp.minimum(stop_at, n_beta * config.max_steps)
+    limit = jnp.minimum(stop_at, n_beta * config.max_evaluations)
 
     def cond(carry):
         lanes, loop_steps, _ = carry
@@ -268,7 +280,8 @@ def loop_finished(state: LoopState, config: LoopConfig) -> bool:
     beta, loop_steps = state
     loop_steps = np.asarray(loop_steps).reshape(-1)
     beta = np.asarray(beta).reshape(loop_steps.shape[0], -1)
-    done = np.all(beta >= config.n_beta, axis=1) | (loop_steps >= config.n_beta * config.max_steps)
+    budget = config.n_beta * config.max_evaluations
+    done = np.all(beta >= config.n_beta, axis=1) | (loop_steps >= budget)
     return bool(np.all(done))
 
 
@@ -331,7 +344,7 @@ def anneal_lanes(
 
     def run(params, y0, rf_table, factors, handle):
         state = _init(params, static, y0, rf_table, factors, config, False)
-        limit = jnp.asarray(config.n_beta * config.max_steps, jnp.int32)
+        limit = jnp.asarray(config.n_beta * config.max_evaluations, jnp.int32)
         args = (params, static, y0, rf_table, factors, handle, state, limit, config, False)
         state = _advance(*args)
         return loop_records(state), state.loop_steps, state.lane_steps

@@ -10,6 +10,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
+from .._misc import renamed_keywords
+
 
 class Block(eqx.Module):
     r"""One block of an action: squared residuals, their weight, and their count.
@@ -75,7 +77,7 @@ class AbstractProblem(eqx.Module):
     """A variational problem `A(X; R_f) = measurement_error(X) + R_f-weighted model_error(X)`.
 
     Every problem that [`deepest.anneal`][] solves implements this protocol: the data
-    assimilation [`deepest.Assimilation`][] and the network training `deepest.Training`.
+    assimilation [`deepest.Assimilation`][] and the network training [`deepest.training`][].
     The unknowns `X` are a pytree of arrays (the path, and the estimated parameters).
 
     Subclasses provide `init(key)` (a random initial guess of the unknowns, one path) and
@@ -222,12 +224,15 @@ class AbstractProblem(eqx.Module):
         """Named arrays of a batch of unknowns (leading axis: paths), for results."""
         return {}
 
+    @renamed_keywords(t_end="t1")
     def forecast(
-        self, unknowns: PyTree[Array], t_end: float, n_times: int = 200
+        self, unknowns: PyTree[Array], t1: float, n_times: int = 200
     ) -> tuple[Float[Array, " n"], Float[Array, "n dim"]]:
-        """Continue one path's unknowns past the window to `t_end`: `(times, states)`.
+        """Continue one path's unknowns past the window to the end time `t1`:
+        `(times, states)`.
 
-        Optional; the default raises `ValueError`.
+        Optional; the default raises `ValueError`. An override keeps the deprecated keyword
+        `t_end` with `deepest._misc.renamed_keywords(t_end="t1")`.
         """
         raise ValueError(f"{type(self).__name__} defines no forecast of its unknowns.")
 

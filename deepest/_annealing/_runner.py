@@ -96,20 +96,24 @@ class RunSettings(eqx.Module):
     save_betas: tuple[int, ...]
     ftol: float
     gtol: float
-    max_steps: int
+    max_evaluations: int
     minimiser: AbstractMinimiser
     dtype: np.dtype
     meter: AbstractProgressMeter
 
     @staticmethod
-    def check(schedule, n_paths, save_betas, ftol, gtol, max_steps, minimiser, dtype, progress):
+    def check(
+        schedule, n_paths, save_betas, ftol, gtol, max_evaluations, minimiser, dtype, progress
+    ):
         """The settings of `anneal`'s (or `sweep`'s) arguments, or a clear error."""
         if not isinstance(schedule, AnnealSchedule):
             raise TypeError("`schedule` must be a deepest.AnnealSchedule.")
         if int(n_paths) != n_paths or n_paths < 1:
             raise ValueError(f"`n_paths` must be a positive integer; got {n_paths}.")
-        if int(max_steps) != max_steps or max_steps < 1:
-            raise ValueError(f"`max_steps` must be a positive integer; got {max_steps}.")
+        if int(max_evaluations) != max_evaluations or max_evaluations < 1:
+            raise ValueError(
+                f"`max_evaluations` must be a positive integer; got {max_evaluations}."
+            )
         meter = progress_meter(progress)
         minimiser = LBFGS() if minimiser is None else minimiser
         if not isinstance(minimiser, AbstractMinimiser):
@@ -123,7 +127,7 @@ class RunSettings(eqx.Module):
         dtype = _resolve_dtype(dtype)
         ftol, gtol = _tolerances(dtype, ftol, gtol)
         return RunSettings(
-            int(n_paths), save_betas, ftol, gtol, int(max_steps), minimiser, dtype, meter
+            int(n_paths), save_betas, ftol, gtol, int(max_evaluations), minimiser, dtype, meter
         )
 
     def loop_config(self, n_beta: int) -> LoopConfig:
@@ -133,7 +137,7 @@ class RunSettings(eqx.Module):
             save_betas=self.save_betas,
             ftol=self.ftol,
             gtol=self.gtol,
-            max_steps=self.max_steps,
+            max_evaluations=self.max_evaluations,
             minimiser=self.minimiser,
             progress_meter=self.meter,
         )

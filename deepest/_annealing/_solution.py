@@ -11,6 +11,7 @@ import numpy as np
 from jaxtyping import PyTree
 
 from .._io import load_npz, unflatten, write_atomic
+from .._misc import renamed_keywords
 from .._results import RESULTS, AbstractResult, check_throw, codes_of, name_of, results_of
 from ._problem import AbstractProblem
 
@@ -93,7 +94,7 @@ class AnnealResult(AbstractResult):
     - `views`: the problem's named views of `unknowns`; those of the library's problems
       are also properties: `paths` and `params` ([`deepest.Assimilation`][]),
       `train_error`, `validation_error`, `train_accuracy`, `validation_accuracy`
-      (`deepest.Training`).
+      (`deepest.training`).
     - `stats`: run statistics: `run_time`, `compile_time` (seconds), `loop_steps` (loop
       iterations), `lane_steps` (useful steps summed over paths), `n_devices`.
     - `best`: the path with the lowest final action.
@@ -223,25 +224,29 @@ class AnnealResult(AbstractResult):
         finished = np.nonzero(np.any(np.isfinite(self.action), axis=1))[0]
         return int(finished[-1]) if finished.size else self.action.shape[0] - 1
 
-    def path_unknowns(self, i: int | None = None) -> PyTree[np.ndarray]:
-        """The final unknowns of path `i` (default: `best`)."""
-        i = self.best if i is None else i
-        return jtu.tree_map(lambda a: a[i], self.unknowns)
+    @renamed_keywords(i="path")
+    def path_unknowns(self, path: int | None = None) -> PyTree[np.ndarray]:
+        """The final unknowns of path `path` (default: `best`)."""
+        path = self.best if path is None else path
+        return jtu.tree_map(lambda a: a[path], self.unknowns)
 
-    def predict(self, t_end: float, path: int | None = None, n_times: int = 200):
-        """Integrate a path's final state and parameters past the window, to `t_end`.
+    @renamed_keywords(t_end="t1")
+    def predict(self, t1: float, path: int | None = None, n_times: int = 200):
+        """Integrate a path's final state and parameters past the window, to the end time
+        `t1`.
 
-        **Returns:** `(times, states)` from the window's end to `t_end`.
+        **Returns:** `(times, states)` from the window's end to `t1`.
         """
         if self.problem is None:
             raise ValueError("predict needs the problem (pass it to load_result) with a forecast.")
-        return self.problem.forecast(self.path_unknowns(path), t_end, n_times)
+        return self.problem.forecast(self.path_unknowns(path), t1, n_times)
 
-    def model(self, i: int | None = None):
-        """The model (e.g. trained network) of path `i` (default: `best`)."""
+    @renamed_keywords(i="path")
+    def model(self, path: int | None = None):
+        """The model (e.g. trained network) of path `path` (default: `best`)."""
         if self.problem is None:
             raise ValueError("This result's problem does not define a model of its unknowns.")
-        return self.problem.to_model(self.path_unknowns(i))
+        return self.problem.to_model(self.path_unknowns(path))
 
     def summary(self) -> dict:
         """Per-β iteration statistics and the final levels, as plain numbers."""

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import PRNGKeyArray
 
+from .._misc import renamed_keywords
 from ._checkpoint import CHECKPOINT
 from ._minimiser import AbstractMinimiser
 from ._problem import AbstractProblem
@@ -33,6 +34,7 @@ def _stack(trees):
     return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
+@renamed_keywords(max_steps="max_evaluations")
 def sweep(
     problems: Sequence[AbstractProblem],
     schedules: AnnealSchedule | Sequence[AnnealSchedule],
@@ -42,7 +44,7 @@ def sweep(
     save_betas: Sequence[int] | None = None,
     ftol: float | None = None,
     gtol: float | None = None,
-    max_steps: int = 5000,
+    max_evaluations: int = 5000,
     minimiser: AbstractMinimiser | None = None,
     dtype=None,
     devices: Sequence[jax.Device] | None = None,
@@ -98,7 +100,7 @@ def sweep(
     settings = None
     for schedule in schedules:
         settings = RunSettings.check(
-            schedule, n_paths, save_betas, ftol, gtol, max_steps, minimiser, dtype, progress
+            schedule, n_paths, save_betas, ftol, gtol, max_evaluations, minimiser, dtype, progress
         )
     starts = [settings.start(p, s, k, None) for p, s, k in zip(problems, schedules, keys)]
     groups: dict[tuple, list[int]] = {}

@@ -7,13 +7,13 @@ from ._continuous import (
     residual_network as residual_network,
     train_continuous as train_continuous,
 )
-from ._discretization import (
-    AbstractDiscretization as AbstractDiscretization,
-    as_discretization as as_discretization,
+from ._discretisation import (
+    AbstractDiscretisation as AbstractDiscretisation,
+    as_discretisation as as_discretisation,
 )
 from ._training import (
     AbstractTraining as AbstractTraining,
     LayeredTraining as LayeredTraining,
     RecurrentTraining as RecurrentTraining,
-    Training as Training,
+    training as training,
 )

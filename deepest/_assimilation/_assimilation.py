@@ -11,9 +11,10 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
 from .._annealing import AbstractBandedProblem, Block
 from .._data import Observations, check_dimension, concrete, integrate
-from ..models._base import check_estimate, check_field, parametrised
+from .._misc import renamed_keywords
+from ..models import check_estimate, check_field, parametrised
 from ._checks import check_rm
-from ._discretization import AbstractDiscretization, as_discretization
+from ._discretisation import AbstractDiscretisation, as_discretisation
 
 
 class Assimilation(AbstractBandedProblem):
@@ -24,9 +25,9 @@ class Assimilation(AbstractBandedProblem):
     $$A(X, θ; R_f) = \frac{R_m}{L N_\text{obs}} \sum_{n,l} (x_l(t_n) − y_l(t_n))^2
       + \frac{R_f}{D (N_\text{model} − 1)} \sum_{n,a} (x_a(n+1) − x_a(n) − Δ_a)^2$$
 
-    with Δ one step of `discretization` (Simpson–Hermite adds a second, midpoint residual
+    with Δ one step of `discretisation` (Simpson–Hermite adds a second, midpoint residual
     to the same sum; Gauss–Legendre has two residuals per step, see
-    [`deepest.discretizations`][]).
+    [`deepest.discretisations`][]).
     With `mask`ed data the first denominator counts measured entries. With R_m = 1/σ² the
     measurement term of a path consistent with the data is ≈ 1.
 
@@ -41,7 +42,7 @@ class Assimilation(AbstractBandedProblem):
     - `data`: the [`deepest.Observations`][] (equally spaced times).
     - `rm`: the measurement weight R_m > 0, scalar or one per observed component.
     - `dim`: the number D of model components (default: from `data.truth`, else required).
-    - `discretization`: an [`deepest.discretizations.AbstractDiscretization`][] or its
+    - `discretisation`: an [`deepest.discretisations.AbstractDiscretisation`][] or its
       name: "euler", "trapezoid" (default), "rk4", "simpson_hermite" or "gauss_legendre"
       (the last two with each interval's midpoint state as unknowns). With
       [`deepest.discrete_weights`][] the minimiser converges to the continuous action's
@@ -55,6 +56,7 @@ class Assimilation(AbstractBandedProblem):
       ±50% around the model's value).
     - `bounds`: {name: (low, high)} hard bounds for estimated parameters, enforced by the
       smooth map θ = low + (high − low)·sigmoid(u) (the unknown is `u`; results report θ).
+    - `discretization`: deprecated, the former spelling of `discretisation` (warns).
 
     **Example:**
 
@@ -67,13 +69,14 @@ class Assimilation(AbstractBandedProblem):
     data: Observations
     rm: Float[Array, "*n_observed"]
     dim: int = eqx.field(static=True)
-    discretization: AbstractDiscretization
+    discretisation: AbstractDiscretisation
     steps_per_obs: int = eqx.field(static=True)
     estimate: tuple[str, ...] = eqx.field(static=True)
     state_range: tuple[float, float] = eqx.field(static=True)
     param_ranges: tuple[tuple[str, float, float], ...] = eqx.field(static=True)
     bounds: tuple[tuple[str, float, float], ...] = eqx.field(static=True)
 
+    @renamed_keywords(discretization="discretisation")
     def __init__(
         self,
         model,
@@ -81,7 +84,7 @@ class Assimilation(AbstractBandedProblem):
         rm: ArrayLike,
         *,
         dim: int | None = None,
-        discretization: str | AbstractDiscretization = "trapezoid",
+        discretisation: str | AbstractDiscretisation = "trapezoid",
         steps_per_obs: int = 1,
         estimate: Sequence[str] = (),
         params: Mapping[str, ArrayLike] | None = None,
@@ -96,7 +99,7 @@ class Assimilation(AbstractBandedProblem):
                 raise ValueError("Pass `dim`: the data carry no `truth` to read it from.")
             dim = data.truth.shape[1]
         dim = check_dimension(model, data.observed, dim)
-        discretization = as_discretization(discretization)
+        discretisation = as_discretisation(discretisation)
         if int(steps_per_obs) != steps_per_obs or steps_per_obs < 1:
             raise ValueError(f"`steps_per_obs` must be a positive integer; got {steps_per_obs}.")
         times = concrete(data.times)
@@ -143,12 +146,24 @@ class Assimilation(AbstractBandedProblem):
         self.data = data
         self.rm = rm
         self.dim = dim
-        self.discretization = discretization
+        self.discretisation = discretisation
         self.steps_per_obs = int(steps_per_obs)
         self.estimate = estimate
         self.state_range = (lo, hi)
         self.param_ranges = tuple(ranges)
         self.bounds = tuple((n, float(a), float(b)) for n, (a, b) in bounds.items())
+
+    @property
+    def discretization(self) -> AbstractDiscretisation:
+        """Deprecated: the former spelling of `discretisation` (warns)."""
+        import warnings
+
+        warnings.warn(
+            "`Assimilation.discretization` is deprecated; use `discretisation`.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.discretisation
 
     # -- grid ---------------------------------------------------------------------------
     @property
@@ -200,7 +215,7 @@ class Assimilation(AbstractBandedProblem):
                 theta = jnp.log(s) - jnp.log1p(-s)
             params[name] = theta
         unknowns = {"path": path, "params": params}
-        if self.discretization.has_midpoints:
+        if self.discretisation.has_midpoints:
             unknowns["midpoints"] = (path[:-1] + path[1:]) / 2
         return unknowns
 
@@ -217,7 +232,7 @@ class Assimilation(AbstractBandedProblem):
     def _model_residuals(self, unknowns: PyTree[Array]) -> tuple[Array, ...]:
         theta = {**self.values, **self.parameters(unknowns)}
         theta = {n: theta[n] for n in self.estimate}
-        return self.discretization.residuals(
+        return self.discretisation.residuals(
             self.field,
             self.ts,
             unknowns["path"],
@@ -256,7 +271,7 @@ class Assimilation(AbstractBandedProblem):
     # -- banded residuals (for deepest.LevenbergMarquardt) ----------------------------
     @property
     def banded_shape(self) -> tuple[int, int, int]:
-        width = 2 * self.dim if self.discretization.has_midpoints else self.dim
+        width = 2 * self.dim if self.discretisation.has_midpoints else self.dim
         n_params = sum(int(np.size(self.values[name])) for name in self.estimate)
         return self.n_model, width, n_params
 
@@ -265,7 +280,7 @@ class Assimilation(AbstractBandedProblem):
         first node (the last row's midpoint slot is padding, zero), and the estimated
         parameters flattened in `estimate` order."""
         states = unknowns["path"]
-        if self.discretization.has_midpoints:
+        if self.discretisation.has_midpoints:
             mid = jnp.concatenate([unknowns["midpoints"], jnp.zeros_like(states[:1])])
             states = jnp.concatenate([states, mid], axis=1)
         flat = [jnp.ravel(unknowns["params"][name]) for name in self.estimate]
@@ -280,7 +295,7 @@ class Assimilation(AbstractBandedProblem):
             out[name] = params[start : start + size].reshape(shape)
             start += size
         unknowns = {"path": states[:, : self.dim], "params": out}
-        if self.discretization.has_midpoints:
+        if self.discretisation.has_midpoints:
             unknowns["midpoints"] = states[:-1, self.dim :]
         return unknowns
 
@@ -321,19 +336,21 @@ class Assimilation(AbstractBandedProblem):
 
         return {"paths_std": std["path"], "params_std": jax.vmap(params_std)(unknowns, std)}
 
+    @renamed_keywords(t_end="t1")
     def forecast(
-        self, unknowns: PyTree[Array], t_end: float, n_times: int = 200
+        self, unknowns: PyTree[Array], t1: float, n_times: int = 200
     ) -> tuple[Float[Array, " n"], Float[Array, "n dim"]]:
-        """Integrate one path's final state with its estimated parameters to `t_end`.
+        """Integrate one path's final state with its estimated parameters to the end time
+        `t1`.
 
         Vmap it over paths inside a program that closes over the problem (its times are
-        read as numbers to check `t_end`)."""
+        read as numbers to check `t1`)."""
         ts = self.ts
         end = float(np.asarray(self.data.times)[-1])
-        if not t_end > end:
-            raise ValueError(f"`t_end` must lie after the window's end {end}.")
+        if not t1 > end:
+            raise ValueError(f"`t1` must lie after the window's end {end}.")
         theta = {n: v for n, v in self.parameters(unknowns).items() if n in self.estimate}
-        times = jnp.linspace(ts[-1], t_end, n_times)
+        times = jnp.linspace(ts[-1], t1, n_times)
         field = self.field
         states = integrate(
             lambda t, x, _: field(t, x, theta), unknowns["path"][-1], times, params={}

@@ -30,8 +30,9 @@ from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 from .._annealing import unnormalised_scale
 from .._boundary_value import AbstractAnnealableBoundaryValueProblem, TPBVPSolution
 from .._data import Observations, check_dimension, concrete
+from .._misc import renamed_keywords
 from .._networks import FitHistory
-from ..models._base import check_field, parametrised
+from ..models import check_field, parametrised
 from ._checks import check_rm, check_weight
 
 
@@ -240,8 +241,10 @@ def discrete_weights(
     return rf_disc, rm_disc
 
 
-def residual_network(field: Callable, t1: float, n_layers: int):
-    """The L-layer residual network x ↦ x + h·F(x) (h = T/L) discretising `dx/dt = F(x)`.
+@renamed_keywords(n_layers="n_steps")
+def residual_network(field: Callable, t1: float, n_steps: int):
+    """The residual network of `n_steps` = L layer maps x ↦ x + h·F(x) (h = `t1`/L, one
+    forward-Euler step each) discretising `dx/dt = F(x)` on [0, `t1`].
 
     Returns a [`deepest.LayeredNetwork`][] whose layers all share the continuous field's
     weights (an autonomous field, called as `field(x)` or `field(t, x)` at t = 0); with
@@ -252,10 +255,10 @@ def residual_network(field: Callable, t1: float, n_layers: int):
     from .._continuous import TimeField, takes_time
     from .._networks import LayeredNetwork
 
-    if n_layers < 1 or not t1 > 0:
-        raise ValueError("residual_network needs n_layers ≥ 1 and t1 > 0.")
+    if n_steps < 1 or not t1 > 0:
+        raise ValueError("residual_network needs n_steps ≥ 1 and t1 > 0.")
     layer = _AutonomousLayer(TimeField(field, takes_time(field)))
-    return LayeredNetwork(layers=[layer] * n_layers, residual_step=t1 / n_layers)
+    return LayeredNetwork(layers=[layer] * n_steps, residual_step=t1 / n_steps)
 
 
 class _AutonomousLayer(eqx.Module):

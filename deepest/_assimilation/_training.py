@@ -63,7 +63,7 @@ def _named(prefix: str, arrays: list) -> dict[str, Array]:
 
 
 class AbstractTraining(AbstractProblem):
-    """The action of a network trained by data assimilation; built by [`deepest.Training`][].
+    """The action of a network trained by data assimilation; built by [`deepest.training`][].
 
     Holds what every kind of network shares: the training pairs, R_m, the validation pair,
     the initial weights, and the results (`to_model`, `errors`, `views`). Each kind of
@@ -208,7 +208,7 @@ class AbstractTraining(AbstractProblem):
 
     def init(self, key: PRNGKeyArray) -> PyTree[Array]:
         """Weights by `weight_init`; states the forward pass plus noise (see
-        [`deepest.Training`][])."""
+        [`deepest.training`][])."""
         k_weights, k_states = jr.split(key)
         net = self._initial_network(k_weights)
         return {
@@ -255,7 +255,7 @@ class AbstractTraining(AbstractProblem):
 
 class LayeredTraining(AbstractTraining):
     """The action of a [`deepest.LayeredNetwork`][]: measurements at the input and output
-    layers, the model error of every layer map (see [`deepest.Training`][]).
+    layers, the model error of every layer map (see [`deepest.training`][]).
 
     The states are a dict {"x000": (M, N_0), …}, one entry per layer.
     """
@@ -359,7 +359,7 @@ class LayeredTraining(AbstractTraining):
 
 class RecurrentTraining(AbstractTraining):
     """The action of a [`deepest.RecurrentNetwork`][]: the targets measured through the
-    readout at every step, the model error of every step (see [`deepest.Training`][]).
+    readout at every step, the model error of every step (see [`deepest.training`][]).
 
     The states are one (M, T, N_h) array, h(1..T) of every sequence.
     """
@@ -416,7 +416,7 @@ class RecurrentTraining(AbstractTraining):
         return None if self.noise is None else float(np.asarray(self.rm) * self.noise**2)
 
 
-def Training(
+def training(
     net: AbstractCostateNetwork,
     inputs: ArrayLike,
     targets: ArrayLike,
@@ -460,8 +460,9 @@ def Training(
     weights from the data inputs plus N(0, `state_noise`²) noise, and the input and output
     layers start at the data (varanneal's `init_to_data`).
 
-    Each kind of network has its own action: `Training` builds the problem that belongs to
-    the kind of `net`, a `LayeredTraining` or a `RecurrentTraining`.
+    Each kind of network has its own action: `training` builds the problem that belongs to
+    the kind of `net`, a [`deepest.LayeredTraining`][] or a [`deepest.RecurrentTraining`][]
+    (both [`deepest.AbstractTraining`][]).
 
     **Arguments:**
 
@@ -483,13 +484,13 @@ def Training(
       default: when the targets are one-hot (not for targets traced under `jax.jit`,
       `jax.grad` or `jax.vmap`, whose values cannot be read).
 
-    **Returns:** the annealing problem, a [`deepest.AbstractProblem`][].
+    **Returns:** the annealing problem, a [`deepest.AbstractTraining`][].
 
     **Example:**
 
     ```python
     net = deepest.LayeredNetwork([25, 30, 4], jax.nn.sigmoid, key=jr.key(0))
-    problem = deepest.Training(net, images, labels, rm=1.0, validation=(val_x, val_y))
+    problem = deepest.training(net, images, labels, rm=1.0, validation=(val_x, val_y))
     result = deepest.anneal(problem, deepest.AnnealSchedule(1e-2, 1.5, 40), 16, jr.key(1))
     trained = result.model()          # the network of the lowest-action path
     result.validation_accuracy        # one value per path

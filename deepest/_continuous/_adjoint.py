@@ -184,7 +184,7 @@ class CostateAdjoint(_AbstractRungeKuttaAdjoint):
     `PIDController` does under autodiff.
 
     Needs an explicit Runge–Kutta `solver` (`diffrax.Euler`, `diffrax.Heun`,
-    [`deepest.integrators.RK4`][], `diffrax.Dopri5`, `diffrax.Tsit5`, ...).
+    [`deepest.integrators.ClassicalRK4`][], `diffrax.Dopri5`, `diffrax.Tsit5`, ...).
     """
 
     def check(self, solver, stepsize_controller):

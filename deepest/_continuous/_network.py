@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from .._networks import AbstractCostateNetwork
-from ..integrators import RK4
+from ..integrators import ClassicalRK4
 from ._adjoint import AbstractAdjoint, as_adjoint
 from ._fields import TimeField, as_pieces, takes_time
 from ._integration import Integration
@@ -41,7 +41,7 @@ class ContinuousNetwork(AbstractCostateNetwork):
     - `n_steps`: the number of equal steps (fixed stepping), or the initial step T/n_steps
         of an adaptive solve.
     - `solver`: an explicit RK diffrax solver (`diffrax.Euler`, `diffrax.Heun`,
-        `deepest.integrators.RK4` (default), `diffrax.Dopri5`, `diffrax.Tsit5`, ...);
+        `deepest.integrators.ClassicalRK4` (default), `diffrax.Dopri5`, `diffrax.Tsit5`, ...);
         with `adjoint="reversible"` its base scheme, or a `ReversibleRK`.
     - `adjoint`: an [`deepest.AbstractAdjoint`][], or `"autodiff"`, `"costate"` (default)
         or `"reversible"`.
@@ -83,7 +83,7 @@ class ContinuousNetwork(AbstractCostateNetwork):
         decoder: eqx.Module | None = None,
     ):
         if solver is None:
-            solver = RK4()
+            solver = ClassicalRK4()
         if isinstance(stepsize_controller, diffrax.ConstantStepSize):
             stepsize_controller = None
         adjoint = as_adjoint(adjoint)
@@ -116,7 +116,9 @@ class ContinuousNetwork(AbstractCostateNetwork):
                 "boundaries."
             )
         self.adjoint.check(self.solver, self.stepsize_controller)
-        if self.stepsize_controller is not None and isinstance(self.solver, (RK4, diffrax.Euler)):
+        if self.stepsize_controller is not None and isinstance(
+            self.solver, (ClassicalRK4, diffrax.Euler)
+        ):
             raise ValueError(
                 f"{type(self.solver).__name__} has no error estimate for adaptive "
                 "stepping; use e.g. diffrax.Dopri5() or diffrax.Tsit5()."

@@ -7,8 +7,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..integrators import ReversibleRK, tableau_coefficients
-from ..integrators._tableaux import linearise_stages, stages_parameter_vjp
+from ..integrators import (
+    ReversibleRK,
+    linearise_stages,
+    stages_parameter_vjp,
+    tableau_coefficients,
+)
 
 
 def reversible_sweep(

@@ -39,7 +39,8 @@ def twin_generator(
       0.2–0.4 after 100 layers, ≫ the noise, while the map stays smooth.
 
     `n_layers` counts the layers as varanneal does, input and output included: the network
-    has `n_layers − 1` layer maps.
+    has `n_layers − 1` layer maps, i.e. `n_steps = n_layers − 1` in the package's other
+    signatures (e.g. [`deepest.residual_network`][]).
 
     **Returns:** a [`deepest.LayeredNetwork`][].
 

@@ -12,7 +12,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-from ..models._base import AbstractModel, parametrised
+from ..models import AbstractModel, parametrised
 
 
 def concrete(x: ArrayLike) -> np.ndarray | None:

@@ -1,6 +1,7 @@
 """The anneal experiment: a data-assimilation problem, its schedule and minimiser, from a config."""
 
 import os
+import warnings
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -12,7 +13,15 @@ from .._annealing import LBFGS, AnnealSchedule, LevenbergMarquardt, anneal
 from .._assimilation import Assimilation
 from .._data import Observations, twin_experiment
 from .._misc import did_you_mean
-from ._base import ConfigSection, beta_indices, default_of, interval, library_check, numbers
+from ._base import (
+    ConfigSection,
+    beta_indices,
+    default_of,
+    interval,
+    library_check,
+    numbers,
+    renamed_keys,
+)
 
 
 def _registry_of_models() -> dict[str, type]:
@@ -101,17 +110,17 @@ class DataConfig(ConfigSection):
     twin: TwinConfig = TwinConfig()
 
 
-def _discretization_names() -> list[str]:
-    from ..discretizations import DISCRETIZATIONS
+def _discretisation_names() -> list[str]:
+    from ..discretisations import DISCRETISATIONS
 
-    return [d.name for d in DISCRETIZATIONS]
+    return [d.name for d in DISCRETISATIONS]
 
 
 class ProblemConfig(ConfigSection):
     """`problem`: the [`deepest.Assimilation`][] arguments (`rm` defaults to 1/noise²)."""
 
     rm: Any = None
-    discretization: str = default_of(Assimilation, "discretization")
+    discretisation: str = default_of(Assimilation, "discretisation")
     steps_per_obs: int = Field(default_of(Assimilation, "steps_per_obs"), ge=1)
     estimate: list[str] = []
     initial_params: dict[str, Any] = {}
@@ -119,13 +128,33 @@ class ProblemConfig(ConfigSection):
     param_ranges: dict[str, list[float]] = {}
     bounds: dict[str, list[float]] = {}
 
-    @pydantic.field_validator("discretization")
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, values):
+        # `discretization`, the former spelling of `discretisation`: deprecated
+        if isinstance(values, dict) and "discretization" in values:
+            if "discretisation" in values:
+                raise ValueError(
+                    "Give `problem.discretisation` only; `problem.discretization` is its "
+                    "deprecated former spelling."
+                )
+            warnings.warn(
+                "The config key `problem.discretization` is deprecated; use "
+                "`problem.discretisation`.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            values = dict(values)
+            values["discretisation"] = values.pop("discretization")
+        return values
+
+    @pydantic.field_validator("discretisation")
     @classmethod
     def _known(cls, name):
-        names = _discretization_names()
+        names = _discretisation_names()
         if name not in names:
             raise ValueError(
-                f"`problem.discretization` must be one of {', '.join(map(repr, names))}; "
+                f"`problem.discretisation` must be one of {', '.join(map(repr, names))}; "
                 f"got {name!r}.{did_you_mean(name, names)}"
             )
         return name
@@ -151,10 +180,16 @@ class RunSection(ConfigSection):
     seed: int = Field(1, ge=0)
     ftol: float | None = Field(default_of(anneal, "ftol"), ge=0)
     gtol: float | None = Field(default_of(anneal, "gtol"), ge=0)
-    max_steps: int = Field(default_of(anneal, "max_steps"), ge=1)
+    max_evaluations: int = Field(default_of(anneal, "max_evaluations"), ge=1)
     minimiser: str = "lbfgs"
     history_length: int = default_of(LBFGS, "history_length")
     dtype: Literal["float64", "float32"] = "float64"
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, values):
+        # `max_steps`, the former name of `max_evaluations`: deprecated
+        return renamed_keys(values, "anneal", max_steps="max_evaluations")
 
     def schedule(self, rf0=None) -> AnnealSchedule:
         """The [`deepest.AnnealSchedule`][] from `rf0` (default: the section's own), checked
@@ -180,7 +215,7 @@ class RunSection(ConfigSection):
         options = {
             "ftol": self.ftol,
             "gtol": self.gtol,
-            "max_steps": self.max_steps,
+            "max_evaluations": self.max_evaluations,
             "minimiser": self.minimiser_object(),
             "dtype": jnp.dtype(self.dtype),
         }
@@ -302,7 +337,7 @@ class AnnealConfig(ConfigSection):
             data,
             np.asarray(p.rm, dtype=float),
             dim=self.model.dim,
-            discretization=p.discretization,
+            discretisation=p.discretisation,
             steps_per_obs=p.steps_per_obs,
             estimate=tuple(p.estimate),
             state_range=tuple(p.state_range),

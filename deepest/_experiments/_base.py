@@ -7,6 +7,7 @@ one; a YAML syntax error names the file, line and column. A config is validated 
 
 import inspect
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -29,6 +30,27 @@ class ConfigSection(pydantic.BaseModel):
         if key not in type(self).model_fields:
             raise KeyError(key)
         return getattr(self, key)
+
+
+def renamed_keys(values: Any, section: str, **old_to_new: str) -> Any:
+    """The raw mapping `values` of a config section with its deprecated keys `old=new`
+    renamed, each with a `DeprecationWarning` (for a `mode="before"` model validator); both
+    names at once is an error naming them."""
+    if not isinstance(values, dict):
+        return values
+    for old, new in old_to_new.items():
+        if old in values:
+            if new in values:
+                raise ValueError(
+                    f"Give `{section}.{new}` only; `{section}.{old}` is its deprecated former name."
+                )
+            warnings.warn(
+                f"The config key `{section}.{old}` is deprecated; use `{section}.{new}`.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            values = {(new if k == old else k): v for k, v in values.items()}
+    return values
 
 
 def default_of(fn: Callable, name: str) -> Any:

@@ -17,10 +17,10 @@ from ._base import ConfigSection, default_of
 def _solvers() -> dict:
     import diffrax
 
-    from ..integrators import RK4
+    from ..integrators import ClassicalRK4
 
     return {
-        "RK4": RK4(),
+        "RK4": ClassicalRK4(),
         "Heun": diffrax.Heun(),
         "Euler": diffrax.Euler(),
         "Dopri5": diffrax.Dopri5(),
@@ -29,7 +29,7 @@ def _solvers() -> dict:
 
 
 SOLVERS = ("RK4", "Heun", "Euler", "Dopri5", "Tsit5")
-"""The integrators a config names (`network.solver`): deepest's RK4 and diffrax's others."""
+"""The integrators a config names (`network.solver`): "RK4" is deepest.integrators.ClassicalRK4."""
 
 
 class _Experiment(ConfigSection):

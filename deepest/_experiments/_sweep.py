@@ -11,7 +11,7 @@ from .._misc import did_you_mean
 from ._anneal import AnnealConfig
 from ._base import read_yaml, validate
 
-SHARED = ("n_paths", "seed", "ftol", "gtol", "max_steps", "minimiser", "history_length")
+SHARED = ("n_paths", "seed", "ftol", "gtol", "max_evaluations", "minimiser", "history_length")
 SHARED += ("damping", "dtype")
 """The `anneal` keys every point of a sweep shares (one program runs them together)."""
 

@@ -17,7 +17,7 @@ import pydantic
 from pydantic import Field
 
 from .._annealing import AnnealSchedule
-from .._assimilation import Training, discrete_weights
+from .._assimilation import discrete_weights, training
 from .._data import FlowMap, bar_images, noisy_pairs, twin_generator
 from .._networks import LayeredNetwork, fit
 from ._anneal import RunSection
@@ -128,10 +128,10 @@ class ResidualNetworkConfig(ConfigSection):
 
 
 class TrainProblem(ConfigSection):
-    """`problem`: the [`deepest.Training`][] weights (`rm` defaults to 1/noise²)."""
+    """`problem`: the [`deepest.training`][] weights (`rm` defaults to 1/noise²)."""
 
     rm: Any = None
-    state_noise: float = Field(default_of(Training, "state_noise"), ge=0)
+    state_noise: float = Field(default_of(training, "state_noise"), ge=0)
 
 
 class BarProblem(TrainProblem):
@@ -270,12 +270,12 @@ class TrainConfig(ConfigSection):
         return self.anneal.schedule(self.problem.rf0_continuous * self.rf_scale(depth))
 
     def problem_for(self, data: dict, depth: int | None = None):
-        """The [`deepest.Training`][] problem on `data`'s training pairs."""
+        """The [`deepest.training`][] problem on `data`'s training pairs."""
         import jax.random as jr
 
         factory = self.network_factory(depth)
         noise = getattr(self.data, "noise", None)
-        return Training(
+        return training(
             factory(jr.key(self.network.seed)),
             *data["train"],
             rm=np.asarray(self.problem.rm, dtype=float),

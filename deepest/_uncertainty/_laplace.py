@@ -14,13 +14,13 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree, Scalar
 
 from .._annealing import (
-    AbstractBandedProblem,
     AbstractProblem,
     AnnealResult,
     banded_normal_equations,
     problem_digest,
     solve_block_tridiagonal,
 )
+from .._misc import renamed_keywords
 from .._results import RESULTS, AbstractResult, check_throw, codes_of, results_of
 from ._selected_inversion import selected_inversion
 
@@ -121,9 +121,10 @@ class LaplaceResult(AbstractResult):
         }
         return np.asarray(views["paths"])[0], np.asarray(self.paths_std[i]), params
 
+    @renamed_keywords(t_end="t1")
     def forecast(
         self,
-        t_end: float,
+        t1: float,
         path: int | None = None,
         n_times: int = 200,
         n_samples: int = 256,
@@ -131,7 +132,7 @@ class LaplaceResult(AbstractResult):
     ):
         """The forecast band of a path past the window: `n_samples` draws of the last
         states and the parameters from their Laplace Gaussian (`end_covariance`), each
-        integrated to `t_end` by the problem's forecast; their mean and standard
+        integrated to the end time `t1` by the problem's forecast; their mean and standard
         deviation per time. (Sampled rather than linearised: a chaotic forecast's spread
         is not linear for long.) Default path: the largest `log_mass`.
 
@@ -143,7 +144,7 @@ class LaplaceResult(AbstractResult):
         key = jr.key(0) if key is None else key
         u = jax.tree.map(lambda a: jnp.asarray(a[i]), self.unknowns)
         times, states = _forecast_band(
-            self.problem, u, jnp.asarray(self.end_covariance[i]), key, t_end, n_times, n_samples
+            self.problem, u, jnp.asarray(self.end_covariance[i]), key, t1, n_times, n_samples
         )
         return np.asarray(times), np.asarray(states.mean(0)), np.asarray(states.std(0))
 
@@ -169,15 +170,15 @@ class LaplaceResult(AbstractResult):
         return np.asarray(value), np.sqrt(np.maximum(np.asarray(var), 0)).reshape(np.shape(value))
 
 
-def _forecast_band(problem, unknowns, covariance, key, t_end, n_times, n_samples):
-    # The problem is closed over, not traced: its forecast checks `t_end` against its
+def _forecast_band(problem, unknowns, covariance, key, t1, n_times, n_samples):
+    # The problem is closed over, not traced: its forecast checks `t1` against its
     # concrete times.
-    return jax.jit(lambda u, c, k: _forecast_draws(problem, u, c, k, t_end, n_times, n_samples))(
+    return jax.jit(lambda u, c, k: _forecast_draws(problem, u, c, k, t1, n_times, n_samples))(
         unknowns, covariance, key
     )
 
 
-def _forecast_draws(problem, unknowns, covariance, key, t_end, n_times, n_samples):
+def _forecast_draws(problem, unknowns, covariance, key, t1, n_times, n_samples):
     states, params = problem.to_banded(unknowns)
     d = states.shape[1]
     end = jnp.concatenate([states[-1], params])
@@ -186,7 +187,7 @@ def _forecast_draws(problem, unknowns, covariance, key, t_end, n_times, n_sample
 
     def forecast(draw):
         u = problem.from_banded(states.at[-1].set(draw[:d]), draw[d:])
-        return problem.forecast(u, t_end, n_times)
+        return problem.forecast(u, t1, n_times)
 
     times, paths = jax.vmap(forecast)(draws)
     return times[0], paths
@@ -303,7 +304,7 @@ def _laplace_dense(problem, unknowns, rf, prior, gauss_newton):
 
 @eqx.filter_jit
 def _laplace_paths(problem, unknowns, rf, prior, gauss_newton):
-    one = _laplace_banded if isinstance(problem, AbstractBandedProblem) else _laplace_dense
+    one = _laplace_banded if problem.banded_shape is not None else _laplace_dense
 
     def each(u):
         mean, std, log_det, positive, end, covariance = one(problem, u, rf, prior, gauss_newton)
@@ -420,7 +421,7 @@ def laplace(
         if np.any(index < 0) or np.any(index >= n_paths):
             raise ValueError(f"`paths` must lie in [0, {n_paths}); got {index.tolist()}.")
     chosen = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)[index]), unknowns)
-    if not isinstance(problem, AbstractBandedProblem):
+    if problem.banded_shape is None:
         size = ravel_pytree(jax.tree.map(lambda a: a[0], chosen))[0].size
         if size > _DENSE_LIMIT:
             raise ValueError(

@@ -13,7 +13,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree, Scalar
 
-from .._annealing import AbstractBandedProblem, AbstractProblem, AnnealResult, AnnealSchedule
+from .._annealing import AbstractProblem, AnnealResult, AnnealSchedule
+from .._misc import renamed_keywords
 from .._results import RESULTS, AbstractResult, check_throw, codes_of, results_of
 from ._laplace import _banded_hessian, _check_result
 from ._selected_inversion import BlockFactor, factor
@@ -42,7 +43,11 @@ class PAMCResult(AbstractResult):
       statistic; the others are kept), `not_positive_definite` for every chain when the
       whitening factor failed (sampling stopped there). `finite` is `successful` as
       booleans.
-    - `samples`: {β: unknowns (n_chains, n_samples, …)} for the β's of `save_betas`.
+    - `samples`: {β: the problem's views of the draws, in the reported quantities
+      (`paths` and bounded parameters θ `params` of an assimilation), each with leading
+      axes (n_chains, n_samples)} for the β's of `save_betas`.
+    - `unknown_samples`: {β: the draws of the unknowns u themselves (n_chains, n_samples,
+      …)} for the same β's (θ = `problem.parameters(u)`).
     - `stats`: `run_time` and `first_beta_time` (seconds; the first β's includes the
       compile, which the later β's reuse), `leapfrog_steps` (of the kept
       draws, all chains and β's; each is one gradient of A₀).
@@ -70,6 +75,7 @@ class PAMCResult(AbstractResult):
     step_size: np.ndarray
     result: RESULTS
     samples: dict
+    unknown_samples: dict
     stats: dict
     problem: AbstractProblem | None
 
@@ -101,24 +107,26 @@ class PAMCResult(AbstractResult):
         }
         return np.asarray(views["paths"][j]), np.asarray(views["paths_std"][j]), params
 
-    def forecast(self, t_end: float, beta: int | None = None, n_times: int = 200):
+    @renamed_keywords(t_end="t1")
+    def forecast(self, t1: float, beta: int | None = None, n_times: int = 200):
         """The forecast band from the samples of a saved β (default: the last run): every
-        sample's forecast, then their mean and standard deviation per time.
+        sample's forecast to the end time `t1`, then their mean and standard deviation
+        per time.
 
         **Returns:** `(times, mean (n_times, D), std (n_times, D))`.
         """
         beta = int(self.betas[self._beta_index(beta)])
-        if beta not in self.samples:
+        if beta not in self.unknown_samples:
             raise ValueError(
                 f"β = {beta} kept no samples; list it in `save_betas` (kept: "
-                f"{sorted(self.samples)})."
+                f"{sorted(self.unknown_samples)})."
             )
-        samples = self.samples[beta]
+        samples = self.unknown_samples[beta]
         flat = jax.tree.map(
             lambda a: jnp.asarray(a[self.finite]).reshape(-1, *a.shape[2:]), samples
         )
-        # the problem closed over, not traced: its forecast checks `t_end` against its times
-        forecasts = jax.jit(jax.vmap(lambda u: self.problem.forecast(u, t_end, n_times)))
+        # the problem closed over, not traced: its forecast checks `t1` against its times
+        forecasts = jax.jit(jax.vmap(lambda u: self.problem.forecast(u, t1, n_times)))
         times, states = forecasts(flat)
         return np.asarray(times[0]), np.asarray(states.mean(0)), np.asarray(states.std(0))
 
@@ -129,7 +137,7 @@ class _Whitening(eqx.Module):
     near N(0, I), so one step size fits every direction (the Laplace approximation as
     the sampler's metric, in O(N·D²) per evaluation instead of a dense mass matrix)."""
 
-    problem: AbstractBandedProblem
+    problem: AbstractProblem  # banded: `banded_shape` not None
     factor: BlockFactor
     states: Array
     params: Array
@@ -341,7 +349,7 @@ def pamc(
     problem.action_counts  # noqa: B018  (raises for a problem without A₀)
     problem.check_rf(schedule.rf0)
     if precondition is None:
-        precondition = isinstance(problem, AbstractBandedProblem)
+        precondition = problem.banded_shape is not None
     rf_table = np.asarray(schedule.rf, dtype=float)
     betas = np.arange(schedule.n_beta) if betas is None else np.asarray(betas)
     if (
@@ -375,7 +383,7 @@ def pamc(
         flat = jax.vmap(lambda u: ravel_pytree(u)[0])(jax.tree.map(jnp.asarray, unknowns))
         starts = flat[np.arange(n_chains) % flat.shape[0]]
     positions = jnp.asarray(starts, dtype)
-    if precondition and not isinstance(problem, AbstractBandedProblem):
+    if precondition and problem.banded_shape is None:
         raise ValueError(
             "`precondition=True` needs a banded problem (an assimilation); pass "
             "`precondition=False` for this one."
@@ -392,7 +400,7 @@ def pamc(
     finite = np.ones(n_chains, bool)
     codes = np.full(n_chains, codes_of(RESULTS.successful))
     records = {k: [] for k in ("a_mean", "a_std", "mean", "std", "ess", "rhat", "acc", "step")}
-    views, samples_kept = [], {}
+    views, samples_kept, unknowns_kept = [], {}, {}
     first_beta, start, leapfrogs = 0.0, time.perf_counter(), 0
     for b in betas:
         rf = jnp.asarray(rf_table[b], dtype)
@@ -433,7 +441,8 @@ def pamc(
             records[name].append(np.asarray(value))
         views.append(_views(problem, unravel, kept))
         if int(b) in save_betas:
-            samples_kept[int(b)] = jax.device_get(jax.vmap(jax.vmap(unravel))(samples))
+            unknowns_kept[int(b)] = jax.device_get(jax.vmap(jax.vmap(unravel))(samples))
+            samples_kept[int(b)] = jax.device_get(_sample_views(problem, unravel, samples))
         # a flagged chain continues from a finite chain's last sample, uncounted
         last = samples[:, -1]
         donor = np.nonzero(finite)[0][np.arange(n_chains) % finite.sum()]
@@ -457,6 +466,7 @@ def pamc(
         step_size=stacked["step"],
         result=results_of(codes),
         samples=samples_kept,
+        unknown_samples=unknowns_kept,
         stats={
             "run_time": run_time,
             "first_beta_time": first_beta,
@@ -491,6 +501,15 @@ def _views_of(problem, unravel, samples):
         **jax.tree.map(lambda a: jnp.mean(a, 0), views),
         **{f"{k}_std": jax.tree.map(lambda a: jnp.std(a, 0), v) for k, v in views.items()},
     }
+
+
+@eqx.filter_jit
+def _sample_views(problem, unravel, samples):
+    """The problem's views of every draw (n_chains, n_samples, size), shaped
+    (n_chains, n_samples, …)."""
+    n_chains, n_samples, size = samples.shape
+    views = problem.views(jax.vmap(unravel)(samples.reshape(-1, size)))
+    return jax.tree.map(lambda a: a.reshape(n_chains, n_samples, *a.shape[1:]), views)
 
 
 def _views(problem, unravel, samples):

@@ -61,8 +61,8 @@ def anneal_summary(result, data, true_model, horizon: float) -> str:
         if unobserved is not None:
             lines.append(f"RMS error, unobserved components: {unobserved:.4g}")
         if horizon > 0:
-            t_end = float(data.times[-1]) + horizon
-            times, forecast = result.predict(t_end, path=best)
+            t1 = float(data.times[-1]) + horizon
+            times, forecast = result.predict(t1, path=best)
             true_future = integrate(true_model, truth[-1], times)
             err = float(np.sqrt(np.mean((np.asarray(forecast) - np.asarray(true_future)) ** 2)))
             lines.append(f"forecast RMS error over {horizon:g} time units: {err:.4g}")

@@ -6,10 +6,10 @@ The symplectic schemes are diffrax solvers for a state `(x, p)` whose vector fie
 
 from ._symplectic import (
     AbstractSymplecticSolver as AbstractSymplecticSolver,
-    GaussLegendre as GaussLegendre,
     ImplicitMidpoint as ImplicitMidpoint,
     StormerVerlet as StormerVerlet,
     SymplecticEuler as SymplecticEuler,
+    SymplecticGaussLegendre as SymplecticGaussLegendre,
     gauss_legendre_tableau as gauss_legendre_tableau,
 )
 
@@ -21,11 +21,31 @@ from ._reversible import (
     reversible_step_back as reversible_step_back,
 )
 from ._tableaux import (
-    RK4 as RK4,
+    ClassicalRK4 as ClassicalRK4,
     linearise_increment as linearise_increment,
+    linearise_stages as linearise_stages,
     partner_step as partner_step,
     partner_sweep as partner_sweep,
     partner_tableau as partner_tableau,
     rk_increment as rk_increment,
+    stages_parameter_vjp as stages_parameter_vjp,
     tableau_coefficients as tableau_coefficients,
 )
+
+
+def __getattr__(name):
+    # deprecated names, each with its warning: `RK4` and `GaussLegendre` (the action
+    # discretisations of deepest.discretisations have those names)
+    from .._misc import deprecated_alias
+
+    return deprecated_alias(
+        __name__,
+        name,
+        {
+            "RK4": ("deepest.integrators.ClassicalRK4", ClassicalRK4),
+            "GaussLegendre": (
+                "deepest.integrators.SymplecticGaussLegendre",
+                SymplecticGaussLegendre,
+            ),
+        },
+    )

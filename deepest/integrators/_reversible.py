@@ -8,7 +8,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._tableaux import RK4, rk_increment, tableau_coefficients
+from ._tableaux import ClassicalRK4, rk_increment, tableau_coefficients
 
 
 class ReversibleRK(diffrax.AbstractSolver):
@@ -72,7 +72,7 @@ class ReversibleRK(diffrax.AbstractSolver):
 
     **Arguments:**
 
-    - `base`: the explicit base solver (`deepest.integrators.RK4`, `diffrax.Heun`,
+    - `base`: the explicit base solver (`deepest.integrators.ClassicalRK4`, `diffrax.Heun`,
         `diffrax.Dopri5`, ...); default RK4.
     - `coupling`: a fixed λ ∈ (0, 1] for every step; give this or `coupling_rate`.
     - `coupling_rate`: κ ≥ 0, so that λ_n = exp(−κ |h_n|); default 1 when `coupling` is
@@ -86,7 +86,7 @@ class ReversibleRK(diffrax.AbstractSolver):
     ```
     """
 
-    base: diffrax.AbstractSolver = RK4()
+    base: diffrax.AbstractSolver = ClassicalRK4()
     coupling: float | None = eqx.field(static=True, default=None)
     coupling_rate: float | None = eqx.field(static=True, default=None)
 

@@ -20,6 +20,7 @@ Reference: E. Hairer, C. Lubich, G. Wanner, *Geometric Numerical Integration*, 2
 Springer 2006 (HLW below), chapters II.1, VI.3–VI.4.
 """
 
+import abc
 import functools
 from collections.abc import Callable
 from typing import ClassVar, Literal
@@ -149,6 +150,16 @@ class AbstractSymplecticSolver(dfx.AbstractSolver):
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        del made_jump
+        y0 = _check_step(t0, t1, y0, solver_state)
+        y1, result = self._step(terms, t0, t1, y0, args)
+        return y1, None, dict(y0=y0, y1=y1), solver_state, result
+
+    @abc.abstractmethod
+    def _step(self, terms, t0, t1, y0, args) -> tuple[_Pair, dfx.RESULTS]:
+        """One step from the checked state `y0`: the state at `t1` and its result."""
+
     def _root_finder(self, y: PyTree[Array]) -> optx.Newton:
         eps = _eps(y)
         rtol = _DEFAULT_TOL_EPS * eps if self.rtol is None else self.rtol
@@ -167,7 +178,7 @@ class AbstractSymplecticSolver(dfx.AbstractSolver):
         )
         return sol.value, dfx.RESULTS.promote(sol.result)
 
-    def _check_root_find_settings(self):
+    def __check_init__(self):
         if self.root_find_max_steps < 1:
             raise ValueError(
                 f"`root_find_max_steps` must be a positive integer; got {self.root_find_max_steps}."
@@ -300,20 +311,16 @@ class SymplecticEuler(AbstractSymplecticSolver):
                 f'`variant` must be "p_first" (implicit in p) or "x_first" (implicit in x); '
                 f"got {self.variant!r}."
             )
-        self._check_root_find_settings()
 
     def order(self, terms):
         del terms
         return 1
 
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        del made_jump
-        y0 = _check_step(t0, t1, y0, solver_state)
+    def _step(self, terms, t0, t1, y0, args):
         f0 = terms.vf(t0, y0, args)
         _check_field(f0, y0)
         update = "p" if self.variant == "p_first" else "x"
-        y1, result = _implicit_half(terms, t0, t1, y0, args, self, update, f0)
-        return y1, None, dict(y0=y0, y1=y1), solver_state, result
+        return _implicit_half(terms, t0, t1, y0, args, self, update, f0)
 
 
 class StormerVerlet(AbstractSymplecticSolver):
@@ -356,16 +363,11 @@ class StormerVerlet(AbstractSymplecticSolver):
     atol: float | None = eqx.field(default=None, static=True)
     root_find_max_steps: int = eqx.field(default=20, static=True)
 
-    def __check_init__(self):
-        self._check_root_find_settings()
-
     def order(self, terms):
         del terms
         return 2
 
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        del made_jump
-        y0 = _check_step(t0, t1, y0, solver_state)
+    def _step(self, terms, t0, t1, y0, args):
         f0 = terms.vf(t0, y0, args)
         _check_field(f0, y0)
         newton = None if self.separable else self
@@ -375,7 +377,7 @@ class StormerVerlet(AbstractSymplecticSolver):
         # (only its x-part is used, and only as a Newton starting point).
         y1, result2 = _implicit_half(terms, t_half, t1, y_half, args, newton, "x", f0)
         result = dfx.RESULTS.where(result1 == dfx.RESULTS.successful, result2, result1)
-        return y1, None, dict(y0=y0, y1=y1), solver_state, result
+        return y1, result
 
 
 # -- Gauss–Legendre collocation ---------------------------------------------------------
@@ -478,21 +480,15 @@ class ImplicitMidpoint(AbstractSymplecticSolver):
     atol: float | None = eqx.field(default=None, static=True)
     root_find_max_steps: int = eqx.field(default=20, static=True)
 
-    def __check_init__(self):
-        self._check_root_find_settings()
-
     def order(self, terms):
         del terms
         return 2
 
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        del made_jump
-        y0 = _check_step(t0, t1, y0, solver_state)
-        y1, result = _collocation_step(self, gauss_legendre_tableau(1), terms, t0, t1, y0, args)
-        return y1, None, dict(y0=y0, y1=y1), solver_state, result
+    def _step(self, terms, t0, t1, y0, args):
+        return _collocation_step(self, gauss_legendre_tableau(1), terms, t0, t1, y0, args)
 
 
-class GaussLegendre(AbstractSymplecticSolver):
+class SymplecticGaussLegendre(AbstractSymplecticSolver):
     r"""The s-stage Gauss–Legendre collocation method, order 2s, symplectic (HLW II.1.3, VI.4).
 
     $$Y_i = y_0 + h \sum_j a_{ij} F(t_0 + c_j h, Y_j),\qquad
@@ -513,7 +509,7 @@ class GaussLegendre(AbstractSymplecticSolver):
 
     ```python
     field = lambda t, y, args: (y[1] * (1 + y[0] ** 2), -y[0] * (1 + y[1] ** 2))
-    sol = dfx.diffeqsolve(dfx.ODETerm(field), GaussLegendre(), t0=0.0, t1=10.0, dt0=0.1,
+    sol = dfx.diffeqsolve(dfx.ODETerm(field), SymplecticGaussLegendre(), t0=0.0, t1=10.0, dt0=0.1,
                           y0=(jnp.array([1.0]), jnp.array([0.0])))
     ```
     """
@@ -526,16 +522,12 @@ class GaussLegendre(AbstractSymplecticSolver):
     def __check_init__(self):
         if not (isinstance(self.n_stages, int) and self.n_stages >= 1):
             raise ValueError(f"`n_stages` must be an integer ≥ 1; got {self.n_stages!r}.")
-        self._check_root_find_settings()
 
     def order(self, terms):
         del terms
         return 2 * self.n_stages
 
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        del made_jump
-        y0 = _check_step(t0, t1, y0, solver_state)
-        y1, result = _collocation_step(
+    def _step(self, terms, t0, t1, y0, args):
+        return _collocation_step(
             self, gauss_legendre_tableau(self.n_stages), terms, t0, t1, y0, args
         )
-        return y1, None, dict(y0=y0, y1=y1), solver_state, result

@@ -38,7 +38,7 @@ _rk4_tableau = diffrax.ButcherTableau(
 )
 
 
-class RK4(diffrax.AbstractERK):
+class ClassicalRK4(diffrax.AbstractERK):
     """The classical fourth-order Runge--Kutta method, as a diffrax solver.
 
     Diffrax ships no classical RK4; this gives it its Butcher tableau
@@ -58,7 +58,7 @@ class RK4(diffrax.AbstractERK):
     **Example:**
 
     ```python
-    sol = diffrax.diffeqsolve(term, deepest.integrators.RK4(), 0.0, 1.0, 0.1, y0)
+    sol = diffrax.diffeqsolve(term, deepest.integrators.ClassicalRK4(), 0.0, 1.0, 0.1, y0)
     ```
     """
 
@@ -79,7 +79,7 @@ def tableau_coefficients(
 
     Taken from diffrax's own solvers: `diffrax.Euler` (a = [[0]], b = [1], c = [0]), any
     explicit `diffrax.AbstractERK` (`Heun`, `Midpoint`, `Ralston`, `Bosh3`, `Dopri5`,
-    `Tsit5`, `Dopri8`, and `deepest.integrators.RK4`), or a `diffrax.ButcherTableau`.
+    `Tsit5`, `Dopri8`, and `deepest.integrators.ClassicalRK4`), or a `diffrax.ButcherTableau`.
 
     **Arguments:**
 
@@ -105,7 +105,7 @@ def tableau_coefficients(
         raise TypeError(
             f"Expected diffrax.Euler, an explicit diffrax Runge-Kutta solver "
             f"(diffrax.AbstractERK, e.g. diffrax.Heun, diffrax.Dopri5, "
-            f"deepest.integrators.RK4) or a diffrax.ButcherTableau; got {method!r}."
+            f"deepest.integrators.ClassicalRK4) or a diffrax.ButcherTableau; got {method!r}."
         )
     if tableau.implicit:
         raise ValueError(
@@ -220,6 +220,33 @@ def _stage_weight(a, b, i, cotangent, stage_costates):
     return k_bar
 
 
+def _linearised_stages(vjp_at, coefficients, t0, h, x):
+    # One RK increment Ψ_h(t_0, x) and its needed stages (i, t_i, X_i, VJP_i), each stage
+    # value and VJP from `vjp_at(t_i, X_i)`.
+    a, b, c = coefficients
+    ks: list = [None] * len(b)
+    stages: list = []
+    for i, needed in enumerate(_needed_stages(a, b)):
+        if needed:
+            t_i = t0 + c[i] * h
+            x_i = _stage_input(x, h, a[i, :i], ks[:i])
+            ks[i], vjp_i = vjp_at(t_i, x_i)
+            stages.append((i, t_i, x_i, vjp_i))
+    return h * _stage_input(jnp.zeros_like(x), 1.0, b, ks), stages
+
+
+def _transposed_stages(coefficients, h, stages, cotangent, costate):
+    # The partner scheme's backward sweep over the stages, last first: yields each stage's
+    # (t_i, X_i, K̄_i, VJP_i(K̄_i)), with Λ_i = `costate(VJP_i(K̄_i))`.
+    a, b, _ = coefficients
+    stage_costates: list = [None] * len(b)
+    for i, t_i, x_i, vjp_i in reversed(stages):
+        k_bar = h * _stage_weight(a, b, i, cotangent, stage_costates)
+        out = vjp_i(k_bar)
+        stage_costates[i] = costate(out)
+        yield t_i, x_i, k_bar, out
+
+
 def linearise_increment(
     field: Callable,
     coefficients: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -242,31 +269,17 @@ def linearise_increment(
     `(Ψ_h(t_0, x), transpose)`, with `transpose(v) = (Σ_i Λ_i, field_grad)` and
     `field_grad` shaped like `eqx.filter(field, eqx.is_inexact_array)`.
     """
-    a, b, c = coefficients
-    s = len(b)
-    needed = _needed_stages(a, b)
-    ks: list = [None] * s
-    vjps: list = [None] * s
-    for i in range(s):
-        if needed[i]:
-            t_i = t0 + c[i] * h
-            ks[i], vjps[i] = eqx.filter_vjp(
-                lambda f, y, t_i=t_i: f(t_i, y),
-                field,
-                _stage_input(x, h, a[i, :i], ks[:i]),
-            )
-    increment = h * _stage_input(jnp.zeros_like(x), 1.0, b, ks)
+    increment, stages = _linearised_stages(
+        lambda t_i, x_i: eqx.filter_vjp(lambda f, y: f(t_i, y), field, x_i), coefficients, t0, h, x
+    )
 
     def transpose(cotangent):
-        stage_costates: list = [None] * s
         total = jnp.zeros_like(x)
         field_grad = None
-        for i in reversed(range(s)):
-            if not needed[i]:
-                continue
-            k_bar = _stage_weight(a, b, i, cotangent, stage_costates)
-            grad_i, stage_costates[i] = vjps[i](h * k_bar)
-            total = total + stage_costates[i]
+        for *_, (grad_i, costate_i) in _transposed_stages(
+            coefficients, h, stages, cotangent, lambda out: out[1]
+        ):
+            total = total + costate_i
             field_grad = grad_i if field_grad is None else _tree_add(field_grad, grad_i)
         return total, eqx.filter(field_grad, eqx.is_inexact_array)
 
@@ -274,45 +287,43 @@ def linearise_increment(
 
 
 def linearise_stages(field, coefficients, t0, h, x):
-    # One RK increment Ψ_h(t_0, x) and the transpose of its dependence on x alone: the
-    # stages are linearised in x only (no parameter cotangents per stage). The transpose
-    # also returns each stage's time, input and cotangent K̄_i, so that the parameter
-    # gradient of many stages can be taken in one batched VJP (`stages_parameter_vjp`).
-    a, b, c = coefficients
-    s = len(b)
-    needed = _needed_stages(a, b)
-    ks: list = [None] * s
-    stages: list = []
-    for i in range(s):
-        if needed[i]:
-            t_i = t0 + c[i] * h
-            x_i = _stage_input(x, h, a[i, :i], ks[:i])
-            ks[i], vjp_i = jax.vjp(lambda y, t_i=t_i: field(t_i, y), x_i)
-            stages.append((i, t_i, x_i, vjp_i))
-    increment = h * _stage_input(jnp.zeros_like(x), 1.0, b, ks)
+    """One RK increment Ψ_h(t_0, x) and the transpose of its dependence on x alone: the
+    stages are linearised in x only (no parameter cotangents per stage). The transpose
+    also returns each stage's time, input and cotangent K̄_i, so that the parameter
+    gradient of many stages can be taken in one batched VJP
+    ([`deepest.integrators.stages_parameter_vjp`][]).
+
+    **Returns:** `(Ψ_h(t_0, x), transpose)`, with
+    `transpose(v) = ((∂Ψ_h/∂x)ᵀ v, times, inputs, k_bars)`.
+    """
+    increment, stages = _linearised_stages(
+        lambda t_i, x_i: jax.vjp(lambda y: field(t_i, y), x_i), coefficients, t0, h, x
+    )
 
     def transpose(cotangent):
-        stage_costates: list = [None] * s
         total = jnp.zeros_like(x)
         times, inputs, k_bars = [], [], []
-        for i, t_i, x_i, vjp_i in reversed(stages):
-            k_bar = _stage_weight(a, b, i, cotangent, stage_costates)
-            (stage_costates[i],) = vjp_i(h * k_bar)
-            total = total + stage_costates[i]
+        for t_i, x_i, k_bar, (costate_i,) in _transposed_stages(
+            coefficients, h, stages, cotangent, lambda out: out[0]
+        ):
+            total = total + costate_i
             times.append(t_i)
             inputs.append(x_i)
-            k_bars.append(h * k_bar)
+            k_bars.append(k_bar)
         return total, times, inputs, k_bars
 
     return increment, transpose
 
 
 def stages_parameter_vjp(params, static, times, inputs, k_bars):
-    # Σ_i (∂F/∂θ(t_i, X_i))ᵀ K̄_i as one VJP of the field vmapped over the stages. It
-    # evaluates the stages once more, batched, but for dense layers the sum of per-stage
-    # outer products becomes one matrix product, and the parameter cotangents are
-    # accumulated once per step instead of once per stage (the reversible step has two
-    # increments' worth of stages).
+    """Σ_i (∂F/∂θ(t_i, X_i))ᵀ K̄_i as one VJP of the field `eqx.combine(params, static)`
+    vmapped over the stages (`times`, `inputs`, `k_bars` as returned by the transpose of
+    [`deepest.integrators.linearise_stages`][]). It evaluates the stages once more,
+    batched, but for dense layers the sum of per-stage outer products becomes one matrix
+    product, and the parameter cotangents are accumulated once per step instead of once
+    per stage (the reversible step has two increments' worth of stages).
+    """
+
     def stage_values(p):
         field = eqx.combine(p, static)
         return jax.vmap(field)(jnp.stack(times), jnp.stack(inputs))

@@ -208,7 +208,7 @@ class MultipleShooting(_AbstractShooting):
 
     **Example:**
 
-        method = deepest.MultipleShooting(8, deepest.integrators.GaussLegendre(),
+        method = deepest.MultipleShooting(8, deepest.integrators.SymplecticGaussLegendre(),
                                           steps_per_segment=16)
     """
 

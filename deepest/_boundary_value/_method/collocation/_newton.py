@@ -73,7 +73,7 @@ def apply_factors(factors: Factors, residual):
     return dys, dzs
 
 
-def newton(problem, mesh, nodes, has_jumps, ys, zs, factors, tol, max_steps):
+def newton(problem, mesh, nodes, has_jumps, ys, zs, factors, tol, max_newton_steps):
     """Newton's method on one mesh, reusing the factorised Jacobian while it contracts well.
 
     A fresh Jacobian is factorised at the first iteration and whenever the previous step
@@ -92,7 +92,7 @@ def newton(problem, mesh, nodes, has_jumps, ys, zs, factors, tol, max_steps):
 
     def cond(carry):
         step, *_, done, _ = carry
-        return (step < max_steps) & ~done
+        return (step < max_newton_steps) & ~done
 
     def body(carry):
         step, ys, zs, factors, refactor, last, _, _ = carry

@@ -9,10 +9,10 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float
 
-from .._misc import did_you_mean
+from .._misc import deprecated_alias, did_you_mean
 
 
-class AbstractDiscretization(eqx.Module):
+class AbstractDiscretisation(eqx.Module):
     """A discretisation of dx/dt = F(t, x, θ) on the model grid, as residuals per interval.
 
     Subclasses provide `name` (the string [`deepest.Assimilation`][] accepts for it),
@@ -42,7 +42,7 @@ def _vfield(field):
     return jax.vmap(field, in_axes=(0, 0, None))
 
 
-class Euler(AbstractDiscretization):
+class Euler(AbstractDiscretisation):
     """Forward Euler: Δ = h F(t_n, x_n). Order 1."""
 
     name: ClassVar[str] = "euler"
@@ -55,7 +55,7 @@ class Euler(AbstractDiscretization):
         return (x1 - x0 - h * _vfield(field)(ts[:-1], x0, theta),)
 
 
-class Trapezoid(AbstractDiscretization):
+class Trapezoid(AbstractDiscretisation):
     """The trapezoidal rule: Δ = h/2 (F(t_n, x_n) + F(t_{n+1}, x_{n+1})). Order 2."""
 
     name: ClassVar[str] = "trapezoid"
@@ -76,7 +76,7 @@ def _rk4_step(field, t, x, h, theta):
     return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
-class RK4(AbstractDiscretization):
+class RK4(AbstractDiscretisation):
     """The classical Runge–Kutta step as a forward map: Δ = RK4(x_n) − x_n. Order 1."""
 
     name: ClassVar[str] = "rk4"
@@ -90,7 +90,7 @@ class RK4(AbstractDiscretization):
         return (path[1:] - step(field, ts[:-1], path[:-1], hs, theta),)
 
 
-class SimpsonHermite(AbstractDiscretization):
+class SimpsonHermite(AbstractDiscretisation):
     """Simpson–Hermite (varanneal's form), with the midpoint states x_m as unknowns: the
     Simpson residual x_{n+1} − x_n − h/6 (F_n + 4F_m + F_{n+1}) and the Hermite midpoint
     residual x_m − (x_n + x_{n+1})/2 − h/8 (F_n − F_{n+1}). Order 2."""
@@ -115,7 +115,7 @@ class SimpsonHermite(AbstractDiscretization):
 _GAUSS_OFFSET = 3.0**0.5 / 6
 
 
-class GaussLegendre(AbstractDiscretization):
+class GaussLegendre(AbstractDiscretisation):
     """Two-stage Gauss–Legendre collocation, with the midpoint states x_m as unknowns: the
     path on each interval is the quadratic through x_n, x_m, x_{n+1}, and the residuals
     are √(1/2)·h·(ẋ − F) at the two Gauss–Legendre points t_n + (1/2 ± √3/6) h, so that
@@ -144,7 +144,7 @@ class GaussLegendre(AbstractDiscretization):
         return tuple(out)
 
 
-DISCRETIZATIONS: tuple[AbstractDiscretization, ...] = (
+DISCRETISATIONS: tuple[AbstractDiscretisation, ...] = (
     Euler(),
     Trapezoid(),
     RK4(),
@@ -153,16 +153,31 @@ DISCRETIZATIONS: tuple[AbstractDiscretization, ...] = (
 )
 
 
-def as_discretization(discretization: str | AbstractDiscretization) -> AbstractDiscretization:
+def as_discretisation(discretisation: str | AbstractDiscretisation) -> AbstractDiscretisation:
     """A discretisation Module from itself or its name ("euler", "trapezoid", "rk4",
     "simpson_hermite", "gauss_legendre")."""
-    if isinstance(discretization, AbstractDiscretization):
-        return discretization
-    by_name = {d.name: d for d in DISCRETIZATIONS}
+    if isinstance(discretisation, AbstractDiscretisation):
+        return discretisation
+    by_name = {d.name: d for d in DISCRETISATIONS}
     try:
-        return by_name[discretization]
+        return by_name[discretisation]
     except (KeyError, TypeError):
         raise ValueError(
-            f"Unknown discretization {discretization!r}; use one of {tuple(by_name)}, or an "
-            f"AbstractDiscretization.{did_you_mean(discretization, by_name)}"
+            f"Unknown discretisation {discretisation!r}; use one of {tuple(by_name)}, or an "
+            f"AbstractDiscretisation.{did_you_mean(discretisation, by_name)}"
         ) from None
+
+
+# the American spellings, deprecated, each with its warning
+_RENAMES = {
+    "AbstractDiscretization": (
+        "deepest.discretisations.AbstractDiscretisation",
+        AbstractDiscretisation,
+    ),
+    "DISCRETIZATIONS": ("deepest.discretisations.DISCRETISATIONS", DISCRETISATIONS),
+    "as_discretization": ("deepest.discretisations.as_discretisation", as_discretisation),
+}
+
+
+def __getattr__(name):
+    return deprecated_alias(__name__, name, _RENAMES)
