@@ -221,7 +221,8 @@ def main():
         print("|---|---|---|---|")
         print(f"| L = 12, LBFGS (atomic .npz) | {n} | {seconds:.3f} | {size / 1e6:.1f} |\n")
     if "sigint" not in args.skip:
-        sets = ["anneal.n_paths=8", "anneal.n_beta=12"] if quick else []
+        # long enough at smoke size that the signal lands in the loop, not after it
+        sets = ["anneal.n_paths=16"] if quick else []
         took, code, partial = sigint_latency("lorenz96_L12.yaml", sets)
         print("| Ctrl-C of `deepest anneal` (L = 12) | signal to exit (s) | exit code | partial |")
         print("|---|---|---|---|")
