@@ -126,6 +126,14 @@ def test_yaml_error_names_file_line_column(tmp_path):
         dx.load(path)
 
 
+def test_set_value_that_is_not_yaml_names_the_key():
+    path = os.path.join(ROOT, "configs", "lorenz96_L12.yaml")
+    with pytest.raises(
+        ValueError, match=r"^--set anneal\.n_paths: the value '\[1,' is not valid YAML: "
+    ):
+        dx.load(path, ["anneal.n_paths=[1,"])
+
+
 def test_sweep_points_checked():
     sweep = dx.resolve({"base": TINY, "grid": {"anneal.rf0": [1e-3, 1e-2]}}, kind="sweep")
     assert [p.config.anneal.rf0 for p in sweep.points] == [1e-3, 1e-2]

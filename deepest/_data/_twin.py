@@ -2,6 +2,8 @@
 
 import math
 import os
+import re
+import warnings
 from collections.abc import Callable, Sequence
 
 import diffrax
@@ -146,30 +148,120 @@ class Observations(eqx.Module):
         """Read observations from `.npz` (as written by `save`) or `.csv`.
 
         A CSV file has a header `t,x<i>,x<j>,…` naming the measured components, one row per
-        time; empty or NaN cells are unmeasured (they become the `mask`).
+        time; empty or NaN cells are unmeasured (they become the `mask`). Any other cell
+        that is not a finite number, a ragged row or a bad header is a `ValueError` naming
+        the file, line and column (the 1-based cell number); a column or time with no
+        measurement is a `UserWarning`.
         """
         path = os.fspath(path)
         if path.endswith(".csv"):
-            with open(path) as f:
-                header = f.readline().strip().split(",")
-            if header[0].strip() != "t" or not all(h.strip().startswith("x") for h in header[1:]):
-                raise ValueError(f"{path}: the CSV header must read `t,x<i>,x<j>,...`.")
-            observed = [int(h.strip()[1:]) for h in header[1:]]
-            table = np.genfromtxt(path, delimiter=",", skip_header=1, ndmin=2)
-            values = table[:, 1:]
-            mask = np.isfinite(values)
-            return cls(
-                table[:, 0],
-                np.where(mask, values, 0.0),
-                observed,
-                mask=None if mask.all() else mask,
-            )
+            times, values, observed, mask = _read_csv(path)
+            try:
+                return cls(
+                    times,
+                    np.where(mask, values, 0.0),
+                    observed,
+                    mask=None if mask.all() else mask,
+                )
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
         with np.load(path) as f:
             data = dict(f)
         true_params = {
             k.split(".", 1)[1]: data.pop(k) for k in list(data) if k.startswith("true_params.")
         }
         return cls(**data, true_params=true_params or None)
+
+
+def _csv_number(text: str) -> float | None:
+    """The float in a CSV cell, or None if it is not a number (NaN and inf included)."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _read_csv(path: str) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray]:
+    """Times, values, observed indices and measured mask of the CSV file `path`, strictly:
+    every cell a number, NaN or empty (the last two unmeasured); lines starting with `#`
+    and blank lines are skipped, as are `#` comments at a line's end."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text (UTF-8) CSV file: {e.reason}.") from None
+    if not lines or not lines[0].strip():
+        raise ValueError(f"{path}: empty CSV file; the header must read `t,x<i>,x<j>,...`.")
+    header = [h.strip() for h in lines[0].split(",")]
+    if header[0] != "t":
+        raise ValueError(
+            f"{path}:1:1: the CSV header must read `t,x<i>,x<j>,...`; its first cell is "
+            f"{header[0]!r}, not 't'."
+        )
+    observed = []
+    for column, name in enumerate(header[1:], start=2):
+        match = re.fullmatch(r"x(\d+)", name, re.ASCII)
+        if match is None:
+            raise ValueError(
+                f"{path}:1:{column}: the CSV header must read `t,x<i>,x<j>,...`; header cell "
+                f"{name!r} is not `x` followed by a component index."
+            )
+        observed.append(int(match.group(1)))
+    times, rows, numbers = [], [], []
+    for number, line in enumerate(lines[1:], start=2):
+        line = line.split("#", 1)[0]
+        if not line.strip():
+            continue
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) != len(header):
+            raise ValueError(
+                f"{path}:{number}: expected {len(header)} cells (as in the header), "
+                f"got {len(cells)}."
+            )
+        row = []
+        for column, cell in enumerate(cells, start=1):
+            value = math.nan if cell == "" else _csv_number(cell)
+            name = header[column - 1]
+            if value is None:
+                raise ValueError(
+                    f"{path}:{number}:{column}: cell {cell!r} (column {name}) is not a number, "
+                    "`nan` or empty."
+                )
+            if math.isinf(value):
+                raise ValueError(
+                    f"{path}:{number}:{column}: cell {cell!r} (column {name}) is infinite; "
+                    "leave an unmeasured cell empty or `nan`."
+                )
+            if column == 1 and math.isnan(value):
+                raise ValueError(f"{path}:{number}:1: the time (column t) is missing.")
+            row.append(value)
+        times.append(row[0])
+        rows.append(row[1:])
+        numbers.append(number)
+    if not rows:
+        raise ValueError(f"{path}: no data rows after the header.")
+    values = np.array(rows, dtype=float).reshape(len(rows), len(observed))
+    mask = ~np.isnan(values)
+    if mask.any():
+        for column in np.flatnonzero(~mask.any(axis=0)):
+            warnings.warn(
+                f"{path}: column {header[column + 1]} has no measurement (every cell is "
+                "empty or NaN).",
+                UserWarning,
+                stacklevel=3,
+            )
+        empty = np.flatnonzero(~mask.any(axis=1))
+        if empty.size:
+            named = ", ".join(f"t={times[i]:g} (line {numbers[i]})" for i in empty[:5])
+            more = f" and {empty.size - 5} more" if empty.size > 5 else ""
+            warnings.warn(
+                f"{path}: {'time' if empty.size == 1 else 'times'} {named}{more} "
+                f"{'has' if empty.size == 1 else 'have'} no measurement (every cell empty "
+                "or NaN).",
+                UserWarning,
+                stacklevel=3,
+            )
+    return np.array(times, dtype=float), values, observed, mask
 
 
 def check_dimension(model, observed: Sequence[int], dim) -> int:

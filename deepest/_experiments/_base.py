@@ -94,7 +94,14 @@ def set_dotted(config: dict, assignment: str) -> None:
         if not isinstance(child, dict):
             raise ValueError(f"--set {dotted}: {'.'.join(keys[: i + 1])} is not a section.")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(
+            f"--set {dotted}: the value {raw!r} is not valid YAML: {problem}."
+        ) from None
+    node[keys[-1]] = value
 
 
 def _dotted(loc: Iterable) -> str:
