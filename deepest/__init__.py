@@ -127,8 +127,6 @@ def __getattr__(name):
     # AnnealResult are `result`, deepest.RESULTS, and `converged_by`), `TPBVPResults`
     # (deepest.RESULTS), `discretizations` (deepest.discretisations), `Training`
     # (deepest.training).
-    from . import _annealing, _boundary_value
-
     if name == "discretizations":  # deprecated: importing it warns
         import importlib
 
@@ -137,8 +135,13 @@ def __getattr__(name):
         from ._misc import deprecated_alias
 
         return deprecated_alias(__name__, name, {name: ("deepest.training", training)})
-    if name == "StopReason":
-        return _annealing.__getattr__(name)
-    if name == "TPBVPResults":
-        return _boundary_value.__getattr__(name)
+    if name in ("StopReason", "TPBVPResults"):
+        from ._annealing._solution import StopCode
+        from ._misc import deprecated_alias
+
+        renames = {
+            "StopReason": ("AnnealResult.result (deepest.RESULTS) and .converged_by", StopCode),
+            "TPBVPResults": ("deepest.RESULTS", RESULTS),
+        }
+        return deprecated_alias(__name__, name, renames)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -51,11 +51,3 @@ from ._solution import (
     save_result as save_result,
 )
 from ._sweep import sweep as sweep
-
-
-def __getattr__(name):
-    if name == "StopReason":  # deprecated, with its warning
-        from . import _solution
-
-        return _solution.StopReason
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

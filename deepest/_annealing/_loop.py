@@ -28,7 +28,7 @@ from .._misc import renamed_keywords
 from ._minimiser import AbstractMinimiser, StepInfo
 from ._problem import AbstractProblem
 from ._progress import AbstractProgressMeter
-from ._solution import StopCode as StopReason
+from ._solution import StopCode
 
 
 class _Lane(eqx.Module):
@@ -73,7 +73,7 @@ class LoopConfig(eqx.Module):
 
 
 def _stop_reason(info: StepInfo, lane: _Lane, grad_start, steps, config: LoopConfig):
-    """The stopping rule of one step: a `StopReason` code, or −1 to go on."""
+    """The stopping rule of one step: a `StopCode`, or −1 to go on."""
     f = info.action
     gmax = jnp.max(jnp.abs(info.grad))
     finite = jnp.isfinite(f) & jnp.isfinite(gmax)
@@ -87,11 +87,11 @@ def _stop_reason(info: StepInfo, lane: _Lane, grad_start, steps, config: LoopCon
     # decrease left is below the rounding of A (float32), the point a minimum to ftol.
     floor = info.failed & (info.predicted_decrease <= small)
     reasons = [
-        (info.first & ~finite, StopReason.non_finite),
-        (gradient, StopReason.converged_gradient),
-        (decrease | floor, StopReason.converged_decrease),
-        (info.failed, StopReason.stalled),
-        (steps >= config.max_evaluations, StopReason.max_steps),
+        (info.first & ~finite, StopCode.non_finite),
+        (gradient, StopCode.converged_gradient),
+        (decrease | floor, StopCode.converged_decrease),
+        (info.failed, StopCode.stalled),
+        (steps >= config.max_evaluations, StopCode.max_steps),
     ]
     code = jnp.array(-1, jnp.int32)
     for hit, reason in reversed(reasons):
@@ -148,7 +148,7 @@ def _lane_functions(problem, rf_table, config: LoopConfig, shared):
         steps = lane.steps + 1
         code = _stop_reason(info, lane, grad_start, steps, config)
         done = active & (code >= 0)
-        bad = done & (code == StopReason.non_finite)
+        bad = done & (code == StopCode.non_finite)
         at_beta = (betas == beta) & done
         next_beta = jnp.where(bad, n_beta, beta + 1)
         following = jnp.minimum(next_beta, n_beta - 1)

@@ -304,11 +304,11 @@ def _run_chunks(
                 save_checkpoint(os.fspath(checkpoint), whole, meta)
 
     def view():  # what the host loop decides by, the same on every process
-        return hosts.get((state.lanes.beta, state.lanes.stop_reason, state.loop_steps))
+        return hosts.get((state.lanes.beta, state.loop_steps))
 
-    beta, stop_reason, loop_steps = view()
+    beta, loop_steps = view()
     # The bar counts the (path, β) minimisations still to run.
-    done_before = int(np.sum(stop_reason != 0))
+    done_before = int(np.sum(hosts.get(state.lanes.stop_reason) != 0))
     handle = config.progress_meter.open(int(np.prod(y0.shape[:-1])) * config.n_beta - done_before)
     chunk, start, saved_at = 8, time.perf_counter(), time.perf_counter()
     finished = loop_finished((beta, loop_steps), config)
@@ -329,7 +329,7 @@ def _run_chunks(
                     devices,
                     batched,
                 )
-                beta, _, loop_steps = view()
+                beta, loop_steps = view()
                 finished = loop_finished((beta, loop_steps), config)
                 took = time.perf_counter() - began
                 grow = _CHUNK_SECONDS / max(took, 1e-4)

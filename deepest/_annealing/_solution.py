@@ -66,18 +66,6 @@ def _to_stop_codes(result: RESULTS, converged_by: np.ndarray) -> np.ndarray:
     return out
 
 
-def __getattr__(name):
-    if name == "StopReason":
-        warnings.warn(
-            "deepest.StopReason is deprecated: an AnnealResult's codes are "
-            "`result.result` (deepest.RESULTS) and `result.converged_by`.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return StopCode
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class AnnealResult(AbstractResult):
     """The outcome of [`deepest.anneal`][].
 

@@ -40,18 +40,3 @@ from ._problem import (
 )
 from ._solution import TPBVPSolution as TPBVPSolution
 from ._solve import anneal_tpbvp as anneal_tpbvp, solve_tpbvp as solve_tpbvp
-
-
-def __getattr__(name):
-    if name == "TPBVPResults":
-        import warnings
-
-        from .._results import RESULTS
-
-        warnings.warn(
-            "deepest.TPBVPResults is deprecated: use deepest.RESULTS (the same codes).",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return RESULTS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,11 +33,6 @@ def _hermite_at(t0, t1, y0, y1, f0, f1, t):
     return hermite(s, h, y0, y1, f0, f1)[0]
 
 
-# The solvers' codes are deepest's RESULTS (optimistix's, promoted, and
-# `max_nodes_reached`); the former name stays for the methods and as a deprecated alias.
-TPBVPResults = RESULTS
-
-
 class TPBVPSolution(eqx.Module):
     """The solution of [`deepest.solve_tpbvp`][] (stacked along a leading axis: of
     [`deepest.anneal_tpbvp`][]).

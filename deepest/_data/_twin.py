@@ -14,6 +14,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
+from .._io import write_atomic
 from ..models import AbstractModel, parametrised
 
 
@@ -133,7 +134,9 @@ class Observations(eqx.Module):
             table = np.column_stack([np.asarray(self.times), np.asarray(self.values)])
             if self.mask is not None:
                 table[:, 1:][~np.asarray(self.mask)] = np.nan
-            np.savetxt(path, table, delimiter=",", header=header, comments="")
+            write_atomic(
+                path, lambda f: np.savetxt(f, table, delimiter=",", header=header, comments="")
+            )
             return
         arrays = {"times": self.times, "values": self.values, "observed": self.observed}
         for name in ("truth", "mask", "noise"):
@@ -141,7 +144,9 @@ class Observations(eqx.Module):
                 arrays[name] = getattr(self, name)
         for name, value in (self.true_params or {}).items():
             arrays[f"true_params.{name}"] = value
-        np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
+        if not path.endswith(".npz"):  # as np.savez names a path without the extension
+            path += ".npz"
+        write_atomic(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Observations":

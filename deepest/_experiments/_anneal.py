@@ -1,7 +1,6 @@
 """The anneal experiment: a data-assimilation problem, its schedule and minimiser, from a config."""
 
 import os
-import warnings
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -131,22 +130,7 @@ class ProblemConfig(ConfigSection):
     @pydantic.model_validator(mode="before")
     @classmethod
     def _renamed(cls, values):
-        # `discretization`, the former spelling of `discretisation`: deprecated
-        if isinstance(values, dict) and "discretization" in values:
-            if "discretisation" in values:
-                raise ValueError(
-                    "Give `problem.discretisation` only; `problem.discretization` is its "
-                    "deprecated former spelling."
-                )
-            warnings.warn(
-                "The config key `problem.discretization` is deprecated; use "
-                "`problem.discretisation`.",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            values = dict(values)
-            values["discretisation"] = values.pop("discretization")
-        return values
+        return renamed_keys(values, "problem", discretization="discretisation")
 
     @pydantic.field_validator("discretisation")
     @classmethod

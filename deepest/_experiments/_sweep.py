@@ -8,12 +8,12 @@ from typing import Any, Literal, NamedTuple
 import pydantic
 
 from .._misc import did_you_mean
-from ._anneal import AnnealConfig
+from ._anneal import AnnealConfig, AnnealSection
 from ._base import read_yaml, validate
 
-SHARED = ("n_paths", "seed", "ftol", "gtol", "max_evaluations", "minimiser", "history_length")
-SHARED += ("damping", "dtype")
-"""The `anneal` keys every point of a sweep shares (one program runs them together)."""
+SHARED = tuple(k for k in AnnealSection.model_fields if k not in ("rf0", "alpha", "n_beta"))
+"""The `anneal` keys every point of a sweep shares (one program runs them together): all
+but the schedule's."""
 
 
 def leaf_keys(model: type[pydantic.BaseModel], where: str = "") -> list[str]:

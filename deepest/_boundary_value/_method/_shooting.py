@@ -16,7 +16,8 @@ import optimistix as optx
 from jaxtyping import Array, Float, PyTree
 
 from ..._misc import Pair, positive_int, tree_where
-from .._solution import TPBVPResults, build_solution
+from ..._results import RESULTS
+from .._solution import build_solution
 from ._base import AbstractTPBVPMethod, check_guess, default_tol
 from ._flow import adaptive_end, adaptive_flow, fixed_flow, with_stage_loop
 
@@ -103,7 +104,7 @@ class _AbstractShooting(AbstractTPBVPMethod):
             ts,
             ys,
             jax.lax.stop_gradient(residual),
-            TPBVPResults.promote(solution.result),
+            RESULTS.promote(solution.result),
             solution.stats["num_steps"],
             ta.shape[0] + 1,
         )

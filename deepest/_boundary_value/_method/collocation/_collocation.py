@@ -7,7 +7,8 @@ import jax.tree_util as jtu
 from jaxtyping import Array, Float
 
 from ...._misc import positive_int, tree_where
-from ..._solution import TPBVPResults, build_solution
+from ...._results import RESULTS
+from ..._solution import build_solution
 from .._base import AbstractTPBVPMethod, check_guess, default_tol
 from ._lobatto import collocation_jacobian, collocation_residual, flat, residual_and_ends, unflat
 from ._mesh import CollocationMesh, initial_mesh, refine
@@ -50,7 +51,7 @@ class Collocation(AbstractTPBVPMethod):
     estimated on each interval by 5-point Lobatto quadrature, and intervals above `tol` are
     split in two (or in three above 100·tol), as scipy's `solve_bvp` does (Kierzenka &
     Shampine 2001); Newton restarts from the interpolated solution, until every interval
-    passes or the mesh is full (then the result is `TPBVPResults.max_nodes_reached`).
+    passes or the mesh is full (then the result is `RESULTS.max_nodes_reached`).
     Different problems in a `vmap` refine to different active node counts. Without a
     `tol` the mesh stays uniform.
 
@@ -230,10 +231,8 @@ class Collocation(AbstractTPBVPMethod):
                 passed, stuck, refined = refine(
                     frozen, mesh, frozen_nodes, ys, zs, self.tol, maximal
                 )
-                solved = result == TPBVPResults.successful
-                result = TPBVPResults.where(
-                    solved & ~passed, TPBVPResults.max_nodes_reached, result
-                )
+                solved = result == RESULTS.successful
+                result = RESULTS.where(solved & ~passed, RESULTS.max_nodes_reached, result)
                 done = ~solved | passed | stuck
                 mesh, ys, zs = tree_where(done, (mesh, ys, zs), refined)
                 return mesh, ys, zs, factors, result, n_newton + steps, done
@@ -243,7 +242,7 @@ class Collocation(AbstractTPBVPMethod):
                 ys,
                 zs,
                 factors,
-                TPBVPResults.successful,
+                RESULTS.successful,
                 jnp.array(0),
                 jnp.array(False),
             )

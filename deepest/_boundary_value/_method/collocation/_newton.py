@@ -8,7 +8,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array
 
 from ...._linalg import gauss_jordan
-from ..._solution import TPBVPResults
+from ...._results import RESULTS
 from ._lobatto import collocation_jacobian, collocation_residual
 
 
@@ -40,7 +40,7 @@ def factorise(blocks, dim) -> Factors:
     e_y, e_z = jac[:, s5:, :s2], jac[:, s5:, s2:]
     # No pivoting: the stage matrices G_z are I − O(h ‖∂f/∂y‖), diagonally dominant on any
     # mesh that resolves the solution; a zero pivot gives non-finite values, which Newton
-    # reports (`TPBVPResults.nonfinite`) and mesh refinement does not hide.
+    # reports (`RESULTS.nonfinite`) and mesh refinement does not hide.
     local = gauss_jordan(jnp.concatenate([g_z, g_y], axis=-1), s5)
     inv_gz, inv_gz_gy = local[..., :s5], local[..., s5:]
     s = e_y - e_z @ inv_gz_gy
@@ -118,10 +118,8 @@ def newton(problem, mesh, nodes, has_jumps, ys, zs, factors, tol, max_newton_ste
     inf = jnp.asarray(jnp.inf, ys.dtype)
     init = (jnp.array(0), ys, zs, factors, jnp.array(True), inf, jnp.array(False), jnp.array(True))
     steps, ys, zs, factors, _, _, done, finite = jax.lax.while_loop(cond, body, init)
-    result = TPBVPResults.where(
-        done, TPBVPResults.successful, TPBVPResults.nonlinear_max_steps_reached
-    )
-    result = TPBVPResults.where(finite, result, TPBVPResults.nonfinite)
+    result = RESULTS.where(done, RESULTS.successful, RESULTS.nonlinear_max_steps_reached)
+    result = RESULTS.where(finite, result, RESULTS.nonfinite)
     return ys, zs, factors, result, steps
 
 
