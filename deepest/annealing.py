@@ -10,6 +10,7 @@ reference of the chunks' overhead in `benchmarks/bench_long_runs.py`.
 
 from ._annealing import (
     CHECKPOINT as CHECKPOINT,
+    INTERRUPT as INTERRUPT,
     AbstractBandedProblem as AbstractBandedProblem,
     AbstractProgressMeter as AbstractProgressMeter,
     Block as Block,

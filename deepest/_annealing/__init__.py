@@ -42,6 +42,7 @@ from ._progress import (
     NoProgressMeter as NoProgressMeter,
     TqdmProgressMeter as TqdmProgressMeter,
 )
+from ._runner import INTERRUPT as INTERRUPT
 from ._schedule import AnnealSchedule as AnnealSchedule
 from ._solution import (
     AnnealResult as AnnealResult,

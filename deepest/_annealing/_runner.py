@@ -250,17 +250,29 @@ def _check_init(problem, init, n_paths, dtype):
 _CHUNK_SECONDS = 0.25
 
 
+INTERRUPT = threading.Event()
+"""Set from any thread (e.g. a command line whose run is in a worker thread, or a
+notebook's button) to stop the running [`deepest.anneal`][] or [`deepest.sweep`][] as
+Ctrl-C does: after the current chunk, with a checkpoint and a partial result. The run that
+answers it clears it."""
+
+
 class _Interrupt:
-    """While open (in the main thread), the first SIGINT sets `hit`; a second raises."""
+    """While open, the first SIGINT (in the main thread) or `INTERRUPT` sets `hit`; a
+    second SIGINT raises."""
 
     def __init__(self):
-        self.hit = False
+        self._hit = False
         self._previous = None
+
+    @property
+    def hit(self) -> bool:
+        return self._hit or INTERRUPT.is_set()
 
     def _handle(self, signum, frame):
         if self.hit:
             raise KeyboardInterrupt
-        self.hit = True
+        self._hit = True
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -270,6 +282,8 @@ class _Interrupt:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+        if self.hit:
+            INTERRUPT.clear()
 
 
 def _run_chunks(
