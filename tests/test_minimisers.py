@@ -168,10 +168,12 @@ def test_levenberg_marquardt_reaches_the_lbfgs_minima_in_fewer_steps():
     np.testing.assert_allclose(lm.params["forcing"], lbfgs.params["forcing"], atol=5e-3)
     assert np.ptp(lm.params["forcing"]) < 1e-8
     assert lm.iterations.sum() * 2 < lbfgs.iterations.sum()
-    # at LM's final points the action is stationary
+    # At LM's final points the action is stationary. LM stops on a decrease ≤ 1e-10·|A|
+    # (|A| ≈ 0.37), which leaves max|∇A| ≈ 1e-7 (measured); 1e-5 leaves ×100. A level
+    # stopped short is not stationary: 3 evaluations a β leave 2e-4, a random start 26.
     rf = float(schedule.rf[-1])
     grads = jax.vmap(jax.grad(lambda u: problem.action(u, rf)))(lm.unknowns)
-    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads)) < 1e-6
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads)) < 1e-5
 
 
 def _rosenbrock(y, rf):

@@ -12,7 +12,7 @@ from .._misc import renamed_keywords
 from ._minimiser import AbstractMinimiser
 from ._problem import AbstractProblem
 from ._progress import AbstractProgressMeter
-from ._runner import RunSettings, check_checkpointing, run_loop
+from ._runner import RunSettings, check_checkpointing, check_resources, run_loop
 from ._schedule import AnnealSchedule
 from ._solution import AnnealResult, check_anneal_throw
 
@@ -37,6 +37,7 @@ def anneal(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: float = 60.0,
     resume: str | os.PathLike | None = None,
+    check_memory: bool = True,
 ) -> AnnealResult:
     r"""Variational annealing: minimise `problem.action(X, R_f)` for R_f = rf0·α^β, β = 0…
 
@@ -91,13 +92,18 @@ def anneal(
       paths, schedule, settings and device count): the loop goes on from it and ends
       bit for bit as the uninterrupted run would (only the timings differ). A checkpoint
       of another run is refused, naming what differs.
+    - `check_memory`: before anything is allocated, estimate the loop's memory (its state
+      by `jax.eval_shape`, per path) and refuse a run that cannot fit in the memory free
+      on the devices, or whose checkpoints cannot fit on their disk, naming the estimate
+      and the most paths that fit. `False` tries anyway.
 
     The loop runs in chunks of a fraction of a second (one compiled program for every
     chunk), so that the host can act between them. Ctrl-C (SIGINT) stops the run at the
     end of the chunk and returns what is finished: a result with `partial=True` whose
     levels of the β's not finished are NaN (`result` `not_reached`) and whose
     unknowns are each path's minimum at the last β it finished; a second Ctrl-C raises at
-    once.
+    once. [`deepest.annealing.INTERRUPT`][] set from another thread does what Ctrl-C
+    does.
 
     **Returns:** an [`deepest.AnnealResult`][].
     """
@@ -107,9 +113,11 @@ def anneal(
     check_checkpointing(checkpoint_every, resume)
     if key is None and init is None:
         raise ValueError("Pass a PRNG `key` for the initial paths, or the paths as `init`.")
+    devices = tuple(jax.devices() if devices is None else devices)
+    if check_memory:
+        check_resources(problem, schedule, settings, devices, checkpoint)
     problem, y0, rf_table, factors = settings.start(problem, schedule, key, init)
 
-    devices = tuple(jax.devices() if devices is None else devices)
     # As many lanes as a multiple of the devices: the last path repeated.
     padded = -(-settings.n_paths // len(devices)) * len(devices)
     if padded > settings.n_paths:

@@ -35,6 +35,10 @@ class AbstractProgressMeter(eqx.Module):
     def close(self, handle: int) -> None:
         """Close the display `handle`."""
 
+    def compiling(self, size: int) -> None:  # noqa: B027 - optional; by default silent
+        """On the host, before the loop's program is compiled (seconds to minutes for a
+        large problem): its size in lines of StableHLO. Nothing by default."""
+
 
 class NoProgressMeter(AbstractProgressMeter):
     """Show nothing (`anneal(progress=False)`)."""

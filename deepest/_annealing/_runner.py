@@ -8,7 +8,9 @@ each group one program whose settings axis is a vmap of the same loop body (`bat
 """
 
 import os
+import shutil
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -87,6 +89,68 @@ def _check_initial_actions(minimiser, problem, y0, rf0):
         )
 
 
+@eqx.filter_jit
+def _model_state_derivatives(minimiser, problem, y0):
+    """max |wᵀ·∂f/∂x| over the model times of each initial path, for the model map f of an
+    assimilation and one fixed random w: zero for every path when f does not depend on the
+    state to first order (a model built from `jnp.floor`, `jnp.round`, `jnp.sign`, or one
+    that stops gradients). Reverse mode, as the minimisers' gradients are (a model with a
+    `jax.custom_vjp` has no forward mode)."""
+
+    def one(y):
+        u = minimiser.unflatten(problem, y)
+        theta = problem.parameters(u)
+        theta = {name: theta[name] for name in problem.estimate}
+        path = u["path"]
+        w = jr.normal(jr.key(0), path.shape[1:], path.dtype)
+
+        def derivative(t, x):
+            return jax.grad(lambda x: jnp.vdot(w, problem.field(t, x, theta)))(x)
+
+        return jnp.max(jnp.abs(jax.vmap(derivative)(problem.ts, path)))
+
+    return jax.vmap(one)(y0)
+
+
+def _user_stacklevel() -> int:
+    """The `stacklevel` at which a warning of this function's caller names the frame that
+    called into this package (the user's call of anneal or sweep), past every frame of the
+    package and the wrappers between them (equinox's methods, deprecated keywords)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    names, frame = [], sys._getframe(1)
+    while frame is not None:
+        names.append(frame.f_code.co_filename)
+        frame = frame.f_back
+    inside = [i for i, name in enumerate(names) if name.startswith(package)]
+    return inside[-1] + 2
+
+
+def _check_model_derivatives(minimiser, problem, y0):
+    """Warn, before any annealing, when the model's derivative with respect to the state is
+    exactly zero at every state of every initial path: the action's gradient then carries
+    none of the model's dynamics, and the minimiser moves the unobserved components only to
+    shrink the residuals' differences, not along the model. (The model term's own gradient
+    is not zero there: the residual x(n+1) − x(n) − Δ depends on the states through the
+    difference, whatever the model.)"""
+    # Assimilation is the problem that names its model map; a lazy import, as
+    # `deepest._assimilation` builds on this package.
+    from .._assimilation import Assimilation
+
+    if not isinstance(problem, Assimilation):
+        return
+    derivatives = np.asarray(_model_state_derivatives(minimiser, problem, y0))
+    if np.all(derivatives == 0):
+        warnings.warn(
+            "The model's derivative with respect to the state is zero at every state of every "
+            "initial path (a model built from jnp.floor, jnp.round or jnp.sign, or one that "
+            "stops gradients, is flat almost everywhere): the minimiser gets no gradient "
+            "from the model's dynamics and cannot move the unobserved components along it. "
+            "Write the model with a nonzero derivative (e.g. a smooth surrogate of the "
+            "step); if it does not depend on the state by design, ignore this warning.",
+            stacklevel=_user_stacklevel(),
+        )
+
+
 class RunSettings(eqx.Module):
     """The settings of a run that every path (and every point of a sweep) shares, checked
     (`check`); how a problem starts (`start`) and what its lanes' records give
@@ -157,6 +221,7 @@ class RunSettings(eqx.Module):
             unknowns = _check_init(problem, init, self.n_paths, dtype)
         y0 = _flatten(minimiser, problem, unknowns).astype(dtype)
         _check_initial_actions(minimiser, problem, y0, jnp.asarray(schedule.rf[0], dtype))
+        _check_model_derivatives(minimiser, problem, y0)
         rf_table = jnp.asarray(schedule.rf, dtype)
         factors = jnp.asarray(schedule.alpha ** np.arange(schedule.n_beta), dtype)
         return problem, y0, rf_table, factors
@@ -305,9 +370,11 @@ def _run_chunks(
     zero = np.int32(0) if hosts.many else jnp.asarray(0, jnp.int32)
     # Lowered and compiled apart from the run, to report the compile time; a program of
     # the same shapes and settings is reused (jit's cache), then this takes no time.
-    advance = advance_loop.lower(
+    lowered = advance_loop.lower(
         problem, y0, rf_table, factors, zero, state, zero, config, devices, batched
-    ).compile()
+    )
+    config.progress_meter.compiling(lowered.as_text().count("\n"))
+    advance = lowered.compile()
     compile_time = time.perf_counter() - start
 
     def save(run_time):
@@ -315,7 +382,15 @@ def _run_chunks(
             whole = hosts.get(state)  # every process takes part; process 0 writes
             if hosts.writes:
                 meta = {"fingerprints": fps, "run_time": run_time}
-                save_checkpoint(os.fspath(checkpoint), whole, meta)
+                try:
+                    save_checkpoint(os.fspath(checkpoint), whole, meta)
+                except OSError as e:  # the state stays in memory; the run goes on
+                    warnings.warn(
+                        f"The checkpoint could not be written to {checkpoint}: {e}. The run "
+                        "goes on (its state in memory); the last checkpoint there, if any, "
+                        "is older.",
+                        stacklevel=5,
+                    )
 
     def view():  # what the host loop decides by, the same on every process
         return hosts.get((state.lanes.beta, state.loop_steps))
@@ -428,3 +503,98 @@ def run_loop(
     )
     stats = {"run_time": run_time, "compile_time": compile_time, "n_devices": len(devices)}
     return hosts.get(state), stats, partial
+
+
+def _nbytes(tree) -> int:
+    return sum(int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize for a in jtu.tree_leaves(tree))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    raise AssertionError  # pragma: no cover
+
+
+def available_memory(devices) -> tuple[int | None, str]:
+    """The bytes free for a run on `devices` and where: an accelerator's free memory (its
+    limit less what is in use, over the devices), else the host's available memory
+    (Linux's MemAvailable). `(None, where)` where unknown."""
+    device = devices[0]
+    if device.platform != "cpu":
+        try:
+            stats = [d.memory_stats() or {} for d in devices]
+            free = sum(s["bytes_limit"] - s.get("bytes_in_use", 0) for s in stats)
+            return int(free), f"{len(devices)} {device.platform} device(s)"
+        except (KeyError, AttributeError, RuntimeError):
+            return None, device.platform
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "the host"
+    except OSError:
+        pass
+    return None, "the host"
+
+
+def memory_estimate(problem, schedule, settings: RunSettings, devices) -> tuple[int, int]:
+    """`(fixed, per_lane)`: the bytes of a run's loop state (from `jax.eval_shape` of
+    `init_loop` at one and two lanes, nothing allocated) and of each lane's initial path,
+    its draw and its records on the host."""
+    config = settings.loop_config(schedule.n_beta)
+    dtype = settings.dtype
+    problem = _cast(problem, dtype)
+    flat = eqx.filter_eval_shape(
+        lambda k: settings.minimiser.flatten(problem, problem.init(k)), jr.key(0)
+    )
+    rf = jax.ShapeDtypeStruct(np.shape(schedule.rf), dtype)
+    factors = jax.ShapeDtypeStruct((schedule.n_beta,), dtype)
+
+    def state_bytes(lanes):
+        y0 = jax.ShapeDtypeStruct((lanes, flat.size), dtype)
+        state = eqx.filter_eval_shape(init_loop, problem, y0, rf, factors, config, devices[:1])
+        return _nbytes(state)
+
+    one, two = state_bytes(1), state_bytes(2)
+    per_lane = two - one
+    # the initial paths, their draws (unknowns) and a host copy of each lane's records
+    per_lane += 2 * flat.size * dtype.itemsize + per_lane
+    return one - (two - one), per_lane
+
+
+def check_resources(problem, schedule, settings: RunSettings, devices, checkpoint, n_settings=1):
+    """Refuse, before anything is allocated, a run whose loop state cannot fit in the
+    memory available (the estimate and the largest number of paths that fits in the
+    message), or whose checkpoint cannot fit on its disk."""
+    if not isinstance(problem, AbstractProblem):
+        return 0  # `RunSettings.start` says what is wrong
+    fixed, per_lane = memory_estimate(problem, schedule, settings, devices)
+    lanes = settings.n_paths * n_settings
+    need = n_settings * fixed + lanes * per_lane
+    free, where = available_memory(devices)
+    if free is not None and need > free:
+        fits = max((free // n_settings - fixed) // per_lane, 0) if free > fixed else 0
+        raise ValueError(
+            f"The run needs at least {_size(need)} ({_size(per_lane)} a path: its loop state "
+            f"by jax.eval_shape, initial path and records) for {lanes:,} paths; "
+            f"{_size(free)} are free on {where}: at most {fits:,} paths fit"
+            + (f" per setting ({n_settings} settings)" if n_settings > 1 else "")
+            + ". Pass fewer paths, or check_memory=False (the command line's --force) to "
+            "try anyway."
+        )
+    if checkpoint is not None:
+        folder = os.fspath(checkpoint)
+        while folder and not os.path.exists(folder):
+            folder = os.path.dirname(folder)
+        # a checkpoint is written beside the last one, then renamed over it
+        disk = 2 * (n_settings * fixed + lanes * (per_lane // 2))
+        free_disk = shutil.disk_usage(folder or ".").free
+        if disk > free_disk:
+            raise ValueError(
+                f"The run's checkpoints need about {_size(disk)} on the disk of "
+                f"{folder or '.'}; {_size(free_disk)} are free there. Free some space or "
+                "write elsewhere."
+            )
+    return need

@@ -6,6 +6,7 @@ import os
 import warnings
 
 import equinox as eqx
+import jax
 import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
@@ -13,6 +14,7 @@ from jaxtyping import PyTree
 from .._io import load_npz, unflatten, write_atomic
 from .._misc import renamed_keywords
 from .._results import RESULTS, AbstractResult, check_throw, codes_of, name_of, results_of
+from ._checkpoint import problem_digest
 from ._problem import AbstractProblem
 
 
@@ -89,6 +91,9 @@ class AnnealResult(AbstractResult):
     - `partial`: True for a run that was interrupted: only the β's each path finished
       are recorded (the others NaN, `not_reached`), and `unknowns` are each path's
       minimum at the last β it finished.
+
+    `warnings()` lists, as lines of text, what needs a look: paths that turned non-finite,
+    a bounded parameter of the best path that ends at its bound.
 
     `save(path)` writes it (`path/result.npz`), `AnnealResult.load(path, problem)` reads
     it back (also the files of earlier versions).
@@ -254,15 +259,110 @@ class AnnealResult(AbstractResult):
             **{k: v for k, v in self.stats.items()},
         }
 
+    def warnings(self) -> list[str]:
+        """What in this result needs a look, as lines of text (empty if nothing does): the
+        paths that turned non-finite, and each bounded parameter of the best path that
+        ends within 1e-6 of a bound, relative to the bounds' width (√ε of a lower
+        precision: 3.5e-4 in float32, where the minimiser stops sooner on the sigmoid's
+        flat tail), of an assimilation's `bounds=` (known when the result has its
+        problem)."""
+        lines = []
+        bad = int(np.sum(~self.finite))
+        if bad:
+            lines.append(
+                f"{bad} of {self.n_paths} paths ({bad / self.n_paths:.0%}) turned non-finite "
+                "(the model returned NaN or inf along them; their later levels are NaN): "
+                "check the model at the states they reached, rf0 and the time step."
+            )
+        best = self.best
+        params = self.views.get("params", {})
+        for name, (low, high) in _parameter_bounds(self.problem).items():
+            if name not in params:
+                continue
+            theta = np.asarray(params[name]).reshape(self.n_paths, -1)
+            relative = max(_AT_BOUND, float(np.sqrt(np.finfo(theta.dtype).eps)))
+            tolerance = relative * (high - low)
+            at_low, at_high = theta - low <= tolerance, high - theta <= tolerance
+            pinned = np.any(at_low | at_high, axis=1)
+            sides = [s for s, at in (("lower", at_low), ("upper", at_high)) if at[best].any()]
+            if not sides:
+                continue
+            ends = " and ".join(
+                f"its {side} bound {low if side == 'lower' else high:g}" for side in sides
+            )
+            lines.append(
+                f"parameter {name!r} of the best path (path {best}) ends within "
+                f"{relative:.2g} of {ends} (bounds ({low:g}, {high:g}); "
+                f"{int(pinned.sum())} of {self.n_paths} paths end at a bound): the action's "
+                "minimum lies at or past the bound; widen bounds= or check the model."
+            )
+        return lines
+
     @classmethod
     def load(cls, path: str | os.PathLike, problem: AbstractProblem | None = None):
         """Read a result written by `save` (or by `deepest.save_result` of an earlier
         version) from `path`, a folder or a `.npz` file; pass the `problem` to use
-        `predict` and `model`."""
+        `predict` and `model`.
+
+        A `problem` other than the one the result was annealed on (the problem digest it
+        records: class, data, weights, settings) raises `ValueError`; results saved before
+        the digest was recorded load without the check."""
         arrays, meta = load_npz(cls._file(path))
+        stats = (meta.get("values", {}) if "kinds" in meta else meta).get("stats") or {}
+        _check_problem(cls._file(path), stats, arrays, problem)
         if "kinds" in meta:
             return super().load(path, problem)
         return _load_legacy(arrays, meta, problem)
+
+
+# A bounded parameter this close to a bound, relative to the bounds' width, is at it (in
+# float64; in float32 the sigmoid's tail ends the minimisation sooner, √ε allows for it).
+_AT_BOUND = 1e-6
+
+
+def _parameter_bounds(problem) -> dict[str, tuple[float, float]]:
+    """{name: (low, high)} of a problem's bounded parameters: an assimilation's `bounds=`
+    (a lazy import, as `deepest._assimilation` builds on this package)."""
+    from .._assimilation import Assimilation
+
+    if not isinstance(problem, Assimilation):
+        return {}
+    return {name: (low, high) for name, low, high in problem.bounds}
+
+
+def _leaf_shapes(tree) -> dict[str, tuple[int, ...]]:
+    """{place: shape} of the arrays of `tree` (a file keeps no empty containers)."""
+    return {jtu.keystr(k): tuple(np.shape(a)) for k, a in jtu.tree_flatten_with_path(tree)[0]}
+
+
+def _check_problem(file: str, stats: dict, arrays: dict, problem) -> None:
+    """Refuse a `problem` other than the one whose digest the result records: one whose
+    unknowns have other shapes (the digest covers arrays, not settings such as
+    `steps_per_obs`), or whose arrays (data, weights) differ once cast to the result's
+    dtype, as the run cast them."""
+    recorded = stats.get("problem")
+    if problem is None or recorded is None:
+        return
+    if not isinstance(problem, AbstractProblem):
+        raise TypeError(f"`problem` must be a deepest.AbstractProblem; got {type(problem)}.")
+    unknowns = unflatten(arrays, "unknowns")
+    dtype = np.asarray(jtu.tree_leaves(unknowns)[0]).dtype
+    cast = jtu.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, problem)
+    here = problem_digest(cast)
+    expected = jax.eval_shape(problem.init, jax.random.key(0))
+    shapes_here = _leaf_shapes(expected)
+    shapes_there = _leaf_shapes(jtu.tree_map(lambda a: a[0], unknowns))
+    if shapes_here != shapes_there:
+        what = f"its unknowns have shapes {shapes_there}, this problem's {shapes_here}"
+    elif here != recorded:
+        what = "the shapes agree, but its data, weights or settings differ"
+    else:
+        return
+    raise ValueError(
+        f"{file} was computed for another problem ({what}): it records the problem "
+        f"{recorded!r}, this one is {here!r} (class and a digest of its arrays). Pass the "
+        "problem it was annealed on, or none."
+    )
 
 
 class SweepResult(eqx.Module):

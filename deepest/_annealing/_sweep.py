@@ -14,7 +14,7 @@ from ._checkpoint import CHECKPOINT
 from ._minimiser import AbstractMinimiser
 from ._problem import AbstractProblem
 from ._progress import AbstractProgressMeter
-from ._runner import RunSettings, check_checkpointing, run_loop
+from ._runner import RunSettings, check_checkpointing, check_resources, run_loop
 from ._schedule import AnnealSchedule
 from ._solution import AnnealResult, SweepResult, check_anneal_throw
 
@@ -53,6 +53,7 @@ def sweep(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: float = 60.0,
     resume: str | os.PathLike | None = None,
+    check_memory: bool = True,
 ) -> SweepResult:
     """Anneal every point of a sweep: [`deepest.anneal`][] of `problems[i]` with
     `schedules[i]` and `keys[i]`, with `n_paths` paths each and the same settings.
@@ -102,13 +103,15 @@ def sweep(
         settings = RunSettings.check(
             schedule, n_paths, save_betas, ftol, gtol, max_evaluations, minimiser, dtype, progress
         )
+    devices = tuple(jax.devices() if devices is None else devices)
+    if check_memory:  # as if every point ran in one program: the most a sweep can need
+        check_resources(problems[0], schedules[0], settings, devices, checkpoint, n_settings=n)
     starts = [settings.start(p, s, k, None) for p, s, k in zip(problems, schedules, keys)]
     groups: dict[tuple, list[int]] = {}
     for i, (problem, y0, rf_table, _) in enumerate(starts):
         groups.setdefault(_signature(problem, y0, rf_table), []).append(i)
 
     results: list[AnnealResult | None] = [None] * n
-    devices = tuple(jax.devices() if devices is None else devices)
     for g, members in enumerate(groups.values()):
         # As many points as a multiple of the devices: the last one repeated.
         padded = members + members[-1:] * (-len(members) % len(devices))

@@ -18,10 +18,18 @@ from pydantic import Field
 
 from .._annealing import AnnealSchedule
 from .._assimilation import discrete_weights, training
-from .._data import FlowMap, bar_images, noisy_pairs, twin_generator
+from .._data import (
+    TWIN_VARIANTS,
+    FlowMap,
+    bar_images,
+    check_bar_settings,
+    noisy_pairs,
+    twin_generator,
+)
+from .._misc import did_you_mean
 from .._networks import LayeredNetwork, fit
 from ._anneal import RunSection
-from ._base import ConfigSection, default_of, interval
+from ._base import ConfigSection, default_of, interval, library_check
 
 
 def _activations() -> dict:
@@ -57,6 +65,16 @@ class TwinNetworkData(_Sizes):
     noise: float = Field(0.005, gt=0)
     n_train: int = Field(10, ge=1)
 
+    @pydantic.field_validator("variant")
+    @classmethod
+    def _known(cls, name):
+        if name not in TWIN_VARIANTS:
+            raise ValueError(
+                f"`data.variant` must be one of {', '.join(map(repr, TWIN_VARIANTS))}; "
+                f"got {name!r}.{did_you_mean(name, TWIN_VARIANTS)}"
+            )
+        return name
+
 
 class BarImagesData(_Sizes):
     """`data` of `bar_images` ([`deepest.bar_images`][])."""
@@ -65,6 +83,13 @@ class BarImagesData(_Sizes):
     positions: str = default_of(bar_images, "positions")
     pixel_noise: float = Field(default_of(bar_images, "noise"), ge=0)
     n_train: int = Field(40, ge=1)
+
+    @pydantic.model_validator(mode="after")
+    def _images(self):
+        library_check(
+            "data", ("size", "positions"), lambda: check_bar_settings(self.size, self.positions)
+        )
+        return self
 
 
 class FlowMapData(_Sizes):
@@ -333,10 +358,17 @@ def errors_of(net, data: dict, classification: bool) -> dict:
 
 
 def train_by_annealing(
-    config: TrainConfig, data: dict, *, depth: int | None = None, progress: bool = False
+    config: TrainConfig,
+    data: dict,
+    *,
+    depth: int | None = None,
+    progress: bool = False,
+    **options,
 ):
-    """Anneal the config's training problem. **Returns:** `(result, problem, summary)`, the
-    summary a dict of the lowest-action path's and the best-validation path's errors."""
+    """Anneal the config's training problem (`options` go to [`deepest.anneal`][], e.g.
+    `checkpoint`, `resume`). **Returns:** `(result, problem, summary)`, the summary a
+    dict of the lowest-action path's and the best-validation path's errors (of a partial
+    result: None)."""
     import jax.random as jr
 
     from .._annealing import anneal
@@ -351,9 +383,11 @@ def train_by_annealing(
         jr.key(config.anneal.seed),
         progress=progress,
         save_betas=config.output.save_betas,
-        **config.anneal.run_options(),
+        **{**config.anneal.run_options(), **options},
     )
     wall = time.perf_counter() - start
+    if result.partial:
+        return result, problem, None
     best = result.best
     by_validation = int(np.nanargmin(np.asarray(result.validation_error)))
     summary = {

@@ -57,6 +57,8 @@ class LaplaceResult(AbstractResult):
       `forecast`; `covariance`: of another problem, the whole H⁻¹.
     - `method`: "exact" or "gauss_newton".
 
+    `warnings()` lists, as lines of text, the paths whose Hessian is not positive definite.
+
     `save(path)` writes it (`path/laplace.npz`), `LaplaceResult.load(path, problem)` reads
     it back.
     """
@@ -96,6 +98,38 @@ class LaplaceResult(AbstractResult):
     def weights_std(self) -> dict[str, np.ndarray]:
         """{name: (n, …)}: the weights' marginal standard deviations (a training's)."""
         return self.views["weights_std"]
+
+    def warnings(self, best: int | None = None) -> list[str]:
+        """What in this result needs a look, as lines of text (empty if nothing does): the
+        paths whose Hessian is not positive definite, and whether `best` (the annealing's
+        best path; default: the lowest A₀ here) is among them.
+
+        **Arguments:**
+
+        - `best`: the index of the annealing result's best path ([`deepest.AnnealResult`][]'s
+          `best`), or None.
+
+        **Returns:** a list of lines.
+        """
+        bad = self.paths[~self.positive_definite]
+        if not bad.size:
+            return []
+        if best is None:
+            action0 = np.where(np.isfinite(self.action0), self.action0, np.inf)
+            best = int(self.paths[np.argmin(action0)])
+        if best in bad:
+            among = f"the best path {best} among them"
+        elif best in self.paths:
+            among = f"not the best path {best}"
+        else:
+            among = f"the best path {best} not computed"
+        return [
+            f"Hessian of A₀ not positive definite at {bad.size} of {self.paths.size} paths "
+            f"({bad.tolist()}; {among}): there the point is not a strict minimum (a saddle, "
+            "or a direction the data and model leave flat), so its standard deviations are "
+            "NaN. Anneal further (a higher final β, tighter ftol/gtol), fix or bound the "
+            "parameters the data do not determine, or pass a prior=."
+        ]
 
     def _index(self, path: int | None) -> int:
         if path is None:

@@ -1,7 +1,12 @@
 """Precision annealing Monte Carlo: Hamiltonian Monte Carlo on exp(−A₀(X; R_f)) along the
 R_f schedule, many chains in one program, each β started from the last one's samples."""
 
+import hashlib
+import os
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -13,15 +18,32 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree, Scalar
 
-from .._annealing import AbstractProblem, AnnealResult, AnnealSchedule
+from .._annealing import (
+    AbstractProblem,
+    AnnealResult,
+    AnnealSchedule,
+    package_version,
+    problem_digest,
+)
+from .._io import load_npz, save_npz
 from .._misc import renamed_keywords
-from .._results import RESULTS, AbstractResult, check_throw, codes_of, results_of
+from .._results import (
+    RESULTS,
+    AbstractResult,
+    check_throw,
+    codes_of,
+    name_of,
+    results_of,
+)
+from ..annealing import INTERRUPT
 from ._laplace import _banded_hessian, _check_result
 from ._selected_inversion import BlockFactor, factor
 
 # blackjax is imported when sampling starts: importing it initialises JAX's backends,
 # which must wait for `jax.distributed.initialize` in a run of several processes.
 _KERNELS = ("hmc", "nuts")
+# What each β adds to the result, in the order `_statistics` returns the first six.
+_RECORDS = ("a_mean", "a_std", "mean", "std", "ess", "rhat", "acc", "step")
 
 
 class PAMCResult(AbstractResult):
@@ -51,15 +73,21 @@ class PAMCResult(AbstractResult):
     - `stats`: `run_time` and `first_beta_time` (seconds; the first β's includes the
       compile, which the later β's reuse), `leapfrog_steps` (of the kept
       draws, all chains and β's; each is one gradient of A₀).
+    - `partial`: True for a run that was interrupted (Ctrl-C or
+      [`deepest.annealing.INTERRUPT`][]): `betas` are the β's it finished; resume it from
+      its checkpoint.
 
     When every chain failed at a β (and `throw=False`), sampling stopped there: that β is
     the last of `betas`, with NaN statistics.
 
-    `save(path)` writes it (`path/pamc.npz`), `PAMCResult.load(path, problem)` reads it
-    back.
+    `warnings()` lists what in the run calls for more sampling (R̂, ESS, flagged chains,
+    an interruption). `save(path)` writes it (`path/pamc.npz`), `PAMCResult.load(path,
+    problem)` reads it back.
     """
 
     file_name: ClassVar[str] = "pamc.npz"
+    checkpoint_name: ClassVar[str] = "pamc-checkpoint.npz"
+    """The file that `pamc(checkpoint=folder)` writes in `folder` after every β."""
 
     betas: np.ndarray
     rf: np.ndarray
@@ -78,12 +106,53 @@ class PAMCResult(AbstractResult):
     unknown_samples: dict
     stats: dict
     problem: AbstractProblem | None
+    partial: bool = False
 
     @property
     def finite(self) -> np.ndarray:
         """(n_chains,): the chain's samples are kept (`result` is `successful`); False for
         a chain that turned non-finite."""
         return codes_of(self.result) == codes_of(RESULTS.successful)
+
+    def warnings(self, max_rhat: float = 1.05, min_ess: float = 100) -> list[str]:
+        """What in this run calls for more sampling, one line each: every β whose largest
+        R̂ exceeds `max_rhat` or whose smallest ESS is below `min_ess` (Vehtari et al.
+        2021's thresholds), chains flagged non-finite, and an interrupted run. Empty when
+        nothing is amiss.
+
+        **Returns:** a list of sentences.
+        """
+        lines = []
+        for j, beta in enumerate(np.asarray(self.betas).tolist()):
+            where = f"β = {beta} (R_f = {_rf_text(self.rf[j])})"
+            rhat, ess = _extreme(self.rhat, j, np.max), _extreme(self.ess, j, np.min)
+            if rhat > max_rhat:
+                lines.append(
+                    f"{where}: max R̂ = {rhat:.3f} > {max_rhat}: the chains have not mixed; "
+                    "raise n_warmup and n_samples or n_chains, or sample with kernel='nuts' "
+                    "or precondition=True if it was not."
+                )
+            if ess < min_ess:
+                lines.append(
+                    f"{where}: min ESS = {ess:.0f} < {min_ess:g}: the Monte Carlo error "
+                    "of the means is large; raise n_samples or n_chains (and n_warmup, or "
+                    "sample with precondition=True, if the acceptance or R̂ is poor too)."
+                )
+        codes = codes_of(self.result)
+        failed = codes != codes_of(RESULTS.successful)
+        if failed.any():
+            names = sorted({name_of(c) for c in codes[failed]})
+            lines.append(
+                f"{int(failed.sum())} of {codes.size} chains failed ({', '.join(names)}; "
+                "see deepest.RESULTS): they are left out of every statistic from the β they "
+                "failed at."
+            )
+        if self.partial:
+            lines.append(
+                f"The run was interrupted after β = {int(self.betas[-1])}: the later β's "
+                "were not sampled; resume it from its checkpoint (pamc(..., resume=folder))."
+            )
+        return lines
 
     def _beta_index(self, beta: int | None) -> int:
         if beta is None:
@@ -274,6 +343,9 @@ def pamc(
     prior: Callable[[PyTree[Array]], Scalar] | None = None,
     precondition: bool | None = None,
     throw: bool = True,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
 ) -> PAMCResult:
     r"""Precision annealing Monte Carlo (Fang, Wong, Hao, Ty & Abarbanel, Phys. Rev.
     Research 2, 013050, 2020): sample P(X | Y) ∝ exp(−A₀(X; R_f)) at each β of the
@@ -318,6 +390,20 @@ def pamc(
       is not positive definite): an `equinox.EquinoxRuntimeError` naming the
       [`deepest.RESULTS`][] message; with `False` sampling stops at that β and the result
       is returned with its codes. Some chains' failures are always returned as codes.
+    - `progress`: show a tqdm bar over the β's, with the last β's R_f, acceptance, step
+      size, smallest ESS, largest R̂ and time (the first β of a call includes the
+      compile).
+    - `checkpoint`: a folder to write, after every β, what continues the run exactly
+      (`pamc-checkpoint.npz`, atomically: the chains' positions, the PRNG key, the
+      records so far).
+    - `resume`: a folder holding a checkpoint of this same run (same problem, key, `init`,
+      schedule, β's and settings): sampling goes on from the β after its last one and
+      ends bit for bit as the uninterrupted run would (only the timings differ). A
+      checkpoint of another run is refused, naming what differs.
+
+    Ctrl-C (SIGINT) or [`deepest.annealing.INTERRUPT`][] stops the run after the β it is
+    sampling and returns the β's finished (`partial=True`, with a warning); a second
+    Ctrl-C raises at once.
 
     **Returns:** a [`deepest.PAMCResult`][].
 
@@ -346,6 +432,10 @@ def pamc(
         raise ValueError(f"`kernel` must be one of {sorted(_KERNELS)}; got {kernel!r}.")
     if not 0 < target_acceptance < 1:
         raise ValueError(f"`target_acceptance` must lie in (0, 1); got {target_acceptance}.")
+    if resume is not None and not os.path.isdir(resume):
+        raise ValueError(f"`resume`: {resume} is not a folder.")
+    if checkpoint is not None and os.path.exists(checkpoint) and not os.path.isdir(checkpoint):
+        raise ValueError(f"`checkpoint`: {checkpoint} is a file, not a folder.")
     problem.action_counts  # noqa: B018  (raises for a problem without A₀)
     problem.check_rf(schedule.rf0)
     if precondition is None:
@@ -397,60 +487,105 @@ def pamc(
         bool(precondition),
     )
 
-    finite = np.ones(n_chains, bool)
-    codes = np.full(n_chains, codes_of(RESULTS.successful))
-    records = {k: [] for k in ("a_mean", "a_std", "mean", "std", "ess", "rhat", "acc", "step")}
-    views, samples_kept, unknowns_kept = [], {}, {}
-    first_beta, start, leapfrogs = 0.0, time.perf_counter(), 0
-    for b in betas:
-        rf = jnp.asarray(rf_table[b], dtype)
-        key, k_beta = jr.split(key)
-        t0 = time.perf_counter()
-        # blackjax's adaptation schedule mixes dtypes: trace it under the default rules
-        # whatever the user's (e.g. strict promotion in tests)
-        with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
-            samples, acceptance, step_size, steps, chart_ok = _sample_beta(
-                problem, unravel, rf, positions, k_beta, prior, settings
-            )
-        samples = jax.block_until_ready(samples)
-        leapfrogs += int(np.sum(np.asarray(steps)))
-        if b == betas[0]:
-            first_beta = time.perf_counter() - t0
-        finite &= np.asarray(jnp.all(jnp.isfinite(samples), axis=(1, 2)))
-        finite &= np.isfinite(np.asarray(step_size))
-        codes = np.where(finite, codes, codes_of(RESULTS.nonfinite))
-        if not bool(chart_ok):
-            codes[:] = codes_of(RESULTS.not_positive_definite)
-        if not bool(chart_ok) or not finite.any():
-            check_throw(
-                throw,
-                False,
-                results_of(codes),
-                f"pamc: every chain failed at β = {b} (R_f = {rf_table[b]})",
-            )
-            _record_failure(records, views, problem, unravel, samples, acceptance, step_size)
-            betas = betas[: list(betas).index(b) + 1]
-            break
-        kept = samples[finite]
-        with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
-            a_mean, a_std, mean, std, ess, rhat = _statistics(problem, unravel, rf, kept, prior)
-        for name, value in zip(
-            ("a_mean", "a_std", "mean", "std", "ess", "rhat", "acc", "step"),
-            (a_mean, a_std, mean, std, ess, rhat, acceptance, step_size),
-        ):
-            records[name].append(np.asarray(value))
-        views.append(_views(problem, unravel, kept))
-        if int(b) in save_betas:
-            unknowns_kept[int(b)] = jax.device_get(jax.vmap(jax.vmap(unravel))(samples))
-            samples_kept[int(b)] = jax.device_get(_sample_views(problem, unravel, samples))
-        # a flagged chain continues from a finite chain's last sample, uncounted
-        last = samples[:, -1]
-        donor = np.nonzero(finite)[0][np.arange(n_chains) % finite.sum()]
-        positions = jnp.where(jnp.asarray(finite)[:, None], last, last[donor])
-    run_time = time.perf_counter() - start
-    stacked = {k: np.stack(v) for k, v in records.items()}
+    fps = _fingerprints(
+        problem, key, positions, rf_table, betas, save_betas, n_chains, settings, prior
+    )
+    run = {
+        "finite": np.ones(n_chains, bool),
+        "codes": np.full(n_chains, codes_of(RESULTS.successful)),
+        "records": {k: [] for k in _RECORDS},
+        "views": [],
+        "samples": {},
+        "unknowns": {},
+        "done": 0,
+        "leapfrog_steps": 0,
+        "first_beta_time": 0.0,
+        "run_time": 0.0,
+    }
+    if resume is not None:
+        drawn = jax.ShapeDtypeStruct((n_chains, int(n_samples), positions.shape[1]), dtype)
+        shapes = (template, drawn)
+        key, positions = _load_checkpoint(resume, fps, run, key, problem, unravel, shapes)
+    run_before, start, partial = run["run_time"], time.perf_counter(), False
+    from tqdm.auto import tqdm
+
+    first = run["done"]
+    bar = tqdm(total=len(betas), initial=first, desc="pamc", unit="β", disable=not progress)
+    try:
+        with _Interruption() as interruption:
+            for i in range(first, len(betas)):
+                b = int(betas[i])
+                if i == first:
+                    bar.set_postfix_str(f"β {b}: compiling and sampling", refresh=True)
+                rf = jnp.asarray(rf_table[b], dtype)
+                key, k_beta = jr.split(key)
+                t0 = time.perf_counter()
+                # blackjax's adaptation schedule mixes dtypes: trace it under the default
+                # rules whatever the user's (e.g. strict promotion in tests)
+                with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+                    samples, acceptance, step_size, steps, chart_ok = _sample_beta(
+                        problem, unravel, rf, positions, k_beta, prior, settings
+                    )
+                samples = jax.block_until_ready(samples)
+                run["leapfrog_steps"] += int(np.sum(np.asarray(steps)))
+                if i == 0:
+                    run["first_beta_time"] = time.perf_counter() - t0
+                finite, codes, records = run["finite"], run["codes"], run["records"]
+                finite &= np.asarray(jnp.all(jnp.isfinite(samples), axis=(1, 2)))
+                finite &= np.isfinite(np.asarray(step_size))
+                codes = run["codes"] = np.where(finite, codes, codes_of(RESULTS.nonfinite))
+                if not bool(chart_ok):
+                    codes[:] = codes_of(RESULTS.not_positive_definite)
+                if not bool(chart_ok) or not finite.any():
+                    check_throw(
+                        throw,
+                        False,
+                        results_of(codes),
+                        f"pamc: every chain failed at β = {b} (R_f = {rf_table[b]})",
+                    )
+                    _record_failure(
+                        records, run["views"], problem, unravel, samples, acceptance, step_size
+                    )
+                    betas = betas[: i + 1]
+                    break
+                kept = samples[finite]
+                with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+                    statistics = _statistics(problem, unravel, rf, kept, prior)
+                for name, value in zip(_RECORDS, (*statistics, acceptance, step_size)):
+                    records[name].append(np.asarray(value))
+                run["views"].append(_views(problem, unravel, kept))
+                if b in save_betas:
+                    run["unknowns"][b] = jax.device_get(jax.vmap(jax.vmap(unravel))(samples))
+                    run["samples"][b] = jax.device_get(_sample_views(problem, unravel, samples))
+                # a flagged chain continues from a finite chain's last sample, uncounted
+                last = samples[:, -1]
+                donor = np.nonzero(finite)[0][np.arange(n_chains) % finite.sum()]
+                positions = jnp.where(jnp.asarray(finite)[:, None], last, last[donor])
+                run["done"] = i + 1
+                if checkpoint is not None:
+                    run["run_time"] = run_before + time.perf_counter() - start
+                    _save_checkpoint(checkpoint, run, key, positions, fps)
+                bar.update(1)
+                bar.set_postfix_str(
+                    _progress_text(b, rf_table[b], run, finite, time.perf_counter() - t0),
+                    refresh=True,
+                )
+                if interruption.hit and i + 1 < len(betas):
+                    partial, betas = True, betas[: i + 1]
+                    warnings.warn(
+                        f"PAMC interrupted after β = {b}: returning the β's finished "
+                        "(result.partial is True)"
+                        + (f"; resume from {checkpoint}." if checkpoint is not None else "."),
+                        stacklevel=2,
+                    )
+                    break
+    finally:
+        bar.close()
+    run_time = run_before + time.perf_counter() - start
+    stacked = {k: np.stack(v) for k, v in run["records"].items()}
     tree = lambda a: jax.vmap(unravel)(jnp.asarray(a))  # noqa: E731
     ess = stacked["ess"]
+    views = run["views"]
     return PAMCResult(
         betas=betas,
         rf=rf_table[betas],
@@ -464,15 +599,16 @@ def pamc(
         views={k: _stack([v[k] for v in views]) for k in views[0]},
         acceptance=stacked["acc"],
         step_size=stacked["step"],
-        result=results_of(codes),
-        samples=samples_kept,
-        unknown_samples=unknowns_kept,
+        result=results_of(run["codes"]),
+        samples=run["samples"],
+        unknown_samples=run["unknowns"],
         stats={
             "run_time": run_time,
-            "first_beta_time": first_beta,
-            "leapfrog_steps": leapfrogs,
+            "first_beta_time": run["first_beta_time"],
+            "leapfrog_steps": run["leapfrog_steps"],
         },
         problem=problem,
+        partial=partial,
     )
 
 
@@ -480,10 +616,7 @@ def _record_failure(records, views, problem, unravel, samples, acceptance, step_
     """The records of a β at which every chain failed: NaN statistics."""
     size = samples.shape[-1]
     nan = np.full(size, np.nan, samples.dtype)
-    for name, value in zip(
-        ("a_mean", "a_std", "mean", "std", "ess", "rhat", "acc", "step"),
-        (nan[0], nan[0], nan, nan, nan, nan, acceptance, step_size),
-    ):
+    for name, value in zip(_RECORDS, (nan[0], nan[0], nan, nan, nan, nan, acceptance, step_size)):
         records[name].append(np.asarray(value))
     views.append(_views(problem, unravel, jnp.full((1, 1, size), jnp.nan, samples.dtype)))
 
@@ -516,3 +649,207 @@ def _views(problem, unravel, samples):
     """The problem's views (e.g. paths, parameters θ) averaged over the samples, and their
     standard deviations (`…_std`): statistics of θ, not θ of the statistics."""
     return jax.device_get(_views_of(problem, unravel, samples))
+
+
+def _rf_text(rf) -> str:
+    rf = np.asarray(rf)
+    return f"{float(rf):.4g}" if rf.ndim == 0 else "[" + ", ".join(f"{x:.4g}" for x in rf) + "]"
+
+
+def _finite(values, reduce) -> float:
+    """`reduce` (np.min, np.max) of the finite `values`; NaN if there are none (a β at
+    which every chain failed, R̂ of one chain)."""
+    values = np.ravel(values)
+    values = values[np.isfinite(values)]
+    return float(reduce(values)) if values.size else float("nan")
+
+
+def _extreme(tree, j: int, reduce) -> float:
+    """`reduce` of the finite values of every leaf of `tree` at β index `j`."""
+    return _finite(
+        np.concatenate([np.ravel(np.asarray(a)[j]) for a in jax.tree.leaves(tree)]), reduce
+    )
+
+
+def _progress_text(beta, rf, run, finite, seconds) -> str:
+    """The progress bar's line of the β just finished."""
+    records = run["records"]
+    ess, rhat = _finite(records["ess"][-1], np.min), _finite(records["rhat"][-1], np.max)
+    return (
+        f"β {beta} (R_f {_rf_text(rf)}): acceptance "
+        f"{np.mean(records['acc'][-1][finite]):.2f}, step size "
+        f"{np.mean(records['step'][-1][finite]):.3g}, min ESS {ess:.0f}, max R̂ {rhat:.3f}, "
+        f"{seconds:.1f} s"
+    )
+
+
+class _Interruption:
+    """While open, the first SIGINT (in the main thread) or
+    [`deepest.annealing.INTERRUPT`][] sets `hit`; a second SIGINT raises. The one that was
+    answered is cleared on leaving."""
+
+    def __init__(self):
+        self._hit = False
+        self._previous = None
+
+    @property
+    def hit(self) -> bool:
+        return self._hit or INTERRUPT.is_set()
+
+    def _handle(self, signum, frame):
+        if self.hit:
+            raise KeyboardInterrupt
+        self._hit = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        if self.hit:
+            INTERRUPT.clear()
+
+
+def _digest(*arrays) -> str:
+    """SHA-256 of arrays with their shapes and dtypes."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.asarray(a)
+        h.update(f"{a.dtype}:{a.shape};".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _fingerprints(problem, key, positions, rf_table, betas, save_betas, n_chains, settings, prior):
+    """What a checkpoint must share with the run that resumes it, part by part."""
+    names = ("kernel", "n_warmup", "n_samples", "num_integration_steps", "target_acceptance")
+    return {
+        "problem": problem_digest(problem),
+        "key": _digest(jr.key_data(key)),
+        "initial positions": _digest(positions),
+        "schedule": _digest(rf_table),
+        "betas": [int(b) for b in betas],
+        "save_betas": sorted(set(save_betas)),
+        "settings": {
+            **dict(zip(names, settings)),
+            "precondition": settings[-1],
+            "prior": prior is not None,
+        },
+        "chains": {"n_chains": int(n_chains), "dtype": str(positions.dtype)},
+    }
+
+
+def _check_fingerprints(folder, meta: dict, expected: dict) -> None:
+    """Refuse a checkpoint of another run, naming what differs."""
+    differ = []
+    if meta.get("version") != package_version():
+        differ.append(f"version ({meta.get('version')} there, {package_version()} here)")
+    saved_all = meta.get("fingerprints", {})
+    for name, value in expected.items():
+        saved = saved_all.get(name)
+        if saved == value:
+            continue
+        if isinstance(value, dict) and isinstance(saved, dict):
+            keys = [k for k in value if saved.get(k) != value[k]]
+            differ.append(
+                f"{name}: "
+                + ", ".join(f"{k} ({saved.get(k)!r} there, {value[k]!r} here)" for k in keys)
+            )
+        elif isinstance(value, list):
+            differ.append(f"{name} ({saved!r} there, {value!r} here)")
+        else:
+            differ.append(name)
+    if differ:
+        raise ValueError(
+            f"The PAMC checkpoint in {folder} is of another run; it differs in "
+            + "; ".join(differ)
+            + ". Resume it with the arguments it was started with, or start afresh."
+        )
+
+
+def _leaves(tree, prefix: str) -> dict:
+    return {f"{prefix}/{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(tree))}
+
+
+def _from_leaves(arrays: dict, prefix: str, treedef):
+    leaves = [arrays[f"{prefix}/{i}"] for i in range(treedef.num_leaves)]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def _save_checkpoint(folder, run: dict, key, positions, fps: dict) -> str:
+    """Write what continues the run exactly after its finished β's to
+    `folder/pamc-checkpoint.npz`, atomically."""
+    os.makedirs(folder, exist_ok=True)
+    arrays = {
+        "positions": np.asarray(positions),
+        "key": np.asarray(jr.key_data(key)),
+        "finite": run["finite"],
+        "codes": run["codes"],
+        **{f"records/{k}": np.stack(v) for k, v in run["records"].items()},
+        **_leaves(_stack(run["views"]), "views"),
+    }
+    for b in run["samples"]:
+        arrays.update(_leaves(run["samples"][b], f"samples/{b}"))
+        arrays.update(_leaves(run["unknowns"][b], f"unknown_samples/{b}"))
+    meta = {
+        "version": package_version(),
+        "fingerprints": fps,
+        "kept": sorted(run["samples"]),
+        **{k: run[k] for k in ("done", "leapfrog_steps", "first_beta_time", "run_time")},
+    }
+    return save_npz(os.path.join(folder, PAMCResult.checkpoint_name), arrays, meta)
+
+
+def _load_checkpoint(folder, fps: dict, run: dict, key, problem, unravel, shapes):
+    """Fill `run` from the checkpoint in `folder` after checking its fingerprints.
+
+    **Returns:** `(key, positions)` to go on from.
+    """
+    path = os.path.join(os.fspath(folder), PAMCResult.checkpoint_name)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"{folder} holds no PAMC checkpoint ({PAMCResult.checkpoint_name}): nothing to resume."
+        )
+    try:
+        arrays, meta = load_npz(path)
+    except Exception as e:  # a damaged file: say so, in one line
+        raise ValueError(f"{path} is not a readable PAMC checkpoint: {e}") from None
+    if "fingerprints" not in meta or "done" not in meta:
+        raise ValueError(f"{path} is not a PAMC checkpoint (it has no run fingerprints).")
+    _check_fingerprints(folder, meta, fps)
+    template, samples = shapes
+    one = jax.ShapeDtypeStruct((1, 1, samples.shape[-1]), samples.dtype)
+    views_def = jax.tree.structure(eqx.filter_eval_shape(_views_of, problem, unravel, one))
+    samples_def = jax.tree.structure(
+        eqx.filter_eval_shape(_sample_views, problem, unravel, samples)
+    )
+    try:
+        done = int(meta["done"])
+        views = _from_leaves(arrays, "views", views_def)
+        loaded = {
+            "finite": np.asarray(arrays["finite"], bool),
+            "codes": np.asarray(arrays["codes"]),
+            "records": {k: list(arrays[f"records/{k}"]) for k in _RECORDS},
+            "views": [jax.tree.map(lambda a, j=j: a[j], views) for j in range(done)],
+            "samples": {b: _from_leaves(arrays, f"samples/{b}", samples_def) for b in meta["kept"]},
+            "unknowns": {
+                b: _from_leaves(arrays, f"unknown_samples/{b}", jax.tree.structure(template))
+                for b in meta["kept"]
+            },
+            "done": done,
+            "leapfrog_steps": int(meta["leapfrog_steps"]),
+            "first_beta_time": float(meta["first_beta_time"]),
+            "run_time": float(meta["run_time"]),
+        }
+        positions, key_data = arrays["positions"], arrays["key"]
+    except KeyError as e:
+        raise ValueError(f"{path} is not a whole PAMC checkpoint: it lacks {e}.") from None
+    run.update(loaded)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jr.wrap_key_data(jnp.asarray(key_data), impl=jr.key_impl(key))
+    else:
+        key = jnp.asarray(key_data)
+    return key, jnp.asarray(positions)

@@ -1,15 +1,24 @@
 """`deepest anneal CONFIG.yaml`: a data-assimilation problem from a config, annealed."""
 
 import os
-import time
-import warnings
 
 import numpy as np
 
-from ..annealing import CHECKPOINT
 from ..experiments import differences, load
-from ._folder import INCOMPLETE, ResultsFolder, default_out, resume_source
+from ._folder import INCOMPLETE, default_out, resume_source
 from ._laplace import write_laplace
+from ._session import (
+    PREPARING,
+    CommandLineMeter,
+    Outcome,
+    Session,
+    finish,
+    kept_on_interrupt,
+    open_folder,
+    start_jax,
+    write_config,
+    write_text,
+)
 
 
 def rms_errors(result, data) -> tuple[float, float | None]:
@@ -90,15 +99,14 @@ def run_anneal(
     sets,
     out,
     overwrite,
-    progress,
+    session: Session,
     resume: str | None = None,
     laplace: bool = False,
-) -> tuple[str, bool]:
-    """`deepest anneal`: returns the results folder and whether the result is partial.
-    With `laplace`, a complete result also gets the Laplace approximation at its minima
-    (laplace.npz, uncertainty.png, ± σ lines in summary.txt)."""
-    import yaml
-
+    force: bool = False,
+    progress: bool = True,
+) -> Outcome:
+    """`deepest anneal`. With `laplace`, a complete result also gets the Laplace
+    approximation at its minima (laplace.npz, uncertainty.png, ± σ lines in summary.txt)."""
     source = None
     if resume is not None:
         source, out = resume_source(resume)
@@ -106,73 +114,63 @@ def run_anneal(
     else:
         config = load(config_path, sets, kind="anneal")
         out = default_out(config_path) if out is None else out
-    import jax
-
-    if config.anneal.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401 (now, so that a Ctrl-C's partial result is quick)
-
+    jax = start_jax(config.anneal.dtype)
     # With several processes (jax.distributed) process 0 writes; every process reads.
     writes = jax.process_index() == 0
-    folder = ResultsFolder(out, overwrite, resume_from=source) if writes else None
+    folder = open_folder(session, out, overwrite, source) if writes else None
     path = folder.path if writes else os.path.normpath(out) + INCOMPLETE
-    timings = {}
-    try:
+
+    def work() -> Outcome:
         if source is None and writes:
-            with open(folder.file("config.yaml"), "w") as f:
-                yaml.safe_dump(config.model_dump(), f, sort_keys=False)
-        start = time.perf_counter()
-        problem, schedule, data, true_model = config.build()
-        timings["data and problem"] = time.perf_counter() - start
-        with warnings.catch_warnings():  # the CLI says how to resume itself
-            warnings.filterwarnings("ignore", "Annealing interrupted")
+            write_config(folder.file("config.yaml"), config)
+        with session.phase("data and problem: building"):
+            problem, schedule, data, true_model = config.build()
+        with session.phase(PREPARING):
             result = config.run(
-                problem, schedule, progress=progress, checkpoint=path, resume=source
+                problem,
+                schedule,
+                progress=CommandLineMeter(progress),
+                checkpoint=path,
+                resume=source,
+                check_memory=not force,
             )
         if not writes:
-            return out, result.partial
-        timings["compile"] = result.stats["compile_time"]
-        timings["annealing"] = result.stats["run_time"]
-        start = time.perf_counter()
-        summary = write_results(folder.path, result, data, true_model, config, out)
-        timings["results"] = time.perf_counter() - start
-        if laplace and not result.partial:
-            start = time.perf_counter()
-            lines = write_laplace(folder.path, result, problem, data, true_model, config)
-            summary += "\n".join(lines) + "\n"
-            with open(folder.file("summary.txt"), "w") as f:
-                f.write(summary)
-            timings["Laplace"] = time.perf_counter() - start
-        if not result.partial and os.path.exists(folder.file(CHECKPOINT)):
-            os.remove(folder.file(CHECKPOINT))  # a complete result has nothing to resume
-        folder.publish()
-    except BaseException:
-        # A failed run leaves nothing that would block its rerun, unless it holds a
-        # checkpoint of finished work (then `--resume` or `--overwrite` says what to do).
-        if folder is not None and not os.path.exists(folder.file(CHECKPOINT)):
-            folder.discard()
-        raise
-    print(summary, end="")
-    print("time per phase: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
-    return out, result.partial
+            return Outcome(out, result.partial)
+        resume_line = f"continue with `deepest anneal --resume {out}`"
+
+        def write(where):
+            summary = write_results(where, result, data, true_model, config, out, session)
+            if laplace and not result.partial:
+                with session.phase(f"Laplace approximation at {result.n_paths} paths"):
+                    lines = write_laplace(where, result, problem, data, true_model, config)
+                summary += "\n".join(lines) + "\n"
+                write_text(os.path.join(where, "summary.txt"), summary)
+            return summary
+
+        save = lambda where: result.save(where, overwrite=True)  # noqa: E731
+        return finish(session, folder, write, partial=result.partial, save=save, resume=resume_line)
+
+    return session.run(work, lambda: kept_on_interrupt(folder, "anneal", out), folder)
 
 
-def write_results(path: str, result, data, true_model, config, out: str) -> str:
+def write_results(
+    path: str, result, data, true_model, config, out: str, session=None, plots: bool = True
+) -> str:
     """Write a result's files into the folder `path` (to be published as `out`): the
     result, data, action-level plot, estimates plot and summary.txt (a partial result:
     marked, and without the forecast, so that Ctrl-C is answered at once)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .. import plot_action_levels, plot_estimates
 
     result.save(path, overwrite=True)
     data.save(os.path.join(path, "data.npz"))
+    if session is not None:
+        session.say(f"results: written {os.path.join(path, 'result.npz')}; plotting")
+    if not plots:
+        summary = anneal_summary(result, data, true_model, 0.0)
+        write_text(os.path.join(path, "summary.txt"), summary)
+        return summary
     ax = plot_action_levels(result)
     ax.figure.savefig(os.path.join(path, "action_levels.png"), dpi=120, bbox_inches="tight")
     plt.close(ax.figure)
@@ -184,12 +182,12 @@ def write_results(path: str, result, data, true_model, config, out: str) -> str:
         axes[0].figure.savefig(os.path.join(path, "estimates.png"), dpi=120, bbox_inches="tight")
         plt.close(axes[0].figure)
     summary = anneal_summary(result, data, true_model, horizon)
+    summary += "".join(f"WARNING: {w}\n" for w in result.warnings())
     if result.partial:
         summary = (
             f"PARTIAL RESULT: interrupted at β {result.last_beta} of "
             f"{result.action.shape[0] - 1}; continue with `deepest anneal --resume {out}`\n"
             + summary
         )
-    with open(os.path.join(path, "summary.txt"), "w") as f:
-        f.write(summary)
+    write_text(os.path.join(path, "summary.txt"), summary)
     return summary

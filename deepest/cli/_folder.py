@@ -6,12 +6,22 @@ Ctrl-C). `--overwrite` replaces an old `OUT` only at that rename, by an atomic e
 where the system has one (Linux `renameat2`), so a kill at any moment leaves the old folder
 whole or the new one. A run that fails removes its `.incomplete` folder; one that is killed
 leaves it with its last checkpoint, for `--resume`.
+
+One run at a time writes a results folder: `OUT.lock` (an `fcntl` lock, released by the
+system when its process ends however it ends) is taken before anything is computed and
+held until `OUT` is published; a second run for the same `OUT` is refused at once, naming
+the first. Where `OUT` cannot be written at the end, the files go to `OUT.rescued`.
 """
 
 import ctypes
 import datetime
+import fcntl
+import json
 import os
 import shutil
+import socket
+import sys
+import time
 
 from .._io import sync_folder
 from ..annealing import CHECKPOINT
@@ -37,12 +47,124 @@ def _exchange(a: str, b: str) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - another user's process
+        return True
+    return True
+
+
+class FolderLock:
+    """`OUT.lock`: an exclusive `fcntl` lock that names its owner (process, host, command,
+    start), taken at once or refused."""
+
+    def __init__(self, out: str):
+        self.path = out + ".lock"
+        self.note = None  # said when a dead owner's lock was taken over
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise ValueError(f"--out {out}: cannot write beside it ({e.strerror}).") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise FileExistsError(
+                    f"{out} is being written by another run ({owner}); wait for it to end "
+                    "or choose another --out."
+                ) from None
+            # the lock file may have been removed by its last owner after we opened it
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = _read_owner(fd, parsed=True)
+        if isinstance(previous, dict) and previous.get("host") == socket.gethostname():
+            pid = previous.get("pid")
+            if isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+                self.note = (
+                    f"note: took over the lock of {out} left by process {pid}, which ended "
+                    f"without releasing it ({previous.get('command', '?')})"
+                )
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(["deepest", *sys.argv[1:]])[:300],
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(owner).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock (removed first, so that a waiting
+        run that opened the old file sees it gone and opens the new one)."""
+        if self._fd is None:
+            return
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def _read_owner(fd: int, parsed: bool = False):
+    try:
+        owner = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+    except (OSError, ValueError):
+        owner = None
+    if parsed:
+        return owner
+    if not isinstance(owner, dict):
+        return "a process that has not yet said which"
+    return (
+        f"process {owner.get('pid')} on {owner.get('host')}, `{owner.get('command')}`, "
+        f"started {owner.get('started')}"
+    )
+
+
+def check_out(out: str) -> None:
+    """Errors `--out` would give only after the compute: a path that is a file, a parent
+    that is not a folder or cannot be written."""
+    out = os.path.normpath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} is a file, not a folder; choose another --out.")
+    parent = os.path.dirname(os.path.abspath(out))
+    ancestor = parent
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(f"--out {out}: {ancestor} is a file, not a folder.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {ancestor} cannot be written (permission denied).")
+
+
 class ResultsFolder:
-    """The folder a run writes into (`path`), published as `out` by `publish()`."""
+    """The folder a run writes into (`path`), published as `out` by `publish()`; locked
+    (`OUT.lock`) from construction to `publish()` or `discard()`."""
 
     def __init__(self, out: str, overwrite: bool, resume_from: str | None = None):
         self.out = os.path.normpath(out)
         self.path = self.out + INCOMPLETE
+        check_out(self.out)
+        os.makedirs(os.path.dirname(os.path.abspath(self.out)), exist_ok=True)
+        self.lock = FolderLock(self.out)
+        try:
+            self._prepare(overwrite, resume_from)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _prepare(self, overwrite, resume_from):
         if os.path.isdir(self.out) and os.listdir(self.out) and not overwrite and not resume_from:
             raise FileExistsError(
                 f"{self.out} exists and is not empty; choose another --out or pass --overwrite."
@@ -79,11 +201,42 @@ class ResultsFolder:
             os.replace(self.path, self.out)
             shutil.rmtree(old)
         sync_folder(os.path.dirname(os.path.abspath(self.out)))
+        self.lock.release()
         return self.out
 
     def discard(self) -> None:
         """Remove the written folder (a failed run leaves nothing behind)."""
         shutil.rmtree(self.path, ignore_errors=True)
+        self.lock.release()
+
+    def keep(self) -> None:
+        """Leave the written folder as it is (its checkpoint is for `--resume`)."""
+        self.lock.release()
+
+
+def rescue(out: str, write, tries: int = 3, pause: float = 1.0) -> str:
+    """Write a run's files with `write(folder)` where `out` cannot be written: retried
+    `tries` times into `OUT.incomplete`'s sibling `OUT.rescued`, then into the working
+    folder, then the temporary folder. **Returns:** the folder written."""
+    import tempfile
+
+    name = os.path.basename(os.path.normpath(out)) + ".rescued"
+    errors = []
+    for where in (
+        os.path.normpath(out) + ".rescued",
+        os.path.join(os.getcwd(), name),
+        os.path.join(tempfile.gettempdir(), f"{name}-{os.getpid()}"),
+    ):
+        for attempt in range(tries):
+            try:
+                os.makedirs(where, exist_ok=True)
+                write(where)
+                sync_folder(where, files=True)
+                return where
+            except OSError as e:
+                errors.append(f"{where}: {e}")
+                time.sleep(pause * (attempt < tries - 1))
+    raise OSError("the results could not be written anywhere: " + "; ".join(errors[-3:]))
 
 
 def resume_source(directory: str) -> tuple[str, str]:
@@ -98,4 +251,18 @@ def resume_source(directory: str) -> tuple[str, str]:
     raise ValueError(
         f"--resume {directory}: no checkpoint there nor in {out + INCOMPLETE} "
         f"(a run writes one every `output.checkpoint_every` seconds and on Ctrl-C)."
+    )
+
+
+def resume_folder(directory: str, command: str) -> tuple[str, str]:
+    """For `deepest pamc|train --resume DIRECTORY`: the folder of the interrupted run (its
+    config.yaml; the `.incomplete` sibling first) and the results folder it publishes."""
+    directory = os.path.normpath(directory)
+    out = directory[: -len(INCOMPLETE)] if directory.endswith(INCOMPLETE) else directory
+    for source in (out + INCOMPLETE, directory):
+        if os.path.isfile(os.path.join(source, "config.yaml")):
+            return source, out
+    raise ValueError(
+        f"--resume {directory}: no interrupted {command} there nor in {out + INCOMPLETE} "
+        "(its config.yaml)."
     )

@@ -68,5 +68,6 @@ def write_laplace(path: str, result, problem, data, true_model, config) -> list[
         f"Hessian positive definite: {int(lap.positive_definite.sum())} of {lap.paths.size} paths",
         f"largest Laplace mass: path {int(np.nanargmax(lap.log_mass))}   (lowest action: path "
         f"{result.best})",
+        *(f"WARNING: {line}" for line in lap.warnings(best=result.best)),
     ]
     return lines

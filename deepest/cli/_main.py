@@ -6,6 +6,7 @@ import os
 import sys
 
 from ._anneal import run_anneal
+from ._session import Outcome, Session
 from ._sweep import run_sweep
 from ._train import run_train
 from ._uncertainty import run_pamc
@@ -45,7 +46,7 @@ def distributed(coordinator: str | None, num_processes: int | None, process_id: 
     jax.distributed.initialize(coordinator, num_processes, process_id)
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepest", description=__doc__)
     parser.add_argument("--version", action="version", version=f"deepest {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,11 +57,7 @@ def main(argv=None) -> int:
         ("train", "train a network by annealing and by backpropagation"),
     ):
         p = sub.add_parser(name, help=help_)
-        p.add_argument(
-            "config",
-            nargs="?" if name in _LONG else None,
-            help="YAML experiment file" + (" (not needed with --resume)" if name in _LONG else ""),
-        )
+        p.add_argument("config", nargs="?", help="YAML experiment file (not needed with --resume)")
         p.add_argument(
             "--set",
             action="append",
@@ -74,7 +71,19 @@ def main(argv=None) -> int:
             action="store_true",
             help="replace an existing results folder (only once the new one is complete)",
         )
+        p.add_argument(
+            "--resume",
+            default=None,
+            metavar="DIR",
+            help=f"continue the interrupted {name} whose results folder is DIR",
+        )
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="run even where the memory estimate says the run does not fit",
+        )
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+        p.add_argument("--quiet", action="store_true", help="say nothing on stderr but errors")
         if name == "anneal":
             p.add_argument(
                 "--laplace",
@@ -88,46 +97,47 @@ def main(argv=None) -> int:
             hosts.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
             hosts.add_argument("--num-processes", type=int, metavar="N")
             hosts.add_argument("--process-id", type=int, metavar="I")
-        if name in _LONG:
-            p.add_argument(
-                "--resume",
-                default=None,
-                metavar="DIR",
-                help=f"continue the interrupted {name} whose results folder is DIR",
-            )
+    return parser
+
+
+def _run(args, session: Session) -> Outcome:
+    progress = not (args.no_progress or args.quiet)
+    common = dict(session=session, resume=args.resume, force=args.force, progress=progress)
+    if args.command == "anneal":
+        return run_anneal(
+            args.config, args.set, args.out, args.overwrite, laplace=args.laplace, **common
+        )
+    if args.command == "sweep":
+        return run_sweep(args.config, args.out, args.overwrite, **common)
+    if args.command == "pamc":
+        return run_pamc(args.config, args.set, args.out, args.overwrite, **common)
+    return run_train(args.config, args.set, args.out, args.overwrite, **common)
+
+
+def main(argv=None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    partial = False
+    if args.config is None and args.resume is None:
+        parser.error(f"{args.command} needs a CONFIG file (or --resume DIR)")
+    if args.command == "sweep" and args.set:
+        parser.error("sweep takes no --set: put the settings in its base or grid")
+    # Its first line once the checks before any compute have passed (an error is one line).
+    session = Session(f"deepest {args.command}", quiet=args.quiet)
     try:
         if args.command in _LONG:
             distributed(args.coordinator, args.num_processes, args.process_id)
-        if args.command in _LONG and args.config is None and args.resume is None:
-            parser.error(f"{args.command} needs a CONFIG file (or --resume DIR)")
-        if args.command == "anneal":
-            out, partial = run_anneal(
-                args.config,
-                args.set,
-                args.out,
-                args.overwrite,
-                not args.no_progress,
-                args.resume,
-                laplace=args.laplace,
-            )
-        elif args.command == "sweep":
-            if args.set:
-                parser.error("sweep takes no --set: put the settings in its base or grid")
-            out, partial = run_sweep(
-                args.config, args.out, args.overwrite, not args.no_progress, args.resume
-            )
-        elif args.command == "pamc":
-            out = run_pamc(args.config, args.set, args.out, args.overwrite, not args.no_progress)
-        else:
-            out = run_train(args.config, args.set, args.out, args.overwrite, not args.no_progress)
+        outcome = _run(args, session)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
+        session.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        session.close()
         print("interrupted before anything was finished; nothing written", file=sys.stderr)
         return 130
+    session.close()
+    out, partial = outcome.out, outcome.partial
+    print(outcome.summary, end="")
     print(f"results{' (partial)' if partial else ''}: {out}")
     for name in (
         "action_levels.png",
@@ -140,6 +150,9 @@ def main(argv=None) -> int:
     ):
         if os.path.exists(os.path.join(out, name)):
             print(f"  {os.path.join(out, name)}")
+    if outcome.failed:
+        print(f"error: {outcome.failed}", file=sys.stderr)
+        return 1
     if partial:
         print(
             f"interrupted: continue with `deepest {args.command} --resume {out}`", file=sys.stderr

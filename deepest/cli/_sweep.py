@@ -18,20 +18,37 @@ parameters, converged fraction, stop reasons, times) and `sweep.png`.
 
 import csv
 import os
-import time
-import warnings
+import shutil
 
 import numpy as np
 
 from ..experiments import load
 from ._anneal import rms_errors, write_results
-from ._folder import INCOMPLETE, ResultsFolder, default_out
+from ._folder import INCOMPLETE, default_out
+from ._session import (
+    PREPARING,
+    CommandLineMeter,
+    Outcome,
+    Session,
+    finish,
+    kept_on_interrupt,
+    open_folder,
+    start_jax,
+    write_config,
+    write_text,
+)
 
 
 def _yaml(value) -> str:
     import yaml
 
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def yaml_text(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, sort_keys=False)
 
 
 def _metrics(result, data) -> dict:
@@ -93,11 +110,15 @@ def _plot(rows: list[dict], keys: list[str], path: str) -> None:
 
 
 def run_sweep(
-    sweep_path: str | None, out, overwrite, progress, resume: str | None = None
-) -> tuple[str, bool]:
-    """`deepest sweep`: returns the results folder and whether the result is partial."""
-    import yaml
-
+    sweep_path: str | None,
+    out,
+    overwrite,
+    session: Session,
+    resume: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Outcome:
+    """`deepest sweep`."""
     source = None
     if resume is not None:
         source, out = _sweep_source(resume)
@@ -106,61 +127,70 @@ def run_sweep(
         out = default_out(sweep_path)
     spec = load(sweep_path, kind="sweep")
     points = spec.points
-    import jax
-
-    if points[0].config.anneal.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-
+    jax = start_jax(points[0].config.anneal.dtype)
     # With several processes (jax.distributed) process 0 writes; every process reads.
     writes = jax.process_index() == 0
-    folder = ResultsFolder(out, overwrite, resume_from=source) if writes else None
+    folder = open_folder(session, out, overwrite, source) if writes else None
     checkpoints = os.path.join(folder.path if writes else out + INCOMPLETE, "checkpoints")
-    try:
+
+    def work() -> Outcome:
         if source is None and writes:
-            with open(folder.file("sweep.yaml"), "w") as f:
-                yaml.safe_dump(spec.model_dump(), f, sort_keys=False)
-        start = time.perf_counter()
-        built = [p.config.build() for p in points]
-        built_time = time.perf_counter() - start
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Annealing interrupted")
+            write_text(folder.file("sweep.yaml"), yaml_text(spec.model_dump()))
+        built = []
+        with session.phase(f"data and problems: building {len(points)} points"):
+            for i, p in enumerate(points):
+                built.append(p.config.build())
+                session.phase_name = f"data and problems: {i + 1} of {len(points)} points built"
+        with session.phase(PREPARING):
             results = spec.run(
                 built,
-                progress=progress,
+                progress=CommandLineMeter(progress),
                 checkpoint=checkpoints,
                 resume=os.path.join(source, "checkpoints") if source is not None else None,
+                check_memory=not force,
             )
         partial = any(r is None or r.partial for r in results)
         if not writes:
-            return out, partial
-        rows, keys = [], list(spec.grid)
-        for i, (point, (_, _, data, true_model), result) in enumerate(zip(points, built, results)):
-            if result is None:
-                continue
-            name = f"point-{i:03d}"
-            where = folder.file(name)
-            os.makedirs(where, exist_ok=True)
-            with open(os.path.join(where, "config.yaml"), "w") as f:
-                yaml.safe_dump(point.config.model_dump(), f, sort_keys=False)
-            write_results(where, result, data, true_model, point.config, out)
-            rows.append({"point": name, **point.settings, **_metrics(result, data)})
-        _write_index(rows, folder.file("index.csv"))
-        _plot(rows, keys, folder.file("sweep.png"))
-        if not partial:
-            import shutil
+            return Outcome(out, partial)
+        done = sum(r is not None and not r.partial for r in results)
+        n_programs = len({r.stats["program"] for r in results if r is not None})
+        session.say(f"sweep: {done} of {len(points)} points finished in {n_programs} program(s)")
 
-            shutil.rmtree(checkpoints, ignore_errors=True)
-        folder.publish()
-    except BaseException:
-        if folder is not None and not os.path.isdir(checkpoints):
-            folder.discard()
-        raise
-    n_programs = len({r.stats["program"] for r in results if r is not None})
-    print(
-        f"{len(rows)} of {len(points)} points in {n_programs} program(s); "
-        f"data and problems {built_time:.2f} s"
-    )
-    return out, partial
+        def write(where):
+            rows, keys = [], list(spec.grid)
+            with session.phase(f"results: writing {len(points)} points"):
+                for i, (point, (_, _, data, true_model), result) in enumerate(
+                    zip(points, built, results)
+                ):
+                    if result is None:
+                        continue
+                    name = f"point-{i:03d}"
+                    place = os.path.join(where, name)
+                    os.makedirs(place, exist_ok=True)
+                    write_config(os.path.join(place, "config.yaml"), point.config)
+                    # a partial sweep's points without plots: Ctrl-C is answered at once
+                    write_results(
+                        place, result, data, true_model, point.config, out, plots=not partial
+                    )
+                    rows.append({"point": name, **point.settings, **_metrics(result, data)})
+                    session.phase_name = f"results: {len(rows)} of {len(points)} points written"
+                _write_index(rows, os.path.join(where, "index.csv"))
+                if not partial:
+                    _plot(rows, keys, os.path.join(where, "sweep.png"))
+            return f"{len(rows)} of {len(points)} points in {n_programs} program(s)\n"
+
+        def save(where):
+            for i, result in enumerate(results):
+                if result is not None:
+                    result.save(os.path.join(where, f"point-{i:03d}"), overwrite=True)
+
+        resume_line = f"continue with `deepest sweep --resume {out}`"
+        outcome = finish(session, folder, write, partial=partial, save=save, resume=resume_line)
+        if not partial and os.path.isdir(os.path.join(outcome.out, "checkpoints")):
+            shutil.rmtree(os.path.join(outcome.out, "checkpoints"), ignore_errors=True)
+        return outcome
+
+    return session.run(work, lambda: kept_on_interrupt(folder, "sweep", out), folder)
 
 
 def _write_index(rows: list[dict], path: str) -> None:

@@ -2,9 +2,23 @@
 [`deepest.experiments.TrainConfig`][]), trained by annealing and by backpropagation."""
 
 import json
+import os
 
-from ..experiments import load, mean_baseline, train_by_annealing, train_by_backprop
-from ._folder import ResultsFolder, default_out
+from ..annealing import CHECKPOINT
+from ..experiments import differences, load, mean_baseline, train_by_annealing, train_by_backprop
+from ._folder import default_out, resume_folder
+from ._session import (
+    PREPARING,
+    CommandLineMeter,
+    Outcome,
+    Session,
+    finish,
+    kept_on_interrupt,
+    open_folder,
+    start_jax,
+    write_config,
+    write_text,
+)
 
 
 def _errors_line(e: dict) -> str:
@@ -61,61 +75,129 @@ def summary_text(
     return "\n".join(lines) + "\n"
 
 
-def run_train(config_path: str, sets, out, overwrite, progress) -> str:
-    """`deepest train`: returns the results folder."""
-    import yaml
+def run_train(
+    config_path: str | None,
+    sets,
+    out,
+    overwrite,
+    session: Session,
+    resume: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Outcome:
+    """`deepest train`. Each architecture (depth) is a step that is kept once done: its
+    annealing (result.npz, annealing.json; a checkpoint while it runs) and then its
+    backpropagation (record.json); `--resume` goes on from the first step not done."""
+    source = None
+    if resume is not None:
+        source, out = resume_folder(resume, "train")
+        config = load(os.path.join(source, "config.yaml"), kind="train")
+        if config_path is not None or sets:
+            given = load(config_path or os.path.join(source, "config.yaml"), sets, kind="train")
+            differ = differences(config.model_dump(), given.model_dump())
+            if differ:
+                raise ValueError(
+                    f"--resume {source}: the run there had other settings of "
+                    f"{', '.join(differ)}; resume it with its own config (omit CONFIG and --set)."
+                )
+    else:
+        config = load(config_path, sets, kind="train")
+        out = default_out(config_path) if out is None else out
+    start_jax(config.anneal.dtype)
+    folder = open_folder(session, out, overwrite, source)
 
-    config = load(config_path, sets, kind="train")
-    import jax
+    def work() -> Outcome:
+        import matplotlib.pyplot as plt
 
-    if config.anneal.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-    import matplotlib
+        from .. import AnnealResult, plot_action_levels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .. import plot_action_levels
-
-    folder = ResultsFolder(default_out(config_path) if out is None else out, overwrite)
-    try:
-        data = config.build_data()
-        with open(folder.file("config.yaml"), "w") as f:
-            yaml.safe_dump(config.model_dump(), f, sort_keys=False)
+        if source is None:
+            write_config(folder.file("config.yaml"), config)
+        with session.phase("data: building the training pairs"):
+            data = config.build_data()
         depths = config.depths()
-        fig, axes = plt.subplots(1, len(depths), figsize=(5 * len(depths), 4), squeeze=False)
-        texts, record = [], {}
-        for depth, ax in zip(depths, axes[0], strict=False):
-            result, _, annealing = train_by_annealing(config, data, depth=depth, progress=progress)
-            backprop = train_by_backprop(config, data, depth=depth, progress=progress)
+        texts, record, results = [], {}, {}
+        for depth in depths:
             where = folder.path if depth is None else folder.file(f"L{depth:03d}")
-            result.save(where)
-            plot_action_levels(result, ax=ax)
-            if depth is not None:
-                ax.set_title(f"L = {depth}, {result.n_paths} paths")
+            os.makedirs(where, exist_ok=True)
+            name = "network" if depth is None else f"depth L = {depth}"
+            done = os.path.join(where, "annealing.json")
+            if os.path.exists(done):
+                session.say(f"{name}: annealing done before, read from {where}")
+                problem = config.problem_for(data, depth)
+                result = AnnealResult.load(where, problem)
+                annealing = _read_json(done)
+            else:
+                resume_here = where if os.path.exists(os.path.join(where, CHECKPOINT)) else None
+                with session.phase(f"{name}: {PREPARING}"):
+                    result, _, annealing = train_by_annealing(
+                        config,
+                        data,
+                        depth=depth,
+                        progress=CommandLineMeter(progress),
+                        checkpoint=where,
+                        resume=resume_here,
+                        check_memory=not force,
+                    )
+                if annealing is None:  # interrupted: its checkpoint is kept
+                    folder.keep()
+                    line = f"continue with `deepest train --resume {out}`"
+                    return Outcome(folder.path, True, f"PARTIAL RESULT: {line}\n")
+                result.save(where, overwrite=True)
+                _write_json(done, annealing)
+                if os.path.exists(os.path.join(where, CHECKPOINT)):
+                    os.remove(os.path.join(where, CHECKPOINT))
+            results[depth] = result
+            recorded = os.path.join(where, "backprop.json")
+            if os.path.exists(recorded):
+                backprop = _read_json(recorded)
+            else:
+                with session.phase(f"{name}: backpropagation ({config.backprop.n_runs} runs)"):
+                    backprop = train_by_backprop(config, data, depth=depth, progress=progress)
+                _write_json(recorded, backprop)
             texts.append(summary_text(config, annealing, backprop, depth, mean_baseline(data)))
             record[str(depth) if depth else "network"] = {"anneal": annealing, "backprop": backprop}
-        fig.savefig(folder.file("action_levels.png"), dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        summary = "\n".join(texts)
-        if len(depths) > 1:
-            summary += (
-                "\ntest MSE against depth (annealing, lowest action | backprop, lowest loss):\n"
-            )
-            for depth in depths:
-                r = record[str(depth)]
-                summary += (
-                    f"  L = {depth:3d}: {r['anneal']['lowest_action']['test_error']:.4g} | "
-                    f"{r['backprop']['lowest_train']['test_error']:.4g}   final action "
-                    f"{r['anneal']['final_action']:.4g}\n"
+
+        def write(where):
+            with session.phase("results: plots and summary"):
+                fig, axes = plt.subplots(
+                    1, len(depths), figsize=(5 * len(depths), 4), squeeze=False
                 )
-        with open(folder.file("summary.txt"), "w") as f:
-            f.write(summary)
-        with open(folder.file("errors.json"), "w") as f:
-            json.dump(record, f, indent=1)
-        folder.publish()
-    except BaseException:
-        folder.discard()  # nothing half-written is left, nor anything blocking a rerun
-        raise
-    print(summary, end="")
-    return folder.out
+                for depth, ax in zip(depths, axes[0], strict=False):
+                    plot_action_levels(results[depth], ax=ax)
+                    if depth is not None:
+                        ax.set_title(f"L = {depth}, {results[depth].n_paths} paths")
+                fig.savefig(os.path.join(where, "action_levels.png"), dpi=120, bbox_inches="tight")
+                plt.close(fig)
+                summary = "\n".join(texts)
+                if len(depths) > 1:
+                    summary += (
+                        "\ntest MSE against depth (annealing, lowest action | backprop, "
+                        "lowest loss):\n"
+                    )
+                    for depth in depths:
+                        r = record[str(depth)]
+                        summary += (
+                            f"  L = {depth:3d}: {r['anneal']['lowest_action']['test_error']:.4g}"
+                            f" | {r['backprop']['lowest_train']['test_error']:.4g}   final "
+                            f"action {r['anneal']['final_action']:.4g}\n"
+                        )
+                write_text(os.path.join(where, "summary.txt"), summary)
+                _write_json(os.path.join(where, "errors.json"), record)
+            return summary
+
+        def save(where):  # the results are already in the folder, depth by depth
+            pass
+
+        return finish(session, folder, write, partial=False, save=save, resume="")
+
+    return session.run(work, lambda: kept_on_interrupt(folder, "train", out), folder)
+
+
+def _write_json(path: str, value) -> None:
+    write_text(path, json.dumps(value, indent=1))
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
