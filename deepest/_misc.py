@@ -25,6 +25,27 @@ def positive_int(value, name: str) -> int:
     return int(value)
 
 
+def host_memory() -> int | None:
+    """The bytes of memory the host has available (Linux's MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def format_bytes(n: float) -> str:
+    """`n` bytes as "1.23 GB"."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"
+
+
 def did_you_mean(name: str, options: Iterable[str]) -> str:
     """ " Did you mean 'x'?" for the option nearest to `name`, or "" if none is near."""
     close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)

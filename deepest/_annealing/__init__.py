@@ -3,6 +3,7 @@
 from ._anneal import anneal as anneal
 from ._checkpoint import (
     CHECKPOINT as CHECKPOINT,
+    check_fingerprints as check_fingerprints,
     load_checkpoint as load_checkpoint,
     package_version as package_version,
     problem_digest as problem_digest,
@@ -42,7 +43,7 @@ from ._progress import (
     NoProgressMeter as NoProgressMeter,
     TqdmProgressMeter as TqdmProgressMeter,
 )
-from ._runner import INTERRUPT as INTERRUPT
+from ._runner import INTERRUPT as INTERRUPT, Interruption as Interruption
 from ._schedule import AnnealSchedule as AnnealSchedule
 from ._solution import (
     AnnealResult as AnnealResult,

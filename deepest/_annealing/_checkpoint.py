@@ -98,7 +98,7 @@ def load_checkpoint(directory: str, template, expected: dict, put=None):
             meta = json.loads(f.readline())
         except Exception as e:  # a file that is not a checkpoint: say so, in one line
             raise ValueError(f"{path} is not a readable checkpoint: {e}") from None
-        _check_fingerprints(directory, meta, expected)
+        check_fingerprints(directory, meta, expected)
         leaves = jtu.tree_leaves(template)
         count = iter(range(len(leaves)))
 
@@ -123,8 +123,11 @@ def load_checkpoint(directory: str, template, expected: dict, put=None):
     return state, meta
 
 
-def _check_fingerprints(directory, meta: dict, expected: dict) -> None:
-    """Refuse a checkpoint of another run, naming what differs."""
+def check_fingerprints(
+    directory, meta: dict, expected: dict, what: str = "checkpoint", hint: str = ""
+) -> None:
+    """Refuse a checkpoint (`what`) of another run, naming what differs; `hint` says
+    what to do."""
     differ = []
     if meta.get("version") != package_version():
         differ.append(f"version ({meta.get('version')} there, {package_version()} here)")
@@ -138,11 +141,14 @@ def _check_fingerprints(directory, meta: dict, expected: dict) -> None:
                 f"{name}: "
                 + ", ".join(f"{k} ({saved.get(k)!r} there, {value[k]!r} here)" for k in keys)
             )
+        elif isinstance(value, list):
+            differ.append(f"{name} ({saved!r} there, {value!r} here)")
         else:
             differ.append(name)
     if differ:
         raise ValueError(
-            f"The checkpoint in {directory} is of another run; it differs in "
+            f"The {what} in {directory} is of another run; it differs in "
             + "; ".join(differ)
             + "."
+            + (f" {hint}" if hint else "")
         )

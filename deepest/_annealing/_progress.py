@@ -9,6 +9,7 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax
+import numpy as np
 from jaxtyping import Array, Int
 
 
@@ -102,4 +103,9 @@ def progress_meter(progress: bool | AbstractProgressMeter) -> AbstractProgressMe
     """`anneal`'s `progress` argument as a meter: True → tqdm, False → none."""
     if isinstance(progress, AbstractProgressMeter):
         return progress
+    if not isinstance(progress, bool | np.bool_):
+        raise TypeError(
+            "`progress` must be True, False or a deepest.annealing.AbstractProgressMeter; "
+            f"got {progress!r}."
+        )
     return TqdmProgressMeter() if progress else NoProgressMeter()

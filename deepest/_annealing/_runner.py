@@ -22,6 +22,7 @@ import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
 
+from .._misc import format_bytes, host_memory
 from ._checkpoint import fingerprints, load_checkpoint, problem_digest, save_checkpoint
 from ._hosts import Hosts
 from ._loop import LoopConfig, advance_loop, init_loop, loop_finished, loop_records
@@ -206,13 +207,18 @@ class RunSettings(eqx.Module):
             progress_meter=self.meter,
         )
 
-    def start(self, problem, schedule, key, init):
-        """Check one problem against its schedule and settings; cast it; draw (or check) its
-        initial paths and flatten them. **Returns:** `(problem, y0, rf_table, factors)`."""
+    def check_problem(self, problem, schedule) -> None:
+        """Raise for a `problem` that is not one, that the minimiser cannot solve, or whose
+        schedule's R_f does not fit it."""
         if not isinstance(problem, AbstractProblem):
             raise TypeError(f"`problem` must be a deepest.AbstractProblem; got {type(problem)}.")
         self.minimiser.check(problem)
         problem.check_rf(schedule.rf0)
+
+    def start(self, problem, schedule, key, init):
+        """Check one problem against its schedule and settings; cast it; draw (or check) its
+        initial paths and flatten them. **Returns:** `(problem, y0, rf_table, factors)`."""
+        self.check_problem(problem, schedule)
         dtype, minimiser = self.dtype, self.minimiser
         problem = _cast(problem, dtype)
         if init is None:
@@ -322,7 +328,7 @@ Ctrl-C does: after the current chunk, with a checkpoint and a partial result. Th
 answers it clears it."""
 
 
-class _Interrupt:
+class Interruption:
     """While open, the first SIGINT (in the main thread) or `INTERRUPT` sets `hit`; a
     second SIGINT raises."""
 
@@ -402,7 +408,7 @@ def _run_chunks(
     chunk, start, saved_at = 8, time.perf_counter(), time.perf_counter()
     finished = loop_finished((beta, loop_steps), config)
     try:
-        with _Interrupt() as interrupt:
+        with Interruption() as interrupt:
             while not finished and not hosts.any(interrupt.hit):
                 began = time.perf_counter()
                 stop_at = int(np.max(loop_steps)) + chunk
@@ -509,14 +515,6 @@ def _nbytes(tree) -> int:
     return sum(int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize for a in jtu.tree_leaves(tree))
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    raise AssertionError  # pragma: no cover
-
-
 def available_memory(devices) -> tuple[int | None, str]:
     """The bytes free for a run on `devices` and where: an accelerator's free memory (its
     limit less what is in use, over the devices), else the host's available memory
@@ -529,14 +527,7 @@ def available_memory(devices) -> tuple[int | None, str]:
             return int(free), f"{len(devices)} {device.platform} device(s)"
         except (KeyError, AttributeError, RuntimeError):
             return None, device.platform
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, "the host"
-    except OSError:
-        pass
-    return None, "the host"
+    return host_memory(), "the host"
 
 
 def memory_estimate(problem, schedule, settings: RunSettings, devices) -> tuple[int, int]:
@@ -568,8 +559,7 @@ def check_resources(problem, schedule, settings: RunSettings, devices, checkpoin
     """Refuse, before anything is allocated, a run whose loop state cannot fit in the
     memory available (the estimate and the largest number of paths that fits in the
     message), or whose checkpoint cannot fit on its disk."""
-    if not isinstance(problem, AbstractProblem):
-        return 0  # `RunSettings.start` says what is wrong
+    settings.check_problem(problem, schedule)
     fixed, per_lane = memory_estimate(problem, schedule, settings, devices)
     lanes = settings.n_paths * n_settings
     need = n_settings * fixed + lanes * per_lane
@@ -577,9 +567,9 @@ def check_resources(problem, schedule, settings: RunSettings, devices, checkpoin
     if free is not None and need > free:
         fits = max((free // n_settings - fixed) // per_lane, 0) if free > fixed else 0
         raise ValueError(
-            f"The run needs at least {_size(need)} ({_size(per_lane)} a path: its loop state "
-            f"by jax.eval_shape, initial path and records) for {lanes:,} paths; "
-            f"{_size(free)} are free on {where}: at most {fits:,} paths fit"
+            f"The run needs at least {format_bytes(need)} ({format_bytes(per_lane)} a path: "
+            f"its loop state by jax.eval_shape, initial path and records) for {lanes:,} paths; "
+            f"{format_bytes(free)} are free on {where}: at most {fits:,} paths fit"
             + (f" per setting ({n_settings} settings)" if n_settings > 1 else "")
             + ". Pass fewer paths, or check_memory=False (the command line's --force) to "
             "try anyway."
@@ -593,8 +583,8 @@ def check_resources(problem, schedule, settings: RunSettings, devices, checkpoin
         free_disk = shutil.disk_usage(folder or ".").free
         if disk > free_disk:
             raise ValueError(
-                f"The run's checkpoints need about {_size(disk)} on the disk of "
-                f"{folder or '.'}; {_size(free_disk)} are free there. Free some space or "
+                f"The run's checkpoints need about {format_bytes(disk)} on the disk of "
+                f"{folder or '.'}; {format_bytes(free_disk)} are free there. Free some space or "
                 "write elsewhere."
             )
     return need

@@ -13,7 +13,7 @@ from .._annealing import AbstractBandedProblem, Block
 from .._data import Observations, check_dimension, concrete, integrate
 from .._misc import renamed_keywords
 from ..models import check_estimate, check_field, parametrised
-from ._checks import check_rm
+from ._checks import check_interval, check_rm
 from ._discretisation import AbstractDiscretisation, as_discretisation
 
 
@@ -109,22 +109,25 @@ class Assimilation(AbstractBandedProblem):
             if not np.allclose(dts, dts[0], rtol=1e3 * np.finfo(dts.dtype).eps, atol=0):
                 raise ValueError("Assimilation needs equally spaced observation times.")
         rm = check_rm(rm, data)
-        lo, hi = (float(v) for v in state_range)
-        if not lo < hi:
-            raise ValueError(
-                f"`state_range` must be (low, high) with low < high; got {state_range}."
-            )
+        lo, hi = check_interval("state_range", state_range)
         field, values = parametrised(model, params)
         check_field(field, dim, jnp.result_type(float))
+        for name in (estimate,) if isinstance(estimate, str) else estimate:
+            held = getattr(model, name, None) if isinstance(model, eqx.Module) else None
+            integer = isinstance(held, (int, np.integer)) and not isinstance(held, bool)
+            if name not in values and integer:
+                raise ValueError(
+                    f"Cannot estimate {name!r}: the model holds it as the integer {held!r}, "
+                    f"not a parameter; give it as a float ({float(held)!r})."
+                )
         estimate = check_estimate(estimate, values)
         param_ranges = dict(param_ranges or {})
         bounds = dict(bounds or {})
         for where, table in (("param_ranges", param_ranges), ("bounds", bounds)):
-            for name, (a, b) in table.items():
+            for name, pair in table.items():
                 if name not in estimate:
                     raise ValueError(f"`{where}` names {name!r}, which is not in `estimate`.")
-                if not float(a) < float(b):
-                    raise ValueError(f"`{where}[{name!r}]` must be (low, high) with low < high.")
+                table[name] = check_interval(f"{where}[{name!r}]", pair)
         ranges = []
         for name in estimate:
             if name in param_ranges:

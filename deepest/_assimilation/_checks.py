@@ -25,3 +25,14 @@ def check_rm(rm: ArrayLike, data: Observations) -> Array:
     """R_m of an assimilation of `data`: a scalar or one value per observed component."""
     n = len(data.observed)
     return check_weight(rm, "rm", ((), (n,)), f"a scalar or one value per observed component ({n})")
+
+
+def check_interval(name: str, pair) -> tuple[float, float]:
+    """`pair` as finite floats (low, high) with low < high, or a `ValueError` naming `name`."""
+    try:
+        low, high = (float(v) for v in pair)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a pair (low, high) of numbers; got {pair!r}.") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(f"`{name}` must be (low, high), finite, with low < high; got {pair!r}.")
+    return low, high

@@ -14,6 +14,21 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from .._networks import LayeredNetwork
 
 TWIN_VARIANTS = ("tanh", "authors")
+"""The generators of [`deepest.twin_generator`][] (`variant`)."""
+
+BAR_POSITIONS = ("centered", "all")
+"""Where the bars of [`deepest.bar_images`][] may lie (`positions`)."""
+
+
+def check_bar_settings(size: int, positions: str) -> None:
+    """Raise `ValueError` for a `size` or `positions` of [`deepest.bar_images`][] that no
+    image can have (checked by the config layer too, before any compute)."""
+    if int(size) != size or size < 3 or size % 2 == 0:
+        raise ValueError(f"`size` must be an odd integer ≥ 3 (a centre pixel); got {size}.")
+    if positions not in BAR_POSITIONS:
+        raise ValueError(
+            f"`positions` must be one of {', '.join(map(repr, BAR_POSITIONS))}; got {positions!r}."
+        )
 
 
 def twin_generator(
@@ -189,10 +204,7 @@ def bar_images(
     """
     if int(n_images) != n_images or n_images < 1:
         raise ValueError(f"`n_images` must be a positive integer; got {n_images}.")
-    if int(size) != size or size < 3 or size % 2 == 0:
-        raise ValueError(f"`size` must be an odd integer ≥ 3 (a centre pixel); got {size}.")
-    if positions not in ("centered", "all"):
-        raise ValueError(f"`positions` must be 'centered' or 'all'; got {positions!r}.")
+    check_bar_settings(size, positions)
     if not (np.isfinite(noise) and noise >= 0):
         raise ValueError(f"`noise` must be a non-negative number; got {noise}.")
     dtype = dtype or jnp.zeros(()).dtype

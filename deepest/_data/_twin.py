@@ -4,6 +4,7 @@ import math
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 
 import diffrax
@@ -15,7 +16,30 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from .._io import write_atomic
+from .._misc import format_bytes, host_memory
 from ..models import AbstractModel, parametrised
+
+
+def indices(name: str, value) -> tuple[int, ...]:
+    """The component indices `value` (a sequence or array of integers) as a tuple of ints;
+    anything else (a float, a string) is a `ValueError` naming `name`."""
+    array = np.asarray(value)
+    if array.size and (array.dtype == bool or not np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"`{name}` must hold integer component indices; got {value!r}.")
+    return tuple(int(i) for i in array.reshape(-1))
+
+
+def _check_real(name: str, value) -> None:
+    """A `ValueError` naming `name` unless `value` is an array of real numbers (not text,
+    complex numbers or a ragged list); read from its dtype, so traced values too."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        try:
+            dtype = np.asarray(value).dtype
+        except ValueError as e:  # a ragged list
+            raise ValueError(f"`{name}` must be an array of real numbers: {e}") from None
+    if np.dtype(dtype).kind not in "iuf":
+        raise ValueError(f"`{name}` must be an array of real numbers; got dtype {dtype}.")
 
 
 def concrete(x: ArrayLike) -> np.ndarray | None:
@@ -63,7 +87,9 @@ class Observations(eqx.Module):
         noise: ArrayLike | None = None,
         true_params: dict[str, ArrayLike] | None = None,
     ):
-        observed = tuple(int(i) for i in np.asarray(observed).reshape(-1))
+        observed = indices("observed", observed)
+        _check_real("times", times)
+        _check_real("values", values)
         times, values = jnp.asarray(times), jnp.asarray(values)
         if times.ndim != 1 or times.size < 2:
             raise ValueError(f"`times` must be 1-D with at least 2 entries; got {times.shape}.")
@@ -170,12 +196,35 @@ class Observations(eqx.Module):
                 )
             except ValueError as e:
                 raise ValueError(f"{path}: {e}") from None
-        with np.load(path) as f:
-            data = dict(f)
+        if not path.endswith(".npz"):
+            raise ValueError(
+                f"{path}: observations are read from `.npz` (as `Observations.save` writes "
+                "them) or `.csv` files; name the file with one of these endings."
+            )
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                data = dict(f)
+        except (ValueError, zipfile.BadZipFile, EOFError):
+            raise ValueError(
+                f"{path}: not an `.npz` file of observations (not a zip archive of arrays, "
+                "as `Observations.save` writes)."
+            ) from None
         true_params = {
             k.split(".", 1)[1]: data.pop(k) for k in list(data) if k.startswith("true_params.")
         }
-        return cls(**data, true_params=true_params or None)
+        fields = ("times", "values", "observed", "truth", "mask", "noise")
+        missing = [k for k in fields[:3] if k not in data]
+        unknown = sorted(set(data) - set(fields))
+        if missing or unknown:
+            raise ValueError(
+                f"{path}: not an `.npz` file of observations (as `Observations.save` writes): "
+                + (f"it lacks the arrays {missing}" if missing else f"unknown arrays {unknown}")
+                + "."
+            )
+        try:
+            return cls(**data, true_params=true_params or None)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 def _csv_number(text: str) -> float | None:
@@ -271,7 +320,7 @@ def _read_csv(path: str) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray]
 
 def check_dimension(model, observed: Sequence[int], dim) -> int:
     """Check that a model of `dim` components exists and holds the `observed` indices."""
-    dim = int(dim)
+    dim = _check_whole("dim", dim, 1)
     if max(observed) >= dim:
         raise ValueError(
             f"Observed index {max(observed)} is out of range for a model with dim={dim} components."
@@ -294,7 +343,66 @@ def integrate(
     be equally spaced).
     """
     field, _ = parametrised(model, params)
-    return _integrate(field, jnp.asarray(x0), jnp.asarray(times), int(substeps))
+    x0, times = jnp.asarray(x0), jnp.asarray(times)
+    if x0.ndim != 1:
+        raise ValueError(f"`x0` must be one state, of shape (dim,); got shape {x0.shape}.")
+    if times.ndim != 1 or times.size < 1:
+        raise ValueError(f"`times` must be 1-D with at least one entry; got shape {times.shape}.")
+    substeps = _check_whole("substeps", substeps, 1)
+    known = concrete(times)
+    if known is not None and known.size > 1:
+        _check_grid(known)
+    return _integrate(field, x0, times, substeps)
+
+
+def _check_grid(times: np.ndarray) -> None:
+    """A `ValueError` unless `times` are finite, increasing and equally spaced (to the
+    rounding of their dtype, at their size: `dt * arange(n)` passes)."""
+    steps = np.diff(times)
+    eps = np.finfo(steps.dtype).eps if steps.dtype.kind == "f" else 0.0
+    if not np.all(np.isfinite(times)):
+        bad = int(np.flatnonzero(~np.isfinite(times))[0])
+        raise ValueError(f"`times` must be finite; times[{bad}] is {times[bad]}.")
+    if np.any(steps <= 0):
+        i = int(np.flatnonzero(steps <= 0)[0])
+        raise ValueError(
+            f"`times` must increase; times[{i + 1}] = {times[i + 1]} follows times[{i}] = "
+            f"{times[i]}."
+        )
+    uneven = ~np.isclose(steps, steps[0], rtol=1e3 * eps, atol=64 * eps * np.max(np.abs(times)))
+    if np.any(uneven):
+        i = int(np.flatnonzero(uneven)[0])
+        raise ValueError(
+            f"`times` must be equally spaced (Tsit5 takes `substeps` fixed steps per "
+            f"interval); times[{i + 1}] − times[{i}] = {steps[i]} but times[1] − times[0] = "
+            f"{steps[0]}."
+        )
+
+
+def _check_whole(name: str, value, low: int) -> int:
+    """`value` as an int, or a `ValueError` naming `name` unless it is an integer ≥ `low`."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and value >= low
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"`{name}` must be an integer ≥ {low}; got {value!r}.")
+    return int(value)
+
+
+def _check_number(name: str, value, low: float, strict: bool) -> float:
+    """`value` as a float, or a `ValueError` naming `name` unless it is a finite number
+    > `low` (≥ with `strict=False`)."""
+    try:
+        number = float(value)
+        ok = not isinstance(value, bool) and math.isfinite(number)
+        ok = ok and (number > low if strict else number >= low)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        sign = ">" if strict else "≥"
+        raise ValueError(f"`{name}` must be a finite number {sign} {low:g}; got {value!r}.")
+    return number
 
 
 class _Autonomous(eqx.Module):
@@ -324,6 +432,22 @@ def _integrate(field, x0, times, substeps: int):
     return sol.ys
 
 
+def check_twin_memory(dim, n_times, dt, spinup, name: str = "`n_times`") -> None:
+    """Refuse a twin experiment whose arrays (its spin-up, its truth, observations and
+    times, each twice over while they are made) cannot fit in the host's available
+    memory, before any is made; `name` is how the error calls `n_times`."""
+    n_spin = max(math.ceil(spinup / dt), 1)
+    need = 2 * 8 * (n_spin * dim + n_times * (2 * dim + 1))
+    free = host_memory()
+    if free is not None and need > free:
+        fits = max(free // (2 * 8 * (2 * dim + 1)) - n_spin, 0)
+        raise ValueError(
+            f"{name} = {n_times:,} observation times of {dim} components need about "
+            f"{format_bytes(need)} to make; {format_bytes(free)} are free: at most "
+            f"{fits:,} times fit."
+        )
+
+
 def twin_experiment(
     model,
     dim: int,
@@ -351,14 +475,27 @@ def twin_experiment(
             deepest.models.Lorenz96(8.17), dim=20, n_times=161, dt=0.025,
             observed=range(12), noise=0.4, key=jax.random.key(0))
     """
-    if dim < 1 or n_times < 2 or dt <= 0 or noise < 0:
-        raise ValueError("twin_experiment needs dim >= 1, n_times >= 2, dt > 0, noise >= 0.")
-    observed = tuple(int(i) for i in observed)
+    dim = _check_whole("dim", dim, 1)
+    n_times = _check_whole("n_times", n_times, 2)
+    _check_number("dt", dt, 0, strict=True)
+    _check_number("noise", noise, 0, strict=False)
+    _check_number("spinup", spinup, 0, strict=False)
+    substeps = _check_whole("substeps", substeps, 1)
+    observed = indices("observed", list(observed))
+    if not observed:
+        raise ValueError("`observed` must name at least one component.")
     if any(i < 0 or i >= dim for i in observed):
         raise ValueError(f"Observed indices are out of range [0, {dim}): {observed}.")
+    check_twin_memory(dim, n_times, dt, spinup)
     if isinstance(model, AbstractModel):
         model.check_dim(dim)
+    if x0 is not None and jnp.shape(x0) != (dim,):
+        raise ValueError(f"`x0` must have shape (dim,) = ({dim},); got {jnp.shape(x0)}.")
     _, values = parametrised(model, params)
+    for name, value in values.items():
+        known = concrete(value)
+        if known is not None and not np.all(np.isfinite(known)):
+            raise ValueError(f"The model's parameter {name!r} is not finite: {known}.")
     k0, k1 = jr.split(key)
     dtype = jnp.result_type(float)
     state = jr.normal(k0, (dim,), dtype) if x0 is None else jnp.asarray(x0, dtype)

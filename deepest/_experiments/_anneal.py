@@ -10,7 +10,7 @@ from pydantic import Field
 from .. import models as _models
 from .._annealing import LBFGS, AnnealSchedule, LevenbergMarquardt, anneal
 from .._assimilation import Assimilation
-from .._data import Observations, twin_experiment
+from .._data import Observations, check_twin_memory, twin_experiment
 from .._misc import did_you_mean
 from ._base import (
     ConfigSection,
@@ -83,7 +83,11 @@ class ModelConfig(ConfigSection):
     def _numbers(cls, params):
         for name, value in params.items():
             numbers(f"model.params.{name}", value)
-        return params
+        # as floats: `forcing: 8` is the parameter 8.0 (a model's int field is no parameter)
+        return {
+            name: [float(v) for v in value] if isinstance(value, list) else float(value)
+            for name, value in params.items()
+        }
 
     def build(self, params: dict | None = None):
         """The model, with `params` over the section's own."""
@@ -275,6 +279,7 @@ class AnnealConfig(ConfigSection):
                     "Set `data.twin.observed` (the measured components) or `data.file`."
                 )
             _indices("data.twin.observed", twin.observed, dim)
+            check_twin_memory(dim, twin.n_times, twin.dt, twin.spinup, "`data.twin.n_times`")
             n_observed = len(twin.observed)
             if problem.rm is None:
                 # A twin experiment with no noise has no 1/σ² to weigh it by: set `problem.rm`.

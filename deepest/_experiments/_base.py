@@ -62,18 +62,44 @@ def default_of(fn: Callable, name: str) -> Any:
     return parameter.default
 
 
+def _yaml_loader():
+    """PyYAML's safe loader, reading `1e-3` as a float as YAML 1.2 does (YAML 1.1 wants a
+    dot, `1.0e-3`, and reads `1e-3` as text, which a number's key would then refuse)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
+
+
+def load_yaml(text):
+    """The YAML document `text` (a string or file), `1e-3` read as a float."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: no arbitrary objects
+
+
 def read_yaml(path: str) -> dict:
-    """The mapping in the YAML file `path`; a syntax error is one line with file:line:column."""
+    """The mapping in the YAML file `path`; a syntax error is one line with file:line:column,
+    an empty file an error naming it."""
     import yaml
 
     try:
         with open(path) as f:
-            config = yaml.safe_load(f) or {}
+            config = load_yaml(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ValueError(f"{where}: YAML syntax error: {problem}.") from None
+    if config is None:
+        raise ValueError(f"{path}: the config file is empty; a config is a mapping of sections.")
     if not isinstance(config, dict):
         raise ValueError(f"{path}: a config must be a mapping of sections.")
     return config
@@ -95,7 +121,7 @@ def set_dotted(config: dict, assignment: str) -> None:
             raise ValueError(f"--set {dotted}: {'.'.join(keys[: i + 1])} is not a section.")
         node = child
     try:
-        value = yaml.safe_load(raw)
+        value = load_yaml(raw)
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ValueError(

@@ -3,8 +3,6 @@ R_f schedule, many chains in one program, each β started from the last one's sa
 
 import hashlib
 import os
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,6 +20,8 @@ from .._annealing import (
     AbstractProblem,
     AnnealResult,
     AnnealSchedule,
+    Interruption,
+    check_fingerprints,
     package_version,
     problem_digest,
 )
@@ -35,7 +35,6 @@ from .._results import (
     name_of,
     results_of,
 )
-from ..annealing import INTERRUPT
 from ._laplace import _banded_hessian, _check_result
 from ._selected_inversion import BlockFactor, factor
 
@@ -512,7 +511,7 @@ def pamc(
     first = run["done"]
     bar = tqdm(total=len(betas), initial=first, desc="pamc", unit="β", disable=not progress)
     try:
-        with _Interruption() as interruption:
+        with Interruption() as interruption:
             for i in range(first, len(betas)):
                 b = int(betas[i])
                 if i == first:
@@ -683,36 +682,6 @@ def _progress_text(beta, rf, run, finite, seconds) -> str:
     )
 
 
-class _Interruption:
-    """While open, the first SIGINT (in the main thread) or
-    [`deepest.annealing.INTERRUPT`][] sets `hit`; a second SIGINT raises. The one that was
-    answered is cleared on leaving."""
-
-    def __init__(self):
-        self._hit = False
-        self._previous = None
-
-    @property
-    def hit(self) -> bool:
-        return self._hit or INTERRUPT.is_set()
-
-    def _handle(self, signum, frame):
-        if self.hit:
-            raise KeyboardInterrupt
-        self._hit = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        if self.hit:
-            INTERRUPT.clear()
-
-
 def _digest(*arrays) -> str:
     """SHA-256 of arrays with their shapes and dtypes."""
     h = hashlib.sha256()
@@ -740,34 +709,6 @@ def _fingerprints(problem, key, positions, rf_table, betas, save_betas, n_chains
         },
         "chains": {"n_chains": int(n_chains), "dtype": str(positions.dtype)},
     }
-
-
-def _check_fingerprints(folder, meta: dict, expected: dict) -> None:
-    """Refuse a checkpoint of another run, naming what differs."""
-    differ = []
-    if meta.get("version") != package_version():
-        differ.append(f"version ({meta.get('version')} there, {package_version()} here)")
-    saved_all = meta.get("fingerprints", {})
-    for name, value in expected.items():
-        saved = saved_all.get(name)
-        if saved == value:
-            continue
-        if isinstance(value, dict) and isinstance(saved, dict):
-            keys = [k for k in value if saved.get(k) != value[k]]
-            differ.append(
-                f"{name}: "
-                + ", ".join(f"{k} ({saved.get(k)!r} there, {value[k]!r} here)" for k in keys)
-            )
-        elif isinstance(value, list):
-            differ.append(f"{name} ({saved!r} there, {value!r} here)")
-        else:
-            differ.append(name)
-    if differ:
-        raise ValueError(
-            f"The PAMC checkpoint in {folder} is of another run; it differs in "
-            + "; ".join(differ)
-            + ". Resume it with the arguments it was started with, or start afresh."
-        )
 
 
 def _leaves(tree, prefix: str) -> dict:
@@ -819,7 +760,13 @@ def _load_checkpoint(folder, fps: dict, run: dict, key, problem, unravel, shapes
         raise ValueError(f"{path} is not a readable PAMC checkpoint: {e}") from None
     if "fingerprints" not in meta or "done" not in meta:
         raise ValueError(f"{path} is not a PAMC checkpoint (it has no run fingerprints).")
-    _check_fingerprints(folder, meta, fps)
+    check_fingerprints(
+        folder,
+        meta,
+        fps,
+        "PAMC checkpoint",
+        "Resume it with the arguments it was started with, or start afresh.",
+    )
     template, samples = shapes
     one = jax.ShapeDtypeStruct((1, 1, samples.shape[-1]), samples.dtype)
     views_def = jax.tree.structure(eqx.filter_eval_shape(_views_of, problem, unravel, one))

@@ -16,6 +16,7 @@ from ._session import (
     kept_on_interrupt,
     open_folder,
     start_jax,
+    start_plots,
     write_config,
     write_text,
 )
@@ -121,6 +122,7 @@ def run_anneal(
     path = folder.path if writes else os.path.normpath(out) + INCOMPLETE
 
     def work() -> Outcome:
+        start_plots()
         if source is None and writes:
             write_config(folder.file("config.yaml"), config)
         with session.phase("data and problem: building"):

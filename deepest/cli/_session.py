@@ -212,17 +212,21 @@ class CommandLineMeter(AbstractProgressMeter):
 
 
 def start_jax(dtype: str):
-    """Import jax (x64 for a float64 run) and matplotlib's file backend."""
+    """jax, in x64 mode for a float64 run."""
     import jax
 
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+def start_plots() -> None:
+    """matplotlib's file backend, imported at the start of the work (a second or so), so
+    that a Ctrl-C's partial result is quick."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401 (now, so that a Ctrl-C's partial result is quick)
-
-    return jax
+    import matplotlib.pyplot  # noqa: F401
 
 
 def open_folder(session: Session, out: str, overwrite: bool, source=None) -> ResultsFolder:

@@ -34,6 +34,7 @@ from ._session import (
     kept_on_interrupt,
     open_folder,
     start_jax,
+    start_plots,
     write_config,
     write_text,
 )
@@ -134,6 +135,7 @@ def run_sweep(
     checkpoints = os.path.join(folder.path if writes else out + INCOMPLETE, "checkpoints")
 
     def work() -> Outcome:
+        start_plots()
         if source is None and writes:
             write_text(folder.file("sweep.yaml"), yaml_text(spec.model_dump()))
         built = []

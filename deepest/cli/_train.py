@@ -16,6 +16,7 @@ from ._session import (
     kept_on_interrupt,
     open_folder,
     start_jax,
+    start_plots,
     write_config,
     write_text,
 )
@@ -107,6 +108,7 @@ def run_train(
     folder = open_folder(session, out, overwrite, source)
 
     def work() -> Outcome:
+        start_plots()
         import matplotlib.pyplot as plt
 
         from .. import AnnealResult, plot_action_levels

@@ -21,6 +21,7 @@ from ._session import (
     kept_on_interrupt,
     open_folder,
     start_jax,
+    start_plots,
     write_config,
     write_text,
 )
@@ -60,6 +61,7 @@ def run_pamc(
     resume_line = f"continue with `deepest pamc --resume {out}`"
 
     def work() -> Outcome:
+        start_plots()
         import jax
         import matplotlib.pyplot as plt
 

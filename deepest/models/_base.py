@@ -112,7 +112,13 @@ def parametrised(
         return _ModuleWithParams(model), values
     if not callable(model):
         raise TypeError(f"A model must be callable as F(t, x) or F(t, x, params); got {model!r}.")
-    if _required_positional(model) == 2:
+    required = _required_positional(model)
+    if required not in (None, 2, 3):
+        raise TypeError(
+            f"A model must be callable as F(t, x) or F(t, x, params); {_name(model)} takes "
+            f"{required} required positional argument{'s' if required != 1 else ''}."
+        )
+    if required == 2:
         if params:
             raise ValueError(
                 "A model called as F(t, x) takes no `params`; write F(t, x, params) to "
@@ -121,6 +127,14 @@ def parametrised(
         return _WithoutParams(model), {}
     values = {name: jnp.asarray(v) for name, v in dict(params or {}).items()}
     return _WithParams(model, values), values
+
+
+def _name(fn) -> str:
+    """`fn`'s name and signature, for messages: `f(x)`."""
+    try:
+        return f"{getattr(fn, '__name__', type(fn).__name__)}{inspect.signature(fn)}"
+    except (TypeError, ValueError):
+        return repr(fn)
 
 
 def _is_inexact(x) -> bool:
