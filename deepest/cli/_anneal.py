@@ -160,15 +160,21 @@ def write_results(
 ) -> str:
     """Write a result's files into the folder `path` (to be published as `out`): the
     result, data, action-level plot, estimates plot and summary.txt (a partial result:
-    marked, and without the forecast, so that Ctrl-C is answered at once)."""
+    marked, and without the forecast, so that Ctrl-C is answered at once); a phase of
+    the `session` if one is given."""
+    if session is None:
+        return _write_results(path, result, data, true_model, config, out, plots)
+    with session.phase(f"results: the result, plots and summary into {path}"):
+        return _write_results(path, result, data, true_model, config, out, plots)
+
+
+def _write_results(path, result, data, true_model, config, out, plots) -> str:
     import matplotlib.pyplot as plt
 
     from .. import plot_action_levels, plot_estimates
 
     result.save(path, overwrite=True)
     data.save(os.path.join(path, "data.npz"))
-    if session is not None:
-        session.say(f"results: written {os.path.join(path, 'result.npz')}; plotting")
     if not plots:
         summary = anneal_summary(result, data, true_model, 0.0)
         write_text(os.path.join(path, "summary.txt"), summary)
