@@ -441,3 +441,23 @@ def test_train_resumes_where_it_stopped(tmp_path):
             for k in ("lowest_action", "lowest_train", "best_validation"):
                 if k in errors[depth][part]:
                     assert resumed[depth][part][k] == errors[depth][part][k]
+
+
+# The faults above, one line each: what tests/test_bad_inputs.py counts with its groups.
+FAULTS = [
+    "a second run for the same --out, while the first runs",
+    "a second run for the same --out with --overwrite, while the first runs",
+    "a results folder locked by a live process",
+    "a lock file left by a process that ended",
+    "anneal.n_paths = 1e9 (memory estimate)",
+    "data.twin.n_times = 1e8 (twin data too large)",
+    "--out naming a file",
+    "--out below a folder that cannot be written",
+    "an error after the compute (Laplace of non-finite paths)",
+    "a results folder that cannot be written at the end (rescued)",
+    "a checkpoint that cannot be written mid-run (full disk)",
+    *(f"Ctrl-C in `deepest {c}` during '{p}'" for c, _, _, p in _PHASES),
+    "silence: the first output and the longest stretch without output",
+    "pamc killed mid-sampling, resumed",
+    "train interrupted between depths, resumed",
+]

@@ -220,6 +220,19 @@ class AbstractProblem(eqx.Module):
         """The action level of a path consistent with the data, if known."""
         return None
 
+    @property
+    def parameter_bounds(self) -> dict[str, tuple[float, float]]:
+        """{name: (low, high)} of the parameters confined to a box (results flag an
+        estimate that ends on its bound). None by default."""
+        return {}
+
+    def model_sensitivity(self, unknowns: PyTree[Array]) -> Array | None:
+        """max |wᵀ·∂f/∂x| over the model times of one path's `unknowns`, for the problem's
+        model map f and a fixed random w: zero when f does not depend on the state to first
+        order (a model built from `jnp.floor`), which `anneal` warns of before it starts.
+        `None` (the default) for a problem without one model map."""
+        return None
+
     def views(self, unknowns: PyTree[Array]) -> dict[str, Array]:
         """Named arrays of a batch of unknowns (leading axis: paths), for results."""
         return {}

@@ -86,31 +86,14 @@ def _check_initial_actions(minimiser, problem, y0, rf0):
         warnings.warn(
             f"The action is not finite at the initial paths {bad.tolist()}: the model returns "
             "NaN or inf there; those paths stop at β = 0 (stop reason non_finite).",
-            stacklevel=5,  # the caller of anneal (past RunSettings.start, wrapped by equinox)
+            stacklevel=_user_stacklevel(),
         )
 
 
 @eqx.filter_jit
-def _model_state_derivatives(minimiser, problem, y0):
-    """max |wᵀ·∂f/∂x| over the model times of each initial path, for the model map f of an
-    assimilation and one fixed random w: zero for every path when f does not depend on the
-    state to first order (a model built from `jnp.floor`, `jnp.round`, `jnp.sign`, or one
-    that stops gradients). Reverse mode, as the minimisers' gradients are (a model with a
-    `jax.custom_vjp` has no forward mode)."""
-
-    def one(y):
-        u = minimiser.unflatten(problem, y)
-        theta = problem.parameters(u)
-        theta = {name: theta[name] for name in problem.estimate}
-        path = u["path"]
-        w = jr.normal(jr.key(0), path.shape[1:], path.dtype)
-
-        def derivative(t, x):
-            return jax.grad(lambda x: jnp.vdot(w, problem.field(t, x, theta)))(x)
-
-        return jnp.max(jnp.abs(jax.vmap(derivative)(problem.ts, path)))
-
-    return jax.vmap(one)(y0)
+@eqx.filter_jit
+def _model_sensitivities(minimiser, problem, y0):
+    return jax.vmap(lambda y: problem.model_sensitivity(minimiser.unflatten(problem, y)))(y0)
 
 
 def _user_stacklevel() -> int:
@@ -133,13 +116,12 @@ def _check_model_derivatives(minimiser, problem, y0):
     shrink the residuals' differences, not along the model. (The model term's own gradient
     is not zero there: the residual x(n+1) − x(n) − Δ depends on the states through the
     difference, whatever the model.)"""
-    # Assimilation is the problem that names its model map; a lazy import, as
-    # `deepest._assimilation` builds on this package.
-    from .._assimilation import Assimilation
-
-    if not isinstance(problem, Assimilation):
+    one = eqx.filter_eval_shape(
+        lambda y: problem.model_sensitivity(minimiser.unflatten(problem, y)), y0[0]
+    )
+    if one is None:  # no model map
         return
-    derivatives = np.asarray(_model_state_derivatives(minimiser, problem, y0))
+    derivatives = np.asarray(_model_sensitivities(minimiser, problem, y0))
     if np.all(derivatives == 0):
         warnings.warn(
             "The model's derivative with respect to the state is zero at every state of every "
@@ -395,7 +377,7 @@ def _run_chunks(
                         f"The checkpoint could not be written to {checkpoint}: {e}. The run "
                         "goes on (its state in memory); the last checkpoint there, if any, "
                         "is older.",
-                        stacklevel=5,
+                        stacklevel=_user_stacklevel(),
                     )
 
     def view():  # what the host loop decides by, the same on every process
@@ -440,7 +422,7 @@ def _run_chunks(
                     "Annealing interrupted: returning the finished β's of every path "
                     "(result.partial is True)"
                     + (f"; resume from {checkpoint}." if checkpoint is not None else "."),
-                    stacklevel=4,  # the caller of anneal or sweep
+                    stacklevel=_user_stacklevel(),
                 )
     finally:
         config.progress_meter.close(handle)

@@ -276,7 +276,8 @@ class AnnealResult(AbstractResult):
             )
         best = self.best
         params = self.views.get("params", {})
-        for name, (low, high) in _parameter_bounds(self.problem).items():
+        bounds = {} if self.problem is None else self.problem.parameter_bounds
+        for name, (low, high) in bounds.items():
             if name not in params:
                 continue
             theta = np.asarray(params[name]).reshape(self.n_paths, -1)
@@ -318,16 +319,6 @@ class AnnealResult(AbstractResult):
 # A bounded parameter this close to a bound, relative to the bounds' width, is at it (in
 # float64; in float32 the sigmoid's tail ends the minimisation sooner, √ε allows for it).
 _AT_BOUND = 1e-6
-
-
-def _parameter_bounds(problem) -> dict[str, tuple[float, float]]:
-    """{name: (low, high)} of a problem's bounded parameters: an assimilation's `bounds=`
-    (a lazy import, as `deepest._assimilation` builds on this package)."""
-    from .._assimilation import Assimilation
-
-    if not isinstance(problem, Assimilation):
-        return {}
-    return {name: (low, high) for name, low, high in problem.bounds}
 
 
 def _leaf_shapes(tree) -> dict[str, tuple[int, ...]]:

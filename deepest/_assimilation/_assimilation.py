@@ -183,6 +183,25 @@ class Assimilation(AbstractBandedProblem):
         return jnp.concatenate([inner, t[-1:]])
 
     # -- unknowns -----------------------------------------------------------------------
+    @property
+    def parameter_bounds(self) -> dict[str, tuple[float, float]]:
+        """{name: (low, high)} of the parameters given `bounds=`."""
+        return {name: (low, high) for name, low, high in self.bounds}
+
+    def model_sensitivity(self, unknowns: PyTree[Array]) -> Array:
+        """max |wᵀ·∂f/∂x| over the model times of one path, f the model's vector field at
+        the path's parameters and w a fixed random direction (reverse mode, as the
+        minimisers' gradients: a model with a `jax.custom_vjp` has no forward mode)."""
+        theta = self.parameters(unknowns)
+        theta = {name: theta[name] for name in self.estimate}
+        path = unknowns["path"]
+        w = jr.normal(jr.key(0), path.shape[1:], path.dtype)
+
+        def derivative(t, x):
+            return jax.grad(lambda x: jnp.vdot(w, self.field(t, x, theta)))(x)
+
+        return jnp.max(jnp.abs(jax.vmap(derivative)(self.ts, path)))
+
     def parameters(self, unknowns: PyTree[Array]) -> dict[str, Array]:
         """The estimated parameters θ of `unknowns` (bounded ones mapped into their box)."""
         theta = dict(unknowns["params"])
