@@ -4,8 +4,7 @@ import os
 
 import numpy as np
 
-from ..experiments import differences, load
-from ._folder import INCOMPLETE, default_out, resume_source
+from ._folder import INCOMPLETE, resume_source
 from ._laplace import write_laplace
 from ._session import (
     PREPARING,
@@ -15,6 +14,7 @@ from ._session import (
     finish,
     kept_on_interrupt,
     open_folder,
+    read_config,
     start_jax,
     start_plots,
     write_config,
@@ -79,22 +79,6 @@ def anneal_summary(result, data, true_model, horizon: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _resume_config(source: str, config_path: str | None, sets):
-    """The config of the run to resume (its folder's), checked against any given anew."""
-    saved_path = os.path.join(source, "config.yaml")
-    saved = load(saved_path, kind="anneal")
-    if config_path is None and not sets:
-        return saved
-    given = load(config_path or saved_path, sets, kind="anneal")
-    differ = differences(saved.model_dump(), given.model_dump())
-    if differ:
-        raise ValueError(
-            f"--resume {source}: the run there had other settings of {', '.join(differ)}; "
-            "resume it with its own config (omit CONFIG and --set)."
-        )
-    return saved
-
-
 def run_anneal(
     config_path: str | None,
     sets,
@@ -108,13 +92,7 @@ def run_anneal(
 ) -> Outcome:
     """`deepest anneal`. With `laplace`, a complete result also gets the Laplace
     approximation at its minima (laplace.npz, uncertainty.png, ± σ lines in summary.txt)."""
-    source = None
-    if resume is not None:
-        source, out = resume_source(resume)
-        config = _resume_config(source, config_path, sets)
-    else:
-        config = load(config_path, sets, kind="anneal")
-        out = default_out(config_path) if out is None else out
+    config, source, out = read_config("anneal", config_path, sets, out, resume, resume_source)
     jax = start_jax(config.anneal.dtype)
     # With several processes (jax.distributed) process 0 writes; every process reads.
     writes = jax.process_index() == 0

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from ..annealing import CHECKPOINT, INTERRUPT, AbstractProgressMeter, TqdmProgressMeter
-from ._folder import ResultsFolder, rescue
+from ._folder import ResultsFolder, default_out, rescue
 
 # how long the work may take to answer Ctrl-C before the process exits without it
 GRACE = 1.2
@@ -209,6 +209,29 @@ class CommandLineMeter(AbstractProgressMeter):
         session = Session.current
         if session is not None:
             session.phase_name = None
+
+
+def read_config(kind: str, config_path, sets, out, resume, locate):
+    """A command's config, its resumed folder and its results folder: the config read
+    from `config_path` with `sets`; or with `--resume` the folder's own (`locate(resume)`
+    gives the folder and the results folder), checked against any config given anew."""
+    from ..experiments import differences, load
+
+    if resume is None:
+        config = load(config_path, sets, kind=kind)
+        return config, None, default_out(config_path) if out is None else out
+    source, out = locate(resume)
+    saved_path = os.path.join(source, "config.yaml")
+    config = load(saved_path, kind=kind)
+    if config_path is not None or sets:
+        given = load(config_path or saved_path, sets, kind=kind)
+        differ = differences(config.model_dump(), given.model_dump())
+        if differ:
+            raise ValueError(
+                f"--resume {source}: the run there had other settings of {', '.join(differ)}; "
+                "resume it with its own config (omit CONFIG and --set)."
+            )
+    return config, source, out
 
 
 def start_jax(dtype: str):

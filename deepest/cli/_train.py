@@ -1,12 +1,13 @@
 """`deepest train CONFIG.yaml`: the network experiments of "deepest learning" (see
 [`deepest.experiments.TrainConfig`][]), trained by annealing and by backpropagation."""
 
+import functools
 import json
 import os
 
 from ..annealing import CHECKPOINT
-from ..experiments import differences, load, mean_baseline, train_by_annealing, train_by_backprop
-from ._folder import default_out, resume_folder
+from ..experiments import mean_baseline, train_by_annealing, train_by_backprop
+from ._folder import resume_folder
 from ._session import (
     PREPARING,
     CommandLineMeter,
@@ -15,6 +16,7 @@ from ._session import (
     finish,
     kept_on_interrupt,
     open_folder,
+    read_config,
     start_jax,
     start_plots,
     write_config,
@@ -89,21 +91,8 @@ def run_train(
     """`deepest train`. Each architecture (depth) is a step that is kept once done: its
     annealing (result.npz, annealing.json; a checkpoint while it runs) and then its
     backpropagation (record.json); `--resume` goes on from the first step not done."""
-    source = None
-    if resume is not None:
-        source, out = resume_folder(resume, "train")
-        config = load(os.path.join(source, "config.yaml"), kind="train")
-        if config_path is not None or sets:
-            given = load(config_path or os.path.join(source, "config.yaml"), sets, kind="train")
-            differ = differences(config.model_dump(), given.model_dump())
-            if differ:
-                raise ValueError(
-                    f"--resume {source}: the run there had other settings of "
-                    f"{', '.join(differ)}; resume it with its own config (omit CONFIG and --set)."
-                )
-    else:
-        config = load(config_path, sets, kind="train")
-        out = default_out(config_path) if out is None else out
+    locate = functools.partial(resume_folder, command="train")
+    config, source, out = read_config("train", config_path, sets, out, resume, locate)
     start_jax(config.anneal.dtype)
     folder = open_folder(session, out, overwrite, source)
 

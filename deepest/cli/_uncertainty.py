@@ -1,5 +1,6 @@
 """Uncertainty in the command line: `deepest anneal … --laplace` and `deepest pamc CONFIG.yaml`."""
 
+import functools
 import os
 import time
 import warnings
@@ -8,9 +9,8 @@ import numpy as np
 
 from .. import PAMCResult
 from ..annealing import CHECKPOINT
-from ..experiments import differences, load
 from ._anneal import write_results
-from ._folder import default_out, resume_folder
+from ._folder import resume_folder
 from ._laplace import uncertainty_summary, write_uncertainty_plot
 from ._session import (
     PREPARING,
@@ -20,6 +20,7 @@ from ._session import (
     finish,
     kept_on_interrupt,
     open_folder,
+    read_config,
     start_jax,
     start_plots,
     write_config,
@@ -41,21 +42,8 @@ def run_pamc(
 ) -> Outcome:
     """`deepest pamc`: anneal (unless `pamc.start: draws`), then precision annealing Monte
     Carlo, each with its checkpoints (`--resume` goes on from them)."""
-    source = None
-    if resume is not None:
-        source, out = resume_folder(resume, "pamc")
-        config = load(os.path.join(source, "config.yaml"), kind="pamc")
-        if config_path is not None or sets:
-            given = load(config_path or os.path.join(source, "config.yaml"), sets, kind="pamc")
-            differ = differences(config.model_dump(), given.model_dump())
-            if differ:
-                raise ValueError(
-                    f"--resume {source}: the run there had other settings of "
-                    f"{', '.join(differ)}; resume it with its own config (omit CONFIG and --set)."
-                )
-    else:
-        config = load(config_path, sets, kind="pamc")
-        out = default_out(config_path) if out is None else out
+    locate = functools.partial(resume_folder, command="pamc")
+    config, source, out = read_config("pamc", config_path, sets, out, resume, locate)
     start_jax(config.anneal.dtype)
     folder = open_folder(session, out, overwrite, source)
     resume_line = f"continue with `deepest pamc --resume {out}`"
