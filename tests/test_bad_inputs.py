@@ -882,7 +882,7 @@ MODEL = [
     ),
     assimilation(
         "uneven-times",
-        "Assimilation needs equally spaced observation times.",
+        "Assimilation needs equally spaced observation times: times[",
         data=deepest.Observations(
             [0.0, 0.1, 0.3, 0.4, 0.5], VALUES, OBSERVED, truth=np.zeros((5, 8))
         ),

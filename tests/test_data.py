@@ -82,3 +82,23 @@ def test_observed_index_out_of_range_for_model():
     data = deepest.Observations(np.linspace(0, 1, 5), np.zeros((5, 2)), [0, 7])
     with pytest.raises(ValueError, match="out of range"):
         deepest.Assimilation(deepest.models.Lorenz96(), data, rm=1.0, dim=6)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_physical_time_grids_are_equally_spaced(dtype):
+    # issue 23: arange(n)·dt and linspace of a 100 ms window at dt = 0.02 ms were refused
+    # (steps off by 5e-13); their steps differ by < ε·max|t|, the check allows 64·ε·max|t|.
+    from deepest._data import check_equal_spacing
+
+    for times in (
+        np.arange(5001, dtype=dtype) * dtype(0.02),
+        np.linspace(0, 100, 5001, dtype=dtype),
+    ):
+        check_equal_spacing(times, "times")
+        data = deepest.Observations(times, np.zeros((5001, 1), dtype), [0])
+        deepest.Assimilation(deepest.models.Lorenz63(), data, 1.0, dim=3)
+    # one step off by 1e-6 of the span is not rounding: refused, naming it and by how much
+    uneven = np.arange(5001, dtype=np.float64) * 0.02
+    uneven[2500:] += 1e-4
+    with pytest.raises(ValueError, match=r"times\[2500\] − times\[2499\] = 0.02009.* by 0.0001,"):
+        check_equal_spacing(uneven, "times")

@@ -10,7 +10,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
 from .._annealing import AbstractBandedProblem, Block
-from .._data import Observations, check_dimension, concrete, integrate
+from .._data import Observations, check_dimension, check_equal_spacing, concrete, integrate
 from .._misc import renamed_keywords
 from ..models import check_estimate, check_field, parametrised
 from ._checks import check_interval, check_rm
@@ -104,10 +104,7 @@ class Assimilation(AbstractBandedProblem):
             raise ValueError(f"`steps_per_obs` must be a positive integer; got {steps_per_obs}.")
         times = concrete(data.times)
         if times is not None:
-            dts = np.diff(times)
-            # relative to the rounding of the times' own dtype
-            if not np.allclose(dts, dts[0], rtol=1e3 * np.finfo(dts.dtype).eps, atol=0):
-                raise ValueError("Assimilation needs equally spaced observation times.")
+            check_equal_spacing(times, "Assimilation needs equally spaced observation times")
         rm = check_rm(rm, data)
         lo, hi = check_interval("state_range", state_range)
         field, values = parametrised(model, params)

@@ -13,6 +13,7 @@ from ._datasets import (
 from ._twin import (
     Observations as Observations,
     check_dimension as check_dimension,
+    check_equal_spacing as check_equal_spacing,
     check_twin_memory as check_twin_memory,
     concrete as concrete,
     integrate as integrate,

@@ -359,7 +359,6 @@ def _check_grid(times: np.ndarray) -> None:
     """A `ValueError` unless `times` are finite, increasing and equally spaced (to the
     rounding of their dtype, at their size: `dt * arange(n)` passes)."""
     steps = np.diff(times)
-    eps = np.finfo(steps.dtype).eps if steps.dtype.kind == "f" else 0.0
     if not np.all(np.isfinite(times)):
         bad = int(np.flatnonzero(~np.isfinite(times))[0])
         raise ValueError(f"`times` must be finite; times[{bad}] is {times[bad]}.")
@@ -369,13 +368,31 @@ def _check_grid(times: np.ndarray) -> None:
             f"`times` must increase; times[{i + 1}] = {times[i + 1]} follows times[{i}] = "
             f"{times[i]}."
         )
-    uneven = ~np.isclose(steps, steps[0], rtol=1e3 * eps, atol=64 * eps * np.max(np.abs(times)))
-    if np.any(uneven):
-        i = int(np.flatnonzero(uneven)[0])
+    check_equal_spacing(
+        times, "`times` must be equally spaced (Tsit5 takes `substeps` fixed steps per interval)"
+    )
+
+
+def check_equal_spacing(times, message: str) -> None:
+    """A `ValueError` starting with `message` unless the increasing `times` are equally
+    spaced to the rounding of their dtype at the size of the time span: every step within
+    64·ε·max|t| of the mean step. Physical times pass (`dt * arange(n)`, `linspace`, in
+    float64 and float32: their steps differ by a few ε·max|t|); the error names the
+    largest deviation."""
+    times = np.asarray(times)
+    steps = np.diff(times)
+    if not steps.size:
+        return
+    eps = np.finfo(steps.dtype).eps if steps.dtype.kind == "f" else 0.0
+    tolerance = 64 * eps * float(np.max(np.abs(times)))
+    mean = float(np.mean(steps))
+    deviation = np.abs(steps - mean)
+    i = int(np.argmax(deviation))
+    if deviation[i] > tolerance:
         raise ValueError(
-            f"`times` must be equally spaced (Tsit5 takes `substeps` fixed steps per "
-            f"interval); times[{i + 1}] − times[{i}] = {steps[i]} but times[1] − times[0] = "
-            f"{steps[0]}."
+            f"{message}: times[{i + 1}] − times[{i}] = {float(steps[i])!r} differs from the mean "
+            f"step {mean!r} by {deviation[i]:.3g}, more than their rounding allows "
+            f"({tolerance:.3g} = 64·ε·max|t|)."
         )
 
 
