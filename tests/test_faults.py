@@ -443,6 +443,77 @@ def test_train_resumes_where_it_stopped(tmp_path):
                     assert resumed[depth][part][k] == errors[depth][part][k]
 
 
+# -- folders of interrupted runs, and what one process leaves for the next ---------------------
+
+
+def test_a_rerun_never_deletes_an_interrupted_runs_checkpoints(tmp_path):
+    from deepest.cli._folder import ResultsFolder
+
+    out = str(tmp_path / "run")
+    for where in (
+        "checkpoints/group-0/checkpoint.eqx",
+        "L003/checkpoint.eqx",
+        "pamc-checkpoint.npz",
+    ):
+        path = os.path.join(out + ".incomplete", where)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+        with pytest.raises(FileExistsError, match="holds an interrupted run"):
+            ResultsFolder(out, overwrite=False)
+        assert os.path.exists(path) and not os.path.exists(out + ".lock")
+        os.remove(path)
+
+
+def test_resume_takes_the_newer_of_a_partial_result_and_its_killed_resumption(tmp_path):
+    from deepest.cli._folder import resume_source
+
+    out = str(tmp_path / "run")
+    for folder in (out, out + ".incomplete"):  # published partial, then its resume killed
+        os.makedirs(folder)
+        open(os.path.join(folder, deepest.annealing.CHECKPOINT), "w").close()
+    assert resume_source(out) == (out + ".incomplete", out)
+
+
+def test_resume_of_a_complete_folder_is_refused(tmp_path, capsys):
+    os.makedirs(tmp_path / "done")
+    for command in ("pamc", "train"):
+        assert main([command, "--resume", str(tmp_path / "done")]) == 2
+        assert "is complete; there is nothing to resume" in capsys.readouterr().err
+
+
+def test_a_stop_asked_of_one_run_does_not_reach_the_next(tmp_path):
+    deepest.annealing.INTERRUPT.set()  # e.g. a Ctrl-C answered after its run had finished
+    out = tmp_path / "run"
+    assert main(["anneal", write_config(tmp_path, TINY), "--out", str(out), "--quiet"]) == 0
+    assert not deepest.load_result(out).partial
+
+
+def test_sessions_leave_no_threads_nor_stderr_behind(tmp_path):
+    before = threading.active_count()
+    for i in range(3):
+        assert (
+            main(["anneal", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / f"r{i}")]) == 2
+        )
+    time.sleep(0.5)
+    assert threading.active_count() <= before
+    assert sys.stderr.__class__.__name__ != "_Stamped"
+
+
+def test_the_compiled_loop_is_checked_against_the_memory_left(monkeypatch):
+    import deepest._annealing._runner as runner
+
+    problem, schedule = _tiny_problem()
+    # the estimate before the start passes; the compiled program's working memory does not
+    monkeypatch.setattr(runner, "check_resources", lambda *args, **kwargs: 0)
+    monkeypatch.setattr(runner, "available_memory", lambda devices: (1000, "the host"))
+    import deepest._annealing._anneal as entry
+
+    monkeypatch.setattr(entry, "check_resources", lambda *args, **kwargs: 0)
+    with pytest.raises(ValueError, match="compiled annealing loop needs .* 1 kB are free"):
+        deepest.anneal(problem, schedule, 3, _key(), progress=False)
+    deepest.anneal(problem, schedule, 3, _key(), progress=False, check_memory=False)
+
+
 # The faults above, one line each: what tests/test_bad_inputs.py counts with its groups.
 FAULTS = [
     "a second run for the same --out, while the first runs",
@@ -460,4 +531,10 @@ FAULTS = [
     "silence: the first output and the longest stretch without output",
     "pamc killed mid-sampling, resumed",
     "train interrupted between depths, resumed",
+    "a rerun without --resume over an interrupted sweep's, train's or pamc's checkpoints",
+    "--resume of a published partial result whose own resumption was killed",
+    "pamc or train --resume of a complete folder",
+    "a stop asked of one in-process run reaching the next",
+    "sessions leaving threads or a wrapped stderr behind",
+    "a compiled loop whose working memory exceeds what is left",
 ]

@@ -108,7 +108,16 @@ def anneal(
     **Returns:** an [`deepest.AnnealResult`][].
     """
     settings = RunSettings.check(
-        schedule, n_paths, save_betas, ftol, gtol, max_evaluations, minimiser, dtype, progress
+        schedule,
+        n_paths,
+        save_betas,
+        ftol,
+        gtol,
+        max_evaluations,
+        minimiser,
+        dtype,
+        progress,
+        check_memory,
     )
     check_checkpointing(checkpoint_every, resume)
     if key is None and init is None:

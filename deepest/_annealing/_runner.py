@@ -147,10 +147,20 @@ class RunSettings(eqx.Module):
     minimiser: AbstractMinimiser
     dtype: np.dtype
     meter: AbstractProgressMeter
+    check_memory: bool = True
 
     @staticmethod
     def check(
-        schedule, n_paths, save_betas, ftol, gtol, max_evaluations, minimiser, dtype, progress
+        schedule,
+        n_paths,
+        save_betas,
+        ftol,
+        gtol,
+        max_evaluations,
+        minimiser,
+        dtype,
+        progress,
+        check_memory=True,
     ):
         """The settings of `anneal`'s (or `sweep`'s) arguments, or a clear error."""
         if not isinstance(schedule, AnnealSchedule):
@@ -174,7 +184,15 @@ class RunSettings(eqx.Module):
         dtype = _resolve_dtype(dtype)
         ftol, gtol = _tolerances(dtype, ftol, gtol)
         return RunSettings(
-            int(n_paths), save_betas, ftol, gtol, int(max_evaluations), minimiser, dtype, meter
+            int(n_paths),
+            save_betas,
+            ftol,
+            gtol,
+            int(max_evaluations),
+            minimiser,
+            dtype,
+            meter,
+            bool(check_memory),
         )
 
     def loop_config(self, n_beta: int) -> LoopConfig:
@@ -342,7 +360,18 @@ class Interruption:
 
 
 def _run_chunks(
-    problem, y0, rf_table, factors, config, devices, fps, checkpoint, every, resume, batched=False
+    problem,
+    y0,
+    rf_table,
+    factors,
+    config,
+    devices,
+    fps,
+    checkpoint,
+    every,
+    resume,
+    batched=False,
+    check_memory=True,
 ):
     """Run the loop chunk by chunk from a fresh state or a checkpoint (`batched`: with a
     leading axis of settings, as for a sweep). A checkpoint is written every `every`
@@ -365,6 +394,8 @@ def _run_chunks(
     )
     config.progress_meter.compiling(lowered.as_text().count("\n"))
     advance = lowered.compile()
+    if check_memory:
+        _check_compiled_memory(advance, devices)
     compile_time = time.perf_counter() - start
 
     def save(run_time):
@@ -490,6 +521,7 @@ def run_loop(
         checkpoint_every,
         resume,
         batched,
+        settings.check_memory,
     )
     stats = {"run_time": run_time, "compile_time": compile_time, "n_devices": len(devices)}
     return hosts.get(state), stats, partial
@@ -537,6 +569,28 @@ def memory_estimate(problem, schedule, settings: RunSettings, devices) -> tuple[
     # the initial paths, their draws (unknowns) and a host copy of each lane's records
     per_lane += 2 * flat.size * dtype.itemsize + per_lane
     return one - (two - one), per_lane
+
+
+def _check_compiled_memory(compiled, devices) -> None:
+    """After the compile, before the first chunk: refuse a loop whose working memory and
+    outputs (XLA's memory analysis of the compiled program; the inputs are already
+    allocated) exceed the memory still free — the eval_shape estimate before the start
+    counts the state only, and a minimiser's working arrays (Levenberg–Marquardt's banded
+    normal equations) can be twice that."""
+    compiled = getattr(compiled, "compiled", compiled)  # equinox's wrapper of jax's
+    try:
+        analysis = compiled.memory_analysis()
+        need = int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes)
+    except (AttributeError, NotImplementedError, RuntimeError, TypeError):
+        return  # a backend without the analysis
+    free, where = available_memory(devices)
+    if free is not None and need > free:
+        raise ValueError(
+            f"The compiled annealing loop needs {format_bytes(need)} more (its working "
+            f"arrays and outputs, by XLA's memory analysis); {format_bytes(free)} are free "
+            f"on {where}. Pass fewer paths, or check_memory=False (the command line's "
+            "--force) to try anyway."
+        )
 
 
 def check_resources(problem, schedule, settings: RunSettings, devices, checkpoint, n_settings=1):

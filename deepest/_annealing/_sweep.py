@@ -101,7 +101,16 @@ def sweep(
     settings = None
     for schedule in schedules:
         settings = RunSettings.check(
-            schedule, n_paths, save_betas, ftol, gtol, max_evaluations, minimiser, dtype, progress
+            schedule,
+            n_paths,
+            save_betas,
+            ftol,
+            gtol,
+            max_evaluations,
+            minimiser,
+            dtype,
+            progress,
+            check_memory,
         )
     devices = tuple(jax.devices() if devices is None else devices)
     if check_memory:  # as if every point ran in one program: the most a sweep can need

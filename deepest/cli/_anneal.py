@@ -96,7 +96,7 @@ def run_anneal(
     jax = start_jax(config.anneal.dtype)
     # With several processes (jax.distributed) process 0 writes; every process reads.
     writes = jax.process_index() == 0
-    folder = open_folder(session, out, overwrite, source) if writes else None
+    folder = open_folder(session, out, overwrite, source, shared=True)
     path = folder.path if writes else os.path.normpath(out) + INCOMPLETE
 
     def work() -> Outcome:

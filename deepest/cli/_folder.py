@@ -155,6 +155,7 @@ class ResultsFolder:
     def __init__(self, out: str, overwrite: bool, resume_from: str | None = None):
         self.out = os.path.normpath(out)
         self.path = self.out + INCOMPLETE
+        self.published = False
         check_out(self.out)
         os.makedirs(os.path.dirname(os.path.abspath(self.out)), exist_ok=True)
         self.lock = FolderLock(self.out)
@@ -176,7 +177,7 @@ class ResultsFolder:
                 shutil.copytree(resume_from, self.path)
             return
         if os.path.isdir(self.path):
-            if os.path.exists(os.path.join(self.path, CHECKPOINT)) and not overwrite:
+            if holds_work(self.path) and not overwrite:
                 raise FileExistsError(
                     f"{self.path} holds an interrupted run: continue it with "
                     f"`--resume {self.out}` or discard it with --overwrite."
@@ -200,6 +201,7 @@ class ResultsFolder:
             os.replace(self.out, old)
             os.replace(self.path, self.out)
             shutil.rmtree(old)
+        self.published = True
         sync_folder(os.path.dirname(os.path.abspath(self.out)))
         self.lock.release()
         return self.out
@@ -241,11 +243,12 @@ def rescue(out: str, write, tries: int = 3, pause: float = 1.0) -> str:
 
 def resume_source(directory: str) -> tuple[str, str]:
     """The folder holding the checkpoint to resume for `--resume DIRECTORY`, and the results
-    folder the resumed run publishes: `DIRECTORY` itself (a partial result) or its
-    `.incomplete` sibling (a killed run)."""
+    folder the resumed run publishes: its `.incomplete` sibling (a killed run, or a
+    resumed one killed: newer than a published partial result) or `DIRECTORY` itself (a
+    partial result)."""
     directory = os.path.normpath(directory)
     out = directory[: -len(INCOMPLETE)] if directory.endswith(INCOMPLETE) else directory
-    for source in (directory, out + INCOMPLETE):
+    for source in (out + INCOMPLETE, directory):
         if os.path.isfile(os.path.join(source, CHECKPOINT)):
             return source, out
     raise ValueError(
@@ -256,13 +259,24 @@ def resume_source(directory: str) -> tuple[str, str]:
 
 def resume_folder(directory: str, command: str) -> tuple[str, str]:
     """For `deepest pamc|train --resume DIRECTORY`: the folder of the interrupted run (its
-    config.yaml; the `.incomplete` sibling first) and the results folder it publishes."""
+    config.yaml and finished work; these commands keep an interrupted run unpublished, in
+    `OUT.incomplete`) and the results folder it publishes."""
     directory = os.path.normpath(directory)
     out = directory[: -len(INCOMPLETE)] if directory.endswith(INCOMPLETE) else directory
-    for source in (out + INCOMPLETE, directory):
-        if os.path.isfile(os.path.join(source, "config.yaml")):
-            return source, out
+    source = out + INCOMPLETE
+    if os.path.isfile(os.path.join(source, "config.yaml")):
+        return source, out
+    if os.path.isdir(out):
+        raise ValueError(f"--resume {directory}: {out} is complete; there is nothing to resume.")
     raise ValueError(
-        f"--resume {directory}: no interrupted {command} there nor in {out + INCOMPLETE} "
-        "(its config.yaml)."
+        f"--resume {directory}: no interrupted {command} in {source} (its config.yaml)."
     )
+
+
+def holds_work(path: str) -> bool:
+    """Whether the folder `path` holds finished work (a checkpoint, a result, anywhere
+    below it), not only a run's config."""
+    for _, _, names in os.walk(path):
+        if any(n not in ("config.yaml", "sweep.yaml") for n in names):
+            return True
+    return False

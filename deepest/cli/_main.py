@@ -131,11 +131,20 @@ def main(argv=None) -> int:
         session.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. results that could not be written anywhere
+        session.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         session.close()
-        print("interrupted before anything was finished; nothing written", file=sys.stderr)
+        print(
+            "interrupted: what was finished is kept where a line above says; "
+            f"`deepest {args.command} --resume FOLDER` continues it",
+            file=sys.stderr,
+        )
         return 130
-    session.close()
+    finally:
+        session.close()
     out, partial = outcome.out, outcome.partial
     print(outcome.summary, end="")
     print(f"results{' (partial)' if partial else ''}: {out}")

@@ -20,8 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from ..annealing import CHECKPOINT, INTERRUPT, AbstractProgressMeter, TqdmProgressMeter
-from ._folder import ResultsFolder, default_out, rescue
+from ._folder import ResultsFolder, default_out, holds_work, rescue
 
 # how long the work may take to answer Ctrl-C before the process exits without it
 GRACE = 1.2
@@ -64,11 +66,16 @@ class Session:
             return
         self.stderr = _Stamped(sys.stderr)
         sys.stderr = self.stderr
+        self._stop = threading.Event()
         threading.Thread(target=self._beat, daemon=True).start()
 
     def close(self) -> None:
+        """Stop the heartbeat and give stderr back (idempotent)."""
         Session.current = None
-        if not self.quiet and sys.stderr is self.stderr:
+        if self.quiet:
+            return
+        self._stop.set()
+        if sys.stderr is self.stderr:
             self._end_line()
             sys.stderr = self.stderr.stream
 
@@ -99,8 +106,7 @@ class Session:
             self.phase_name = None
 
     def _beat(self):
-        while True:
-            time.sleep(0.2)
+        while not self._stop.wait(0.2):
             name, now = self.phase_name, time.monotonic()
             if name is None or now - self.stderr.last < HEARTBEAT:
                 continue
@@ -118,12 +124,15 @@ class Session:
         within `GRACE` seconds (or on a second Ctrl-C), `kept()` says what is on disk and
         the process exits with code 130 at once. If `work` raises, the results `folder`
         (a `ResultsFolder`) is kept where it holds finished work to resume, else removed."""
+        INTERRUPT.clear()  # a stop asked of an earlier run in this process is not this one's
         try:
             return self._run(work, kept)
         except BaseException:
             if folder is not None:
-                folder.keep() if holds_work(folder) else folder.discard()
+                folder.keep() if holds_work(folder.path) else folder.discard()
             raise
+        finally:
+            INTERRUPT.clear()
 
     def _run(self, work, kept):
         box, done = {}, threading.Event()
@@ -252,14 +261,35 @@ def start_plots() -> None:
     import matplotlib.pyplot  # noqa: F401
 
 
-def open_folder(session: Session, out: str, overwrite: bool, source=None) -> ResultsFolder:
+def open_folder(
+    session: Session, out: str, overwrite: bool, source=None, shared: bool = False
+) -> ResultsFolder | None:
     """The results folder `out`, locked, before any compute (a note if a dead run's lock
-    was taken over); then the session's first line."""
-    folder = ResultsFolder(out, overwrite, resume_from=source)
-    how = f"resuming {source}" if source else "writing"
-    session.say(f"{session.command}: {how} {folder.out}")
-    if folder.lock.note:
-        session.say(folder.lock.note)
+    was taken over); then the session's first line. `shared`: a command run by several
+    processes (`jax.distributed`), whose process 0 alone writes: every process learns
+    whether it could open the folder (the others get `None`), so that none starts work
+    that process 0 has refused."""
+    import jax
+
+    folder, error = None, None
+    if not shared or jax.process_index() == 0:
+        try:
+            folder = ResultsFolder(out, overwrite, resume_from=source)
+        except (ValueError, FileExistsError) as e:
+            error = e
+    if shared and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        opened = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+        if not opened and error is None:
+            raise ValueError(f"process 0 could not open {out}; its error says why.")
+    if error is not None:
+        raise error
+    if folder is not None:
+        how = f"resuming {source}" if source else "writing"
+        session.say(f"{session.command}: {how} {folder.out}")
+        if folder.lock.note:
+            session.say(folder.lock.note)
     return folder
 
 
@@ -294,12 +324,14 @@ def finish(
         session.say(f"cannot write {folder.path} ({e.strerror}): writing the results elsewhere")
 
         def rescued(where):
+            # what the folder holds (config, earlier results, checkpoints), then the rest
+            shutil.copytree(folder.path, where, dirs_exist_ok=True)
             write(where)
-            if os.path.exists(folder.file(CHECKPOINT)):
-                shutil.copy2(folder.file(CHECKPOINT), os.path.join(where, CHECKPOINT))
+            if not partial:
+                _remove_checkpoints(where)
 
         where = rescue(folder.out, rescued)
-        folder.keep()
+        folder.keep() if partial else folder.discard()
         failed = f"{folder.out} could not be written ({e.strerror}); the results are in {where}"
         return Outcome(where, partial, "", failed)
     except Exception as e:  # noqa: BLE001 - the finished result is published regardless
@@ -314,19 +346,21 @@ def finish(
         failed = None
     if partial:
         summary = f"PARTIAL RESULT: {resume}\n" + summary if "PARTIAL" not in summary else summary
-    elif os.path.exists(folder.file(CHECKPOINT)):
-        os.remove(folder.file(CHECKPOINT))  # a complete result has nothing to resume
-    folder.publish()
+    else:
+        _remove_checkpoints(folder.path)  # a complete result has nothing to resume
+    with session.phase(f"publishing {folder.out}"):
+        folder.publish()
     return Outcome(folder.out, partial, summary, failed)
 
 
-def holds_work(folder: ResultsFolder) -> bool:
-    """Whether the folder being written holds finished work (a checkpoint, a result), not
-    only the run's config."""
-    for _, _, names in os.walk(folder.path):
-        if any(n not in ("config.yaml", "sweep.yaml") for n in names):
-            return True
-    return False
+def _remove_checkpoints(path: str) -> None:
+    """The checkpoints of a run in `path` (annealing, a sweep's programs, PAMC)."""
+    from .. import PAMCResult
+
+    for name in (CHECKPOINT, PAMCResult.checkpoint_name):
+        if os.path.exists(os.path.join(path, name)):
+            os.remove(os.path.join(path, name))
+    shutil.rmtree(os.path.join(path, "checkpoints"), ignore_errors=True)
 
 
 def kept_on_interrupt(folder: ResultsFolder | None, command: str, out: str) -> str:
@@ -334,7 +368,9 @@ def kept_on_interrupt(folder: ResultsFolder | None, command: str, out: str) -> s
     finished work of an interrupted run (and how to resume it), or nothing."""
     if folder is None:
         return "interrupted"
-    if holds_work(folder):
+    if folder.published:
+        return f"interrupted after the results were published: {folder.out} is complete"
+    if holds_work(folder.path):
         folder.keep()
         return (
             f"interrupted: the finished work is kept in {folder.path} (checkpoints and "

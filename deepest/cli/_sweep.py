@@ -18,7 +18,6 @@ parameters, converged fraction, stop reasons, times) and `sweep.png`.
 
 import csv
 import os
-import shutil
 
 import numpy as np
 
@@ -131,7 +130,7 @@ def run_sweep(
     jax = start_jax(points[0].config.anneal.dtype)
     # With several processes (jax.distributed) process 0 writes; every process reads.
     writes = jax.process_index() == 0
-    folder = open_folder(session, out, overwrite, source) if writes else None
+    folder = open_folder(session, out, overwrite, source, shared=True)
     checkpoints = os.path.join(folder.path if writes else out + INCOMPLETE, "checkpoints")
 
     def work() -> Outcome:
@@ -187,10 +186,7 @@ def run_sweep(
                     result.save(os.path.join(where, f"point-{i:03d}"), overwrite=True)
 
         resume_line = f"continue with `deepest sweep --resume {out}`"
-        outcome = finish(session, folder, write, partial=partial, save=save, resume=resume_line)
-        if not partial and os.path.isdir(os.path.join(outcome.out, "checkpoints")):
-            shutil.rmtree(os.path.join(outcome.out, "checkpoints"), ignore_errors=True)
-        return outcome
+        return finish(session, folder, write, partial=partial, save=save, resume=resume_line)
 
     return session.run(work, lambda: kept_on_interrupt(folder, "sweep", out), folder)
 
@@ -219,7 +215,7 @@ def _sweep_source(directory: str) -> tuple[str, str]:
     folder (as for `deepest anneal --resume`)."""
     directory = os.path.normpath(directory)
     out = directory[: -len(INCOMPLETE)] if directory.endswith(INCOMPLETE) else directory
-    for source in (directory, out + INCOMPLETE):
+    for source in (out + INCOMPLETE, directory):  # the newer first, as `resume_source`
         if os.path.isdir(os.path.join(source, "checkpoints")) and os.path.isfile(
             os.path.join(source, "sweep.yaml")
         ):

@@ -101,8 +101,6 @@ def run_pamc(
         def write(where):
             with session.phase("results: samples, plots and summary"):
                 mc.save(where, overwrite=True)
-                if os.path.exists(folder.file(PAMC_CHECKPOINT)):
-                    os.remove(folder.file(PAMC_CHECKPOINT))  # complete: nothing to resume
                 ax = plot_expected_action(mc, result)
                 ax.figure.savefig(
                     os.path.join(where, "expected_action.png"), dpi=120, bbox_inches="tight"
@@ -139,7 +137,6 @@ def run_pamc(
         def save(where):
             mc.save(where, overwrite=True)
 
-        outcome = finish(session, folder, write, partial=False, save=save, resume=resume_line)
-        return outcome
+        return finish(session, folder, write, partial=False, save=save, resume=resume_line)
 
     return session.run(work, lambda: kept_on_interrupt(folder, "pamc", out), folder)
