@@ -46,6 +46,9 @@ class Stamped:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=ROOT,
+            # Ctrl-C as at a terminal, also when this script runs in the background (whose
+            # children inherit SIGINT ignored)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.chunks = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -82,6 +85,7 @@ class Stamped:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["silence", "ctrl-c", "size"])
     args = parser.parse_args()
     quick = ["--set", "anneal.n_paths=8", "--set", "anneal.n_beta=12"] if args.quick else []
     quick_pamc = (
@@ -96,19 +100,30 @@ def main():
             + ("  anneal.n_paths: [8]\n  anneal.n_beta: [12]\n" if args.quick else "")
         )
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    print("\n1. silence (s): first output, longest stretch without output")
     commands = {
         "anneal": ["anneal", "configs/lorenz96_L12.yaml", *quick],
         "anneal --laplace": ["anneal", "configs/lorenz96_L12.yaml", "--laplace", *quick],
         "pamc": ["pamc", "configs/lorenz96_L12_pamc.yaml", *quick_pamc],
         "sweep (2 points)": ["sweep", sweep],
     }
+    if "silence" not in args.skip:
+        silence(commands, tmp)
+    if "ctrl-c" not in args.skip:
+        ctrl_c(commands, tmp)
+    if "size" not in args.skip:
+        size(tmp)
+
+
+def silence(commands, tmp):
+    print("\n1. silence (s): first output, longest stretch without output")
     for i, (name, command) in enumerate(commands.items()):
         run = Stamped([*command, "--out", os.path.join(tmp, f"silence-{i}"), "--no-progress"])
         code = run.finish()
         first, longest = run.silences()
         print(f"  {name:<20} exit {code}   first {first:5.2f}   longest silence {longest:5.2f}")
 
+
+def ctrl_c(commands, tmp):
     print("\n2. Ctrl-C (s): signal to exit, at the start of each phase")
     phases = [
         ("anneal", "data and problem: building"),
@@ -136,10 +151,18 @@ def main():
         said = run.err.strip().splitlines()[-1][:90]
         print(f"  {name:<20} {phase[:32]:<34} {took:5.2f}   exit {code}   {said}")
 
+
+def size(tmp):
     print("\n3. a run too large for the memory")
     run = Stamped(
-        ["anneal", "configs/lorenz96_L12.yaml", "--set", "anneal.n_paths=1000000000", "--out",
-         os.path.join(tmp, "huge")],
+        [
+            "anneal",
+            "configs/lorenz96_L12.yaml",
+            "--set",
+            "anneal.n_paths=1000000000",
+            "--out",
+            os.path.join(tmp, "huge"),
+        ],
         program=CLI_RSS,
     )
     code = run.finish()

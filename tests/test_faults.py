@@ -82,6 +82,8 @@ class Watched:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=ROOT,
+            # Ctrl-C as at a terminal, even under a runner whose children inherit it ignored
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.chunks: list[tuple[float, str]] = []
         self.stdout = b""
