@@ -483,11 +483,25 @@ def test_resume_of_a_complete_folder_is_refused(tmp_path, capsys):
         assert "is complete; there is nothing to resume" in capsys.readouterr().err
 
 
-def test_a_stop_asked_of_one_run_does_not_reach_the_next(tmp_path):
+def test_a_stop_asked_of_one_run_does_not_reach_the_next(tmp_path, capsys):
     deepest.annealing.INTERRUPT.set()  # e.g. a Ctrl-C answered after its run had finished
     out = tmp_path / "run"
     assert main(["anneal", write_config(tmp_path, TINY), "--out", str(out), "--quiet"]) == 0
     assert not deepest.load_result(out).partial
+    assert capsys.readouterr().err == ""  # --quiet: nothing on stderr but errors
+
+
+def test_checkpoints_that_cannot_fit_on_their_disk_are_refused(tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    import deepest._annealing._runner as runner
+
+    problem, schedule = _tiny_problem()
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(ValueError, match=r"checkpoints need about .* 1 kB are free there"):
+        deepest.anneal(problem, schedule, 3, _key(), progress=False, checkpoint=tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
 
 
 def test_sessions_leave_no_threads_nor_stderr_behind(tmp_path):
@@ -539,4 +553,5 @@ FAULTS = [
     "a stop asked of one in-process run reaching the next",
     "sessions leaving threads or a wrapped stderr behind",
     "a compiled loop whose working memory exceeds what is left",
+    "checkpoints that cannot fit on their disk",
 ]
