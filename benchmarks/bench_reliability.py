@@ -28,11 +28,15 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = "import sys; from deepest.cli import main; sys.exit(main(sys.argv[1:]))"
+CLI = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from deepest.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 CLI_RSS = (
-    "import resource, sys; from deepest.cli import main; code = main(sys.argv[1:]); "
-    "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
-    "sys.exit(code)"
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from deepest.cli import main; code = main(sys.argv[1:]); "
+    "peak = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]; "
+    "print('maxrss', *peak, file=sys.stderr); sys.exit(code)"
 )
 
 
@@ -46,9 +50,6 @@ class Stamped:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=ROOT,
-            # Ctrl-C as at a terminal, also when this script runs in the background (whose
-            # children inherit SIGINT ignored)
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.chunks = []
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -1487,12 +1487,12 @@ CLI = [
     Command(
         "pamc-resume-nothing",
         ("pamc", "--resume", "{tmp}/gone"),
-        "--resume {tmp}/gone: no interrupted pamc there nor in {tmp}/gone.incomplete",
+        "--resume {tmp}/gone: no interrupted pamc in {tmp}/gone.incomplete",
     ),
     Command(
         "train-resume-nothing",
         ("train", "--resume", "{tmp}/out"),
-        "--resume {tmp}/out: no interrupted train there nor in {tmp}/out.incomplete",
+        "--resume {tmp}/out: no interrupted train in {tmp}/out.incomplete",
     ),
     Command(
         "train-set-experiment",

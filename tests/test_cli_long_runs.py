@@ -29,7 +29,10 @@ LONG = {
     "anneal": {"rf0": 1e-4, "alpha": 1.5, "n_beta": 40, "n_paths": 32},
     "output": {"forecast_horizon": 0.2, "checkpoint_every": 0.01},
 }
-_CLI = "import sys; from deepest.cli import main; sys.exit(main(sys.argv[1:]))"
+_CLI = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from deepest.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def _start(*args):
@@ -38,8 +41,6 @@ def _start(*args):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # Ctrl-C as at a terminal, even under a runner whose children inherit it ignored
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
