@@ -256,7 +256,7 @@ def test_sweep_index_rows_equal_the_separate_runs(tmp_path):
         # 3.9e-11 in the forcing and 5.0e-11 in the RMS error. Every path reaches the same
         # minimum (final actions within 2e-15), so `best` may pick another path on another
         # CPU: the forcing differs across paths by 3.3e-11 at most. 1e-8 keeps a 200× margin;
-        # a row of another point or path would differ by ≥ 1e-3.
+        # a row of another point (other data, other R_f) differs by far more.
         assert float(row["best_action"]) == pytest.approx(alone.action[-1, best], rel=1e-8)
         assert float(row["measurement_error"]) == pytest.approx(
             alone.measurement_error[-1, best], rel=1e-8
