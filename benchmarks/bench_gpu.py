@@ -30,8 +30,9 @@ in the device notes), and a dry run fails if anything imported it. `tests/test_g
 checks that `build` gives what `deepest.experiments` builds.
 
 `--dry-run` runs every row at toy size on one CPU device (the GPU rows labelled so), with
-XLA's optimisations off to compile faster, in under a minute: `make test` runs it through
-`gpu.sh` so that the script cannot rot. Its figures mean nothing. `--quick` is the same.
+XLA's optimisations off to compile faster, in about a minute on 2 cores: `make test` runs
+it through `gpu.sh` so that the script cannot rot. Its figures mean nothing. `--quick` is
+the same.
 
     PYTHONPATH=. python3 benchmarks/bench_gpu.py [--dry-run] [--budget 540] [--out FILE]
 """

@@ -19,6 +19,10 @@ budget="${GPU_BENCH_BUDGET:-540}"
 out="${OUT:?set OUT to the folder that receives gpu_bench.md}"
 mkdir -p "$out"
 
+if ! command -v "$python" >/dev/null; then
+    echo "gpu.sh: no interpreter $python (set PYTHON)" >&2
+    exit 2
+fi
 echo "gpu.sh: $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname), python: $(command -v "$python")"
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
