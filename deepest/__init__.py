@@ -32,6 +32,7 @@ from ._data import (
 from ._assimilation import (
     AbstractTraining as AbstractTraining,
     Assimilation as Assimilation,
+    Background as Background,
     ContinuousAssimilation as ContinuousAssimilation,
     LayeredTraining as LayeredTraining,
     RecurrentTraining as RecurrentTraining,

@@ -153,7 +153,7 @@ def _residuals_by_hand(y, problem, rf, chol, mean):
     misfit = path[::SPO][:, list(OBSERVED)] - values
     n_m, n_f = values.size, DIM * (n_model - 1)
     h = DT / SPO
-    f = path @ jnp.asarray(A).T + c
+    f = path @ jnp.asarray(A).T + c[None]
     model = path[1:] - path[:-1] - h / 2 * (f[1:] + f[:-1])
     z = jnp.concatenate([path[0], c])
     return jnp.concatenate(
@@ -178,7 +178,7 @@ def _closed_form():
     n = ((N_OBS - 1) * SPO + 1) * DIM + DIM
     residuals = lambda y: _residuals_by_hand(y, problem, rf, chol, mean)  # noqa: E731
     zero = jnp.zeros(n)
-    jac = np.asarray(jax.jacfwd(residuals)(zero))
+    jac = np.asarray(jax.jit(jax.jacfwd(residuals))(zero))
     minimiser = np.linalg.lstsq(jac, -np.asarray(residuals(zero)), rcond=None)[0]
     return problem, schedule, minimiser, jac.T @ jac, residuals
 

@@ -1,6 +1,7 @@
 """Actions: state and parameter estimation, network training, and the continuous action."""
 
 from ._assimilation import Assimilation as Assimilation
+from ._background import Background as Background
 from ._continuous import (
     ContinuousAssimilation as ContinuousAssimilation,
     discrete_weights as discrete_weights,

@@ -13,6 +13,7 @@ from .._annealing import AbstractBandedProblem, Block
 from .._data import Observations, check_dimension, check_equal_spacing, concrete, integrate
 from .._misc import renamed_keywords
 from ..models import check_estimate, check_field, parametrised
+from ._background import Background
 from ._checks import check_interval, check_rm
 from ._discretisation import AbstractDiscretisation, as_discretisation
 
@@ -30,6 +31,17 @@ class Assimilation(AbstractBandedProblem):
     [`deepest.discretisations`][]).
     With `mask`ed data the first denominator counts measured entries. With R_m = 1/σ² the
     measurement term of a path consistent with the data is ≈ 1.
+
+    A `background` N(x_b, B) (a [`deepest.Background`][]) adds the Gaussian prior
+    ½(z − x_b)ᵀB⁻¹(z − x_b) on z = x₀ (or x₀ and θ) to the unnormalised action
+    A₀ = (n_m/2)·A whatever R_f, with n_m = L·N_obs the first denominator; so to A it adds
+
+    $$\frac{1}{L N_\text{obs}} (z − x_b)^\top B^{-1} (z − x_b),$$
+
+    a block of weight 1 averaged over the measurement term's count, whose residuals
+    L_B⁻¹(z − x_b) (B = L_B·L_Bᵀ) sit on the first node's banded row, so that the
+    minimisers, their preconditioner, [`deepest.laplace`][] and [`deepest.pamc`][] see
+    it. It does not depend on R_f, so it is counted in `measurement_error`.
 
     The model grid has `steps_per_obs` steps between observation times, so
     N_model = (N_obs − 1)·steps_per_obs + 1.
@@ -56,6 +68,9 @@ class Assimilation(AbstractBandedProblem):
       ±50% around the model's value).
     - `bounds`: {name: (low, high)} hard bounds for estimated parameters, enforced by the
       smooth map θ = low + (high − low)·sigmoid(u) (the unknown is `u`; results report θ).
+    - `background`: a [`deepest.Background`][] on the first state (its `mean` has D
+      entries) or on the first state and the estimated parameters (D + p entries, θ
+      flattened in `estimate` order); default none.
     - `discretization`: deprecated, the former spelling of `discretisation` (warns).
 
     **Example:**
@@ -75,6 +90,7 @@ class Assimilation(AbstractBandedProblem):
     state_range: tuple[float, float] = eqx.field(static=True)
     param_ranges: tuple[tuple[str, float, float], ...] = eqx.field(static=True)
     bounds: tuple[tuple[str, float, float], ...] = eqx.field(static=True)
+    background: Background | None
 
     @renamed_keywords(discretization="discretisation")
     def __init__(
@@ -91,6 +107,7 @@ class Assimilation(AbstractBandedProblem):
         state_range: tuple[float, float] = (-10.0, 10.0),
         param_ranges: Mapping[str, tuple[float, float]] | None = None,
         bounds: Mapping[str, tuple[float, float]] | None = None,
+        background: Background | None = None,
     ):
         if not isinstance(data, Observations):
             raise TypeError(f"`data` must be deepest.Observations; got {type(data).__name__}.")
@@ -141,6 +158,18 @@ class Assimilation(AbstractBandedProblem):
                 v = float(np.mean(value))
                 a, b = sorted((0.5 * v, 1.5 * v)) if v != 0 else (-1.0, 1.0)
             ranges.append((name, float(a), float(b)))
+        if background is not None:
+            if not isinstance(background, Background):
+                raise TypeError(
+                    f"`background` must be a deepest.Background; got {type(background).__name__}."
+                )
+            n_params = sum(int(np.size(values[name])) for name in estimate)
+            if background.size not in {dim, dim + n_params}:
+                both = f" or on it and the estimated parameters ({dim + n_params})"
+                raise ValueError(
+                    f"`background` must be on the first state ({dim} entries)"
+                    f"{both if n_params else ''}; its mean has {background.size}."
+                )
         self.field = field
         self.values = values
         self.data = data
@@ -152,6 +181,7 @@ class Assimilation(AbstractBandedProblem):
         self.state_range = (lo, hi)
         self.param_ranges = tuple(ranges)
         self.bounds = tuple((n, float(a), float(b)) for n, (a, b) in bounds.items())
+        self.background = background
 
     @property
     def discretization(self) -> AbstractDiscretisation:
@@ -259,14 +289,24 @@ class Assimilation(AbstractBandedProblem):
             unknowns.get("midpoints"),
         )
 
-    def residual_blocks(self) -> tuple[Block, Block]:
+    def _background_residuals(self, unknowns: PyTree[Array]) -> Float[Array, "1 n"]:
+        """L_B⁻¹(z − x_b) of the background, z = x₀ or (x₀, θ), as one node row."""
+        z = unknowns["path"][0]
+        if self.background.size > self.dim:
+            theta = self.parameters(unknowns)
+            z = jnp.concatenate([z] + [jnp.ravel(theta[name]) for name in self.estimate])
+        return self.background.whiten(z)[None]
+
+    def residual_blocks(self) -> tuple[Block, ...]:
         """The misfit at the observation times (weight R_m, averaged over the measured
         entries, node rows every `steps_per_obs`) and the model residuals of every interval
         (weight R_f, averaged over D·(N_model − 1), interval rows; Simpson–Hermite and
-        Gauss–Legendre's two residuals side by side)."""
+        Gauss–Legendre's two residuals side by side); with a `background`, its whitened
+        residuals L_B⁻¹(z − x_b) (weight 1, averaged over the measured entries too, so that
+        A₀ gains exactly ½(z − x_b)ᵀB⁻¹(z − x_b); on the first node's row only)."""
         mask = self.data.mask
         n_m = self.data.values.size if mask is None else jnp.sum(mask, dtype=self.rm.dtype)
-        return (
+        blocks = (
             Block(self._misfit, n_m, self.rm, layout="node", stride=self.steps_per_obs),
             Block(
                 self._model_residuals,
@@ -274,6 +314,12 @@ class Assimilation(AbstractBandedProblem):
                 term="model",
                 layout="interval",
             ),
+        )
+        if self.background is None:
+            return blocks
+        # a stride of N_model puts the block's one row on node 0 alone
+        return blocks + (
+            Block(self._background_residuals, n_m, layout="node", stride=self.n_model),
         )
 
     def model_term(self, unknowns: PyTree[Array], rf: ArrayLike) -> Scalar:
