@@ -5,6 +5,7 @@ import functools
 import warnings
 from collections.abc import Iterable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -23,6 +24,12 @@ def positive_int(value, name: str) -> int:
     if not ok:
         raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
     return int(value)
+
+
+def cast_floating(tree, dtype):
+    """`tree` with its floating-point arrays cast to `dtype` (as a run in `dtype` casts its
+    problem)."""
+    return jtu.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
 
 
 def host_memory() -> int | None:

@@ -15,6 +15,8 @@ from jax.flatten_util import ravel_pytree
 
 import deepest
 
+from .helpers import small_problem
+
 SCHEDULE = deepest.AnnealSchedule(rf0=1.0, alpha=2.0, n_beta=3)
 FLAT_IN_THE_STATE = "derivative with respect to the state is zero"
 
@@ -188,3 +190,16 @@ def test_load_result_casts_the_problem_as_the_run_did(tmp_path):
     assert deepest.load_result(tmp_path, problem).problem is problem
     with pytest.raises(ValueError, match="computed for another problem"):
         deepest.load_result(tmp_path, _bounded())
+
+
+def test_laplace_recognises_the_problem_a_float32_run_was_built_from():
+    # The run cast the float64 problem to float32 and recorded that digest; laplace casts
+    # the problem it is given the same way before comparing (it refused it before).
+    problem = small_problem(n_times=11)
+    schedule = deepest.AnnealSchedule(rf0=1e-2, alpha=2.0, n_beta=4)
+    result = deepest.anneal(problem, schedule, 2, jr.key(0), progress=False, dtype=jnp.float32)
+    lap = deepest.laplace(problem, result, throw=False)
+    assert lap.unknowns["path"].dtype == jnp.float32
+    other = eqx.tree_at(lambda p: p.data.values, problem, problem.data.values + 1.0)
+    with pytest.raises(ValueError, match="annealed on another problem"):
+        deepest.laplace(other, result)

@@ -45,9 +45,13 @@ def _digest(tree) -> str:
     return h.hexdigest()[:16]
 
 
-def problem_digest(problem) -> str:
+def problem_digest(problem, dtype=None) -> str:
     """The problem's class and a digest of its arrays: what results and checkpoints record
-    to recognise the problem they belong to."""
+    to recognise the problem they belong to. With `dtype`, of the problem cast to it first,
+    as a run in that dtype casts it (a float32 result recognises the float64 problem it
+    was built from)."""
+    if dtype is not None:
+        problem = jtu.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, problem)
     return f"{type(problem).__name__} {_digest(problem)}"
 
 

@@ -22,7 +22,7 @@ import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
 
-from .._misc import format_bytes, host_memory
+from .._misc import cast_floating, format_bytes, host_memory
 from ._checkpoint import fingerprints, load_checkpoint, problem_digest, save_checkpoint
 from ._hosts import Hosts
 from ._loop import LoopConfig, advance_loop, init_loop, loop_finished, loop_records
@@ -44,10 +44,6 @@ def _resolve_dtype(dtype):
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"`dtype` must be a floating-point type; got {dtype}.")
     return dtype
-
-
-def _cast(tree, dtype):
-    return jtu.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
 
 
 # Compiled once per problem structure and shapes (not once per call, as a fresh
@@ -220,7 +216,7 @@ class RunSettings(eqx.Module):
         initial paths and flatten them. **Returns:** `(problem, y0, rf_table, factors)`."""
         self.check_problem(problem, schedule)
         dtype, minimiser = self.dtype, self.minimiser
-        problem = _cast(problem, dtype)
+        problem = cast_floating(problem, dtype)
         if init is None:
             unknowns = _draw(problem, jr.split(key, self.n_paths))
         else:
@@ -315,7 +311,7 @@ def _check_init(problem, init, n_paths, dtype):
                 f"`init{jtu.keystr(where)}` must have shape {want} (n_paths, then the shape "
                 f"`problem.init(key)` gives); got {leaf.shape}."
             )
-    return _cast(unknowns, dtype)
+    return cast_floating(unknowns, dtype)
 
 
 # The host loop between chunks aims at chunks of this many seconds: short enough that
@@ -552,7 +548,7 @@ def memory_estimate(problem, schedule, settings: RunSettings, devices) -> tuple[
     its draw and its records on the host."""
     config = settings.loop_config(schedule.n_beta)
     dtype = settings.dtype
-    problem = _cast(problem, dtype)
+    problem = cast_floating(problem, dtype)
     flat = eqx.filter_eval_shape(
         lambda k: settings.minimiser.flatten(problem, problem.init(k)), jr.key(0)
     )

@@ -338,8 +338,7 @@ def _check_problem(file: str, stats: dict, arrays: dict, problem) -> None:
         raise TypeError(f"`problem` must be a deepest.AbstractProblem; got {type(problem)}.")
     unknowns = unflatten(arrays, "unknowns")
     dtype = np.asarray(jtu.tree_leaves(unknowns)[0]).dtype
-    cast = jtu.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, problem)
-    here = problem_digest(cast)
+    here = problem_digest(problem, dtype)
     expected = jax.eval_shape(problem.init, jax.random.key(0))
     shapes_here = _leaf_shapes(expected)
     shapes_there = _leaf_shapes(jtu.tree_map(lambda a: a[0], unknowns))

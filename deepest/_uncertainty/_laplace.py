@@ -20,7 +20,7 @@ from .._annealing import (
     problem_digest,
     solve_block_tridiagonal,
 )
-from .._misc import renamed_keywords
+from .._misc import cast_floating, renamed_keywords
 from .._results import RESULTS, AbstractResult, check_throw, codes_of, results_of
 from ._selected_inversion import selected_inversion
 
@@ -361,10 +361,12 @@ def _check_result(problem: AbstractProblem, result) -> tuple[PyTree, np.ndarray 
         digest = result.stats.get("problem")
         if result.problem is not None:
             digest = problem_digest(result.problem)
-        if digest is not None and digest != problem_digest(problem):
+        dtype = np.asarray(jax.tree.leaves(unknowns)[0]).dtype  # the run's cast
+        here = problem_digest(problem, dtype)
+        if digest is not None and digest != here:
             raise ValueError(
                 "This result was annealed on another problem (its data, weights or settings "
-                f"differ: {digest} there, {problem_digest(problem)} here)."
+                f"differ: {digest} there, {here} here)."
             )
         rf_table = np.asarray(result.rf)[result.last_beta]
     else:
@@ -463,6 +465,7 @@ def laplace(
                 f"unknowns is more than the {_DENSE_LIMIT} this inverts."
             )
     dtype = jax.tree.leaves(chosen)[0].dtype
+    problem = cast_floating(problem, dtype)  # as the run that found the minima cast it
     mean, std, action0, log_det, positive, end, covariance = _laplace_paths(
         problem, chosen, jnp.asarray(rf, dtype), prior, bool(gauss_newton)
     )

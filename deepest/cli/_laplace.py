@@ -66,8 +66,8 @@ def write_laplace(path: str, result, problem, data, true_model, config) -> list[
         f"Laplace at the final β (R_f = {np.asarray(lap.rf)}), best path {result.best}:",
         *uncertainty_summary(lap, data, result.best),
         f"Hessian positive definite: {int(lap.positive_definite.sum())} of {lap.paths.size} paths",
-        f"largest Laplace mass: path {int(np.nanargmax(lap.log_mass))}   (lowest action: path "
-        f"{result.best})",
+        f"largest Laplace mass: path {int(lap.paths[np.nanargmax(lap.log_mass)])}   "
+        f"(lowest action: path {result.best})",
         *(f"WARNING: {line}" for line in lap.warnings(best=result.best)),
     ]
     return lines
