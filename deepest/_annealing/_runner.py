@@ -388,7 +388,9 @@ def _run_chunks(
     lowered = advance_loop.lower(
         problem, y0, rf_table, factors, zero, state, zero, config, devices, batched
     )
-    config.progress_meter.compiling(lowered.as_text().count("\n"))
+    meter = config.progress_meter
+    if type(meter).compiling is not AbstractProgressMeter.compiling:  # it listens: the size
+        meter.compiling(lowered.as_text().count("\n"))
     advance = lowered.compile()
     if check_memory:
         _check_compiled_memory(advance, devices)
