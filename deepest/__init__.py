@@ -34,6 +34,7 @@ from ._assimilation import (
     Assimilation as Assimilation,
     Background as Background,
     ContinuousAssimilation as ContinuousAssimilation,
+    Epochs as Epochs,
     LayeredTraining as LayeredTraining,
     RecurrentTraining as RecurrentTraining,
     training as training,

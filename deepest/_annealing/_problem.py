@@ -226,6 +226,16 @@ class AbstractProblem(eqx.Module):
         estimate that ends on its bound). None by default."""
         return {}
 
+    def bounds(self) -> tuple[PyTree[Array], PyTree[Array]] | None:
+        """(lower, upper): box constraints on the unknowns, two pytrees of the structure and
+        shapes of `init(key)`'s, with −inf / +inf where an entry is free; `None` (the
+        default) when nothing is bounded.
+
+        The minimisers keep every iterate inside the box themselves (projected steps and an
+        active set, as L-BFGS-B), so the unknowns are what results report and an estimate
+        can leave a bound when the gradient says so; `init` must draw inside it."""
+        return None
+
     def model_sensitivity(self, unknowns: PyTree[Array]) -> Array | None:
         """max |wᵀ·∂f/∂x| over the model times of one path's `unknowns`, for the problem's
         model map f and a fixed random w: zero when f does not depend on the state to first

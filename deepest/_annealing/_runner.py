@@ -221,6 +221,7 @@ class RunSettings(eqx.Module):
             unknowns = _draw(problem, jr.split(key, self.n_paths))
         else:
             unknowns = _check_init(problem, init, self.n_paths, dtype)
+        unknowns = _inside_bounds(problem, unknowns, given=init is not None)
         y0 = _flatten(minimiser, problem, unknowns).astype(dtype)
         _check_initial_actions(minimiser, problem, y0, jnp.asarray(schedule.rf[0], dtype))
         _check_model_derivatives(minimiser, problem, y0)
@@ -312,6 +313,32 @@ def _check_init(problem, init, n_paths, dtype):
                 f"`problem.init(key)` gives); got {leaf.shape}."
             )
     return cast_floating(unknowns, dtype)
+
+
+def _inside_bounds(problem, unknowns, *, given: bool):
+    """The starting `unknowns` inside the problem's box (`problem.bounds()`): drawn ones
+    clipped into it (rounding at an edge), given ones (`init`) checked, with an error that
+    names the first entry outside."""
+    box = problem.bounds()
+    if box is None:
+        return unknowns
+    lower, upper = box
+    if given:
+        leaves = jtu.tree_flatten_with_path(unknowns)[0]
+        for (where, x), lo, hi in zip(leaves, jtu.tree_leaves(lower), jtu.tree_leaves(upper)):
+            x, lo, hi = np.asarray(x), np.asarray(lo), np.asarray(hi)
+            outside = (x < lo) | (x > hi)
+            if outside.any():
+                path, *index = np.argwhere(outside)[0]
+                at = ", ".join(str(int(i)) for i in index)
+                raise ValueError(
+                    f"`init{jtu.keystr(where)}` lies outside the problem's bounds: path "
+                    f"{int(path)}, entry [{at}] is {x[path][tuple(index)]:g}, outside "
+                    f"[{lo[tuple(index)]:g}, {hi[tuple(index)]:g}]. Start inside the box."
+                )
+    return jtu.tree_map(
+        lambda x, lo, hi: jnp.clip(x, lo, hi).astype(x.dtype), unknowns, lower, upper
+    )
 
 
 # The host loop between chunks aims at chunks of this many seconds: short enough that

@@ -12,6 +12,7 @@ from ._discretisation import (
     AbstractDiscretisation as AbstractDiscretisation,
     as_discretisation as as_discretisation,
 )
+from ._epochs import Epochs as Epochs
 from ._training import (
     AbstractTraining as AbstractTraining,
     LayeredTraining as LayeredTraining,

@@ -10,11 +10,26 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
 from .._annealing import AbstractBandedProblem, Block
-from .._data import Observations, check_dimension, check_equal_spacing, concrete, integrate
+from .._data import (
+    Observations,
+    check_dimension,
+    check_equal_spacing,
+    concrete,
+    integrate,
+)
 from .._misc import renamed_keywords
 from ..models import check_estimate, check_field, parametrised
 from ._background import Background
-from ._checks import check_interval, check_rm
+from ._checks import (
+    check_box,
+    check_inputs,
+    check_interval,
+    check_rm,
+    check_uses_input,
+    component_boxes,
+    cut_range,
+    state_draw_ranges,
+)
 from ._discretisation import AbstractDiscretisation, as_discretisation
 
 
@@ -50,7 +65,9 @@ class Assimilation(AbstractBandedProblem):
 
     - `model`: an [`deepest.models.AbstractModel`][] or Equinox module called as
       `model(t, x)`, a callable `F(t, x)`, or a callable `F(t, x, params)` (then pass
-      `params`). Its output is checked once, without computing: dx/dt of shape (D,).
+      `params`); driven by `inputs`: an [`deepest.models.AbstractDrivenModel`][] or module
+      called as `model(t, x, u)`, or a callable `F(t, x, params, u)`. Its output is checked
+      once, without computing: dx/dt of shape (D,).
     - `data`: the [`deepest.Observations`][] (equally spaced times).
     - `rm`: the measurement weight R_m > 0, scalar or one per observed component.
     - `dim`: the number D of model components (default: from `data.truth`, else required).
@@ -63,11 +80,23 @@ class Assimilation(AbstractBandedProblem):
     - `steps_per_obs`: model steps between consecutive observation times.
     - `estimate`: names of the parameters to estimate, e.g. `("forcing",)`.
     - `params`: parameter values for a callable model.
-    - `state_range`: (low, high) of the uniform draws for unobserved components.
+    - `state_range`: (low, high) of the uniform draws for unobserved components, or one
+      pair per component (D pairs: V in mV beside gates in [0, 1]); each is cut to the
+      component's `state_bounds`.
     - `param_ranges`: {name: (low, high)} uniform draws for estimated parameters (default:
-      ±50% around the model's value).
-    - `bounds`: {name: (low, high)} hard bounds for estimated parameters, enforced by the
-      smooth map θ = low + (high − low)·sigmoid(u) (the unknown is `u`; results report θ).
+      their `bounds`, else ±50% around the model's value; cut to the bounds).
+    - `bounds`: {name: (low, high)} box constraints on estimated parameters (±inf for a
+      side without one). The minimisers keep every iterate in the box with projected
+      steps and an active set (as L-BFGS-B does), so an estimate leaves a bound when the
+      gradient says so; results flag an estimate that ends on one.
+    - `state_bounds`: box constraints on the states (and midpoints), one (low, high) per
+      component, `None` for a free one, or {component: (low, high)}; e.g.
+      `deepest.models.NaKL.state_bounds`. Observed components start at the data clipped
+      into their box.
+    - `inputs`: a [`deepest.Inputs`][] driving the model, for a model that takes one; the
+      model then sees u(t) at every time the discretisation evaluates it (nodes,
+      midpoints, stages; the samples themselves at the inputs' grid times). They must
+      cover the window, and `forecast`/`predict` past it.
     - `background`: a [`deepest.Background`][] on the first state (its `mean` has D
       entries) or on the first state and the estimated parameters (D + p entries, θ
       flattened in `estimate` order); default none.
@@ -87,10 +116,12 @@ class Assimilation(AbstractBandedProblem):
     discretisation: AbstractDiscretisation
     steps_per_obs: int = eqx.field(static=True)
     estimate: tuple[str, ...] = eqx.field(static=True)
-    state_range: tuple[float, float] = eqx.field(static=True)
     param_ranges: tuple[tuple[str, float, float], ...] = eqx.field(static=True)
-    bounds: tuple[tuple[str, float, float], ...] = eqx.field(static=True)
+    parameter_box: tuple[tuple[str, float, float], ...] = eqx.field(static=True)
+    state_ranges: tuple[tuple[float, float], ...] = eqx.field(static=True)
+    state_box: tuple[tuple[float, float], ...] | None = eqx.field(static=True)
     background: Background | None
+    inputs: eqx.Module | None
 
     @renamed_keywords(discretization="discretisation")
     def __init__(
@@ -104,10 +135,14 @@ class Assimilation(AbstractBandedProblem):
         steps_per_obs: int = 1,
         estimate: Sequence[str] = (),
         params: Mapping[str, ArrayLike] | None = None,
-        state_range: tuple[float, float] = (-10.0, 10.0),
+        state_range: tuple[float, float] | Sequence[tuple[float, float]] = (-10.0, 10.0),
         param_ranges: Mapping[str, tuple[float, float]] | None = None,
         bounds: Mapping[str, tuple[float, float]] | None = None,
+        state_bounds: Sequence[tuple[float, float] | None]
+        | Mapping[int, tuple[float, float]]
+        | None = None,
         background: Background | None = None,
+        inputs=None,
     ):
         if not isinstance(data, Observations):
             raise TypeError(f"`data` must be deepest.Observations; got {type(data).__name__}.")
@@ -123,9 +158,11 @@ class Assimilation(AbstractBandedProblem):
         if times is not None:
             check_equal_spacing(times, "Assimilation needs equally spaced observation times")
         rm = check_rm(rm, data)
-        lo, hi = check_interval("state_range", state_range)
+        state_box = component_boxes("state_bounds", state_bounds, dim)
+        state_ranges = state_draw_ranges(state_range, state_box, dim)
         field, values = parametrised(model, params)
-        check_field(field, dim, jnp.result_type(float))
+        inputs = check_inputs(model, inputs, times)
+        check_field(field, dim, jnp.result_type(float), None if inputs is None else inputs.n_inputs)
         for name in (estimate,) if isinstance(estimate, str) else estimate:
             held = getattr(model, name, None) if isinstance(model, eqx.Module) else None
             integer = isinstance(held, (int, np.integer)) and not isinstance(held, bool)
@@ -137,17 +174,21 @@ class Assimilation(AbstractBandedProblem):
         estimate = check_estimate(estimate, values)
         param_ranges = dict(param_ranges or {})
         bounds = dict(bounds or {})
-        for where, table in (("param_ranges", param_ranges), ("bounds", bounds)):
+        for where, table, check in (
+            ("param_ranges", param_ranges, check_interval),
+            ("bounds", bounds, check_box),
+        ):
             for name, pair in table.items():
                 if name not in estimate:
                     raise ValueError(f"`{where}` names {name!r}, which is not in `estimate`.")
-                table[name] = check_interval(f"{where}[{name!r}]", pair)
+                table[name] = check(f"{where}[{name!r}]", pair)
         ranges = []
         for name in estimate:
+            box = bounds.get(name, (-np.inf, np.inf))
             if name in param_ranges:
                 a, b = param_ranges[name]
-            elif name in bounds:
-                a, b = bounds[name]
+            elif np.all(np.isfinite(box)):
+                a, b = box
             else:
                 value = concrete(values[name])
                 if value is None:
@@ -157,6 +198,7 @@ class Assimilation(AbstractBandedProblem):
                     )
                 v = float(np.mean(value))
                 a, b = sorted((0.5 * v, 1.5 * v)) if v != 0 else (-1.0, 1.0)
+            a, b = cut_range(f"the starting range of {name!r}", (a, b), box, "`bounds`")
             ranges.append((name, float(a), float(b)))
         if background is not None:
             if not isinstance(background, Background):
@@ -178,10 +220,14 @@ class Assimilation(AbstractBandedProblem):
         self.discretisation = discretisation
         self.steps_per_obs = int(steps_per_obs)
         self.estimate = estimate
-        self.state_range = (lo, hi)
         self.param_ranges = tuple(ranges)
-        self.bounds = tuple((n, float(a), float(b)) for n, (a, b) in bounds.items())
+        self.parameter_box = tuple((n, float(a), float(b)) for n, (a, b) in bounds.items())
+        self.state_ranges = state_ranges
+        self.state_box = state_box
         self.background = background
+        self.inputs = inputs
+        if inputs is not None:
+            check_uses_input(self)
 
     @property
     def discretization(self) -> AbstractDiscretisation:
@@ -213,7 +259,40 @@ class Assimilation(AbstractBandedProblem):
     @property
     def parameter_bounds(self) -> dict[str, tuple[float, float]]:
         """{name: (low, high)} of the parameters given `bounds=`."""
-        return {name: (low, high) for name, low, high in self.bounds}
+        return {name: (low, high) for name, low, high in self.parameter_box}
+
+    def bounds(self) -> tuple[PyTree[Array], PyTree[Array]] | None:
+        """(lower, upper) of the unknowns: `state_bounds` on every node (and midpoint) of
+        the path, `bounds` on the parameters, ±inf elsewhere; `None` without either."""
+        if self.state_box is None and not self.parameter_box:
+            return None
+        dtype = self.data.values.dtype
+        box = self.state_box or ((-np.inf, np.inf),) * self.dim
+        boxes = dict(self._parameter_boxes())
+
+        def side(i):
+            row = jnp.asarray([b[i] for b in box], dtype)
+            params = {
+                name: jnp.full(jnp.shape(self.values[name]), boxes[name][i], dtype)
+                for name in self.estimate
+            }
+            out = {"path": jnp.broadcast_to(row, (self.n_model, self.dim)), "params": params}
+            if self.discretisation.has_midpoints:
+                out["midpoints"] = jnp.broadcast_to(row, (self.n_model - 1, self.dim))
+            return out
+
+        return side(0), side(1)
+
+    def _parameter_boxes(self):
+        boxes = self.parameter_bounds
+        return ((n, boxes.get(n, (-np.inf, np.inf))) for n in self.estimate)
+
+    def vector_field(self, t: ArrayLike, x: Float[Array, " dim"], theta) -> Float[Array, " dim"]:
+        """F(t, x, θ) of the model, with the driving input u(t) where there are `inputs`
+        (θ a dict of the parameters being estimated)."""
+        if self.inputs is None:
+            return self.field(t, x, theta)
+        return self.field(t, x, theta, self.inputs(t))
 
     def model_sensitivity(self, unknowns: PyTree[Array]) -> Array:
         """max |wᵀ·∂f/∂x| over the model times of one path, f the model's vector field at
@@ -225,24 +304,22 @@ class Assimilation(AbstractBandedProblem):
         w = jr.normal(jr.key(0), path.shape[1:], path.dtype)
 
         def derivative(t, x):
-            return jax.grad(lambda x: jnp.vdot(w, self.field(t, x, theta)))(x)
+            return jax.grad(lambda x: jnp.vdot(w, self.vector_field(t, x, theta)))(x)
 
         return jnp.max(jnp.abs(jax.vmap(derivative)(self.ts, path)))
 
     def parameters(self, unknowns: PyTree[Array]) -> dict[str, Array]:
-        """The estimated parameters θ of `unknowns` (bounded ones mapped into their box)."""
-        theta = dict(unknowns["params"])
-        for name, a, b in self.bounds:
-            theta[name] = a + (b - a) * jax.nn.sigmoid(theta[name])
-        return theta
+        """The estimated parameters θ of `unknowns`."""
+        return dict(unknowns["params"])
 
     def init(self, key: PRNGKeyArray) -> PyTree[Array]:
         """Observed components at the data (linearly interpolated between observation
-        times; unmeasured entries drawn), the rest uniform in `state_range`, estimated
-        parameters uniform in `param_ranges`, midpoints halfway between their nodes."""
+        times; unmeasured entries drawn; clipped into `state_bounds`), the rest uniform in
+        their `state_range`, estimated parameters uniform in `param_ranges`, midpoints
+        halfway between their nodes: all inside the boxes."""
         kx, kp = jr.split(key)
         dtype = self.data.values.dtype
-        lo, hi = self.state_range
+        lo, hi = (jnp.asarray(side, dtype)[None] for side in zip(*self.state_ranges))
         path = jr.uniform(kx, (self.n_model, self.dim), dtype, lo, hi)
         ts = self.ts
         obs = jax.vmap(jnp.interp, in_axes=(None, None, 1), out_axes=1)(
@@ -252,17 +329,14 @@ class Assimilation(AbstractBandedProblem):
             measured = jnp.repeat(self.data.mask, self.steps_per_obs, axis=0)[: self.n_model]
             obs = jnp.where(measured, obs, path[:, jnp.asarray(self.data.observed)])
         path = path.at[:, jnp.asarray(self.data.observed)].set(obs)
+        if self.state_box is not None:
+            path = jnp.clip(
+                path, *(jnp.asarray(side, dtype)[None] for side in zip(*self.state_box))
+            )
         params = {}
         keys = jr.split(kp, max(len(self.param_ranges), 1))
-        bounds = {n: (a, b) for n, a, b in self.bounds}
         for k, (name, a, b) in zip(keys, self.param_ranges):
-            shape = jnp.shape(self.values[name])
-            theta = jr.uniform(k, shape, dtype, a, b)
-            if name in bounds:
-                lo_b, hi_b = bounds[name]
-                s = jnp.clip((theta - lo_b) / (hi_b - lo_b), 1e-6, 1 - 1e-6)
-                theta = jnp.log(s) - jnp.log1p(-s)
-            params[name] = theta
+            params[name] = jr.uniform(k, jnp.shape(self.values[name]), dtype, a, b)
         unknowns = {"path": path, "params": params}
         if self.discretisation.has_midpoints:
             unknowns["midpoints"] = (path[:-1] + path[1:]) / 2
@@ -282,7 +356,7 @@ class Assimilation(AbstractBandedProblem):
         theta = {**self.values, **self.parameters(unknowns)}
         theta = {n: theta[n] for n in self.estimate}
         return self.discretisation.residuals(
-            self.field,
+            self.vector_field,
             self.ts,
             unknowns["path"],
             theta,
@@ -382,31 +456,16 @@ class Assimilation(AbstractBandedProblem):
         """`paths` (n_paths, N_model, D) and `params` {name: (n_paths, …)}."""
         return {"paths": unknowns["path"], "params": jax.vmap(self.parameters)(unknowns)}
 
-    def log_jacobian(self, unknowns: PyTree[Array]) -> Scalar:
-        """Σ log((b − a)·σ(u)·(1 − σ(u))) over the entries of bounded parameters."""
-        total = jnp.zeros((), unknowns["path"].dtype)
-        for name, a, b in self.bounds:
-            u = unknowns["params"][name]
-            total = total + jnp.sum(jnp.log(b - a) + jax.nn.log_sigmoid(u) + jax.nn.log_sigmoid(-u))
-        return total
-
     def uncertainty_views(self, unknowns: PyTree[Array], std: PyTree[Array]) -> dict[str, Array]:
-        """`paths_std` (n_paths, N_model, D) and `params_std` {name: (n_paths, …)}: the
-        parameters' standard deviations mapped through their bounds, |∂θ/∂u|·std(u) (the
-        map is elementwise)."""
-
-        def params_std(u, s):
-            _, tangent = jax.jvp(self.parameters, (u,), (s,))
-            return jax.tree.map(jnp.abs, tangent)
-
-        return {"paths_std": std["path"], "params_std": jax.vmap(params_std)(unknowns, std)}
+        """`paths_std` (n_paths, N_model, D) and `params_std` {name: (n_paths, …)}."""
+        return {"paths_std": std["path"], "params_std": dict(std["params"])}
 
     @renamed_keywords(t_end="t1")
     def forecast(
         self, unknowns: PyTree[Array], t1: float, n_times: int = 200
     ) -> tuple[Float[Array, " n"], Float[Array, "n dim"]]:
         """Integrate one path's final state with its estimated parameters to the end time
-        `t1`.
+        `t1`, the `inputs` continuing (they must cover the prediction).
 
         Vmap it over paths inside a program that closes over the problem (its times are
         read as numbers to check `t1`)."""
@@ -414,10 +473,11 @@ class Assimilation(AbstractBandedProblem):
         end = float(np.asarray(self.data.times)[-1])
         if not t1 > end:
             raise ValueError(f"`t1` must lie after the window's end {end}.")
+        if self.inputs is not None:
+            self.inputs.check_covers(end, t1, "the prediction")
         theta = {n: v for n, v in self.parameters(unknowns).items() if n in self.estimate}
         times = jnp.linspace(ts[-1], t1, n_times)
-        field = self.field
         states = integrate(
-            lambda t, x, _: field(t, x, theta), unknowns["path"][-1], times, params={}
+            lambda t, x, _: self.vector_field(t, x, theta), unknowns["path"][-1], times, params={}
         )
         return times, states

@@ -336,13 +336,16 @@ def integrate(
     times: Float[ArrayLike, " n"],
     substeps: int = 10,
     params=None,
+    inputs=None,
 ) -> Float[Array, "n dim"]:
     """Integrate `model` from `x0` at `times[0]`, returning the states at `times`.
 
     Uses diffrax's Tsit5 with `substeps` fixed steps per interval of `times` (which must
-    be equally spaced).
+    be equally spaced). A driven model gets `inputs` (a [`deepest.Inputs`][], which must
+    cover `times`), evaluated at every stage.
     """
     field, _ = parametrised(model, params)
+    field = _with_inputs(model, field, inputs, times)
     x0, times = jnp.asarray(x0), jnp.asarray(times)
     if x0.ndim != 1:
         raise ValueError(f"`x0` must be one state, of shape (dim,); got shape {x0.shape}.")
@@ -353,6 +356,38 @@ def integrate(
     if known is not None and known.size > 1:
         _check_grid(known)
     return _integrate(field, x0, times, substeps)
+
+
+class _Driven(eqx.Module):
+    """`field(t, x, theta, u(t))` as `field(t, x, theta)`: a Module, so that equal models
+    and inputs give equal terms and the compiled solve is reused."""
+
+    field: Callable
+    inputs: eqx.Module
+
+    def __call__(self, t, x, theta):
+        return self.field(t, x, theta, self.inputs(t))
+
+
+def _with_inputs(model, field, inputs, times):
+    """`field` with its input bound, after checking that a driven model gets inputs that
+    cover `times` and an undriven one gets none."""
+    from ..models import takes_input
+
+    driven = takes_input(model)
+    if driven != (inputs is not None):
+        raise ValueError(
+            "The model takes a driving input: pass `inputs=deepest.Inputs(...)`."
+            if driven
+            else "`inputs` were given, but the model takes none (call it as model(t, x, u) "
+            "or F(t, x, params, u))."
+        )
+    if inputs is None:
+        return field
+    known = concrete(times)
+    if known is not None and np.size(known):
+        inputs.check_covers(float(np.min(known)), float(np.max(known)), "the integration")
+    return _Driven(field, inputs)
 
 
 def _check_grid(times: np.ndarray) -> None:
@@ -478,11 +513,14 @@ def twin_experiment(
     substeps: int = 10,
     x0: Float[ArrayLike, " dim"] | None = None,
     params=None,
+    inputs=None,
 ) -> Observations:
     """Simulated data: integrate `model` onto its attractor, then observe with noise.
 
     The initial state (normal draws, or `x0`) is integrated for `spinup` time units, then
-    over `n_times` observation times spaced `dt`, with `substeps` Tsit5 steps per `dt`.
+    over `n_times` observation times spaced `dt` from t = 0, with `substeps` Tsit5 steps
+    per `dt`. A driven model gets `inputs` (a [`deepest.Inputs`][]) over the spin-up
+    (from t = −`spinup`) and the observation times: they must cover both.
     The components `observed` are measured with Gaussian noise of standard deviation
     `noise`; the full true states and parameters are kept as `truth` / `true_params`.
 
@@ -517,9 +555,16 @@ def twin_experiment(
     dtype = jnp.result_type(float)
     state = jr.normal(k0, (dim,), dtype) if x0 is None else jnp.asarray(x0, dtype)
     n_spin = max(int(math.ceil(spinup / dt)), 1)
-    spun = integrate(model, state, dt * jnp.arange(n_spin + 1, dtype=dtype), substeps, params)
+    if inputs is None:
+        spin_times = dt * jnp.arange(n_spin + 1, dtype=dtype)
+        spun = integrate(model, state, spin_times, substeps, params)[-1]
+    elif spinup > 0:  # under the inputs, from t = −spinup
+        spin_times = dt * jnp.arange(-n_spin, 1, dtype=dtype)
+        spun = integrate(model, state, spin_times, substeps, params, inputs)[-1]
+    else:
+        spun = state
     times = dt * jnp.arange(n_times, dtype=dtype)
-    truth = integrate(model, spun[-1], times, substeps, params)
+    truth = integrate(model, spun, times, substeps, params, inputs)
     obs = truth[:, jnp.asarray(observed)]
     values_noisy = obs + noise * jr.normal(k1, obs.shape, dtype)
     return Observations(

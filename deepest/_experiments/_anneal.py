@@ -104,13 +104,29 @@ class TwinConfig(ConfigSection):
     seed: int = Field(0, ge=0)
     spinup: float = Field(default_of(twin_experiment, "spinup"), ge=0)
     substeps: int = Field(default_of(twin_experiment, "substeps"), ge=1)
+    x0: list[float] | None = None
+
+
+class InputsConfig(ConfigSection):
+    """`data.inputs`: the driving inputs of a driven model ([`deepest.Inputs`][]), from a
+    `.csv` (times, then one column per signal) or `.npy`/`.npz` file."""
+
+    file: str
+    interpolation: Literal["linear", "cubic"] = "linear"
+
+    def build(self):
+        from .._data import Inputs
+
+        return Inputs.load(self.file, interpolation=self.interpolation)
 
 
 class DataConfig(ConfigSection):
-    """`data`: observations from a file (`Observations.save`), or a twin experiment."""
+    """`data`: observations from a file (`Observations.save`), or a twin experiment; the
+    `inputs` that drive the model (twin and problem alike), if it takes any."""
 
     file: str | None = None
     twin: TwinConfig = TwinConfig()
+    inputs: InputsConfig | None = None
 
 
 def _discretisation_names() -> list[str]:
@@ -127,9 +143,10 @@ class ProblemConfig(ConfigSection):
     steps_per_obs: int = Field(default_of(Assimilation, "steps_per_obs"), ge=1)
     estimate: list[str] = []
     initial_params: dict[str, Any] = {}
-    state_range: list[float] = list(default_of(Assimilation, "state_range"))
+    state_range: list[float] | list[list[float]] = list(default_of(Assimilation, "state_range"))
     param_ranges: dict[str, list[float]] = {}
-    bounds: dict[str, list[float]] = {}
+    bounds: dict[str, list[float]] | Literal["model"] = {}
+    state_bounds: list[list[float] | None] | Literal["model"] | None = None
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -151,11 +168,31 @@ class ProblemConfig(ConfigSection):
     def _values(self):
         for name, value in self.initial_params.items():
             numbers(f"problem.initial_params.{name}", value)
-        interval("problem.state_range", self.state_range)
-        for section in ("param_ranges", "bounds"):
-            for name, value in getattr(self, section).items():
-                interval(f"problem.{section}.{name}", value)
+        if self.state_range and isinstance(self.state_range[0], list):
+            for i, pair in enumerate(self.state_range):
+                interval(f"problem.state_range[{i}]", pair)
+        else:
+            interval("problem.state_range", self.state_range)
+        for name, value in self.param_ranges.items():
+            interval(f"problem.param_ranges.{name}", value)
+        if isinstance(self.bounds, dict):
+            for name, value in self.bounds.items():
+                interval(f"problem.bounds.{name}", value)
+        if isinstance(self.state_bounds, list):
+            for i, pair in enumerate(self.state_bounds):
+                if pair is not None:
+                    interval(f"problem.state_bounds[{i}]", pair)
         return self
+
+    def boxes(self, model) -> tuple[dict, list | None]:
+        """(`bounds`, `state_bounds`) as the library takes them: `model` reads the model
+        class's own boxes (e.g. `NaKL.bounds`), the parameter boxes kept to `estimate`."""
+        bounds = getattr(model, "bounds", {}) if self.bounds == "model" else self.bounds
+        bounds = {k: tuple(v) for k, v in bounds.items() if k in self.estimate}
+        state = getattr(model, "state_bounds", None) if self.state_bounds == "model" else None
+        if isinstance(self.state_bounds, list):
+            state = [None if b is None else tuple(b) for b in self.state_bounds]
+        return bounds, state
 
 
 class RunSection(ConfigSection):
@@ -267,6 +304,8 @@ class AnnealConfig(ConfigSection):
         from ..models import check_estimate, parametrised
 
         dim, data, problem, twin = self.model.dim, self.data, self.problem, self.data.twin
+        if data.inputs is not None and not os.path.isfile(data.inputs.file):
+            raise ValueError(f"`data.inputs.file`: no such file: {data.inputs.file!r}.")
         if data.file is not None:
             if not os.path.isfile(data.file):
                 raise ValueError(f"`data.file`: no such file: {data.file!r}.")
@@ -305,6 +344,7 @@ class AnnealConfig(ConfigSection):
         import jax.random as jr
 
         true_model = self.model.build()
+        inputs = None if self.data.inputs is None else self.data.inputs.build()
         if self.data.file is not None:
             data = Observations.load(self.data.file)
         else:
@@ -319,19 +359,31 @@ class AnnealConfig(ConfigSection):
                 jr.key(twin.seed),
                 spinup=twin.spinup,
                 substeps=twin.substeps,
+                x0=None if twin.x0 is None else np.asarray(twin.x0, dtype=float),
+                inputs=inputs,
             )
         p = self.problem
+        model = self.model.build(p.initial_params)
+        bounds, state_bounds = p.boxes(model)
+        state_range = p.state_range
+        state_range = (
+            tuple(map(tuple, state_range))
+            if isinstance(state_range[0], list)
+            else tuple(state_range)
+        )
         problem = Assimilation(
-            self.model.build(p.initial_params),
+            model,
             data,
             np.asarray(p.rm, dtype=float),
             dim=self.model.dim,
             discretisation=p.discretisation,
             steps_per_obs=p.steps_per_obs,
             estimate=tuple(p.estimate),
-            state_range=tuple(p.state_range),
+            state_range=state_range,
             param_ranges={k: tuple(v) for k, v in p.param_ranges.items()},
-            bounds={k: tuple(v) for k, v in p.bounds.items()},
+            bounds=bounds,
+            state_bounds=state_bounds,
+            inputs=inputs,
         )
         return AnnealSetup(problem, self.anneal.schedule(), data, true_model)
 

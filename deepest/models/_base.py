@@ -3,6 +3,7 @@
 import abc
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -37,14 +38,34 @@ class AbstractModel(eqx.Module):
         )
 
 
+class AbstractDrivenModel(AbstractModel):
+    """A vector field dx/dt = F(t, x, u(t)) driven by known inputs u (e.g. an injected
+    current), given to [`deepest.Assimilation`][] as `inputs=` (a [`deepest.Inputs`][]).
+
+    Subclasses implement `__call__(t, x, u)` with u of shape (`n_inputs`,), and may give
+    `bounds` ({parameter: (low, high)}) and `state_bounds` ((low, high) per component): the
+    boxes their parameters and states live in, which configs and examples use.
+    """
+
+    n_inputs: ClassVar[int] = 1
+    bounds: ClassVar[dict[str, tuple[float, float]]] = {}
+    state_bounds: ClassVar[tuple[tuple[float, float], ...] | None] = None
+
+    @abc.abstractmethod
+    def __call__(
+        self, t: ArrayLike, x: Float[Array, " dim"], u: Float[Array, " n_inputs"]
+    ) -> Float[Array, " dim"]:
+        """The vector field at time `t`, state `x` and input `u`."""
+
+
 class _WithParams(eqx.Module):
     """A user callable `F(t, x, params)` with a dict of named parameter values."""
 
     fn: Callable = eqx.field(static=True)
     params: dict[str, Array]
 
-    def __call__(self, t, x, theta):
-        return self.fn(t, x, {**self.params, **theta})
+    def __call__(self, t, x, theta, *u):
+        return self.fn(t, x, {**self.params, **theta}, *u)
 
     def parameters(self):
         """What the user passed as the parameters: the dict `params`."""
@@ -71,7 +92,7 @@ class _ModuleWithParams(eqx.Module):
         """What the user passed as the parameters: the module itself."""
         return self.model
 
-    def __call__(self, t, x, theta):
+    def __call__(self, t, x, theta, *u):
         names = tuple(theta)
         if names:
             model = eqx.tree_at(
@@ -81,23 +102,24 @@ class _ModuleWithParams(eqx.Module):
             )
         else:
             model = self.model
-        return model(t, x)
+        return model(t, x, *u)
 
 
 def parametrised(
     model: AbstractModel | eqx.Module | Callable,
     params: Mapping[str, ArrayLike] | None = None,
 ) -> tuple[Callable, dict[str, Array]]:
-    """Normalise a model to `field(t, x, theta)` plus the values of its named parameters.
+    """Normalise a model to `field(t, x, theta)` (`field(t, x, theta, u)` for a driven
+    one, see `takes_input`) plus the values of its named parameters.
 
     `theta` is a dict holding the parameters being estimated; the others keep their values.
 
     **Arguments:**
 
     - `model`: an [`deepest.models.AbstractModel`][] (its fields are the parameters), any
-      Equinox module called as `model(t, x)` (its float fields are the parameters), a
-      callable `F(t, x, params)` with `params` a dict, or a callable `F(t, x)` (no
-      parameters).
+      Equinox module called as `model(t, x)` or, driven, `model(t, x, u)` (its float
+      fields are the parameters), a callable `F(t, x, params)` with `params` a dict (driven:
+      `F(t, x, params, u)`), or a callable `F(t, x)` (no parameters).
     - `params`: the parameter values of a callable model (not allowed for a module).
 
     **Returns:** `(field, values)`, with `field(t, x, theta)` and `values` a dict of arrays.
@@ -113,9 +135,10 @@ def parametrised(
     if not callable(model):
         raise TypeError(f"A model must be callable as F(t, x) or F(t, x, params); got {model!r}.")
     required = _required_positional(model)
-    if required not in (None, 2, 3):
+    if required not in (None, 2, 3, 4):
         raise TypeError(
-            f"A model must be callable as F(t, x) or F(t, x, params); {_name(model)} takes "
+            "A model must be callable as F(t, x), F(t, x, params) or, driven by inputs, "
+            f"F(t, x, params, u); {_name(model)} takes "
             f"{required} required positional argument{'s' if required != 1 else ''}."
         )
     if required == 2:
@@ -127,6 +150,17 @@ def parametrised(
         return _WithoutParams(model), {}
     values = {name: jnp.asarray(v) for name, v in dict(params or {}).items()}
     return _WithParams(model, values), values
+
+
+def takes_input(model) -> bool:
+    """Whether `model` is driven, i.e. called with an input u: an
+    [`deepest.models.AbstractDrivenModel`][], a module whose `__call__` requires three
+    positional arguments `(t, x, u)`, or a callable requiring four, `F(t, x, params, u)`."""
+    if isinstance(model, AbstractDrivenModel):
+        return True
+    if isinstance(model, eqx.Module):
+        return _required_positional(model.__call__) == 3
+    return _required_positional(model) == 4
 
 
 def _name(fn) -> str:
@@ -158,17 +192,20 @@ def _required_positional(fn) -> int | None:
     return sum(a.kind in kinds and a.default is inspect.Parameter.empty for a in arguments)
 
 
-def check_field(field: Callable, dim: int, dtype) -> None:
-    """Check once, without computing (`jax.eval_shape`), that `field(t, x, {})` maps a
-    state of shape (dim,) to a floating-point vector of the same shape; an error names
-    what was expected and what came back."""
+def check_field(field: Callable, dim: int, dtype, n_inputs: int | None = None) -> None:
+    """Check once, without computing (`jax.eval_shape`), that `field(t, x, {})` (driven:
+    `field(t, x, {}, u)` with u of shape (n_inputs,)) maps a state of shape (dim,) to a
+    floating-point vector of the same shape; an error names what was expected and what
+    came back."""
     x = jax.ShapeDtypeStruct((dim,), dtype)
     t = jax.ShapeDtypeStruct((), dtype)
+    u = () if n_inputs is None else (jax.ShapeDtypeStruct((n_inputs,), dtype),)
+    call = "F(t, x)" if n_inputs is None else f"F(t, x, u) with u of shape ({n_inputs},)"
     try:
-        out = jax.eval_shape(lambda t, x: field(t, x, {}), t, x)
+        out = jax.eval_shape(lambda t, x, *u: field(t, x, {}, *u), t, x, *u)
     except Exception as e:  # the model's own error, said to be the model's
         raise ValueError(
-            f"The model failed when called as F(t, x) with x of shape ({dim},) and dtype "
+            f"The model failed when called as {call} with x of shape ({dim},) and dtype "
             f"{jnp.dtype(dtype)}: {type(e).__name__}: {e}"
         ) from e
     shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)

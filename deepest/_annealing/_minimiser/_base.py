@@ -12,6 +12,7 @@ structure a minimiser may use (banded residuals or not) it asks of the problem, 
 import abc
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._problem import AbstractProblem
@@ -38,6 +39,28 @@ class StepInfo(eqx.Module):
     errors: PyTree[Array]
     predicted_decrease: Float[Array, ""]
     failed: Bool[Array, ""]
+
+
+def flat_bounds(
+    minimiser: "AbstractMinimiser", problem: AbstractProblem, dtype
+) -> tuple[Float[Array, " n"], Float[Array, " n"]] | None:
+    """The problem's box (`problem.bounds()`) in the minimiser's flat layout, as
+    (lower, upper) of `dtype`; `None` when the problem bounds nothing."""
+    box = problem.bounds()
+    if box is None:
+        return None
+    lower, upper = (minimiser.flatten(problem, b).astype(dtype) for b in box)
+    return lower, upper
+
+
+def projected_gradient(
+    y: Float[Array, " n"], grad: Float[Array, " n"], lower: Array, upper: Array
+) -> Float[Array, " n"]:
+    """The gradient with the entries that push against an active bound set to zero (an
+    entry at its lower bound with g > 0, or at its upper bound with g < 0): zero exactly
+    at a point that satisfies the KKT conditions of the box."""
+    blocked = ((y <= lower) & (grad > 0)) | ((y >= upper) & (grad < 0))
+    return jnp.where(blocked, 0, grad)
 
 
 def action_errors(problem: AbstractProblem, unknowns: PyTree[Array]) -> tuple[Scalar, Scalar]:
