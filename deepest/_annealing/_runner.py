@@ -336,9 +336,11 @@ def _inside_bounds(problem, unknowns, *, given: bool):
                     f"{int(path)}, entry [{at}] is {x[path][tuple(index)]:g}, outside "
                     f"[{lo[tuple(index)]:g}, {hi[tuple(index)]:g}]. Start inside the box."
                 )
-    return jtu.tree_map(
-        lambda x, lo, hi: jnp.clip(x, lo, hi).astype(x.dtype), unknowns, lower, upper
-    )
+    def clip(x, lo, hi):
+        lo, hi = (jnp.broadcast_to(b, x.shape) for b in (lo, hi))
+        return jnp.clip(x, lo, hi).astype(x.dtype)
+
+    return jtu.tree_map(clip, unknowns, lower, upper)
 
 
 # The host loop between chunks aims at chunks of this many seconds: short enough that

@@ -8,7 +8,12 @@ the θ rows. It is assembled from 2·dim + n_params Jacobian-vector products (th
 of even and of odd times never share a residual, so two colours suffice), and the damped
 system (JᵀJ + λ diag JᵀJ) δ = −Jᵀr is solved by block elimination forward in time, with a
 Schur complement for θ: O(N dim³) work instead of O((N dim)³).
+
+A box on the unknowns (`problem.bounds()`) is kept by the steps themselves (a projected
+Levenberg–Marquardt step with an active set), not by a change of variables.
 """
+
+import dataclasses
 
 import equinox as eqx
 import jax
@@ -18,7 +23,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ..._linalg import gauss_jordan
-from ._base import AbstractMinimiser, StepInfo, action_errors
+from ._base import AbstractMinimiser, StepInfo, action_errors, flat_bounds, projected_gradient
 
 
 class LevenbergMarquardt(AbstractMinimiser):
@@ -35,6 +40,14 @@ class LevenbergMarquardt(AbstractMinimiser):
     `optimistix.ClassicalTrustRegion` (Marquardt's scaling makes λ independent of
     the units of the unknowns). Converges in far fewer steps than L-BFGS; each step costs
     O(N_model · dim³).
+
+    With a box on the unknowns (`problem.bounds()`), an unknown at a bound whose gradient
+    pushes out of the box is held there (its row and column dropped from the system, so the
+    solve stays banded and O(N_model · dim³)), the step of the others is projected into
+    the box, and the trust region judges that projected step by the reduction it predicts
+    (a step whose projection predicts a rise is kept only where the action does not rise).
+    Every iterate lies in the box, and the gradient reported to the annealing loop is the
+    projected one, zero at a KKT point of the box.
 
     **Arguments:**
 
@@ -73,24 +86,31 @@ class LevenbergMarquardt(AbstractMinimiser):
     def unflatten(self, problem, y):
         return problem.from_banded(*self._split(problem, y))
 
-    def solver_and_fn(self, problem):
+    def prepare(self, problem, y0, rf_table, factors):
+        # the box in the flat layout, shared by every lane; None (as before) without one
+        return flat_bounds(self, problem, y0.dtype)
+
+    def solver_and_fn(self, problem, bounds=None):
+        """The optimistix solver of one β and its residual function `fn(y, rf)`, for the
+        flat box `bounds` = (lower, upper) or `None`."""
+
         def fn(y, rf):
             states, params = self._split(problem, y)
             u = problem.from_banded(states, params)
             return problem.banded_residuals(states, params, rf), action_errors(problem, u)
 
         n, d, p = problem.banded_shape
-        descent = _BandedDampedNewton(n, d, p, self.damping)
+        descent = _BandedDampedNewton(n, d, p, self.damping, bounds)
         return _BandedLevenbergMarquardt(descent), fn
 
-    def _fresh(self, problem, y, rf):
-        solver, fn = self.solver_and_fn(problem)
+    def _fresh(self, problem, y, rf, bounds):
+        solver, fn = self.solver_and_fn(problem, bounds)
         f_struct, aux_struct = jax.eval_shape(fn, y, rf)
         return solver.init(fn, y, rf, {}, f_struct, aux_struct, frozenset())
 
     def init(self, problem, y, rf0, shared):
         return _LMLane(
-            inner=self._fresh(problem, y, rf0),
+            inner=self._fresh(problem, y, rf0, shared),
             first=jnp.array(True),
             rejections=jnp.array(0, jnp.int32),
             action=jnp.array(jnp.inf, y.dtype),
@@ -99,7 +119,7 @@ class LevenbergMarquardt(AbstractMinimiser):
     def restart(self, problem, done, y, rf, beta, state, shared):
         # Only the small leaves of a fresh state are taken: the first step after it is
         # accepted unconditionally and recomputes the blocks.
-        fresh = self._fresh(problem, y, rf)
+        fresh = self._fresh(problem, y, rf, shared)
         inner = jtu.tree_map(
             lambda a, b: jnp.where(done, a, b) if eqx.is_array(a) and a.ndim <= 1 else b,
             fresh,
@@ -113,7 +133,7 @@ class LevenbergMarquardt(AbstractMinimiser):
         )
 
     def step(self, problem, y, rf, beta, loop_step, state, shared):
-        solver, fn = self.solver_and_fn(problem)
+        solver, fn = self.solver_and_fn(problem, shared)
         y, inner, _ = solver.step(fn, y, rf, {}, state.inner, frozenset())
         accepted = solver.accepted_steps(inner) > solver.accepted_steps(state.inner)
         residual, grad, errors = solver.accepted_point(inner)
@@ -122,11 +142,14 @@ class LevenbergMarquardt(AbstractMinimiser):
         failed = (rejections >= self.max_rejections) | (
             solver.result(inner) != optx.RESULTS.successful
         )
+        grad = 2 * grad
+        if shared is not None:
+            grad = projected_gradient(y, grad, *shared)
         info = StepInfo(
             accepted=accepted,
             first=state.first,
             action=action,
-            grad=2 * grad,
+            grad=grad,
             errors=errors,
             # No model of the remaining decrease: the last one stands in for it.
             predicted_decrease=jnp.where(accepted & ~state.first, state.action - action, jnp.inf),
@@ -147,13 +170,15 @@ class _LMLane(eqx.Module):
 
 
 class _BandedNormal(eqx.Module):
-    """JᵀJ in blocks, and Jᵀr, at the last accepted point."""
+    """JᵀJ in blocks, and Jᵀr, at the last accepted point (and the point itself, `y`,
+    where a box needs it; `None` otherwise)."""
 
     diagonal: Float[Array, "n d d"]
     off: Float[Array, "n-1 d d"]
     border: Float[Array, "n d p"]
     corner: Float[Array, "p p"]
     grad: Float[Array, " size"]
+    y: Float[Array, " size"] | None = None
 
 
 def _blocks(jac, n: int, d: int, p: int, dtype):
@@ -302,13 +327,41 @@ def solve_block_tridiagonal(
     return z_a - z_b @ theta, theta
 
 
+def _restricted(normal: _BandedNormal, free: Bool[Array, " size"]) -> _BandedNormal:
+    """The blocks of the system on the `free` unknowns alone: the rows and columns of the
+    others zeroed and their diagonal entries set to one, so that the banded solve gives
+    them a zero step (with a zero right-hand side) and its cost is unchanged."""
+    n, d, _ = normal.diagonal.shape
+    free = free.astype(normal.grad.dtype)
+    fs, fp = free[: n * d].reshape(n, d), free[n * d :]
+    unit = jax.vmap(jnp.diag)(1 - fs)
+    return _BandedNormal(
+        normal.diagonal * fs[:, :, None] * fs[:, None, :] + unit,
+        normal.off * fs[:-1, :, None] * fs[1:, None, :],
+        normal.border * fs[:, :, None] * fp[None, None, :],
+        normal.corner * fp[:, None] * fp[None, :] + jnp.diag(1 - fp),
+        normal.grad * free,
+    )
+
+
+def _into_box(y, delta, lower, upper):
+    """The step from `y` to the projection of y + δ onto the box [lower, upper]. The
+    solver forms y + δ itself, so rounding could carry it just past a bound: there δ moves
+    one unit in the last place inwards (enough, as |fl(y + (a − y)) − a| ≤ ½ulp(a − y))."""
+    delta = jnp.clip(y + delta, lower, upper) - y
+    delta = jnp.where(y + delta > upper, jnp.nextafter(delta, -jnp.inf), delta)
+    return jnp.where(y + delta < lower, jnp.nextafter(delta, jnp.inf), delta)
+
+
 class _BandedDampedNewton(optx.AbstractDescent):
-    """Marquardt-scaled damped Gauss–Newton steps with the banded solve."""
+    """Marquardt-scaled damped Gauss–Newton steps with the banded solve; with a box
+    `bounds` = (lower, upper) in the flat layout, projected steps with an active set."""
 
     n: int = eqx.field(static=True)
     d: int = eqx.field(static=True)
     p: int = eqx.field(static=True)
     damping: float = eqx.field(static=True)
+    bounds: tuple[Float[Array, " size"], Float[Array, " size"]] | None = None
 
     def init(self, y, f_info_struct):
         dtype = y.dtype
@@ -319,10 +372,14 @@ class _BandedDampedNewton(optx.AbstractDescent):
             jnp.zeros((n, d, p), dtype),
             jnp.zeros((p, p), dtype),
             jnp.zeros_like(y),
+            None if self.bounds is None else jnp.zeros_like(y),
         )
 
     def query(self, y, f_info, state):
-        return banded_normal_equations(f_info.jac, f_info.residual, self.n, self.d, self.p, y.dtype)
+        normal = banded_normal_equations(
+            f_info.jac, f_info.residual, self.n, self.d, self.p, y.dtype
+        )
+        return normal if self.bounds is None else dataclasses.replace(normal, y=y)
 
     def step(self, step_size, state: _BandedNormal):
         n, d = self.n, self.d
@@ -336,13 +393,37 @@ class _BandedDampedNewton(optx.AbstractDescent):
         )
         scale_s = jnp.maximum(diag_s, floor) + tiny
         scale_p = jnp.maximum(diag_p, floor) + tiny
-        diagonal = state.diagonal + lam * jax.vmap(jnp.diag)(scale_s)
-        corner = state.corner + lam * jnp.diag(scale_p)
-        grad_s, grad_p = state.grad[: n * d].reshape(n, d), state.grad[n * d :]
+        if self.bounds is None:
+            system = state
+        else:
+            # The active set: at a bound with the gradient pushing out, exactly the entries
+            # that `projected_gradient` zeroes.
+            free = projected_gradient(state.y, state.grad, *self.bounds) == state.grad
+            system = _restricted(state, free)
+        diagonal = system.diagonal + lam * jax.vmap(jnp.diag)(scale_s)
+        corner = system.corner + lam * jnp.diag(scale_p)
+        grad_s, grad_p = system.grad[: n * d].reshape(n, d), system.grad[n * d :]
         x, theta = solve_block_tridiagonal(
-            diagonal, state.off, state.border, corner, -grad_s, -grad_p
+            diagonal, system.off, system.border, corner, -grad_s, -grad_p
         )
-        return jnp.concatenate([x.reshape(-1), theta]), optx.RESULTS.successful
+        newton = jnp.concatenate([x.reshape(-1), theta])
+        if self.bounds is None:
+            return newton, optx.RESULTS.successful
+        # The step taken is the projected one: the trust region judges it by the reduction
+        # that it predicts, since it is what the solver adds to y.
+        return _into_box(state.y, newton, *self.bounds), optx.RESULTS.successful
+
+
+class _BoxTrustRegion(optx.ClassicalTrustRegion):
+    """`optx.ClassicalTrustRegion` for projected steps. Projecting a Gauss–Newton step can
+    spoil it, so that the model predicts a rise; such a step is taken to predict no
+    change: accepted only where the action does not rise, the region shrinking otherwise
+    (where the region would keep the step if the action rose by less than a hundredth of
+    the prediction). As the region shrinks the step turns into the projected, scaled
+    gradient step, which lowers the action wherever the point is not a KKT point."""
+
+    def predict_reduction(self, y_diff, f_info):
+        return jnp.minimum(super().predict_reduction(y_diff, f_info), 0.0)
 
 
 class _BandedLevenbergMarquardt(optx.AbstractGaussNewton):
@@ -358,7 +439,7 @@ class _BandedLevenbergMarquardt(optx.AbstractGaussNewton):
         self.atol = 0.0
         self.norm = optx.max_norm
         self.descent = descent
-        self.search = optx.ClassicalTrustRegion()
+        self.search = optx.ClassicalTrustRegion() if descent.bounds is None else _BoxTrustRegion()
         self.verbose = lambda **kwargs: None
 
     # What `LevenbergMarquardt.step` reads of a state of this solver, in one place: the
