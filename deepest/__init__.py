@@ -19,6 +19,8 @@ from ._results import AbstractResult as AbstractResult, RESULTS as RESULTS
 # -- data: observations, twin experiments, training sets --
 from ._data import (
     FlowMap as FlowMap,
+    Inputs as Inputs,
+    chaotic_current as chaotic_current,
     Observations as Observations,
     bar_images as bar_images,
     integrate as integrate,
@@ -26,6 +28,13 @@ from ._data import (
     standardised_inputs as standardised_inputs,
     twin_experiment as twin_experiment,
     twin_generator as twin_generator,
+)
+
+# -- neuroscience outputs: spikes and their timing --
+from ._neuro import (
+    coincidence_factor as coincidence_factor,
+    plot_neuron as plot_neuron,
+    spike_times as spike_times,
 )
 
 # -- the actions: assimilation, network training, the continuous action --

@@ -98,3 +98,24 @@ def test_a_start_outside_the_box_is_refused_before_compute():
     schedule = deepest.AnnealSchedule(rf0=1e-2, alpha=2.0, n_beta=2)
     with pytest.raises(ValueError, match=r"`init\['params'\]\['rho'\]` lies outside .* path 1"):
         deepest.anneal(problem, schedule, 2, jr.key(0), init=init, progress=False)
+
+
+@pytest.mark.parametrize("minimiser", [deepest.LBFGS(), deepest.LevenbergMarquardt()])
+def test_lorenz63_rho_leaves_its_bound(minimiser):
+    # The sigmoid map of earlier versions ended every path at ρ = 15.000 here: at the first
+    # β the minimiser pushed ρ to an edge, where the map's gradient vanishes.
+    state_range = [(-20.0, 20.0), (-25.0, 25.0), (5.0, 45.0)]
+    bounded = _lorenz63(n_times=81, bounds={"rho": (15.0, 40.0)}, state_range=state_range)
+    free = _lorenz63(n_times=81, state_range=state_range)
+    schedule = deepest.AnnealSchedule(rf0=1e-3, alpha=2.0, n_beta=20)
+    init = jax.vmap(bounded.init)(jr.split(jr.key(0), 6))
+    init["params"]["rho"] = jnp.linspace(15.0, 40.0, 6)  # on both bounds and between
+    runs = [
+        deepest.anneal(p, schedule, 6, jr.key(0), init=init, minimiser=minimiser, progress=False)
+        for p in (bounded, free)
+    ]
+    rho = [np.asarray(r.params["rho"]) for r in runs]
+    assert np.all(np.abs(rho[0] - 28.0) < 0.5)
+    # the minimum lies inside the box: the bounded run finds the free run's minimum
+    np.testing.assert_allclose(rho[0], rho[1], rtol=1e-6)
+    assert not runs[0].params_at_bound["rho"].any() and runs[0].warnings() == []

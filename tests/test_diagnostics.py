@@ -88,7 +88,7 @@ def test_a_parameter_pinned_at_its_bound_is_flagged():
     lines = result.warnings()
     assert len(lines) == 1
     assert lines[0].startswith(f"parameter 'forcing' of the best path (path {result.best})")
-    assert "upper bound 5" in lines[0] and f"{pinned} of 2 paths end at a bound" in lines[0]
+    assert "upper bound 5" in lines[0] and f"{pinned} of 2 paths end on a bound" in lines[0]
 
     def with_forcing(value):
         return eqx.tree_at(lambda r: r.views["params"]["forcing"], result, np.full(2, value))

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
@@ -194,9 +195,10 @@ class AbstractProblem(eqx.Module):
         unknowns to what results report (e.g. bounded parameters θ = a + (b − a)·σ(u)).
 
         A flat prior on the reported quantities is exp(log_jacobian) on the unknowns.
-        Zero by default (the unknowns are what is reported).
+        Zero by default (the unknowns are what is reported), in the unknowns' dtype.
         """
-        return jnp.zeros((), jnp.result_type(float))
+        leaves = [x for x in jax.tree.leaves(unknowns) if jnp.issubdtype(x.dtype, jnp.floating)]
+        return jnp.zeros((), leaves[0].dtype if leaves else jnp.result_type(float))
 
     def uncertainty_views(self, unknowns: PyTree[Array], std: PyTree[Array]) -> dict[str, Array]:
         """Named standard deviations of a batch of unknowns, from `std`, the marginal

@@ -336,6 +336,7 @@ def _inside_bounds(problem, unknowns, *, given: bool):
                     f"{int(path)}, entry [{at}] is {x[path][tuple(index)]:g}, outside "
                     f"[{lo[tuple(index)]:g}, {hi[tuple(index)]:g}]. Start inside the box."
                 )
+
     def clip(x, lo, hi):
         lo, hi = (jnp.broadcast_to(b, x.shape) for b in (lo, hi))
         return jnp.clip(x, lo, hi).astype(x.dtype)

@@ -259,13 +259,32 @@ class AnnealResult(AbstractResult):
             **{k: v for k, v in self.stats.items()},
         }
 
+    @property
+    def params_at_bound(self) -> dict[str, np.ndarray]:
+        """{name: (n_paths, size) bool}: the entries of each bounded parameter (an
+        assimilation's `bounds=`, known when the result has its problem) that end on a
+        bound, within 1e-6 of the box's width (√ε in a lower precision; of max(|bound|, 1)
+        for a one-sided box)."""
+        out = {}
+        params = self.views.get("params", {})
+        bounds = {} if self.problem is None else self.problem.parameter_bounds
+        for name, (low, high) in bounds.items():
+            if name not in params:
+                continue
+            theta = np.asarray(params[name]).reshape(self.n_paths, -1)
+            relative = max(_AT_BOUND, float(np.sqrt(np.finfo(theta.dtype).eps)))
+            finite = [abs(b) for b in (low, high) if np.isfinite(b)]
+            width = high - low if len(finite) == 2 else max(finite + [1.0])
+            out[name] = (theta - low <= relative * width) | (high - theta <= relative * width)
+        return out
+
     def warnings(self) -> list[str]:
         """What in this result needs a look, as lines of text (empty if nothing does): the
         paths that turned non-finite, and each bounded parameter of the best path that
-        ends within 1e-6 of a bound, relative to the bounds' width (√ε of a lower
-        precision: 3.5e-4 in float32, where the minimiser stops sooner on the sigmoid's
-        flat tail), of an assimilation's `bounds=` (known when the result has its
-        problem)."""
+        ends on a bound of an assimilation's `bounds=` (within 1e-6 of the bounds' width,
+        √ε in a lower precision; known when the result has its problem): the minimisers
+        project onto a bound, so an estimate there is a constrained minimum whose
+        gradient pushes out of the box."""
         lines = []
         bad = int(np.sum(~self.finite))
         if bad:
@@ -276,26 +295,24 @@ class AnnealResult(AbstractResult):
             )
         best = self.best
         params = self.views.get("params", {})
-        bounds = {} if self.problem is None else self.problem.parameter_bounds
-        for name, (low, high) in bounds.items():
-            if name not in params:
-                continue
+        for name, flags in self.params_at_bound.items():
+            low, high = self.problem.parameter_bounds[name]
             theta = np.asarray(params[name]).reshape(self.n_paths, -1)
-            relative = max(_AT_BOUND, float(np.sqrt(np.finfo(theta.dtype).eps)))
-            tolerance = relative * (high - low)
-            at_low, at_high = theta - low <= tolerance, high - theta <= tolerance
-            pinned = np.any(at_low | at_high, axis=1)
+            at_low, at_high = (
+                flags & (theta <= (low + high) / 2),
+                flags & (theta > (low + high) / 2),
+            )
             sides = [s for s, at in (("lower", at_low), ("upper", at_high)) if at[best].any()]
             if not sides:
                 continue
             ends = " and ".join(
                 f"its {side} bound {low if side == 'lower' else high:g}" for side in sides
             )
+            pinned = int(np.any(flags, axis=1).sum())
             lines.append(
-                f"parameter {name!r} of the best path (path {best}) ends within "
-                f"{relative:.2g} of {ends} (bounds ({low:g}, {high:g}); "
-                f"{int(pinned.sum())} of {self.n_paths} paths end at a bound): the action's "
-                "minimum lies at or past the bound; widen bounds= or check the model."
+                f"parameter {name!r} of the best path (path {best}) ends on {ends} (bounds "
+                f"({low:g}, {high:g}); {pinned} of {self.n_paths} paths end on a bound): the "
+                "action's minimum lies at or past the bound; widen bounds= or check the model."
             )
         return lines
 
@@ -317,7 +334,7 @@ class AnnealResult(AbstractResult):
 
 
 # A bounded parameter this close to a bound, relative to the bounds' width, is at it (in
-# float64; in float32 the sigmoid's tail ends the minimisation sooner, √ε allows for it).
+# float64; √ε in a lower precision).
 _AT_BOUND = 1e-6
 
 

@@ -11,6 +11,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
 from .._annealing import AbstractBandedProblem, Block
 from .._data import (
+    Inputs,
     Observations,
     check_dimension,
     check_equal_spacing,
@@ -121,7 +122,7 @@ class Assimilation(AbstractBandedProblem):
     state_ranges: tuple[tuple[float, float], ...] = eqx.field(static=True)
     state_box: tuple[tuple[float, float], ...] | None = eqx.field(static=True)
     background: Background | None
-    inputs: eqx.Module | None
+    inputs: Inputs | None
 
     @renamed_keywords(discretization="discretisation")
     def __init__(
@@ -142,7 +143,7 @@ class Assimilation(AbstractBandedProblem):
         | Mapping[int, tuple[float, float]]
         | None = None,
         background: Background | None = None,
-        inputs=None,
+        inputs: Inputs | None = None,
     ):
         if not isinstance(data, Observations):
             raise TypeError(f"`data` must be deepest.Observations; got {type(data).__name__}.")

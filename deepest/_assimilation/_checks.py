@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from .._data import Observations, concrete
+from .._data import Inputs, Observations, concrete
 from ..models import AbstractDrivenModel, takes_input
 
 
@@ -120,7 +120,7 @@ def state_draw_ranges(state_range, box, dim: int) -> tuple[tuple[float, float], 
     )
 
 
-def check_inputs(model, inputs, times):
+def check_inputs(model, inputs, times) -> Inputs | None:
     """Check that a model driven by an input gets `inputs` (a [`deepest.Inputs`][]) and a
     model that takes none gets none, and that the inputs cover the window's `times`
     (concrete) and have as many signals as a driven model declares."""
@@ -132,8 +132,6 @@ def check_inputs(model, inputs, times):
                 "F(t, x, params, u)); pass `inputs=deepest.Inputs(times, values)`."
             )
         return None
-    from .._data import Inputs  # noqa: PLC0415 (TODO: top level once it exists)
-
     if not isinstance(inputs, Inputs):
         raise TypeError(f"`inputs` must be a deepest.Inputs; got {type(inputs).__name__}.")
     if not driven:

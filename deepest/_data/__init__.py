@@ -10,6 +10,8 @@ from ._datasets import (
     standardised_inputs as standardised_inputs,
     twin_generator as twin_generator,
 )
+from ._inputs import Inputs as Inputs
+from ._stimulus import chaotic_current as chaotic_current
 from ._twin import (
     Observations as Observations,
     check_dimension as check_dimension,

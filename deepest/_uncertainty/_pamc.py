@@ -35,7 +35,7 @@ from .._results import (
     name_of,
     results_of,
 )
-from ._laplace import _banded_hessian, _check_result
+from ._laplace import _AT_BOUND, _banded_hessian, _check_result, bound_margins, cut_bands, flat_box
 from ._selected_inversion import BlockFactor, factor
 
 # blackjax is imported when sampling starts: importing it initialises JAX's backends,
@@ -66,7 +66,8 @@ class PAMCResult(AbstractResult):
       booleans.
     - `samples`: {β: the problem's views of the draws, in the reported quantities
       (`paths` and bounded parameters θ `params` of an assimilation), each with leading
-      axes (n_chains, n_samples)} for the β's of `save_betas`.
+      axes (n_chains, n_samples)} for the β's of `save_betas`. Every draw lies in the
+      problem's box (the target is cut to it).
     - `unknown_samples`: {β: the draws of the unknowns u themselves (n_chains, n_samples,
       …)} for the same β's (θ = `problem.parameters(u)`).
     - `stats`: `run_time` and `first_beta_time` (seconds; the first β's includes the
@@ -80,8 +81,9 @@ class PAMCResult(AbstractResult):
     the last of `betas`, with NaN statistics.
 
     `warnings()` lists what in the run calls for more sampling (R̂, ESS, flagged chains,
-    an interruption). `save(path)` writes it (`path/pamc.npz`), `PAMCResult.load(path,
-    problem)` reads it back.
+    an interruption). `intervals()` gives the bands mean ± k·σ cut at the problem's box.
+    `save(path)` writes it (`path/pamc.npz`), `PAMCResult.load(path, problem)` reads it
+    back.
     """
 
     file_name: ClassVar[str] = "pamc.npz"
@@ -175,6 +177,15 @@ class PAMCResult(AbstractResult):
         }
         return np.asarray(views["paths"][j]), np.asarray(views["paths_std"][j]), params
 
+    def intervals(self, beta: int | None = None, width: float = 2.0):
+        """An assimilation's bands mean ± `width`·σ (of `bands`) at a β (default: the last
+        run) cut at the problem's box: the samples never leave it, but a band of a
+        posterior cut by a bound would.
+
+        **Returns:** `(low (N_model, D), high (N_model, D), {name: (θ_low, θ_high)})`.
+        """
+        return cut_bands(self.problem, *self.bands(beta), width)
+
     @renamed_keywords(t_end="t1")
     def forecast(self, t1: float, beta: int | None = None, n_times: int = 200):
         """The forecast band from the samples of a saved β (default: the last run): every
@@ -264,9 +275,10 @@ def _a0(problem, rf, prior, u):
 
 
 @eqx.filter_jit
-def _sample_beta(problem, unravel, rf, positions, key, prior, settings):
+def _sample_beta(problem, unravel, rf, positions, key, prior, box, settings):
     """One β: window adaptation then `n_samples` draws, every chain vmapped; positions and
-    samples are flat unknowns (n_chains, size)."""
+    samples are flat unknowns (n_chains, size), inside `box` (flat (lower, upper, the
+    same widened by a margin), or None)."""
     kernel_name, n_warmup, n_samples, n_steps, target, precondition = settings
     import blackjax
 
@@ -281,7 +293,18 @@ def _sample_beta(problem, unravel, rf, positions, key, prior, settings):
 
     def log_density(z):
         u = chart.unknowns(z)
-        return problem.log_jacobian(u) - _a0(problem, rf, prior, u) + chart.log_density_extra(z)
+        if box is not None:
+            # The target is cut to the box: −inf outside, so HMC rejects a trajectory
+            # that leaves it and NUTS ends the tree there (a divergence). The margin keeps
+            # a start on a bound inside after the whitening's round trip; A₀ is evaluated
+            # at the point clipped into the box, which is what is drawn: outside, the
+            # model may be NaN (a negative rate), whose gradient would leak through the
+            # `where`.
+            y = ravel_pytree(u)[0]
+            inside = jnp.all((y >= box[2]) & (y <= box[3]))
+            u = unravel(jnp.clip(y, box[0], box[1]))
+        value = problem.log_jacobian(u) - _a0(problem, rf, prior, u) + chart.log_density_extra(z)
+        return value if box is None else jnp.where(inside, value, -jnp.inf)
 
     extra = {"num_integration_steps": n_steps} if kernel_name == "hmc" else {}
     warmup = blackjax.window_adaptation(
@@ -299,6 +322,8 @@ def _sample_beta(problem, unravel, rf, positions, key, prior, settings):
         def draw(state, k):
             state, info = kernel(k, state, log_density, step_size, inverse_mass, **extra)
             x = ravel_pytree(chart.unknowns(state.position))[0]
+            if box is not None:
+                x = jnp.clip(x, box[0], box[1])
             return state, (x, info.acceptance_rate, info.num_integration_steps)
 
         state, (samples, acceptance, steps) = jax.lax.scan(draw, state, jr.split(k_draw, n_samples))
@@ -357,7 +382,18 @@ def pamc(
     are blackjax's; every chain adapts and draws on its own, all of them vmapped in one
     compiled program per β (one compile for the whole schedule). A₀ is the problem's
     [`deepest.AbstractProblem.unnormalised_action`][]; parameters have a flat prior in
-    the reported quantities (bounded θ) unless `prior` is given.
+    the reported quantities unless `prior` is given.
+
+    A problem with a box ([`deepest.AbstractProblem.bounds`][]: an assimilation's
+    `bounds=` and `state_bounds=`) has its target cut to it: the log density is −inf
+    outside, so a leapfrog trajectory that leaves the box is rejected (HMC) or ends
+    there (NUTS, as a divergence), and every draw lies inside. Starting positions are
+    clipped into the box. (A sliver 1e-9 of the box's width wide, √ε in float32, is kept
+    outside it at the density of its edge, each draw there clipped onto the bound: a
+    start on a bound stays inside after the whitening's rounding.) Near an active bound
+    NUTS keeps the part of each tree inside the box; HMC loses every trajectory that
+    crosses it, so its adaptation shortens the step far below the posterior's scale and
+    it mixes poorly: prefer the default `kernel="nuts"` there.
 
     **Arguments:**
 
@@ -477,6 +513,13 @@ def pamc(
             "`precondition=True` needs a banded problem (an assimilation); pass "
             "`precondition=False` for this one."
         )
+    box = flat_box(problem, template)
+    if box is not None:
+        lower, upper = (b.astype(dtype) for b in box)
+        positions = jnp.clip(positions, lower[None], upper[None])
+        relative = max(_AT_BOUND, float(np.sqrt(np.finfo(dtype).eps)))
+        near_low, near_high = bound_margins(lower, upper, relative)
+        box = (lower, upper, lower - near_low, upper + near_high)
     settings = (
         kernel,
         int(n_warmup),
@@ -523,7 +566,7 @@ def pamc(
                 # rules whatever the user's (e.g. strict promotion in tests)
                 with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
                     samples, acceptance, step_size, steps, chart_ok = _sample_beta(
-                        problem, unravel, rf, positions, k_beta, prior, settings
+                        problem, unravel, rf, positions, k_beta, prior, box, settings
                     )
                 samples = jax.block_until_ready(samples)
                 run["leapfrog_steps"] += int(np.sum(np.asarray(steps)))

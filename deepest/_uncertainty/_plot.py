@@ -14,7 +14,8 @@ def plot_uncertainty(
     true_future=None,
 ):
     """Estimated states with ±2σ bands against the truth, one panel per component, and the
-    estimated parameters with ±2σ error bars against their true values.
+    estimated parameters with ±2σ error bars against their true values. Every band is cut
+    at the problem's box (its `intervals`), so none is drawn outside the bounds.
 
     **Arguments:**
 
@@ -35,22 +36,24 @@ def plot_uncertainty(
 
     problem = estimate.problem
     data = problem.data if data is None else data
-    means, stds, params = estimate.bands(which)
-    means, stds = np.asarray(means), np.asarray(stds)
+    means, _, params = estimate.bands(which)
+    means = np.asarray(means)
+    low, high, cut = estimate.intervals(which, 2.0)
     times = np.asarray(problem.ts)
     observed = list(data.observed)
     if components is None:
         unobserved = [c for c in range(means.shape[1]) if c not in observed]
         components = observed[:3] + unobserved[:3]
     band = None if forecast is None else estimate.forecast(forecast, which)
+    state_low, state_high = _state_box(problem, means.shape[-1])
     n_rows = len(components) + (1 if params else 0)
     fig, axes = plt.subplots(n_rows, 1, figsize=(8, 1.8 * n_rows), squeeze=False)
     axes = axes[:, 0]
     for ax, c in zip(axes, components, strict=False):
         ax.fill_between(
             times,
-            means[:, c] - 2 * stds[:, c],
-            means[:, c] + 2 * stds[:, c],
+            low[:, c],
+            high[:, c],
             color="C0",
             alpha=0.3,
             lw=0,
@@ -73,9 +76,10 @@ def plot_uncertainty(
             )
         if band is not None:
             ft, fm, fs = band
-            ax.fill_between(
-                ft, fm[:, c] - 2 * fs[:, c], fm[:, c] + 2 * fs[:, c], color="C2", alpha=0.3, lw=0
+            f_low, f_high = (
+                np.clip(fm[:, c] + k * fs[:, c], state_low[c], state_high[c]) for k in (-2, 2)
             )
+            ax.fill_between(ft, f_low, f_high, color="C2", alpha=0.3, lw=0)
             ax.plot(ft, fm[:, c], color="C2", lw=1.2, label="forecast")
             if true_future is not None:
                 ax.plot(true_future[0], np.asarray(true_future[1])[:, c], "k--", lw=0.8)
@@ -85,9 +89,10 @@ def plot_uncertainty(
         ax = axes[-1]
         names = list(params)
         for k, name in enumerate(names):
-            m, s = (np.ravel(a) for a in params[name])
+            m = np.ravel(params[name][0])
+            lo, hi = (np.ravel(a) for a in cut[name])
             xs = k + np.linspace(-0.2, 0.2, m.size) if m.size > 1 else np.array([k])
-            ax.errorbar(xs, m, yerr=2 * s, fmt="o", color="C0", capsize=3)
+            ax.errorbar(xs, m, yerr=[m - lo, hi - m], fmt="o", color="C0", capsize=3)
             true = (data.true_params or {}).get(name)
             if true is not None:
                 ax.plot(xs, np.ravel(np.broadcast_to(true, m.shape)), "kx")
@@ -96,6 +101,14 @@ def plot_uncertainty(
     axes[len(components) - 1].set_xlabel("t")
     fig.tight_layout()
     return fig
+
+
+def _state_box(problem, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(low (D,), high (D,)): the states' box of an assimilation (±inf where free)."""
+    box = problem.bounds()
+    if box is None:
+        return np.full(dim, -np.inf), np.full(dim, np.inf)
+    return tuple(np.asarray(side["path"]).reshape(-1, dim)[0] for side in box)
 
 
 def plot_expected_action(pamc_result, anneal_result=None, ax=None):

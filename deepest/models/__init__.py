@@ -9,3 +9,8 @@ from ._base import (
     takes_input as takes_input,
 )
 from ._lorenz import Lorenz63 as Lorenz63, Lorenz96 as Lorenz96
+from ._neuron import (
+    HodgkinHuxley as HodgkinHuxley,
+    NaKL as NaKL,
+    hodgkin_huxley_rates as hodgkin_huxley_rates,
+)

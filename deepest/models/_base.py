@@ -1,6 +1,7 @@
 """Models dx/dt = F(t, x, θ), and the parameter plumbing that names θ for estimation."""
 
 import abc
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
@@ -32,9 +33,7 @@ class AbstractModel(eqx.Module):
     def parameter_names(self) -> tuple[str, ...]:
         """The names of the model's parameters (its array-like fields)."""
         return tuple(
-            f.name
-            for f in self.__dataclass_fields__.values()
-            if not f.metadata.get("static", False)
+            f.name for f in dataclasses.fields(self) if not f.metadata.get("static", False)
         )
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jax.flatten_util import ravel_pytree
 
-from ._base import AbstractMinimiser, action_errors
+from ._base import AbstractMinimiser, action_errors, flat_bounds
 from ._compact import CompactLBFGS, Schedule, TridiagonalPreconditioner
 
 
@@ -29,6 +29,14 @@ class LBFGS(AbstractMinimiser):
     inverse Hessian (Byrd, Nocedal & Schnabel 1994), built for many lanes at once, with a
     weak-Wolfe line search that runs across steps (one step, one evaluation): see
     [`deepest.minimisers.CompactLBFGS`][].
+
+    With a box on the unknowns (`problem.bounds()`) the steps are projected onto it, with
+    an active set, as in L-BFGS-B: an unknown at a bound whose gradient pushes out of the
+    box is held there, the direction of the others is the quasi-Newton one restricted to
+    them, and the line search asks for Armijo's decrease along the projected path. Every
+    iterate lies in the box, and the gradient reported to the annealing loop is the
+    projected one, zero at a KKT point of the box. This holds with or without the
+    preconditioner and with `carry_curvature`.
 
     **Arguments:**
 
@@ -117,7 +125,8 @@ class LBFGS(AbstractMinimiser):
             precond = TridiagonalPreconditioner.build(
                 problem, self.unflatten(problem, y0[0]), rf_table[0], factors
             )
-        return Schedule(factors, precond)
+        # the box in the flat layout; None (the program of an unbounded problem) without one
+        return Schedule(factors, precond, flat_bounds(self, problem, y0.dtype))
 
     def init(self, problem, y, rf0, shared):
         f_struct, errors_struct = jax.eval_shape(_action_fn(problem, self.unflatten), y, rf0)
