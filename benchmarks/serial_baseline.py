@@ -14,11 +14,15 @@ import scipy.optimize
 from jax.flatten_util import ravel_pytree
 
 
-def serial_anneal(problem, schedule, init, ftol=1e-8, gtol=1e-8, maxiter=15000):
+def serial_anneal(problem, schedule, init, ftol=1e-8, gtol=1e-8, maxiter=15000, max_seconds=None):
     """Anneal each path of `init` (leading axis n_paths) one after another with scipy.
 
+    With `max_seconds`, each path stops after the first β that ends past that budget
+    (`n_beta_done` says how many β's each path finished; later levels NaN).
+
     **Returns:** dict with `action`, `measurement_error`, `model_error`, `iterations`
-    (function evaluations), `nit` ((n_beta, n_paths) each), `run_time`, `compile_time`.
+    (function evaluations), `nit` ((n_beta, n_paths) each), `n_beta_done` (n_paths,),
+    `run_time`, `compile_time`.
     """
     first = jax.tree.map(lambda a: a[0], init)
     _, unravel = ravel_pytree(first)
@@ -49,8 +53,10 @@ def serial_anneal(problem, schedule, init, ftol=1e-8, gtol=1e-8, maxiter=15000):
     out = {k: np.full(shape, np.nan) for k in ("action", "measurement_error", "model_error")}
     out["iterations"] = np.zeros(shape, int)
     out["nit"] = np.zeros(shape, int)
+    out["n_beta_done"] = np.zeros(n_paths, int)
     start = time.perf_counter()
     for p in range(n_paths):
+        path_start = time.perf_counter()
         path = jax.tree.map(lambda a, p=p: a[p], init)
         y = np.asarray(ravel_pytree(path)[0], dtype=np.float64)
         for b, rf in enumerate(rfs):
@@ -75,6 +81,9 @@ def serial_anneal(problem, schedule, init, ftol=1e-8, gtol=1e-8, maxiter=15000):
             out["model_error"][b, p] = float(model)
             out["iterations"][b, p] = res.nfev
             out["nit"][b, p] = res.nit
+            out["n_beta_done"][p] = b + 1
+            if max_seconds is not None and time.perf_counter() - path_start > max_seconds:
+                break
     out["run_time"] = time.perf_counter() - start
     out["compile_time"] = compile_time
     out["final"] = y

@@ -5,6 +5,7 @@ inputs' grid times the model sees the samples themselves; `predict` continues th
 and matches a diffrax solve of the driven model; a model and inputs that do not fit are
 refused before compute."""
 
+import os
 import re
 
 import diffrax
@@ -15,6 +16,10 @@ import numpy as np
 import pytest
 
 import deepest
+import deepest.experiments
+from deepest.cli import main
+
+from .helpers import ROOT
 
 K, A, B = 1.5, 0.7, -0.9  # ẋ = −K x + u(t), u(t) = A + B t
 
@@ -171,3 +176,43 @@ def test_a_driven_module_and_a_twin():
     two = deepest.Inputs(grid, np.stack([grid, grid], axis=1))
     with pytest.raises(ValueError, match="takes 1 input signal"):
         deepest.Assimilation(Leak(), data, rm=1.0, inputs=two)
+
+
+def test_the_nakl_config_runs_from_the_command_line(tmp_path):
+    """`model.name: nakl`, a chaotic current made by the config, NaKL's own boxes: the
+    shipped config at a tiny size, through `deepest anneal`, forecast with the current."""
+    out = tmp_path / "nakl"
+    sets = ["data.twin.n_times=101", "anneal.n_beta=4", "anneal.n_paths=2"]
+    sets += ["output.forecast_horizon=10.0"]
+    args = ["anneal", os.path.join(ROOT, "configs", "nakl.yaml"), "--out", str(out)]
+    assert main([*args, "--no-progress", *[x for s in sets for x in ("--set", s)]]) == 0
+    summary = (out / "summary.txt").read_text()
+    assert "estimated gNa:" in summary and "forecast RMS error over 10 time units" in summary
+    result = deepest.AnnealResult.load(out)
+    assert set(result.params) == set(deepest.models.NaKL().parameter_names)
+    low, high = deepest.models.NaKL.bounds["gNa"]
+    assert np.all((result.params["gNa"] >= low) & (result.params["gNa"] <= high))
+    gates = np.asarray(result.paths)[..., 1:]
+    assert gates.min() >= 0.0 and gates.max() <= 1.0
+
+
+def test_inputs_from_a_file_in_a_config(tmp_path):
+    times = np.linspace(0.0, 3.0, 31)
+    values = np.sin(times)
+    csv = tmp_path / "stimulus.csv"
+    csv.write_text("t,u\n" + "\n".join(f"{float(t)!r},{float(v)!r}" for t, v in zip(times, values)))
+    config = deepest.experiments.load(
+        os.path.join(ROOT, "configs", "nakl.yaml"),
+        [
+            "data.twin.n_times=101",
+            "data.twin.dt=0.02",
+            f"data.inputs={{file: {csv}, interpolation: cubic}}",
+        ],
+    )
+    problem, _, data, _ = config.build()
+    np.testing.assert_array_equal(np.asarray(problem.inputs.values)[:, 0], values)
+    assert problem.inputs.interpolation == "cubic" and data.n_times == 101
+    with pytest.raises(ValueError, match="takes one of `file` and `chaotic`"):
+        deepest.experiments.load(
+            os.path.join(ROOT, "configs", "nakl.yaml"), [f"data.inputs.file={csv}"]
+        )

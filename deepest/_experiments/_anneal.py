@@ -10,7 +10,7 @@ from pydantic import Field
 from .. import models as _models
 from .._annealing import LBFGS, AnnealSchedule, LevenbergMarquardt, anneal
 from .._assimilation import Assimilation
-from .._data import Observations, check_twin_memory, twin_experiment
+from .._data import Observations, chaotic_current, check_twin_memory, twin_experiment
 from .._misc import did_you_mean
 from ._base import (
     ConfigSection,
@@ -107,17 +107,41 @@ class TwinConfig(ConfigSection):
     x0: list[float] | None = None
 
 
+class ChaoticCurrentConfig(ConfigSection):
+    """`data.inputs.chaotic`: a [`deepest.chaotic_current`][] sampled every `dt` over
+    [0, `t1`]."""
+
+    t1: float = Field(gt=0)
+    dt: float = Field(gt=0)
+    mean: float = default_of(chaotic_current, "mean")
+    amplitude: float = default_of(chaotic_current, "amplitude")
+    timescale: float = Field(default_of(chaotic_current, "timescale"), gt=0)
+
+
 class InputsConfig(ConfigSection):
     """`data.inputs`: the driving inputs of a driven model ([`deepest.Inputs`][]), from a
-    `.csv` (times, then one column per signal) or `.npy`/`.npz` file."""
+    `.csv` (times, then one column per signal) or `.npy`/`.npz` `file` (relative to the
+    working folder), or a `chaotic` current made on the spot."""
 
-    file: str
+    file: str | None = None
+    chaotic: ChaoticCurrentConfig | None = None
     interpolation: Literal["linear", "cubic"] = "linear"
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self):
+        if (self.file is None) == (self.chaotic is None):
+            raise ValueError("`data.inputs` takes one of `file` and `chaotic`.")
+        return self
 
     def build(self):
         from .._data import Inputs
 
-        return Inputs.load(self.file, interpolation=self.interpolation)
+        if self.file is not None:
+            return Inputs.load(self.file, interpolation=self.interpolation)
+        c = self.chaotic
+        times = c.dt * np.arange(round(c.t1 / c.dt) + 1)
+        options = c.model_dump(exclude={"t1", "dt"})
+        return chaotic_current(times, interpolation=self.interpolation, **options)
 
 
 class DataConfig(ConfigSection):
@@ -304,7 +328,7 @@ class AnnealConfig(ConfigSection):
         from ..models import check_estimate, parametrised
 
         dim, data, problem, twin = self.model.dim, self.data, self.problem, self.data.twin
-        if data.inputs is not None and not os.path.isfile(data.inputs.file):
+        if data.inputs is not None and data.inputs.file and not os.path.isfile(data.inputs.file):
             raise ValueError(f"`data.inputs.file`: no such file: {data.inputs.file!r}.")
         if data.file is not None:
             if not os.path.isfile(data.file):

@@ -73,7 +73,8 @@ def anneal_summary(result, data, true_model, horizon: float) -> str:
         if horizon > 0:
             t1 = float(data.times[-1]) + horizon
             times, forecast = result.predict(t1, path=best)
-            true_future = integrate(true_model, truth[-1], times)
+            inputs = getattr(result.problem, "inputs", None)  # a driven model's, continuing
+            true_future = integrate(true_model, truth[-1], times, inputs=inputs)
             err = float(np.sqrt(np.mean((np.asarray(forecast) - np.asarray(true_future)) ** 2)))
             lines.append(f"forecast RMS error over {horizon:g} time units: {err:.4g}")
     return "\n".join(lines) + "\n"

@@ -48,7 +48,9 @@ def write_uncertainty_plot(path: str, estimate, data, true_model, horizon: float
         forecast = float(data.times[-1]) + horizon
         if data.truth is not None:
             times = np.linspace(float(data.times[-1]), forecast, 200)
-            true_future = (times, integrate(true_model, np.asarray(data.truth)[-1], times))
+            inputs = getattr(estimate.problem, "inputs", None)  # a driven model's, continuing
+            truth = integrate(true_model, np.asarray(data.truth)[-1], times, inputs=inputs)
+            true_future = (times, truth)
     fig = plot_uncertainty(estimate, data, which=which, forecast=forecast, true_future=true_future)
     fig.savefig(os.path.join(path, "uncertainty.png"), dpi=120, bbox_inches="tight")
     plt.close(fig)
