@@ -89,3 +89,34 @@ def test_epochs_must_be_alike():
         deepest.Epochs([_epoch(1), _epoch(2, discretisation="euler")])
     with pytest.raises(TypeError, match="non-empty sequence of deepest.Assimilation"):
         deepest.Epochs([])
+
+
+def test_laplace_and_its_forecast_band_on_epochs():
+    problem = deepest.Epochs([_epoch(1), _epoch(2)])
+    schedule = deepest.AnnealSchedule(rf0=1e-2, alpha=2.0, n_beta=10)
+    result = deepest.anneal(
+        problem, schedule, 2, jr.key(0), minimiser=deepest.LevenbergMarquardt(), progress=False
+    )
+    lap = deepest.laplace(problem, result)
+    assert lap.paths_std.shape == (2, 2, 41, 3) and lap.positive_definite.all()
+    times, mean, std = lap.forecast(2.5, n_times=6, n_samples=8)
+    assert np.shape(mean) == (6, 3) and np.all(np.isfinite(std))
+
+
+def test_a_problem_digest_sees_the_box():
+    from deepest._annealing import problem_digest
+
+    digests = {
+        problem_digest(p)
+        for p in (
+            _epoch(1),
+            _epoch(1, bounds={"rho": (20.0, 36.0)}),
+            _epoch(1, bounds={"rho": (27.0, 29.0)}),
+            _epoch(1, bounds={"rho": (20.0, 36.0)}, state_bounds=[(-30.0, 30.0), None, None]),
+        )
+    }
+    assert len(digests) == 4
+    assert problem_digest(_epoch(1)) == problem_digest(_epoch(1))
+    background = deepest.Background(jnp.zeros(4), diag=jnp.ones(4))
+    with pytest.raises(ValueError, match="would enter once per epoch"):
+        deepest.Epochs([_epoch(1, background=background), _epoch(2, background=background)])

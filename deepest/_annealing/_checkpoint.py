@@ -52,7 +52,18 @@ def problem_digest(problem, dtype=None) -> str:
     was built from)."""
     if dtype is not None:
         problem = jtu.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, problem)
-    return f"{type(problem).__name__} {_digest(problem)}"
+    digest = f"{type(problem).__name__} {_digest(problem)}"
+    # Static settings the arrays do not show, digested apart so that a problem without
+    # them keeps the digest of earlier versions: the box, the inputs' interpolation.
+    box = (
+        problem.bounds() if isinstance(problem, eqx.Module) and hasattr(problem, "bounds") else None
+    )
+    if box is not None:
+        digest += f" box {_digest(box)}"
+    inputs = getattr(problem, "inputs", None)
+    if inputs is not None:
+        digest += f" inputs {getattr(inputs, 'interpolation', '')}"
+    return digest
 
 
 def fingerprints(problem, y0, rf_table, factors, config, n_paths: int, n_devices: int) -> dict:

@@ -56,6 +56,11 @@ class Epochs(AbstractBandedProblem):
         first = problems[0]
         for i, p in enumerate(problems[1:], 1):
             _check_alike(first, p, i)
+        if first.background is not None and first.background.size > first.dim:
+            raise ValueError(
+                "An epoch's background covers the shared parameters too: it would enter once "
+                "per epoch. Give the epochs backgrounds on their first states only."
+            )
         self.stacked = jtu.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *problems)
         self.n_epochs = len(problems)
 
@@ -197,7 +202,9 @@ class Epochs(AbstractBandedProblem):
         continuing: [`deepest.Assimilation.forecast`][] of that epoch."""
         i = range(self.n_epochs)[epoch]
         own = {k: (v if k == "params" else v[i]) for k, v in unknowns.items()}
-        return self.epoch(i).forecast(own, t1, n_times)
+        with jax.ensure_compile_time_eval():  # the epoch's times stay numbers under jit
+            one = self.epoch(i)
+        return one.forecast(own, t1, n_times)
 
 
 def _check_alike(first: Assimilation, other: Assimilation, i: int) -> None:

@@ -555,6 +555,9 @@ def twin_experiment(
     dtype = jnp.result_type(float)
     state = jr.normal(k0, (dim,), dtype) if x0 is None else jnp.asarray(x0, dtype)
     n_spin = max(int(math.ceil(spinup / dt)), 1)
+    if inputs is not None:  # before any integration: the spin-up and the window
+        start = -n_spin * dt if spinup > 0 else 0.0
+        inputs.check_covers(start, (n_times - 1) * dt, "the twin experiment (spin-up and window)")
     if inputs is None:
         spin_times = dt * jnp.arange(n_spin + 1, dtype=dtype)
         spun = integrate(model, state, spin_times, substeps, params)[-1]

@@ -525,7 +525,9 @@ def _boundary_layer(g, h):
     curved = h > 0
     h = jnp.where(curved, h, 1)
     layer = 0.5 * jnp.log(2 * jnp.pi / h) + g**2 / (2 * h) + jss.log_ndtr(-g / jnp.sqrt(h))
-    return jnp.where(curved, layer, -jnp.log(g))
+    # neither curved nor pressed against the bound: no finite layer (+inf, not NaN)
+    flat = jnp.where(g > 0, -jnp.log(jnp.where(g > 0, g, 1)), jnp.inf)
+    return jnp.where(curved, layer, flat)
 
 
 def bound_margins(lower, upper, relative: float = _AT_BOUND):
@@ -543,7 +545,12 @@ def _sides(y, lower, upper):
     """+1 where `y` lies on its lower bound, −1 on its upper one, 0 elsewhere (within
     `bound_margins`)."""
     lower, upper = (jnp.broadcast_to(b, y.shape) for b in (lower, upper))
-    near_low, near_high = bound_margins(lower, upper)
+    # as AnnealResult.params_at_bound: √ε of a lower precision (a float32 bound of 100
+    # has an ulp of 7.6e-6, above 1e-9 of most widths)
+    relative = max(
+        _AT_BOUND, float(jnp.sqrt(jnp.finfo(y.dtype).eps)) if y.dtype != jnp.float64 else 0
+    )
+    near_low, near_high = bound_margins(lower, upper, relative)
     on_low = (lower > -np.inf) & (y - lower <= near_low)
     on_high = (upper < np.inf) & (upper - y <= near_high) & ~on_low
     return on_low.astype(y.dtype) - on_high.astype(y.dtype)
