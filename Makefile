@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 # The CPU benchmarks that BENCHMARKS.md records, in the order they run (benchmarks/README.md).
 BENCHMARKS := bench_anneal bench_lbfgs_step bench_lm_step bench_costate bench_training \
-	bench_adjoint bench_tpbvp bench_long_runs bench_uncertainty bench_reliability
+	bench_adjoint bench_tpbvp bench_long_runs bench_uncertainty bench_reliability bench_nakl
 
 .PHONY: install demo test test-minimum docs lint bench bench-quick bench-gpu clean
 

@@ -773,7 +773,7 @@ MODEL = [
     ),
     assimilation(
         "one-argument",
-        "F(t, x, params); _one_argument_model(x) takes 1 required positional argument.",
+        "F(t, x, params, u); _one_argument_model(x) takes 1 required positional argument.",
         _one_argument_model,
         TypeError,
     ),
@@ -818,15 +818,34 @@ MODEL = [
     ),
     assimilation(
         "bounds-reversed",
-        "`bounds['forcing']` must be (low, high), finite, with low < high; got (10.0, 6.0).",
+        "`bounds['forcing']` must be (low, high) with low < high (±inf for a side without a "
+        "bound); got (10.0, 6.0).",
         estimate=("forcing",),
         bounds={"forcing": (10.0, 6.0)},
     ),
     assimilation(
-        "bounds-infinite",
-        "`bounds['forcing']` must be (low, high), finite, with low < high; got (0.0, inf).",
+        "bounds-nan",
+        "`bounds['forcing']` must be (low, high) with low < high (±inf for a side without a "
+        "bound); got (nan, 6.0).",
         estimate=("forcing",),
-        bounds={"forcing": (0.0, np.inf)},
+        bounds={"forcing": (np.nan, 6.0)},
+    ),
+    assimilation(
+        "state-bounds-reversed",
+        "`state_bounds[1]` must be (low, high) with low < high (±inf for a side without a "
+        "bound); got (1.0, 0.0).",
+        state_bounds=[None, (1.0, 0.0)] + [None] * 6,
+    ),
+    assimilation(
+        "state-bounds-length",
+        "`state_bounds` must give one (low, high) or None per component (8), or "
+        "{component: (low, high)}; got 2 entries.",
+        state_bounds=[None, (0.0, 1.0)],
+    ),
+    assimilation(
+        "inputs-to-an-undriven-model",
+        "`inputs` were given, but the model takes none",
+        inputs=deepest.Inputs(np.linspace(0.0, 10.0, 11), np.ones(11)),
     ),
     assimilation(
         "range-not-estimated",
@@ -852,7 +871,8 @@ MODEL = [
     ),
     assimilation(
         "state-range-one-number",
-        "`state_range` must be a pair (low, high) of numbers; got 5.0.",
+        "`state_range` must be one (low, high) for every component, or one per component (8); "
+        "got 5.0.",
         state_range=5.0,
     ),
     assimilation(
