@@ -3,7 +3,7 @@ L-BFGS-B annealing of the same action, in one run.
 
 varanneal's NaKL model (`deepest.models.NaKL`: its equations, true parameters as the
 truth, `NaKL.bounds` and `NaKL.state_bounds` its boxes) is driven by a chaotic current
-(`deepest.chaotic_current`, mean 5, standard deviation 10 µA/cm², 10 ms per Lorenz-63 time
+(`deepest.chaotic_current`, mean 8, standard deviation 15 µA/cm², 5 ms per Lorenz-63 time
 unit) sampled at dt = 0.02 ms; the truth is integrated over 200 ms from rest; V is observed
 with noise σ = 1 mV over the first 100 ms (5001 times, R_m = 1/σ² = 1); all 18 parameters
 and the gates m, h, n are estimated, each starting path drawn uniformly in the boxes.
@@ -57,7 +57,7 @@ REST = (-64.5, 0.05, 0.6, 0.3)
 def twin(window=WINDOW, horizon=HORIZON):
     """(stimulus, data over the window, true states over window and horizon, times)."""
     times = np.arange(0.0, window + horizon + DT / 2, DT)
-    stimulus = deepest.chaotic_current(times, mean=5.0, amplitude=10.0, timescale=10.0)
+    stimulus = deepest.chaotic_current(times, mean=8.0, amplitude=15.0, timescale=5.0)
     full = deepest.twin_experiment(
         NaKL(),
         4,

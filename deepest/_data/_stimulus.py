@@ -10,9 +10,9 @@ from ..models import Lorenz63
 def chaotic_current(
     times: Float[ArrayLike, " n"],
     *,
-    mean: float = 2.0,
-    amplitude: float = 12.0,
-    timescale: float = 8.0,
+    mean: float = 8.0,
+    amplitude: float = 15.0,
+    timescale: float = 5.0,
     x0: tuple[float, float, float] = (-8.0, 7.0, 27.0),
     interpolation: str = "linear",
 ):
@@ -22,7 +22,9 @@ def chaotic_current(
     Varied enough in amplitude and time scale that a neuron driven by it visits rest,
     subthreshold swings and bursts of spikes, which is what makes its parameters
     identifiable from the voltage alone (Toth et al. 2011; Meliza et al. 2014 use chaotic
-    currents for that reason); deterministic, so experiments are reproducible.
+    currents for that reason); deterministic, so experiments are reproducible. The defaults
+    are the current of `benchmarks/bench_nakl.py`: of those measured there, the one whose
+    100 ms of voltage pin NaKL's parameters closest (BENCHMARKS.md).
 
     **Arguments:**
 
