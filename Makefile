@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BENCHMARKS := bench_anneal bench_lbfgs_step bench_lm_step bench_costate bench_training \
 	bench_adjoint bench_tpbvp bench_long_runs bench_uncertainty bench_reliability bench_nakl
 
-.PHONY: install demo test test-minimum docs lint bench bench-quick bench-gpu clean
+.PHONY: install demo test test-minimum docs lint bench bench-quick bench-gpu bench-dapper clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -91,5 +91,27 @@ bench-quick: $(STAMP)
 bench-gpu: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/bench_gpu.py
 
+# The side-by-side with DAPPER (issue 24; benchmarks/README.md): DAPPER 1.8.1 needs Python
+# >= 3.12, so it gets a venv of its own (.venv-dapper), where benchmarks/dapper_side.py runs
+# DAPPER's iEnKS and EnKF and writes benchmarks/dapper_data/*.npz; bench_dapper.py then runs
+# deepest on the same data in .venv. `python3.12`, or pyenv's 3.12.1 where that is a shim.
+DAPPER_VENV := .venv-dapper
+DAPPER_STAMP := $(DAPPER_VENV)/.installed
+
+$(DAPPER_STAMP):
+	@test -x $(DAPPER_VENV)/bin/python || { \
+		if python3.12 -c '' 2>/dev/null; then py="python3.12"; \
+		elif PYENV_VERSION=3.12.1 python3.12 -c '' 2>/dev/null; then py="env PYENV_VERSION=3.12.1 python3.12"; \
+		else echo "bench-dapper: DAPPER 1.8.1 needs Python 3.12, but neither python3.12 nor" \
+			"PYENV_VERSION=3.12.1 python3.12 runs; install Python 3.12" >&2; exit 1; fi; \
+		echo "$$py -m venv $(DAPPER_VENV)"; $$py -m venv $(DAPPER_VENV); }
+	$(DAPPER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DAPPER_VENV)/bin/python -m pip install -q dapper==1.8.1
+	touch $(DAPPER_STAMP)
+
+bench-dapper: $(STAMP) $(DAPPER_STAMP)
+	OPENBLAS_NUM_THREADS=1 $(DAPPER_VENV)/bin/python benchmarks/dapper_side.py
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/bench_dapper.py
+
 clean:
-	rm -rf $(VENV) $(MIN_VENV) .pytest_cache site .cache
+	rm -rf $(VENV) $(MIN_VENV) $(DAPPER_VENV) .pytest_cache site .cache

@@ -86,6 +86,9 @@ from ._uncertainty import (
     selected_inversion as selected_inversion,
 )
 
+# -- cycled assimilation: window after window, the Laplace Gaussian carried forward --
+from ._cycling import CycleResult as CycleResult, cycle as cycle
+
 # -- networks, the costate sweep (backpropagation), training --
 from ._networks import (
     AbstractCostateNetwork as AbstractCostateNetwork,

@@ -7,6 +7,7 @@ Ctrl-C, and the result of a problem's lanes.
 each group one program whose settings axis is a vmap of the same loop body (`batched`).
 """
 
+import collections
 import os
 import shutil
 import signal
@@ -86,7 +87,6 @@ def _check_initial_actions(minimiser, problem, y0, rf0):
         )
 
 
-@eqx.filter_jit
 @eqx.filter_jit
 def _model_sensitivities(minimiser, problem, y0):
     return jax.vmap(lambda y: problem.model_sensitivity(minimiser.unflatten(problem, y)))(y0)
@@ -413,15 +413,8 @@ def _run_chunks(
         state, meta = load_checkpoint(resume, state, fps, put=hosts.put)
         run_before = float(meta["run_time"])
     zero = np.int32(0) if hosts.many else jnp.asarray(0, jnp.int32)
-    # Lowered and compiled apart from the run, to report the compile time; a program of
-    # the same shapes and settings is reused (jit's cache), then this takes no time.
-    lowered = advance_loop.lower(
-        problem, y0, rf_table, factors, zero, state, zero, config, devices, batched
-    )
-    meter = config.progress_meter
-    if type(meter).compiling is not AbstractProgressMeter.compiling:  # it listens: the size
-        meter.compiling(lowered.as_text().count("\n"))
-    advance = lowered.compile()
+    args = (problem, y0, rf_table, factors, zero, state, zero, config, devices, batched)
+    advance = _compiled_advance(args)
     if check_memory:
         _check_compiled_memory(advance, devices)
     compile_time = time.perf_counter() - start
@@ -488,6 +481,43 @@ def _run_chunks(
     finally:
         config.progress_meter.close(handle)
     return state, compile_time, run_time, not finished
+
+
+# The compiled loop programs of recent runs, by what jit's cache would key them on: the
+# structure, shapes and dtypes of the arguments and their static parts. A run of the same
+# shapes (the next window of a cycle, another key) reuses one, neither traced nor compiled.
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+_PROGRAMS_KEPT = 8
+
+
+def _compiled_advance(args):
+    """`advance_loop` lowered and compiled for `args` (apart from the run, to report the
+    compile time), or the program compiled for arguments of the same kind before."""
+    dynamic, static = eqx.partition(args, eqx.is_array)
+    leaves, treedef = jtu.tree_flatten(dynamic)
+    kinds = tuple(
+        (np.shape(a), a.dtype, getattr(a, "weak_type", False), getattr(a, "sharding", None))
+        for a in leaves
+    )
+    fixed, fixed_def = jtu.tree_flatten(static)
+    try:
+        key = (treedef, kinds, fixed_def, tuple(fixed))
+        hash(key)
+    except TypeError:  # an unhashable static part: compile afresh
+        key = None
+    if key is not None and key in _PROGRAMS:
+        _PROGRAMS.move_to_end(key)
+        return _PROGRAMS[key]
+    lowered = advance_loop.lower(*args)
+    meter = args[7].progress_meter
+    if type(meter).compiling is not AbstractProgressMeter.compiling:  # it listens: the size
+        meter.compiling(lowered.as_text().count("\n"))
+    advance = lowered.compile()
+    if key is not None:
+        _PROGRAMS[key] = advance
+        while len(_PROGRAMS) > _PROGRAMS_KEPT:
+            _PROGRAMS.popitem(last=False)
+    return advance
 
 
 def _place(problem, y0, rf_table, factors, devices, hosts: Hosts, batched: bool):

@@ -423,7 +423,9 @@ def _condition(blocks, free_states, free_params):
     return diagonal, off, border, corner
 
 
-def _laplace_banded(problem, unknowns, rf, prior, gauss_newton, held):
+def _laplace_banded(problem, unknowns, rf, prior, gauss_newton, held, node=-1):
+    """The Laplace Gaussian of a banded problem at one minimum; `end` is the joint
+    covariance of the states of row `node` (default the last; may be traced) and θ."""
     blocks, (g_states, g_params) = _banded_hessian(problem, unknowns, rf, prior, gauss_newton)
     # padding slots are not held (zero in the banded layout): they keep their unit pivot
     free_s, free_p = (1 - a for a in problem.to_banded(held))
@@ -437,11 +439,11 @@ def _laplace_banded(problem, unknowns, rf, prior, gauss_newton, held):
     std = problem.from_banded(jnp.sqrt(var_states), jnp.sqrt(var_params))
     end = jnp.concatenate(
         [
-            jnp.concatenate([inverse.diagonal[-1], inverse.border[-1]], axis=1),
-            jnp.concatenate([inverse.border[-1].T, inverse.corner], axis=1),
+            jnp.concatenate([inverse.diagonal[node], inverse.border[node]], axis=1),
+            jnp.concatenate([inverse.border[node].T, inverse.corner], axis=1),
         ]
     )
-    free_end = jnp.concatenate([free_s[-1], free_p])
+    free_end = jnp.concatenate([free_s[node], free_p])
     end = end * free_end[:, None] * free_end[None, :]
     h = problem.from_banded(
         jnp.diagonal(curvature[0], axis1=1, axis2=2), jnp.diagonal(curvature[3])

@@ -1,0 +1,185 @@
+"""`deepest.cycle` against DAPPER's iEnKS and EnKF on DAPPER's own Lorenz-96 benchmark
+(issue 24), on identical truth and observations.
+
+`benchmarks/dapper_side.py` (run by `make bench-dapper` in its own Python 3.12
+environment with DAPPER 1.8.1) generates `dapper.mods.Lorenz96.sakov2008`'s truth and
+observations for four observation settings (all 40 components every 0.05; every other
+component every 0.05; every third every 0.1; all every 0.2), runs iEnKS (N = 24, Lag 4)
+and EnKF (N = 24) on them and writes `benchmarks/dapper_data/dapper_<setting>.npz`. This
+script reads those files and runs `deepest.cycle` on the same data: the model is DAPPER's
+(Lorenz-96, F = 8, one RK4 step of 0.05 per grid step: `discretisation="rk4"`,
+`steps_per_obs` = DAPPER's `dko`), R_m = 1 (R = I), and the first window's background is
+DAPPER's initial ensemble's distribution (variance 0.001 about the initial state) carried
+to the first observation time by the model. Statistics are DAPPER's (RMSE and spread per
+time, averaged over the times after its burn-in, `tto > 20`), from the same `.npz`.
+
+Wall time per observation time: DAPPER's assimilation time over its observation times
+against `deepest.cycle`'s whole call (compilation included) over the same, and its
+steady state (the median window's time), in one run on this CPU.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_dapper.py [--settings all half third
+        sparse] [--window W] [--paths N] [--quick]
+"""
+
+import argparse
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import json
+import platform
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import jax.random as jr  # noqa: E402
+import numpy as np  # noqa: E402
+
+import deepest  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "dapper_data")
+SETTINGS = ("all", "half", "third", "sparse")
+# Window (observation intervals) per setting, chosen by measurement (see BENCHMARKS.md).
+WINDOWS = {"all": 2, "half": 2, "third": 4, "sparse": 2}
+
+
+def _rk4(x, h=0.05, forcing=8.0):
+    def f(x):
+        return (jnp.roll(x, -1) - jnp.roll(x, 2)) * jnp.roll(x, 1) - x + forcing
+
+    k1 = f(x)
+    k2 = f(x + h / 2 * k1)
+    k3 = f(x + h / 2 * k2)
+    k4 = f(x + h * k3)
+    return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+def load(setting: str, quick: bool):
+    """DAPPER's data of one setting, as a dict of arrays (cut to ~100 times with `quick`)."""
+    f = dict(np.load(os.path.join(DATA, f"dapper_{setting}.npz")))
+    if quick:
+        n, total = int(f["burn_in_obs"]) + 60, f["tto"].shape[0]
+        for key in list(f):
+            if key not in ("xx", "tt") and np.ndim(f[key]) >= 1 and f[key].shape[0] == total:
+                f[key] = f[key][:n]
+    return f
+
+
+def run(setting: str, window: int, n_paths: int, quick: bool) -> dict:
+    f = load(setting, quick)
+    dko, observed = int(f["dko"]), tuple(int(i) for i in f["obs_inds"])
+    truth = f["xx"][f["kko"]]
+    data = deepest.Observations(f["tto"], f["yy"], observed, truth=truth, noise=1.0)
+    # DAPPER's initial ensemble: N(x₀, 0.001·I) at t = 0, the first observation dko steps on.
+    x0 = f["xx"][0] + np.sqrt(1e-3) * np.random.default_rng(0).normal(size=40)
+    for _ in range(dko):
+        x0 = _rk4(x0)
+    background = deepest.Background(np.asarray(x0), diag=np.full(40, 2e-3))
+    start = time.perf_counter()
+    result = deepest.cycle(
+        deepest.models.Lorenz96(8.0),
+        data,
+        window=window,
+        rm=1.0,
+        key=jr.key(0),
+        discretisation="rk4",
+        steps_per_obs=dko,
+        n_paths=n_paths,
+        background=background,
+        progress=False,
+    )
+    seconds = time.perf_counter() - start
+    burn_in = float(f["burn_in_time"]) - float(f["tto"][0])
+    ours_rmse = result.rmse(truth, burn_in=burn_in)
+    ours_spread = result.spread(burn_in=burn_in)
+    n_obs = len(f["tto"])
+    row = {
+        "setting": setting,
+        "n_obs": n_obs,
+        "averaged": int(np.sum(f["masko"])),
+        "window": window,
+        "n_paths": n_paths,
+        "deepest": {
+            "rmse": ours_rmse,
+            "spread": ours_spread,
+            "seconds_per_obs": seconds / n_obs,
+            "steady_seconds_per_obs": float(np.median(result.seconds)) / result.settings["shift"],
+            "stopped": result.stopped,
+        },
+    }
+    for method, kinds in (("ienks", "fas"), ("enkf", "fa")):
+        row[method] = {
+            "rmse": {k: float(f[f"{method}_rmse_{k}_avg"]) for k in kinds},
+            "spread": {k: float(f[f"{method}_spread_{k}_avg"]) for k in kinds},
+            "seconds_per_obs": float(f[f"{method}_seconds_per_obs"]),
+        }
+    return row
+
+
+def table(rows) -> str:
+    lines = [
+        "| setting | method | RMSE f | RMSE a | RMSE s | spread f | spread a | spread s "
+        "| ms per obs time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for name, key in (("deepest.cycle", "deepest"), ("iEnKS", "ienks"), ("EnKF", "enkf")):
+            r = row[key]
+            cells = (
+                [
+                    f"{r['rmse'].get(k, float('nan')):.3f}"
+                    for k in ("forecast", "analysis", "smoothed")
+                ]
+                if key == "deepest"
+                else [f"{r['rmse'].get(k, float('nan')):.3f}" for k in "fas"]
+            )
+            spread = (
+                [
+                    f"{r['spread'].get(k, float('nan')):.3f}"
+                    for k in ("forecast", "analysis", "smoothed")
+                ]
+                if key == "deepest"
+                else [f"{r['spread'].get(k, float('nan')):.3f}" for k in "fas"]
+            )
+            ms = f"{1e3 * r['seconds_per_obs']:.1f}"
+            if key == "deepest":
+                ms += f" (steady {1e3 * r['steady_seconds_per_obs']:.1f})"
+            label = f"{row['setting']} (W={row['window']})" if key == "deepest" else row["setting"]
+            lines.append(f"| {label} | {name} | " + " | ".join(cells + spread) + f" | {ms} |")
+    return "\n".join(lines).replace("nan", "–")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--window", type=int, default=None)
+    parser.add_argument("--paths", type=int, default=4)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", default=None, help="write the rows to this file")
+    args = parser.parse_args()
+    if not os.path.exists(os.path.join(DATA, f"dapper_{args.settings[0]}.npz")):
+        raise SystemExit(
+            f"No DAPPER data in {DATA}: run `make bench-dapper` (it makes them with DAPPER "
+            "1.8.1 in its own Python 3.12 environment, then runs this script)."
+        )
+    rows = []
+    for setting in args.settings:
+        window = args.window or WINDOWS[setting]
+        row = run(setting, window, args.paths, args.quick)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"jax {jax.__version__}, deepest {deepest.__version__}"
+    )
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,599 @@
+"""Cycled assimilation: [`deepest.cycle`][], window after window, each window's Laplace
+Gaussian the background of a later one."""
+
+import hashlib
+import os
+import time
+from collections.abc import Mapping, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import ArrayLike, PRNGKeyArray
+
+from .._annealing import AbstractMinimiser, AnnealSchedule, LevenbergMarquardt, anneal
+from .._annealing._checkpoint import problem_digest
+from .._assimilation import Assimilation, Background
+from .._data import Inputs, Observations
+from .._misc import renamed_keywords
+from .._results import RESULTS, codes_of, name_of, results_of
+from ._forecast import forecast, posterior, prior_paths
+from ._solution import CycleResult
+
+# Measured on DAPPER's Lorenz-96 benchmark (benchmarks/bench_dapper.py).
+DEFAULT_SCHEDULE = AnnealSchedule(rf0=1e-1, alpha=10.0, n_beta=8)
+DEFAULT_PATHS = 4
+DEFAULT_WARM = 2
+
+
+@renamed_keywords(discretization="discretisation")
+def cycle(
+    model,
+    data: Observations,
+    *,
+    window: int,
+    rm: ArrayLike,
+    key: PRNGKeyArray,
+    shift: int = 1,
+    discretisation="trapezoid",
+    steps_per_obs: int = 1,
+    schedule: AnnealSchedule | None = None,
+    warm: int | None = None,
+    n_paths: int | None = None,
+    background: Background | None = None,
+    estimate: Sequence[str] = (),
+    params: Mapping[str, ArrayLike] | None = None,
+    dim: int | None = None,
+    inflation: float = 1.0,
+    model_error: ArrayLike | None = None,
+    state_range=(-10.0, 10.0),
+    param_ranges: Mapping[str, tuple[float, float]] | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    state_bounds=None,
+    inputs: Inputs | None = None,
+    minimiser: AbstractMinimiser | None = None,
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: float = 60.0,
+    resume: str | os.PathLike | None = None,
+) -> CycleResult:
+    r"""Cycled assimilation: anneal window after window along `data`, each window's
+    Laplace Gaussian carried forward as the background of a later one — an iterated
+    extended Kalman smoother whose every analysis is the consistent minimum of many
+    annealed paths.
+
+    Window k spans the observation times a…e (e = a + `window`, shifted by `shift` from
+    window to window; consecutive windows overlap when `shift` < `window`, as the lag of
+    an iterative ensemble Kalman smoother). It assimilates the data after a, with the
+    background N(m_a, B) on (x(t_a), θ): m_a, P_a the filter analysis at t_a (the Laplace
+    Gaussian of the window that ended there, at its last node) and B = `inflation`·P_a +
+    `model_error`. The window's model term carries that Gaussian to its later times (the
+    Kalman forecast M B Mᵀ + Q, with Q the action's own model error), and the data within
+    update it, so that by the Markov property the window's posterior is P(X | data up to
+    t_e): its end is the filter analysis at t_e, its earlier times smoothed with a lag.
+    For a linear model with Gaussian noise every number is the Kalman filter's and the
+    Rauch–Tung–Striebel smoother's (tested to 1e-8). The first windows (those that would
+    start before the first time) span the first `window` intervals, with the data after
+    their end left out and the given `background` (or none) on the first state.
+
+    Each window anneals its paths (all at once, as [`deepest.anneal`][]) with
+    Levenberg–Marquardt by default: the first window over the whole `schedule` from the
+    usual draws; later ones over its last `warm` β's (the background already constrains
+    the path, so annealing from R_f ≈ 0 is not needed), from the forecast (the last
+    window's estimate continued by the model) and paths drawn from the background and run
+    by the model. The R_f of each window are scaled so that the model error's precision
+    per step, R_f·n_m/n_f, is that of a window with all its data measured, whatever is
+    masked. The lowest path at the last β is taken, polished by a Newton step, and its
+    Laplace Gaussian (the exact Hessian; its Gauss–Newton part where that is not
+    positive definite) gives the standard deviations and the covariance carried on.
+    Every window is one compiled program reused for all of them (same shapes).
+
+    **Arguments:**
+
+    - `model`, `rm`, `discretisation`, `steps_per_obs`, `estimate`, `params`, `dim`,
+      `state_range`, `param_ranges`, `bounds`, `state_bounds`, `inputs`: as for
+      [`deepest.Assimilation`][] (`inputs` covering the whole run).
+    - `data`: the [`deepest.Observations`][] of the whole run (equally spaced times).
+    - `window`: observation intervals per window (≥ 1; a multiple of `shift`).
+    - `shift`: observation times between consecutive windows' ends (≥ 1, ≤ `window`).
+    - `key`: PRNG key for the paths (each window folds its index in).
+    - `schedule`: the [`deepest.AnnealSchedule`][] of the first window; later windows
+      anneal its last `warm` β's (default: R_f = 0.1·10^β, β = 0…7).
+    - `warm`: β's per window after the first (default 2).
+    - `n_paths`: paths per window (default 4).
+    - `background`: a [`deepest.Background`][] on the first state (or on it and θ) before
+      the first data; default none (the first window from the data alone).
+    - `inflation`: multiplicative inflation (> 0) of the carried covariance.
+    - `model_error`: additive model error added to the carried covariance of the states:
+      a variance, D variances, or a (D, D) covariance.
+    - `minimiser`: each window's minimiser (default [`deepest.LevenbergMarquardt`][]).
+    - `progress`: a tqdm bar over windows.
+    - `checkpoint`: a folder the result so far is written to (`cycle.npz`, atomically,
+      marked `partial`) every `checkpoint_every` seconds, when interrupted and when a
+      window fails; `resume`: such a folder (or a saved result) of this same run to go
+      on from, bit for bit (a run of other data or settings is refused, naming what
+      differs).
+
+    A window whose paths all turn non-finite, or whose Hessian is not positive
+    definite, stops the cycle: the finished windows are returned (and written to
+    `checkpoint`) with `partial=True` and `stopped` saying why. Ctrl-C does the same
+    between windows.
+
+    **Returns:** a [`deepest.CycleResult`][].
+
+    **Example:**
+
+        result = deepest.cycle(deepest.models.Lorenz96(8.0), data, window=2, rm=1.0,
+                               discretisation="rk4", key=jax.random.key(0))
+        result.rmse(data.truth, burn_in=10.0)
+    """
+    schedule = DEFAULT_SCHEDULE if schedule is None else schedule
+    warm = DEFAULT_WARM if warm is None else warm
+    n_paths = DEFAULT_PATHS if n_paths is None else n_paths
+    minimiser = LevenbergMarquardt() if minimiser is None else minimiser
+    plan = _Plan.check(data, window, shift, schedule, warm, n_paths, inflation)
+    if dim is None and data.truth is not None:
+        dim = data.truth.shape[1]
+    settings = dict(
+        rm=rm,
+        dim=dim,
+        discretisation=discretisation,
+        steps_per_obs=steps_per_obs,
+        estimate=estimate,
+        params=params,
+        state_range=state_range,
+        param_ranges=param_ranges,
+        bounds=bounds,
+        state_bounds=state_bounds,
+        inputs=inputs,
+    )
+    # The first windows' problem (data from the first time, the user's background) and
+    # the later windows' (the first state's data in the background): built, so checked,
+    # before any compute; each window replaces their arrays.
+    mask = np.ones(data.values.shape, bool) if data.mask is None else np.asarray(data.mask)
+    values = np.where(mask, np.asarray(data.values), 0.0)
+    first = Assimilation(
+        model, _cut(data, values, mask, 0, window), background=background, **settings
+    )
+    d, p = first.dim, first.banded_shape[2]
+    placeholder = Background(np.zeros(d + p), diag=np.ones(d + p))
+    later = eqx.tree_at(lambda q: q.background, first, placeholder, is_leaf=_is_none)
+    added = _model_error(model_error, d)
+    fingerprint = _fingerprint(data, first, plan, key, minimiser, inflation, added, schedule)
+    cycler = _Cycler(
+        data, values, mask, first, later, plan, schedule, n_paths, key, minimiser, inflation, added
+    )
+    state = _State.start(np.asarray(data.times), d, p, plan, first)
+    if resume is not None:
+        state.resume(resume, fingerprint)
+    if state.k < plan.n_windows:
+        bar = _bar(progress, plan.n_windows, state.k)
+        first_k, last_write = state.k, time.monotonic()
+        try:
+            for k in range(state.k, plan.n_windows):
+                began = time.perf_counter()
+                stopped = cycler.window(k, state, check=k == first_k)
+                if stopped is not None:
+                    state.stopped = stopped
+                    break
+                state.seconds[-1] = time.perf_counter() - began
+                bar.update(1)
+                if checkpoint is not None and time.monotonic() - last_write > checkpoint_every:
+                    state.result(fingerprint, partial=True).save(checkpoint, overwrite=True)
+                    last_write = time.monotonic()
+        except KeyboardInterrupt:
+            state.interrupted = True
+        finally:
+            bar.close()
+    out = state.result(fingerprint, partial=state.k < plan.n_windows)
+    if checkpoint is not None:
+        out.save(checkpoint, overwrite=True)
+    return out
+
+
+class _Cycler(eqx.Module):
+    """What every window shares: the data, the two problems whose arrays each window
+    replaces, the schedule and the carrying settings."""
+
+    data: Observations
+    values: np.ndarray
+    mask: np.ndarray
+    first: Assimilation
+    later: Assimilation
+    plan: "_Plan"
+    schedule: AnnealSchedule
+    n_paths: int
+    key: PRNGKeyArray
+    minimiser: AbstractMinimiser
+    inflation: float
+    added: np.ndarray
+
+    @property
+    def n_ref(self) -> int:
+        """The measured entries of a window with all its data."""
+        return self.plan.window * len(self.data.observed)
+
+    @property
+    def precision(self):
+        """The model error's precision per step, R_f·n_m/n_f at the last β."""
+        n_f = self.first.dim * (self.first.n_model - 1)
+        return jnp.asarray(np.asarray(self.schedule.rf[-1], float) * self.n_ref / n_f)
+
+    def problem(self, state, a: int, e: int):
+        """Window a…e's problem and its count of measured entries: the data after a (from
+        a for a first window) up to e; the background of a later window from the
+        analysis at a."""
+        keep = self.mask.copy()
+        keep[: a + (a > 0)] = False  # before the window, or in its background
+        keep[e + 1 :] = False
+        n_m = int(keep[a : a + self.plan.window + 1].sum())
+        cut = _cut(self.data, self.values, keep, a, self.plan.window)
+        if a == 0:
+            return eqx.tree_at(lambda q: q.data, self.first, cut), n_m
+        d = self.first.dim
+        cov = self.inflation * state.analysis_cov[a]
+        cov[:d, :d] += self.added
+        background = Background(state.analysis_z[a], cov=cov)
+        return eqx.tree_at(lambda q: (q.data, q.background), self.later, (cut, background)), n_m
+
+    def window(self, k: int, state, check: bool) -> str | None:
+        """Anneal window k, take its Laplace Gaussian and record it in `state`; or say
+        why the cycle stops here."""
+        plan, schedule = self.plan, self.schedule
+        a, e = int(plan.starts[k]), int(plan.ends[k])
+        where = f"window {k} (times {a}…{e})"
+        problem, n_m = self.problem(state, a, e)
+        if n_m == 0:
+            return f"{where} has no measured data"
+        scale = self.n_ref / n_m  # the same model precision whatever is masked
+        if k == 0:
+            sched = AnnealSchedule(schedule.rf0 * scale, schedule.alpha, schedule.n_beta)
+            init = None
+        else:
+            sched = AnnealSchedule(schedule.rf[-plan.warm] * scale, schedule.alpha, plan.warm)
+            lower, upper = _box(problem)
+            init = _starts(state, problem, k, a, lower, upper, self.key, self.n_paths)
+        try:
+            run = anneal(
+                problem,
+                sched,
+                self.n_paths,
+                jr.fold_in(self.key, k),
+                init=init,
+                minimiser=self.minimiser,
+                progress=False,
+                throw=False,
+                check_memory=check,
+            )
+        except ValueError as error:
+            if check or "not finite at any initial path" not in str(error):
+                raise
+            return f"{where}: every path turned non-finite"
+        if run.partial:
+            raise KeyboardInterrupt
+        if not np.any(np.isfinite(run.action[-1])):
+            names = ", ".join(sorted(set(_names(run.result))))
+            return f"{where}: every path turned non-finite ({names})"
+        best = int(np.nanargmin(run.action[-1]))
+        chosen = jax.tree.map(lambda u: jnp.asarray(u[best]), run.unknowns)
+        rf = jnp.asarray(np.asarray(sched.rf[-1]), chosen["path"].dtype)
+        node = (e - a) * problem.steps_per_obs
+        gaussian = posterior(problem, chosen, rf, node)
+        if not bool(gaussian[3]):  # not a strict minimum: Gauss–Newton's curvature
+            gaussian = posterior(problem, chosen, rf, node, True)
+        if not bool(gaussian[3]):
+            return (
+                f"{where}: the Hessian of A₀ at its minimum is not positive definite (give "
+                "a `background`, or lengthen the window)"
+            )
+        fc = None
+        if k and np.all(np.isfinite(state.analysis_z[e - plan.shift])):
+            before = e - plan.shift
+            fc = forecast(
+                problem,
+                jnp.asarray(self.data.times[before]),
+                jnp.asarray(state.analysis_z[before]),
+                jnp.asarray(state.analysis_cov[before]),
+                plan.shift * problem.steps_per_obs,
+                self.precision,
+            )
+        state.record(k, a, e, run, best, *gaussian[:3], fc, problem)
+        return None
+
+
+class _Plan(eqx.Module):
+    window: int
+    shift: int
+    warm: int
+    starts: np.ndarray
+    ends: np.ndarray
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.ends)
+
+    @classmethod
+    def check(cls, data, window, shift, schedule, warm, n_paths, inflation) -> "_Plan":
+        if not isinstance(data, Observations):
+            raise TypeError(f"`data` must be deepest.Observations; got {type(data).__name__}.")
+        n_obs = data.times.size
+        for name, value in (("window", window), ("shift", shift), ("n_paths", n_paths)):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+        if window > n_obs - 1:
+            raise ValueError(
+                f"`window` ({window} observation intervals) is longer than the data "
+                f"({n_obs} times, {n_obs - 1} intervals)."
+            )
+        if shift > window or window % shift:
+            raise ValueError(
+                f"`shift` must divide `window` ({window}): each window starts where an "
+                f"earlier one ended; got {shift}."
+            )
+        if not isinstance(schedule, AnnealSchedule):
+            raise TypeError(
+                f"`schedule` must be a deepest.AnnealSchedule; got {type(schedule).__name__}."
+            )
+        if isinstance(warm, bool) or int(warm) != warm or not 1 <= warm <= schedule.n_beta:
+            raise ValueError(
+                f"`warm` must be an integer from 1 to the schedule's {schedule.n_beta} β's; "
+                f"got {warm!r}."
+            )
+        if not np.isfinite(inflation) or inflation <= 0:
+            raise ValueError(f"`inflation` must be positive; got {inflation}.")
+        ends = np.arange(shift, n_obs, shift)
+        return cls(int(window), int(shift), int(warm), np.maximum(ends - window, 0), ends)
+
+
+def _cut(data: Observations, values, mask, a: int, window: int) -> Observations:
+    """The data of the observation times a…a + window, with `mask` (no checks: the whole
+    run's data were checked)."""
+    rows = slice(a, a + window + 1)
+    cut = Observations(data.times[rows], values[rows], data.observed, mask=mask[rows])
+    return cut
+
+
+def _model_error(value, d: int) -> np.ndarray:
+    if value is None:
+        return np.zeros((d, d))
+    q = np.asarray(value, float)
+    if q.ndim == 0 or q.shape == (d,):
+        q = np.diag(np.broadcast_to(q, (d,)))
+    if q.shape != (d, d):
+        raise ValueError(
+            f"`model_error` must be a variance, {d} variances or a ({d}, {d}) covariance; got "
+            f"shape {q.shape}."
+        )
+    if not np.all(np.isfinite(q)) or not np.allclose(q, q.T):
+        raise ValueError("`model_error` must be finite and symmetric.")
+    if np.any(np.linalg.eigvalsh(q) < 0):
+        raise ValueError("`model_error` must be positive semidefinite.")
+    return q
+
+
+def _box(problem):
+    """The box of z = (x, θ) as flat lower and upper bounds."""
+    d, p = problem.dim, problem.banded_shape[2]
+    lower, upper = np.full(d + p, -np.inf), np.full(d + p, np.inf)
+    if problem.state_box is not None:
+        lower[:d], upper[:d] = np.asarray(problem.state_box, float).T
+    if problem.parameter_box:
+        box = dict((n, (a, b)) for n, a, b in problem.parameter_box)
+        start = d
+        for name in problem.estimate:
+            size = int(np.size(problem.values[name]))
+            lo, hi = box.get(name, (-np.inf, np.inf))
+            lower[start : start + size], upper[start : start + size] = lo, hi
+            start += size
+    return jnp.asarray(lower), jnp.asarray(upper)
+
+
+def _starts(state, problem, k, a, lower, upper, key, n_paths):
+    """The initial paths of window k: the forecast (the last window's estimate on the
+    times they share, continued by the model), then draws from the background run by the
+    model; a first window (a = 0) starts from the last one's estimate and the usual draws."""
+    draws_key = jr.fold_in(jr.fold_in(key, k), 1)
+    if a == 0:
+        init = jax.vmap(problem.init)(jr.split(draws_key, n_paths))
+        for name, value in state.last_unknowns.items():
+            init[name] = init[name].at[0].set(value)
+        return init
+    mean, cov = problem.background.mean, problem.background.covariance
+    chol = jnp.linalg.cholesky(cov)
+    init = prior_paths(problem, problem.ts[0], mean, chol, draws_key, n_paths, lower, upper)
+    # the forecast: the last window's estimate on the shared times, then the prior mean's path
+    shared = (state.last_window[1] - a) * problem.steps_per_obs
+    moved = (a - state.last_window[0]) * problem.steps_per_obs
+    last = state.last_unknowns
+    path0 = init["path"][0].at[: shared + 1].set(last["path"][moved:])
+    init = {**init, "path": init["path"].at[0].set(path0)}
+    if "midpoints" in last:
+        mid0 = init["midpoints"][0].at[:shared].set(last["midpoints"][moved:])
+        init["midpoints"] = init["midpoints"].at[0].set(mid0)
+    d = problem.dim
+    lo, hi = lower[None, None, :d], upper[None, None, :d]
+    init["path"] = jnp.clip(init["path"], lo, hi)
+    if "midpoints" in init:
+        init["midpoints"] = jnp.clip(init["midpoints"], lo, hi)
+    return init
+
+
+class _State:
+    """What the cycle carries and records, on the host (numpy)."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    @classmethod
+    def start(cls, times, d, p, plan, problem):
+        n_obs = times.size
+        nan = np.full((n_obs, d), np.nan)
+        return cls(
+            k=0,
+            plan=plan,
+            times=times,
+            forecast=nan.copy(),
+            forecast_std=nan.copy(),
+            analysis=nan.copy(),
+            analysis_std=nan.copy(),
+            analysis_z=np.full((n_obs, d + p), np.nan),
+            analysis_cov=np.full((n_obs, d + p, d + p), np.nan),
+            smoothed=nan.copy(),
+            smoothed_std=nan.copy(),
+            params=np.zeros((0, p)),
+            params_std=np.zeros((0, p)),
+            action=[],
+            codes=[],
+            best=[],
+            seconds=[],
+            last_unknowns=None,
+            last_window=None,
+            stopped=None,
+            interrupted=False,
+            d=d,
+            estimate=[[n, list(np.shape(problem.values[n]))] for n in problem.estimate],
+        )
+
+    def resume(self, path, fingerprint: dict) -> None:
+        """Go on from a saved (partial) result of this same run."""
+        done = CycleResult.load(path)
+        theirs = {k: v for k, v in done.settings.items() if k != "estimate"}
+        differ = [k for k in fingerprint if theirs.get(k) != fingerprint[k]]
+        if differ:
+            raise ValueError(
+                f"{os.fspath(path)} holds a cycle of another run: its {', '.join(differ)} "
+                "differ from this call's."
+            )
+        n = done.n_windows
+        for name in (
+            "forecast", "forecast_std", "analysis", "analysis_std", "analysis_cov",
+            "smoothed", "smoothed_std", "params", "params_std",
+        ):  # fmt: skip
+            setattr(self, name, np.array(getattr(done, name)))
+        self.analysis_z[:, : self.d] = self.analysis
+        ends = done.window_ends
+        self.analysis_z[ends, self.d :] = done.params
+        warm = self.plan.warm
+        self.action = [row if i == 0 else row[-warm:] for i, row in enumerate(done.action)]
+        self.codes = list(codes_of(done.result))
+        self.best = list(done.best)
+        self.seconds = list(done.seconds)
+        if n:
+            self.last_unknowns = {"path": done.last_path}
+            if done.last_midpoints is not None:
+                self.last_unknowns["midpoints"] = done.last_midpoints
+            self.last_window = (int(done.window_starts[-1]), int(ends[-1]))
+        self.k = n
+
+    def stop(self, reason: str) -> None:
+        self.stopped = reason
+
+    def record(self, k, a, e, run, best, mean, std, cov, fc, problem):
+        d, spo = self.d, problem.steps_per_obs
+        path = np.asarray(mean["path"])
+        obs = path[::spo]
+        states, params = problem.to_banded(mean)
+        self.analysis[e] = path[(e - a) * spo]
+        self.analysis_z[e] = np.concatenate([path[(e - a) * spo], np.asarray(params)])
+        self.analysis_cov[e] = np.asarray(cov)
+        self.analysis_std[e] = np.sqrt(np.diagonal(self.analysis_cov[e])[:d])
+        rows = slice(a, e + 1)
+        self.smoothed[rows] = obs[: e - a + 1]
+        self.smoothed_std[rows] = np.asarray(std["path"])[::spo][: e - a + 1]
+        if fc is not None:
+            fc_states, fc_std, _ = fc
+            new = slice(e - self.plan.shift + 1, e + 1)
+            self.forecast[new] = np.asarray(fc_states)[spo::spo]
+            self.forecast_std[new] = np.asarray(fc_std)[spo::spo]
+        _, p_std = problem.to_banded(std)
+        self.params = np.concatenate([self.params, np.asarray(params)[None]])
+        self.params_std = np.concatenate([self.params_std, np.asarray(p_std)[None]])
+        self.action.append(np.asarray(run.action))
+        self.codes.append(codes_of(run.result)[-1])
+        self.best.append(best)
+        self.seconds.append(0.0)
+        self.last_unknowns = {key: np.asarray(v) for key, v in mean.items() if key != "params"}
+        self.last_window = (a, e)
+        self.k = k + 1
+
+    def result(self, fingerprint: dict, partial: bool) -> CycleResult:
+        plan, n = self.plan, self.k
+        n_beta = max((a.shape[0] for a in self.action), default=0)
+        n_paths = self.action[0].shape[1] if self.action else 0
+        action = np.full((n, n_beta, n_paths), np.nan)
+        for i, levels in enumerate(self.action):
+            action[i, n_beta - levels.shape[0] :] = levels
+        stopped = self.stopped
+        if stopped is None and self.interrupted:
+            stopped = "interrupted"
+        last = self.last_unknowns or {}
+        return CycleResult(
+            times=self.times,
+            forecast=self.forecast,
+            forecast_std=self.forecast_std,
+            analysis=self.analysis,
+            analysis_std=self.analysis_std,
+            analysis_cov=self.analysis_cov,
+            smoothed=self.smoothed,
+            smoothed_std=self.smoothed_std,
+            window_starts=plan.starts[:n],
+            window_ends=plan.ends[:n],
+            params=self.params,
+            params_std=self.params_std,
+            action=action,
+            result=results_of(np.asarray(self.codes, np.int32).reshape(n, n_paths)),
+            best=np.asarray(self.best, int),
+            seconds=np.asarray(self.seconds, float),
+            last_path=last.get("path", np.zeros((0, self.d))),
+            last_midpoints=last.get("midpoints"),
+            settings={**fingerprint, "estimate": self.estimate},
+            partial=bool(partial),
+            stopped=stopped,
+        )
+
+
+def _fingerprint(data, problem, plan, key, minimiser, inflation, added, schedule) -> dict:
+    def digest(*values) -> str:
+        h = hashlib.sha256()
+        for v in jax.tree.leaves(values):
+            h.update(np.ascontiguousarray(np.asarray(v)).tobytes())
+        return h.hexdigest()[:16]
+
+    return {
+        "problem": problem_digest(problem),
+        "data": digest(data.times, data.values, data.mask),
+        "window": plan.window,
+        "shift": plan.shift,
+        "warm": plan.warm,
+        "schedule": digest(schedule.rf),
+        "key": digest(jr.key_data(key)),
+        "minimiser": type(minimiser).__name__,
+        "carry": digest(inflation, added),
+    }
+
+
+def _names(result: RESULTS) -> list[str]:
+    """The code names of the last β's paths."""
+    return [name_of(c) for c in codes_of(result)[-1]]
+
+
+def _bar(progress: bool, total: int, done: int):
+    if progress:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=done, desc="cycling", unit="window")
+    return _NoBar()
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _is_none(x) -> bool:
+    return x is None

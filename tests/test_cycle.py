@@ -1,0 +1,222 @@
+"""`deepest.cycle`: on a linear model with Gaussian noise, cycled windows with the Laplace
+background are the Kalman filter (analysis means and covariances, forecasts) and the
+Rauch–Tung–Striebel smoother (means and standard deviations given the data up to each
+window's end), the estimated parameter carried as an augmented state; DAPPER's statistics;
+bad input refused before compute; a failing window stops the cycle with the finished ones
+published, and a resume finishes it exactly as an unbroken run."""
+
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import deepest
+
+D, OBSERVED, N_OBS, DT, SPO, RM = 3, (0, 2), 11, 0.2, 2, 4.0
+A = np.array([[-0.1, 1.0, 0.0], [-1.0, -0.1, 0.3], [0.0, -0.3, -0.2]])
+C = np.array([0.3, -0.2, 0.1])  # a constant forcing, estimated
+SCHEDULE = deepest.AnnealSchedule(10.0, 10.0, 3)
+M0 = np.array([0.8, 0.2, 0.4, 0.2, -0.1, 0.0])  # the background of (x₀, c)
+P0 = np.diag([0.3, 0.5, 0.2, 0.1, 0.1, 0.1]) + 0.02
+
+
+def _field(t, x, params):
+    return jnp.asarray(A) @ x + params["c"]
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    h = DT / SPO
+    x, truth = np.array([1.0, 0.0, 0.5]), []
+    for _ in range(N_OBS):
+        truth.append(x)
+        for _ in range(SPO):
+            x = x + h * (A @ x + C) + 0.05 * rng.normal(size=D)
+    truth = np.array(truth)
+    values = truth[:, list(OBSERVED)] + rng.normal(size=(N_OBS, len(OBSERVED))) / np.sqrt(RM)
+    return deepest.Observations(np.arange(N_OBS) * DT, values, OBSERVED, truth=truth)
+
+
+def _cycle(window, shift, field=_field, **kwargs):
+    return deepest.cycle(
+        field,
+        _data(),
+        window=window,
+        shift=shift,
+        rm=RM,
+        key=jr.key(0),
+        discretisation="euler",
+        steps_per_obs=SPO,
+        schedule=SCHEDULE,
+        warm=1,
+        n_paths=2,
+        params={"c": C},
+        estimate=("c",),
+        background=deepest.Background(M0, cov=P0),
+        progress=False,
+        **kwargs,
+    )
+
+
+def _transition(window):
+    """One grid step of z = (x, c) (Euler) and its noise: the action's model error, of
+    precision λ = R_f·n_m/n_f per step on x (n_m of a window with all its data)."""
+    h = DT / SPO
+    step = np.block([[np.eye(D) + h * A, h * np.eye(D)], [np.zeros((D, D)), np.eye(D)]])
+    lam = SCHEDULE.rf[-1] * window * len(OBSERVED) / (D * window * SPO)
+    return step, np.diag(np.r_[np.full(D, 1 / lam), np.zeros(D)])
+
+
+def _kalman(values, n_data: int, window: int):
+    """The Kalman filter of the augmented state z = (x, c) on the model grid (Euler, model
+    error of precision λ = R_f·n_m/n_f per step on x, none on c), data up to `n_data`:
+    forecasts and analyses at the observation times; then the RTS smoother."""
+    step, q = _transition(window)
+    obs = np.eye(2 * D)[list(OBSERVED)]
+    m, p = M0.copy(), P0.copy()
+    fm, fp, am, ap = [], [], [], []
+    for j in range(N_OBS):
+        if j:
+            for _ in range(SPO):
+                m, p = step @ m, step @ p @ step.T + q
+        fm.append(m)
+        fp.append(p)
+        if j < n_data:
+            gain = p @ obs.T @ np.linalg.inv(obs @ p @ obs.T + np.eye(2) / RM)
+            m, p = m + gain @ (values[j] - obs @ m), (np.eye(2 * D) - gain @ obs) @ p
+        am.append(m)
+        ap.append(p)
+    sm, sp = np.array(am), np.array(ap)
+    for j in range(N_OBS - 2, -1, -1):
+        # transition over the SPO grid steps between observation times
+        big = np.linalg.matrix_power(step, SPO)
+        noise = sum(
+            np.linalg.matrix_power(step, k) @ q @ np.linalg.matrix_power(step, k).T
+            for k in range(SPO)
+        )
+        pf = big @ ap[j] @ big.T + noise
+        gain = ap[j] @ big.T @ np.linalg.inv(pf)
+        sm[j] = am[j] + gain @ (sm[j + 1] - big @ am[j])
+        sp[j] = ap[j] + gain @ (sp[j + 1] - pf) @ gain.T
+    return np.array(fm), np.array(fp), np.array(am), np.array(ap), sm, sp
+
+
+def _std(cov):
+    return np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))[..., :D]
+
+
+@pytest.mark.parametrize("window, shift", [(3, 1), (2, 2)])
+def test_linear_gaussian_is_kalman_and_rts(window, shift):
+    result = _cycle(window, shift)
+    values = np.asarray(_data().values)
+    fm, fp, am, ap, _, _ = _kalman(values, N_OBS, window)
+    assert result.stopped is None and not result.partial
+    ends = result.window_ends
+    np.testing.assert_array_equal(ends, np.arange(shift, N_OBS, shift))
+    tol = dict(rtol=1e-8, atol=1e-10)
+    # the filter analysis at each window's end, its covariance with the parameter
+    np.testing.assert_allclose(result.analysis[ends], am[ends, :D], **tol)
+    np.testing.assert_allclose(result.analysis_cov[ends], ap[ends], **tol)
+    np.testing.assert_allclose(result.params, am[ends, D:], **tol)
+    np.testing.assert_allclose(
+        result.params_std, np.sqrt(np.diagonal(ap[ends][:, D:, D:], axis1=1, axis2=2)), **tol
+    )
+    # the forecast from the previous analysis (none before the first window's end)
+    made = np.isfinite(result.forecast[:, 0])
+    np.testing.assert_array_equal(np.flatnonzero(made), np.arange(shift + 1, N_OBS))
+    step, q = _transition(window)
+    for j in np.flatnonzero(made):  # from the last analysis before j, (j − p)·SPO steps on
+        p = max(e for e in ends if e < j)
+        m, cov = am[p], ap[p]
+        for _ in range((j - p) * SPO):
+            m, cov = step @ m, step @ cov @ step.T + q
+        if j - p == 1:  # one interval on: the Kalman filter's own forecast
+            np.testing.assert_allclose(m, fm[j], **tol)
+        np.testing.assert_allclose(result.forecast[j], m[:D], **tol)
+        np.testing.assert_allclose(result.forecast_std[j], _std(cov), **tol)
+    # smoothed: the RTS smoother given the data up to the end of the last window holding t
+    for i in range(N_OBS):
+        end = max(e for s, e in zip(result.window_starts, ends) if s <= i <= e)
+        _, _, _, _, sm, sp = _kalman(values, end + 1, window)
+        np.testing.assert_allclose(result.smoothed[i], sm[i, :D], **tol)
+        np.testing.assert_allclose(result.smoothed_std[i], _std(sp[i]), **tol)
+    # DAPPER's statistics, by their definitions
+    truth = np.asarray(_data().truth)
+    keep = result.times > result.times[0] + 0.5
+    errors = np.sqrt(np.mean((result.smoothed - truth) ** 2, axis=1))
+    assert result.rmse(truth, burn_in=0.5)["smoothed"] == pytest.approx(np.mean(errors[keep]))
+    spread = np.sqrt(np.mean(result.analysis_std**2, axis=1))
+    assert result.spread(burn_in=0.5)["analysis"] == pytest.approx(
+        np.nanmean(spread[keep]), rel=1e-12
+    )
+
+
+def _failing(t, x, params):  # non-finite after t = 1.05
+    return jnp.asarray(A) @ x + params["c"] + jnp.where(t > 1.05, jnp.nan, 0.0)
+
+
+def test_a_failing_window_stops_the_cycle_and_a_resume_finishes_it(tmp_path):
+    whole = _cycle(2, 1)
+    broken = _cycle(2, 1, field=_failing, checkpoint=tmp_path)
+    assert broken.partial and "non-finite" in broken.stopped
+    assert broken.n_windows == 5  # windows ending at 1…5; the one ending at 6 reaches t > 1.05
+    np.testing.assert_array_equal(broken.analysis[:6], whole.analysis[:6])
+    assert np.all(np.isnan(broken.analysis[6:]))
+    saved = deepest.CycleResult.load(tmp_path)
+    assert saved.partial and saved.n_windows == 5
+    resumed = _cycle(2, 1, resume=tmp_path)
+    assert not resumed.partial and resumed.stopped is None
+    for name in ("forecast", "analysis", "analysis_cov", "smoothed", "smoothed_std", "params"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name))
+    # a checkpoint of another run is refused, naming what differs
+    with pytest.raises(ValueError, match="window"):
+        _cycle(3, 1, resume=tmp_path)
+
+
+def test_save_and_load(tmp_path):
+    result = _cycle(2, 2)
+    result.save(tmp_path)
+    back = deepest.CycleResult.load(tmp_path)
+    np.testing.assert_array_equal(back.analysis_cov, result.analysis_cov)
+    np.testing.assert_array_equal(back.parameters["c"], result.params)
+    assert back.settings == result.settings
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(window=0), "`window` must be a positive integer"),
+        (dict(window=N_OBS), "longer than the data"),
+        (dict(window=3, shift=2), "`shift` must divide `window`"),
+        (dict(window=2, shift=0), "`shift` must be a positive integer"),
+        (dict(window=2, inflation=0.0), "`inflation` must be positive"),
+        (dict(window=2, model_error=np.ones(2)), "`model_error` must be"),
+        (dict(window=2, model_error=-np.eye(D)), "positive semidefinite"),
+        (dict(window=2, warm=4), "`warm` must be"),
+        (
+            dict(window=2, background=deepest.Background(np.zeros(2), diag=np.ones(2))),
+            "`background`",
+        ),
+    ],
+)
+def test_bad_input_is_refused_before_compute(kwargs, match):
+    settings = dict(
+        window=2,
+        rm=RM,
+        key=jr.key(0),
+        discretisation="euler",
+        schedule=SCHEDULE,
+        params={"c": C},
+        estimate=("c",),
+        progress=False,
+    )
+    settings.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        deepest.cycle(_field, _data(), **settings)
+
+
+def test_background_covariance_checked():
+    with pytest.raises(ValueError, match="positive definite"):
+        deepest.Background(np.zeros(2), cov=np.array([[1.0, 2.0], [2.0, 1.0]]))
+    with pytest.raises(ValueError, match="shape"):
+        deepest.Background(np.zeros(2), cov=np.eye(3))
