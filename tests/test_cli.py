@@ -123,7 +123,7 @@ def test_every_shipped_config_runs_under_a_subcommand():
     # settings live beside it in notebooks/ (tests/test_config.py builds every one).
     names = sorted(os.listdir(os.path.join(ROOT, "configs")))
     assert len(names) >= 5
-    kinds = {"train": 0, "pamc": 0, "anneal": 0}
+    kinds = {"train": 0, "pamc": 0, "anneal": 0, "cycle": 0}
     for name in names:
         config = deepest.experiments.load(os.path.join(ROOT, "configs", name))
         kinds[deepest.experiments.kind_of(config.model_dump())] += 1

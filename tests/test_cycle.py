@@ -105,9 +105,9 @@ def _std(cov):
     return np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))[..., :D]
 
 
-@pytest.mark.parametrize("window, shift", [(3, 1), (2, 2)])
-def test_linear_gaussian_is_kalman_and_rts(window, shift):
-    result = _cycle(window, shift)
+@pytest.mark.parametrize("window, shift, carry", [(3, 1, "filter"), (2, 2, "smoother")])
+def test_linear_gaussian_is_kalman_and_rts(window, shift, carry):
+    result = _cycle(window, shift, carry=carry)
     values = np.asarray(_data().values)
     fm, fp, am, ap, _, _ = _kalman(values, N_OBS, window)
     assert result.stopped is None and not result.partial
@@ -187,7 +187,9 @@ def test_save_and_load(tmp_path):
     [
         (dict(window=0), "`window` must be a positive integer"),
         (dict(window=N_OBS), "longer than the data"),
-        (dict(window=3, shift=2), "`shift` must divide `window`"),
+        (dict(window=3, shift=2, carry="filter"), "`shift` must divide `window`"),
+        (dict(window=2, shift=3), "`shift` must be at most `window`"),
+        (dict(window=2, carry="kalman"), "`carry` must be"),
         (dict(window=2, shift=0), "`shift` must be a positive integer"),
         (dict(window=2, inflation=0.0), "`inflation` must be positive"),
         (dict(window=2, model_error=np.ones(2)), "`model_error` must be"),

@@ -15,9 +15,10 @@ from jaxtyping import ArrayLike, PRNGKeyArray
 
 from .._annealing import AbstractMinimiser, AnnealSchedule, LevenbergMarquardt, anneal
 from .._annealing._checkpoint import problem_digest
+from .._annealing._runner import RunSettings, _flatten as flatten_paths, run_loop
 from .._assimilation import Assimilation, Background
 from .._data import Inputs, Observations
-from .._misc import renamed_keywords
+from .._misc import cast_floating, renamed_keywords
 from .._results import RESULTS, codes_of, name_of, results_of
 from ._forecast import forecast, posterior, prior_paths
 from ._solution import CycleResult
@@ -46,6 +47,7 @@ def cycle(
     estimate: Sequence[str] = (),
     params: Mapping[str, ArrayLike] | None = None,
     dim: int | None = None,
+    carry: str = "smoother",
     inflation: float = 1.0,
     model_error: ArrayLike | None = None,
     state_range=(-10.0, 10.0),
@@ -133,7 +135,7 @@ def cycle(
     warm = DEFAULT_WARM if warm is None else warm
     n_paths = DEFAULT_PATHS if n_paths is None else n_paths
     minimiser = LevenbergMarquardt() if minimiser is None else minimiser
-    plan = _Plan.check(data, window, shift, schedule, warm, n_paths, inflation)
+    plan = _Plan.check(data, window, shift, schedule, warm, n_paths, inflation, carry)
     if dim is None and data.truth is not None:
         dim = data.truth.shape[1]
     settings = dict(
@@ -221,21 +223,30 @@ class _Cycler(eqx.Module):
         n_f = self.first.dim * (self.first.n_model - 1)
         return jnp.asarray(np.asarray(self.schedule.rf[-1], float) * self.n_ref / n_f)
 
-    def problem(self, state, a: int, e: int):
-        """Window a…e's problem and its count of measured entries: the data after a (from
-        a for a first window) up to e; the background of a later window from the
-        analysis at a."""
+    def problem(self, state, k: int, a: int, e: int):
+        """Window k's problem (times a…e) and its count of measured entries. `"filter"`:
+        the data after a (from a for a first window) up to e, the background of a later
+        window the analysis at a. `"smoother"`: the data after the last window's end up to
+        e (from the first time for the first window), the background the last window's
+        estimate at a."""
         keep = self.mask.copy()
-        keep[: a + (a > 0)] = False  # before the window, or in its background
+        if self.plan.carry == "filter":
+            keep[: a + (a > 0)] = False  # before the window, or in its background
+        elif k:
+            keep[: e - self.plan.shift + 1] = False  # assimilated by earlier windows
         keep[e + 1 :] = False
         n_m = int(keep[a : a + self.plan.window + 1].sum())
         cut = _cut(self.data, self.values, keep, a, self.plan.window)
-        if a == 0:
+        if self.plan.carry == "filter" and a == 0 or k == 0:
             return eqx.tree_at(lambda q: q.data, self.first, cut), n_m
+        if self.plan.carry == "filter":
+            mean, cov = state.analysis_z[a], state.analysis_cov[a]
+        else:
+            mean, cov = state.carry_z, state.carry_cov
         d = self.first.dim
-        cov = self.inflation * state.analysis_cov[a]
+        cov = self.inflation * cov
         cov[:d, :d] += self.added
-        background = Background(state.analysis_z[a], cov=cov)
+        background = Background(mean, cov=cov)
         return eqx.tree_at(lambda q: (q.data, q.background), self.later, (cut, background)), n_m
 
     def window(self, k: int, state, check: bool) -> str | None:
@@ -244,7 +255,7 @@ class _Cycler(eqx.Module):
         plan, schedule = self.plan, self.schedule
         a, e = int(plan.starts[k]), int(plan.ends[k])
         where = f"window {k} (times {a}…{e})"
-        problem, n_m = self.problem(state, a, e)
+        problem, n_m = self.problem(state, k, a, e)
         if n_m == 0:
             return f"{where} has no measured data"
         scale = self.n_ref / n_m  # the same model precision whatever is masked
@@ -255,7 +266,7 @@ class _Cycler(eqx.Module):
             sched = AnnealSchedule(schedule.rf[-plan.warm] * scale, schedule.alpha, plan.warm)
             lower, upper = _box(problem)
             init = _starts(state, problem, k, a, lower, upper, self.key, self.n_paths)
-        try:
+        if check or init is None:  # the first window run: every check of `anneal`
             run = anneal(
                 problem,
                 sched,
@@ -265,12 +276,9 @@ class _Cycler(eqx.Module):
                 minimiser=self.minimiser,
                 progress=False,
                 throw=False,
-                check_memory=check,
             )
-        except ValueError as error:
-            if check or "not finite at any initial path" not in str(error):
-                raise
-            return f"{where}: every path turned non-finite"
+        else:
+            run = _anneal_checked(problem, sched, init, self.n_paths, self.minimiser)
         if run.partial:
             raise KeyboardInterrupt
         if not np.any(np.isfinite(run.action[-1])):
@@ -279,10 +287,11 @@ class _Cycler(eqx.Module):
         best = int(np.nanargmin(run.action[-1]))
         chosen = jax.tree.map(lambda u: jnp.asarray(u[best]), run.unknowns)
         rf = jnp.asarray(np.asarray(sched.rf[-1]), chosen["path"].dtype)
-        node = (e - a) * problem.steps_per_obs
-        gaussian = posterior(problem, chosen, rf, node)
+        after = int(plan.starts[min(k + 1, plan.n_windows - 1)])  # the next window's start
+        nodes = jnp.asarray([e - a, after - a]) * problem.steps_per_obs
+        gaussian = posterior(problem, chosen, rf, nodes)
         if not bool(gaussian[3]):  # not a strict minimum: Gauss–Newton's curvature
-            gaussian = posterior(problem, chosen, rf, node, True)
+            gaussian = posterior(problem, chosen, rf, nodes, True)
         if not bool(gaussian[3]):
             return (
                 f"{where}: the Hessian of A₀ at its minimum is not positive definite (give "
@@ -299,7 +308,7 @@ class _Cycler(eqx.Module):
                 plan.shift * problem.steps_per_obs,
                 self.precision,
             )
-        state.record(k, a, e, run, best, *gaussian[:3], fc, problem)
+        state.record(k, a, e, after, run, best, *gaussian[:3], fc, problem)
         return None
 
 
@@ -307,6 +316,7 @@ class _Plan(eqx.Module):
     window: int
     shift: int
     warm: int
+    carry: str
     starts: np.ndarray
     ends: np.ndarray
 
@@ -315,7 +325,7 @@ class _Plan(eqx.Module):
         return len(self.ends)
 
     @classmethod
-    def check(cls, data, window, shift, schedule, warm, n_paths, inflation) -> "_Plan":
+    def check(cls, data, window, shift, schedule, warm, n_paths, inflation, carry) -> "_Plan":
         if not isinstance(data, Observations):
             raise TypeError(f"`data` must be deepest.Observations; got {type(data).__name__}.")
         n_obs = data.times.size
@@ -327,10 +337,14 @@ class _Plan(eqx.Module):
                 f"`window` ({window} observation intervals) is longer than the data "
                 f"({n_obs} times, {n_obs - 1} intervals)."
             )
-        if shift > window or window % shift:
+        if carry not in ("smoother", "filter"):
+            raise ValueError(f'`carry` must be "smoother" or "filter"; got {carry!r}.')
+        if shift > window:
+            raise ValueError(f"`shift` must be at most `window` ({window}); got {shift}.")
+        if carry == "filter" and window % shift:
             raise ValueError(
-                f"`shift` must divide `window` ({window}): each window starts where an "
-                f"earlier one ended; got {shift}."
+                f'With carry="filter" `shift` must divide `window` ({window}): each window '
+                f"starts where an earlier one ended; got {shift}."
             )
         if not isinstance(schedule, AnnealSchedule):
             raise TypeError(
@@ -344,7 +358,8 @@ class _Plan(eqx.Module):
         if not np.isfinite(inflation) or inflation <= 0:
             raise ValueError(f"`inflation` must be positive; got {inflation}.")
         ends = np.arange(shift, n_obs, shift)
-        return cls(int(window), int(shift), int(warm), np.maximum(ends - window, 0), ends)
+        starts = np.maximum(ends - window, 0)
+        return cls(int(window), int(shift), int(warm), carry, starts, ends)
 
 
 def _cut(data: Observations, values, mask, a: int, window: int) -> Observations:
@@ -440,6 +455,8 @@ class _State:
             analysis_std=nan.copy(),
             analysis_z=np.full((n_obs, d + p), np.nan),
             analysis_cov=np.full((n_obs, d + p, d + p), np.nan),
+            carry_z=np.full(d + p, np.nan),
+            carry_cov=np.full((d + p, d + p), np.nan),
             smoothed=nan.copy(),
             smoothed_std=nan.copy(),
             params=np.zeros((0, p)),
@@ -472,6 +489,7 @@ class _State:
             "smoothed", "smoothed_std", "params", "params_std",
         ):  # fmt: skip
             setattr(self, name, np.array(getattr(done, name)))
+        self.carry_z, self.carry_cov = np.array(done.background_mean), np.array(done.background_cov)
         self.analysis_z[:, : self.d] = self.analysis
         ends = done.window_ends
         self.analysis_z[ends, self.d :] = done.params
@@ -490,14 +508,17 @@ class _State:
     def stop(self, reason: str) -> None:
         self.stopped = reason
 
-    def record(self, k, a, e, run, best, mean, std, cov, fc, problem):
+    def record(self, k, a, e, after, run, best, mean, std, cov, fc, problem):
         d, spo = self.d, problem.steps_per_obs
         path = np.asarray(mean["path"])
         obs = path[::spo]
-        states, params = problem.to_banded(mean)
+        _, params = problem.to_banded(mean)
+        params = np.asarray(params)
         self.analysis[e] = path[(e - a) * spo]
-        self.analysis_z[e] = np.concatenate([path[(e - a) * spo], np.asarray(params)])
-        self.analysis_cov[e] = np.asarray(cov)
+        self.analysis_z[e] = np.concatenate([path[(e - a) * spo], params])
+        self.analysis_cov[e] = np.asarray(cov[0])
+        self.carry_z = np.concatenate([path[(after - a) * spo], params])
+        self.carry_cov = np.asarray(cov[1])
         self.analysis_std[e] = np.sqrt(np.diagonal(self.analysis_cov[e])[:d])
         rows = slice(a, e + 1)
         self.smoothed[rows] = obs[: e - a + 1]
@@ -508,7 +529,7 @@ class _State:
             self.forecast[new] = np.asarray(fc_states)[spo::spo]
             self.forecast_std[new] = np.asarray(fc_std)[spo::spo]
         _, p_std = problem.to_banded(std)
-        self.params = np.concatenate([self.params, np.asarray(params)[None]])
+        self.params = np.concatenate([self.params, params[None]])
         self.params_std = np.concatenate([self.params_std, np.asarray(p_std)[None]])
         self.action.append(np.asarray(run.action))
         self.codes.append(codes_of(run.result)[-1])
@@ -536,6 +557,8 @@ class _State:
             analysis=self.analysis,
             analysis_std=self.analysis_std,
             analysis_cov=self.analysis_cov,
+            background_mean=self.carry_z,
+            background_cov=self.carry_cov,
             smoothed=self.smoothed,
             smoothed_std=self.smoothed_std,
             window_starts=plan.starts[:n],
@@ -567,10 +590,11 @@ def _fingerprint(data, problem, plan, key, minimiser, inflation, added, schedule
         "window": plan.window,
         "shift": plan.shift,
         "warm": plan.warm,
+        "carry": plan.carry,
         "schedule": digest(schedule.rf),
         "key": digest(jr.key_data(key)),
         "minimiser": type(minimiser).__name__,
-        "carry": digest(inflation, added),
+        "inflation and model error": digest(inflation, added),
     }
 
 
@@ -593,6 +617,24 @@ class _NoBar:
 
     def close(self):
         pass
+
+
+def _anneal_checked(problem, schedule, init, n_paths, minimiser):
+    """`anneal` from `init` without its checks, for a window whose problem has the kind and
+    shapes of one `anneal` checked before (its compiled loop is reused): the checks cost
+    more than a window's annealing."""
+    settings = RunSettings.check(
+        schedule, n_paths, None, None, None, 5000, minimiser, None, False, check_memory=False
+    )
+    problem = cast_floating(problem, settings.dtype)
+    y0 = flatten_paths(minimiser, problem, cast_floating(init, settings.dtype))
+    rf_table = jnp.asarray(schedule.rf, settings.dtype)
+    factors = jnp.asarray(schedule.alpha ** np.arange(schedule.n_beta), settings.dtype)
+    devices = jax.devices()[:1]
+    state, stats, partial = run_loop(
+        problem, y0, rf_table, factors, settings, schedule.n_beta, devices, None, 60.0, None
+    )
+    return settings.result(problem, schedule, state, stats, partial)
 
 
 def _is_none(x) -> bool:

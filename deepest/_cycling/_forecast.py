@@ -121,17 +121,17 @@ def prior_paths(problem, t0, mean, chol, key: PRNGKeyArray, n: int, lower, upper
 
 
 @eqx.filter_jit
-def posterior(problem, unknowns: PyTree[Array], rf, node, gauss_newton: bool = False):
+def posterior(problem, unknowns: PyTree[Array], rf, nodes, gauss_newton: bool = False):
     """The Laplace Gaussian of the window at one minimum (the exact Hessian of A₀, or its
     Gauss–Newton part): the mean (the minimum polished by a Newton step), the marginal
-    standard deviations, the joint covariance of the states at grid row `node` (traced)
-    and θ, and whether the Hessian is positive definite."""
+    standard deviations, the joint covariances of the states at grid rows `nodes` (traced,
+    a vector) and θ, and whether the Hessian is positive definite."""
     held = jax.tree.map(jnp.zeros_like, unknowns)
     mean, std, _, positive, cov, _, _ = _laplace_banded(
-        problem, unknowns, rf, None, gauss_newton, held, node
+        problem, unknowns, rf, None, gauss_newton, held, nodes
     )
     d, p = problem.dim, problem.banded_shape[2]
     width = problem.banded_shape[1]
     keep = jnp.concatenate([jnp.arange(d), width + jnp.arange(p)])  # no midpoint slot
-    cov = cov[keep][:, keep]
-    return mean, std, (cov + cov.T) / 2, positive
+    cov = cov[..., keep[:, None], keep[None, :]]
+    return mean, std, (cov + jnp.swapaxes(cov, -1, -2)) / 2, positive

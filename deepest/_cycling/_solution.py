@@ -27,6 +27,8 @@ class CycleResult(AbstractResult):
       (n_obs, D), at each window's end.
     - `analysis_cov`: the joint covariance of the analysis state and the estimated
       parameters (n_obs, D + p, D + p), carried to later windows as their background.
+    - `background_mean`, `background_cov`: the Gaussian of (x, θ) at the start of the
+      window after the last one finished (what a resumed run starts it from).
     - `smoothed`, `smoothed_std`: the estimate given the data up to the end of the last
       window holding the time (a lag of `window − shift + 1` to `window` observation
       times; less at the end of the data).
@@ -57,6 +59,8 @@ class CycleResult(AbstractResult):
     analysis: np.ndarray
     analysis_std: np.ndarray
     analysis_cov: np.ndarray
+    background_mean: np.ndarray
+    background_cov: np.ndarray
     smoothed: np.ndarray
     smoothed_std: np.ndarray
     window_starts: np.ndarray

@@ -20,6 +20,11 @@ from ._continuous import (
     ContinuousTwinConfig as ContinuousTwinConfig,
     Lorenz96ContinuousConfig as Lorenz96ContinuousConfig,
 )
+from ._cycle import (
+    BackgroundConfig as BackgroundConfig,
+    CycleConfig as CycleConfig,
+    CycleSection as CycleSection,
+)
 from ._load import KINDS as KINDS, kind_of as kind_of, load as load, resolve as resolve
 from ._pamc import PAMCConfig as PAMCConfig, PAMCSection as PAMCSection
 from ._sweep import SweepConfig as SweepConfig, SweepPoint as SweepPoint

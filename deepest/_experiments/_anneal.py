@@ -365,27 +365,39 @@ class AnnealConfig(ConfigSection):
 
     def build(self) -> AnnealSetup:
         """The problem, schedule, data and true model (the twin's generator) of this config."""
+        data, true_model, inputs = self.build_data()
+        problem = Assimilation(data=data, **self.problem_arguments(inputs))
+        return AnnealSetup(problem, self.anneal.schedule(), data, true_model)
+
+    def build_data(self) -> tuple[Observations, Any, Any]:
+        """The data (from `data.file` or the twin experiment), the true model (the twin's
+        generator) and the inputs that drive the model (None for an undriven one)."""
         import jax.random as jr
 
         true_model = self.model.build()
         inputs = None if self.data.inputs is None else self.data.inputs.build()
         if self.data.file is not None:
-            data = Observations.load(self.data.file)
-        else:
-            twin = self.data.twin
-            data = twin_experiment(
-                true_model,
-                self.model.dim,
-                twin.n_times,
-                twin.dt,
-                twin.observed,
-                twin.noise,
-                jr.key(twin.seed),
-                spinup=twin.spinup,
-                substeps=twin.substeps,
-                x0=None if twin.x0 is None else np.asarray(twin.x0, dtype=float),
-                inputs=inputs,
-            )
+            return Observations.load(self.data.file), true_model, inputs
+        twin = self.data.twin
+        data = twin_experiment(
+            true_model,
+            self.model.dim,
+            twin.n_times,
+            twin.dt,
+            twin.observed,
+            twin.noise,
+            jr.key(twin.seed),
+            spinup=twin.spinup,
+            substeps=twin.substeps,
+            x0=None if twin.x0 is None else np.asarray(twin.x0, dtype=float),
+            inputs=inputs,
+        )
+        return data, true_model, inputs
+
+    def problem_arguments(self, inputs=None) -> dict:
+        """The arguments of [`deepest.Assimilation`][] but the data that the `model` and
+        `problem` sections set (those [`deepest.cycle`][] takes too), with the driving
+        `inputs`."""
         p = self.problem
         model = self.model.build(p.initial_params)
         bounds, state_bounds = p.boxes(model)
@@ -395,10 +407,9 @@ class AnnealConfig(ConfigSection):
             if isinstance(state_range[0], list)
             else tuple(state_range)
         )
-        problem = Assimilation(
-            model,
-            data,
-            np.asarray(p.rm, dtype=float),
+        return dict(
+            model=model,
+            rm=np.asarray(p.rm, dtype=float),
             dim=self.model.dim,
             discretisation=p.discretisation,
             steps_per_obs=p.steps_per_obs,
@@ -409,7 +420,6 @@ class AnnealConfig(ConfigSection):
             state_bounds=state_bounds,
             inputs=inputs,
         )
-        return AnnealSetup(problem, self.anneal.schedule(), data, true_model)
 
     def key(self):
         """The PRNG key of the paths' initial draws (`anneal.seed`)."""

@@ -8,22 +8,25 @@ from .._misc import did_you_mean
 from ._anneal import AnnealConfig
 from ._base import read_yaml, set_dotted, validate
 from ._continuous import CONTINUOUS_EXPERIMENTS
+from ._cycle import CycleConfig
 from ._pamc import PAMCConfig
 from ._sweep import SweepConfig
 from ._train import TRAIN_EXPERIMENTS
 
-KINDS = ("anneal", "pamc", "train", "sweep", "notebook")
-"""The kinds of experiment: `deepest anneal|pamc|train|sweep`, and the notebooks'
+KINDS = ("anneal", "pamc", "cycle", "train", "sweep", "notebook")
+"""The kinds of experiment: `deepest anneal|pamc|cycle|train|sweep`, and the notebooks'
 continuous-layer experiments."""
 
 
 def kind_of(config: Mapping) -> str:
     """The kind a config's keys say: `experiment` → train (or notebook), `pamc` → pamc,
-    `grid` → sweep, else anneal."""
+    `cycle` → cycle, `grid` → sweep, else anneal."""
     if "experiment" in config:
         return "notebook" if config["experiment"] in CONTINUOUS_EXPERIMENTS else "train"
     if "pamc" in config:
         return "pamc"
+    if "cycle" in config:
+        return "cycle"
     if "grid" in config or "base" in config:
         return "sweep"
     return "anneal"
@@ -46,7 +49,8 @@ def resolve(
     - `where`: the folder a sweep's `base` file is relative to.
 
     **Returns:** an [`AnnealConfig`][deepest.experiments.AnnealConfig],
-    [`PAMCConfig`][deepest.experiments.PAMCConfig], a train config or a
+    [`PAMCConfig`][deepest.experiments.PAMCConfig],
+    [`CycleConfig`][deepest.experiments.CycleConfig], a train config or a
     [`SweepConfig`][deepest.experiments.SweepConfig].
     """
     raw = copy.deepcopy(dict(config or {}))
@@ -73,7 +77,8 @@ def resolve(
         if raw.get("experiment") != experiment:
             raise ValueError("`experiment` cannot be changed by an override; edit the config file.")
         return validate(registry[experiment], raw)
-    return validate(PAMCConfig if kind == "pamc" else AnnealConfig, raw)
+    configs = {"pamc": PAMCConfig, "cycle": CycleConfig}
+    return validate(configs.get(kind, AnnealConfig), raw)
 
 
 def load(path: str | os.PathLike, overrides: Sequence[str] = (), kind: str | None = None):

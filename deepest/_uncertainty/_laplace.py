@@ -425,7 +425,8 @@ def _condition(blocks, free_states, free_params):
 
 def _laplace_banded(problem, unknowns, rf, prior, gauss_newton, held, node=-1):
     """The Laplace Gaussian of a banded problem at one minimum; `end` is the joint
-    covariance of the states of row `node` (default the last; may be traced) and θ."""
+    covariance of the states of row `node` (default the last; may be traced, or a vector
+    of rows, then one covariance each) and θ."""
     blocks, (g_states, g_params) = _banded_hessian(problem, unknowns, rf, prior, gauss_newton)
     # padding slots are not held (zero in the banded layout): they keep their unit pivot
     free_s, free_p = (1 - a for a in problem.to_banded(held))
@@ -437,14 +438,17 @@ def _laplace_banded(problem, unknowns, rf, prior, gauss_newton, held, node=-1):
     var_states = jnp.diagonal(inverse.diagonal, axis1=1, axis2=2) * free_s
     var_params = jnp.diagonal(inverse.corner) * free_p
     std = problem.from_banded(jnp.sqrt(var_states), jnp.sqrt(var_params))
-    end = jnp.concatenate(
-        [
-            jnp.concatenate([inverse.diagonal[node], inverse.border[node]], axis=1),
-            jnp.concatenate([inverse.border[node].T, inverse.corner], axis=1),
-        ]
-    )
-    free_end = jnp.concatenate([free_s[node], free_p])
-    end = end * free_end[:, None] * free_end[None, :]
+    def joint(i):  # the covariance of row i's states and θ
+        block = jnp.concatenate(
+            [
+                jnp.concatenate([inverse.diagonal[i], inverse.border[i]], axis=1),
+                jnp.concatenate([inverse.border[i].T, inverse.corner], axis=1),
+            ]
+        )
+        free = jnp.concatenate([free_s[i], free_p])
+        return block * free[:, None] * free[None, :]
+
+    end = joint(node) if jnp.ndim(node) == 0 else jax.vmap(joint)(node)
     h = problem.from_banded(
         jnp.diagonal(curvature[0], axis1=1, axis2=2), jnp.diagonal(curvature[3])
     )

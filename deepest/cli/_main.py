@@ -1,11 +1,12 @@
 """The `deepest` command line: `deepest anneal CONFIG.yaml`, `deepest sweep SWEEP.yaml`,
-`deepest pamc CONFIG.yaml` and `deepest train CONFIG.yaml`."""
+`deepest pamc CONFIG.yaml`, `deepest cycle CONFIG.yaml` and `deepest train CONFIG.yaml`."""
 
 import argparse
 import os
 import sys
 
 from ._anneal import run_anneal
+from ._cycle import run_cycle
 from ._session import Outcome, Session
 from ._sweep import run_sweep
 from ._train import run_train
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         ("anneal", "variational annealing of a data-assimilation problem"),
         ("sweep", "anneal every point of a grid of settings (SWEEP.yaml)"),
         ("pamc", "precision annealing Monte Carlo: sample the posterior along the schedule"),
+        ("cycle", "cycled assimilation: window after window, each one's analysis carried on"),
         ("train", "train a network by annealing and by backpropagation"),
     ):
         p = sub.add_parser(name, help=help_)
@@ -111,6 +113,8 @@ def _run(args, session: Session) -> Outcome:
         return run_sweep(args.config, args.out, args.overwrite, **common)
     if args.command == "pamc":
         return run_pamc(args.config, args.set, args.out, args.overwrite, **common)
+    if args.command == "cycle":
+        return run_cycle(args.config, args.set, args.out, args.overwrite, **common)
     return run_train(args.config, args.set, args.out, args.overwrite, **common)
 
 
@@ -153,6 +157,7 @@ def main(argv=None) -> int:
         "estimates.png",
         "uncertainty.png",
         "expected_action.png",
+        "cycle.png",
         "summary.txt",
         "index.csv",
         "sweep.png",
