@@ -222,3 +222,18 @@ def test_background_covariance_checked():
         deepest.Background(np.zeros(2), cov=np.array([[1.0, 2.0], [2.0, 1.0]]))
     with pytest.raises(ValueError, match="shape"):
         deepest.Background(np.zeros(2), cov=np.eye(3))
+
+
+def test_inputs_must_cover_the_whole_cycle():
+    inputs = deepest.Inputs(np.linspace(0.0, 1.0, 11), np.zeros((11, 1)))
+    with pytest.raises(ValueError, match="the cycle needs"):
+        deepest.cycle(
+            lambda t, x, params, u: jnp.asarray(A) @ x + u[0],
+            _data(),
+            window=2,
+            rm=RM,
+            key=jr.key(0),
+            dim=D,
+            inputs=inputs,
+            progress=False,
+        )

@@ -66,19 +66,33 @@ def cycle(
     extended Kalman smoother whose every analysis is the consistent minimum of many
     annealed paths.
 
-    Window k spans the observation times a…e (e = a + `window`, shifted by `shift` from
-    window to window; consecutive windows overlap when `shift` < `window`, as the lag of
-    an iterative ensemble Kalman smoother). It assimilates the data after a, with the
-    background N(m_a, B) on (x(t_a), θ): m_a, P_a the filter analysis at t_a (the Laplace
-    Gaussian of the window that ended there, at its last node) and B = `inflation`·P_a +
-    `model_error`. The window's model term carries that Gaussian to its later times (the
-    Kalman forecast M B Mᵀ + Q, with Q the action's own model error), and the data within
-    update it, so that by the Markov property the window's posterior is P(X | data up to
-    t_e): its end is the filter analysis at t_e, its earlier times smoothed with a lag.
-    For a linear model with Gaussian noise every number is the Kalman filter's and the
-    Rauch–Tung–Striebel smoother's (tested to 1e-8). The first windows (those that would
-    start before the first time) span the first `window` intervals, with the data after
-    their end left out and the given `background` (or none) on the first state.
+    Window k spans the observation times a…e: e = (k + 1)·`shift`, a = e − `window`
+    (consecutive windows overlap when `shift` < `window`, as an iterative ensemble Kalman
+    smoother's lag); the first windows, which would start before the first time, span the
+    first `window` intervals with the given `background` (or none) on the first state and
+    the data after their end left out. The background N(m, B) on (x(t_a), θ), B =
+    `inflation`·P + `model_error`, is what an earlier window's Laplace Gaussian says of
+    t_a; the window's model term carries it to its later times (the Kalman forecast
+    M B Mᵀ + Q, Q the action's own model error) and its data update it. Two ways to
+    `carry` it:
+
+    - `"smoother"` (default): m, P the last window's estimate at t_a (given the data up
+      to its end), and the window assimilates only the data after that end — each datum
+      once, one chain of windows (iEnKS's single data assimilation). Exact for a linear
+      model when `shift` = `window` or the model is perfect (R_f → ∞); with a lag and
+      model error it leaves out what the earlier data said of the model error inside
+      the window.
+    - `"filter"`: m, P the filter analysis at t_a (the window that ended there, at its
+      last node; `shift` must divide `window`), and the window assimilates all its data
+      after a. By the Markov property its posterior is then P(X | data up to t_e) for
+      any lag, with or without model error; windows `window/shift` apart form separate
+      chains.
+
+    Either way a window's end is the filter analysis at t_e and its earlier times are
+    smoothed with a lag; for a linear model with Gaussian noise every number is the
+    Kalman filter's and the Rauch–Tung–Striebel smoother's (tested to 1e-8). For a
+    chaotic model the Laplace covariance is a linearisation: an `inflation` of a few per
+    cent (1.05 on Lorenz-96, benchmarks/bench_dapper.py) keeps the spread honest.
 
     Each window anneals its paths (all at once, as [`deepest.anneal`][]) with
     Levenberg–Marquardt by default: the first window over the whole `schedule` from the
@@ -98,8 +112,11 @@ def cycle(
       `state_range`, `param_ranges`, `bounds`, `state_bounds`, `inputs`: as for
       [`deepest.Assimilation`][] (`inputs` covering the whole run).
     - `data`: the [`deepest.Observations`][] of the whole run (equally spaced times).
-    - `window`: observation intervals per window (≥ 1; a multiple of `shift`).
-    - `shift`: observation times between consecutive windows' ends (≥ 1, ≤ `window`).
+    - `window`: observation intervals per window (≥ 1): longer windows smooth more and
+      hold on where the data are sparse, at a cost growing with their length.
+    - `shift`: observation times between consecutive windows' ends (≥ 1, ≤ `window`;
+      default 1: an analysis at every time).
+    - `carry`: `"smoother"` or `"filter"`, above.
     - `key`: PRNG key for the paths (each window folds its index in).
     - `schedule`: the [`deepest.AnnealSchedule`][] of the first window; later windows
       anneal its last `warm` β's (default: R_f = 0.1·10^β, β = 0…7).
@@ -107,7 +124,8 @@ def cycle(
     - `n_paths`: paths per window (default 4).
     - `background`: a [`deepest.Background`][] on the first state (or on it and θ) before
       the first data; default none (the first window from the data alone).
-    - `inflation`: multiplicative inflation (> 0) of the carried covariance.
+    - `inflation`: multiplicative inflation (> 0) of the carried covariance (default 1:
+      exact for a linear model).
     - `model_error`: additive model error added to the carried covariance of the states:
       a variance, D variances, or a (D, D) covariance.
     - `minimiser`: each window's minimiser (default [`deepest.LevenbergMarquardt`][]).
@@ -127,8 +145,8 @@ def cycle(
 
     **Example:**
 
-        result = deepest.cycle(deepest.models.Lorenz96(8.0), data, window=2, rm=1.0,
-                               discretisation="rk4", key=jax.random.key(0))
+        result = deepest.cycle(deepest.models.Lorenz96(8.0), data, window=4, rm=1.0,
+                               discretisation="rk4", inflation=1.05, key=jax.random.key(0))
         result.rmse(data.truth, burn_in=10.0)
     """
     schedule = DEFAULT_SCHEDULE if schedule is None else schedule
@@ -138,6 +156,9 @@ def cycle(
     plan = _Plan.check(data, window, shift, schedule, warm, n_paths, inflation, carry)
     if dim is None and data.truth is not None:
         dim = data.truth.shape[1]
+    if isinstance(inputs, Inputs):
+        times = np.asarray(data.times)
+        inputs.check_covers(times[0], times[-1], "the cycle")
     settings = dict(
         rm=rm,
         dim=dim,
@@ -236,7 +257,11 @@ class _Cycler(eqx.Module):
             keep[: e - self.plan.shift + 1] = False  # assimilated by earlier windows
         keep[e + 1 :] = False
         n_m = int(keep[a : a + self.plan.window + 1].sum())
-        cut = _cut(self.data, self.values, keep, a, self.plan.window)
+        rows = slice(a, a + self.plan.window + 1)
+        arrays = tuple(
+            jnp.asarray(x) for x in (self.data.times[rows], self.values[rows], keep[rows])
+        )
+        cut = eqx.tree_at(_data_arrays, self.first.data, arrays)  # checked as the whole run
         if self.plan.carry == "filter" and a == 0 or k == 0:
             return eqx.tree_at(lambda q: q.data, self.first, cut), n_m
         if self.plan.carry == "filter":
@@ -363,11 +388,13 @@ class _Plan(eqx.Module):
 
 
 def _cut(data: Observations, values, mask, a: int, window: int) -> Observations:
-    """The data of the observation times a…a + window, with `mask` (no checks: the whole
-    run's data were checked)."""
+    """The data of the observation times a…a + window, with `mask`."""
     rows = slice(a, a + window + 1)
-    cut = Observations(data.times[rows], values[rows], data.observed, mask=mask[rows])
-    return cut
+    return Observations(data.times[rows], values[rows], data.observed, mask=mask[rows])
+
+
+def _data_arrays(data: Observations):
+    return data.times, data.values, data.mask
 
 
 def _model_error(value, d: int) -> np.ndarray:
