@@ -27,7 +27,7 @@ demo: $(STAMP)
 # (`docs`, a few seconds), failing on any broken reference or warning.
 test: $(STAMP) docs
 	rm -rf $(CURDIR)/.cache/jax
-	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax DEEPEST_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --dist worksteal tests --nbmake notebooks
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax DEEPEST_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=20 tests --nbmake notebooks
 
 # The lowest versions that pyproject.toml allows, in a venv of their own (.venv-min): each
 # dependency pinned `==` its floor by constraints-minimum.txt (checked against pyproject.toml

@@ -1,6 +1,6 @@
 """Experiments from config files: typed configs, built into the library's objects.
 
-`load(path, overrides)` reads a YAML experiment (`deepest anneal|pamc|train|sweep`), checks
+`load(path, overrides)` reads a YAML experiment (`deepest anneal|pamc|train|sweep|cycle`), checks
 every key (each error names its dotted key; an unknown key or name gets the nearest valid
 one; a YAML error names file:line:column) and returns its config; `build()` (anneal, pamc)
 gives the problem, schedule, data and true model, `run_options()` the settings of
@@ -27,6 +27,8 @@ from ._experiments import (
     BarImagesConfig as BarImagesConfig,
     ContinuousClassifierConfig as ContinuousClassifierConfig,
     ContinuousTwinConfig as ContinuousTwinConfig,
+    CycleConfig as CycleConfig,
+    CycleSection as CycleSection,
     DataConfig as DataConfig,
     DepthResolutionConfig as DepthResolutionConfig,
     Lorenz96ContinuousConfig as Lorenz96ContinuousConfig,

@@ -172,6 +172,8 @@ def cycle(
         state_bounds=state_bounds,
         inputs=inputs,
     )
+    if background is not None:  # in the carried form: one program for every window's Laplace
+        background = Background(background.mean, chol=_chol(background))
     # The first windows' problem (data from the first time, the user's background) and
     # the later windows' (the first state's data in the background): built, so checked,
     # before any compute; each window replaces their arrays.
@@ -662,6 +664,11 @@ def _anneal_checked(problem, schedule, init, n_paths, minimiser):
         problem, y0, rf_table, factors, settings, schedule.n_beta, devices, None, 60.0, None
     )
     return settings.result(problem, schedule, state, stats, partial)
+
+
+def _chol(background: Background):
+    factor = background.factor
+    return jnp.diag(factor) if factor.ndim == 1 else factor
 
 
 def _is_none(x) -> bool:

@@ -50,9 +50,10 @@ class BackgroundConfig(ConfigSection):
 class CycleSection(ConfigSection):
     """`cycle`: the windows of [`deepest.cycle`][] (observation intervals per `window`, the
     `shift` between their ends, the Gaussian they `carry`: "smoother" or "filter"), the
-    β's of each later window (`warm`), its paths (`n_paths`), the carried covariance's `inflation` and added `model_error` (a variance,
-    D variances or a D×D covariance), the first window's `background`, and the time
-    `burn_in` that the summary's statistics leave out (defaults: the library's)."""
+    β's of each later window (`warm`), its paths (`n_paths`), the carried covariance's
+    `inflation` and added `model_error` (a variance, D variances or a D×D covariance), the
+    first window's `background`, and the time `burn_in` that the summary's statistics
+    leave out (defaults: the library's)."""
 
     window: int = Field(ge=1)
     shift: int = Field(default_of(cycle, "shift"), ge=1)

@@ -438,6 +438,7 @@ def _laplace_banded(problem, unknowns, rf, prior, gauss_newton, held, node=-1):
     var_states = jnp.diagonal(inverse.diagonal, axis1=1, axis2=2) * free_s
     var_params = jnp.diagonal(inverse.corner) * free_p
     std = problem.from_banded(jnp.sqrt(var_states), jnp.sqrt(var_params))
+
     def joint(i):  # the covariance of row i's states and θ
         block = jnp.concatenate(
             [
