@@ -37,10 +37,10 @@ def _data():
     return deepest.Observations(np.arange(N_OBS) * DT, values, OBSERVED, truth=truth)
 
 
-def _cycle(window, shift, field=_field, **kwargs):
+def _cycle(window, shift, field=_field, data=None, **kwargs):
     return deepest.cycle(
         field,
-        _data(),
+        _data() if data is None else data,
         window=window,
         shift=shift,
         rm=RM,
@@ -67,7 +67,7 @@ def _transition(window):
     return step, np.diag(np.r_[np.full(D, 1 / lam), np.zeros(D)])
 
 
-def _kalman(values, n_data: int, window: int):
+def _kalman(values, n_data: int, window: int, skip=()):
     """The Kalman filter of the augmented state z = (x, c) on the model grid (Euler, model
     error of precision λ = R_f·n_m/n_f per step on x, none on c), data up to `n_data`:
     forecasts and analyses at the observation times; then the RTS smoother."""
@@ -81,7 +81,7 @@ def _kalman(values, n_data: int, window: int):
                 m, p = step @ m, step @ p @ step.T + q
         fm.append(m)
         fp.append(p)
-        if j < n_data:
+        if j < n_data and j not in skip:
             gain = p @ obs.T @ np.linalg.inv(obs @ p @ obs.T + np.eye(2) / RM)
             m, p = m + gain @ (values[j] - obs @ m), (np.eye(2 * D) - gain @ obs) @ p
         am.append(m)
@@ -149,6 +149,27 @@ def test_linear_gaussian_is_kalman_and_rts(window, shift, carry):
     assert result.spread(burn_in=0.5)["analysis"] == pytest.approx(
         np.nanmean(spread[keep]), rel=1e-12
     )
+
+
+def test_a_window_without_data_carries_its_background():
+    # times 3 and 4 unmeasured: the window ending at 4 is the Kalman filter's predict step
+    data = _data()
+    mask = np.ones(data.values.shape, bool)
+    mask[[3, 4]] = False
+    data = deepest.Observations(data.times, data.values, OBSERVED, truth=data.truth, mask=mask)
+    result = _cycle(2, 2, data=data)
+    assert result.stopped is None and result.best[1] == -1
+    _, _, am, ap, _, _ = _kalman(np.asarray(data.values), N_OBS, 2, skip=(3, 4))
+    ends = result.window_ends
+    np.testing.assert_allclose(result.analysis[ends], am[ends, :D], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(result.analysis_cov[ends], ap[ends], rtol=1e-8, atol=1e-10)
+
+
+def test_smoother_windows_need_not_tile():
+    # shift 2 in windows of 3: each window starts inside the last one
+    result = _cycle(3, 2)
+    np.testing.assert_array_equal(result.window_starts, [0, 1, 3, 5, 7])
+    assert result.stopped is None and np.all(np.isfinite(result.analysis[result.window_ends]))
 
 
 def _failing(t, x, params):  # non-finite after t = 1.05

@@ -4,6 +4,7 @@ Gaussian the background of a later one."""
 import hashlib
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 import equinox as eqx
@@ -115,7 +116,8 @@ def cycle(
     - `window`: observation intervals per window (≥ 1): longer windows smooth more and
       hold on where the data are sparse, at a cost growing with their length.
     - `shift`: observation times between consecutive windows' ends (≥ 1, ≤ `window`;
-      default 1: an analysis at every time).
+      default 1: an analysis at every time). Data after the last window's end (when
+      `shift` does not divide the number of intervals) are not assimilated.
     - `carry`: `"smoother"` or `"filter"`, above.
     - `key`: PRNG key for the paths (each window folds its index in).
     - `schedule`: the [`deepest.AnnealSchedule`][] of the first window; later windows
@@ -135,6 +137,11 @@ def cycle(
       window fails; `resume`: such a folder (or a saved result) of this same run to go
       on from, bit for bit (a run of other data or settings is refused, naming what
       differs).
+
+    A window without data is its background carried by the model (the Kalman filter's
+    predict step). The forecasts' covariance adds the action's model error per step
+    (exactly the Kalman filter's for the one-residual schemes "euler", "rk4" and
+    "trapezoid"'s explicit part; approximately, to O(h²), for the midpoint schemes).
 
     A window whose paths all turn non-finite, or whose Hessian is not positive
     definite, stops the cycle: the finished windows are returned (and written to
@@ -186,11 +193,13 @@ def cycle(
     placeholder = Background(np.zeros(d + p), diag=np.ones(d + p))
     later = eqx.tree_at(lambda q: q.background, first, placeholder, is_leaf=_is_none)
     added = _model_error(model_error, d)
-    fingerprint = _fingerprint(data, first, plan, key, minimiser, inflation, added, schedule)
+    fingerprint = _fingerprint(
+        data, first, plan, key, minimiser, inflation, added, schedule, n_paths
+    )
     cycler = _Cycler(
         data, values, mask, first, later, plan, schedule, n_paths, key, minimiser, inflation, added
     )
-    state = _State.start(np.asarray(data.times), d, p, plan, first)
+    state = _State.start(np.asarray(data.times), d, p, plan, first, n_paths)
     if resume is not None:
         state.resume(resume, fingerprint)
     if state.k < plan.n_windows:
@@ -206,16 +215,33 @@ def cycle(
                 state.seconds[-1] = time.perf_counter() - began
                 bar.update(1)
                 if checkpoint is not None and time.monotonic() - last_write > checkpoint_every:
-                    state.result(fingerprint, partial=True).save(checkpoint, overwrite=True)
+                    _write(state.result(fingerprint, partial=True), checkpoint)
                     last_write = time.monotonic()
         except KeyboardInterrupt:
             state.interrupted = True
+        except BaseException:  # the finished windows are kept, then the error raised
+            if checkpoint is not None and state.k:
+                _write(state.result(fingerprint, partial=True), checkpoint)
+            raise
         finally:
             bar.close()
     out = state.result(fingerprint, partial=state.k < plan.n_windows)
     if checkpoint is not None:
-        out.save(checkpoint, overwrite=True)
+        _write(out, checkpoint)
     return out
+
+
+def _write(result: CycleResult, checkpoint) -> None:
+    """Write the result to the checkpoint folder (atomically); a failed write warns and
+    the run goes on, the result in memory."""
+    try:
+        result.save(checkpoint, overwrite=True)
+    except OSError as error:
+        warnings.warn(
+            f"The cycle's checkpoint could not be written to {checkpoint}: {error}. The run "
+            "goes on; the last checkpoint there, if any, is older.",
+            stacklevel=3,
+        )
 
 
 class _Cycler(eqx.Module):
@@ -284,7 +310,7 @@ class _Cycler(eqx.Module):
         where = f"window {k} (times {a}…{e})"
         problem, n_m = self.problem(state, k, a, e)
         if n_m == 0:
-            return f"{where} has no measured data"
+            return self.carried(k, state, problem, a, e, where)
         scale = self.n_ref / n_m  # the same model precision whatever is masked
         if k == 0:
             sched = AnnealSchedule(schedule.rf0 * scale, schedule.alpha, schedule.n_beta)
@@ -303,6 +329,7 @@ class _Cycler(eqx.Module):
                 minimiser=self.minimiser,
                 progress=False,
                 throw=False,
+                devices=jax.devices()[:1],  # as `_anneal_checked`: resumes are bit for bit
             )
         else:
             run = _anneal_checked(problem, sched, init, self.n_paths, self.minimiser)
@@ -324,18 +351,49 @@ class _Cycler(eqx.Module):
                 f"{where}: the Hessian of A₀ at its minimum is not positive definite (give "
                 "a `background`, or lengthen the window)"
             )
-        fc = None
-        if k and np.all(np.isfinite(state.analysis_z[e - plan.shift])):
-            before = e - plan.shift
-            fc = forecast(
-                problem,
-                jnp.asarray(self.data.times[before]),
-                jnp.asarray(state.analysis_z[before]),
-                jnp.asarray(state.analysis_cov[before]),
-                plan.shift * problem.steps_per_obs,
-                self.precision,
-            )
+        fc = self.forecast(k, state, problem)
         state.record(k, a, e, after, run, best, *gaussian[:3], fc, problem)
+        return None
+
+    def forecast(self, k: int, state, problem):
+        """The analysis at the last window's end carried to this window's new times."""
+        before = int(self.plan.ends[k]) - self.plan.shift
+        if not k or not np.all(np.isfinite(state.analysis_z[before])):
+            return None
+        return forecast(
+            problem,
+            jnp.asarray(self.data.times[before]),
+            jnp.asarray(state.analysis_z[before]),
+            jnp.asarray(state.analysis_cov[before]),
+            self.plan.shift * problem.steps_per_obs,
+            self.precision,
+        )
+
+    def carried(self, k: int, state, problem, a: int, e: int, where: str) -> str | None:
+        """A window without data: its posterior is its background carried by the model
+        (the Kalman filter's predict step), recorded as a window's would be."""
+        if problem.background is None:
+            return f"{where} has no measured data and no background"
+        spo, shift = problem.steps_per_obs, self.plan.shift
+        after = int(self.plan.starts[min(k + 1, self.plan.n_windows - 1)])
+        t_a = jnp.asarray(self.data.times[a])
+        mean, cov = problem.background.mean, problem.background.covariance
+        path, std, end = forecast(problem, t_a, mean, cov, (e - a) * spo, self.precision)
+        if after > a:
+            _, _, then = forecast(problem, t_a, mean, cov, (after - a) * spo, self.precision)
+        else:
+            then = cov
+        d = problem.dim
+        unknowns = problem.from_banded(jnp.zeros((1, problem.banded_shape[1])), mean[d:])
+        stds = problem.from_banded(
+            jnp.zeros((1, problem.banded_shape[1])), jnp.sqrt(jnp.diagonal(end)[d:])
+        )
+        unknowns["path"], stds["path"] = path, std
+        if problem.discretisation.has_midpoints:
+            unknowns["midpoints"] = (path[1:] + path[:-1]) / 2
+        covs = jnp.stack([end, then])
+        fc = self.forecast(k, state, problem)
+        state.record(k, a, e, after, None, -1, unknowns, stds, covs, fc, problem, e - shift + 1)
         return None
 
 
@@ -439,24 +497,32 @@ def _starts(state, problem, k, a, lower, upper, key, n_paths):
     times they share, continued by the model), then draws from the background run by the
     model; a first window (a = 0) starts from the last one's estimate and the usual draws."""
     draws_key = jr.fold_in(jr.fold_in(key, k), 1)
+    d, spo = problem.dim, problem.steps_per_obs
+    last = state.last_unknowns
     if a == 0:
         init = jax.vmap(problem.init)(jr.split(draws_key, n_paths))
-        for name, value in state.last_unknowns.items():
+        for name, value in last.items():
             init[name] = init[name].at[0].set(value)
-        return init
-    mean, cov = problem.background.mean, problem.background.covariance
-    chol = jnp.linalg.cholesky(cov)
-    init = prior_paths(problem, problem.ts[0], mean, chol, draws_key, n_paths, lower, upper)
-    # the forecast: the last window's estimate on the shared times, then the prior mean's path
-    shared = (state.last_window[1] - a) * problem.steps_per_obs
-    moved = (a - state.last_window[0]) * problem.steps_per_obs
-    last = state.last_unknowns
-    path0 = init["path"][0].at[: shared + 1].set(last["path"][moved:])
-    init = {**init, "path": init["path"].at[0].set(path0)}
-    if "midpoints" in last:
-        mid0 = init["midpoints"][0].at[:shared].set(last["midpoints"][moved:])
-        init["midpoints"] = init["midpoints"].at[0].set(mid0)
-    d = problem.dim
+        init["params"] = jax.tree.map(
+            lambda u, v: u.at[0].set(v),
+            init["params"],
+            problem.from_banded(
+                jnp.zeros((1, problem.banded_shape[1])), jnp.asarray(state.params[-1])
+            )["params"],
+        )
+    else:
+        mean, cov = problem.background.mean, problem.background.covariance
+        chol = jnp.linalg.cholesky(cov)
+        init = prior_paths(problem, problem.ts[0], mean, chol, draws_key, n_paths, lower, upper)
+        # the forecast: the last window's estimate on the shared times, then the prior
+        # mean's path
+        shared = (state.last_window[1] - a) * spo
+        moved = (a - state.last_window[0]) * spo
+        path0 = init["path"][0].at[: shared + 1].set(last["path"][moved : moved + shared + 1])
+        init = {**init, "path": init["path"].at[0].set(path0)}
+        if "midpoints" in last:
+            mid = last["midpoints"][moved : moved + shared]
+            init["midpoints"] = init["midpoints"].at[0, :shared].set(mid)
     lo, hi = lower[None, None, :d], upper[None, None, :d]
     init["path"] = jnp.clip(init["path"], lo, hi)
     if "midpoints" in init:
@@ -471,12 +537,13 @@ class _State:
         self.__dict__.update(fields)
 
     @classmethod
-    def start(cls, times, d, p, plan, problem):
+    def start(cls, times, d, p, plan, problem, n_paths):
         n_obs = times.size
         nan = np.full((n_obs, d), np.nan)
         return cls(
             k=0,
             plan=plan,
+            n_paths=n_paths,
             times=times,
             forecast=nan.copy(),
             forecast_std=nan.copy(),
@@ -534,10 +601,9 @@ class _State:
             self.last_window = (int(done.window_starts[-1]), int(ends[-1]))
         self.k = n
 
-    def stop(self, reason: str) -> None:
-        self.stopped = reason
-
-    def record(self, k, a, e, after, run, best, mean, std, cov, fc, problem):
+    def record(self, k, a, e, after, run, best, mean, std, cov, fc, problem, first_row=None):
+        """Window k's estimates (`run` None and `best` −1: a window without data, its
+        background carried; then only the rows from `first_row` on are smoothed anew)."""
         d, spo = self.d, problem.steps_per_obs
         path = np.asarray(mean["path"])
         obs = path[::spo]
@@ -549,9 +615,9 @@ class _State:
         self.carry_z = np.concatenate([path[(after - a) * spo], params])
         self.carry_cov = np.asarray(cov[1])
         self.analysis_std[e] = np.sqrt(np.diagonal(self.analysis_cov[e])[:d])
-        rows = slice(a, e + 1)
-        self.smoothed[rows] = obs[: e - a + 1]
-        self.smoothed_std[rows] = np.asarray(std["path"])[::spo][: e - a + 1]
+        start = a if first_row is None else first_row
+        self.smoothed[start : e + 1] = obs[start - a : e - a + 1]
+        self.smoothed_std[start : e + 1] = np.asarray(std["path"])[::spo][start - a : e - a + 1]
         if fc is not None:
             fc_states, fc_std, _ = fc
             new = slice(e - self.plan.shift + 1, e + 1)
@@ -560,8 +626,12 @@ class _State:
         _, p_std = problem.to_banded(std)
         self.params = np.concatenate([self.params, params[None]])
         self.params_std = np.concatenate([self.params_std, np.asarray(p_std)[None]])
-        self.action.append(np.asarray(run.action))
-        self.codes.append(codes_of(run.result)[-1])
+        if run is None:
+            self.action.append(np.full((self.plan.warm, self.n_paths), np.nan))
+            self.codes.append(np.full(self.n_paths, codes_of(RESULTS.successful)))
+        else:
+            self.action.append(np.asarray(run.action))
+            self.codes.append(codes_of(run.result)[-1])
         self.best.append(best)
         self.seconds.append(0.0)
         self.last_unknowns = {key: np.asarray(v) for key, v in mean.items() if key != "params"}
@@ -571,7 +641,7 @@ class _State:
     def result(self, fingerprint: dict, partial: bool) -> CycleResult:
         plan, n = self.plan, self.k
         n_beta = max((a.shape[0] for a in self.action), default=0)
-        n_paths = self.action[0].shape[1] if self.action else 0
+        n_paths = self.n_paths
         action = np.full((n, n_beta, n_paths), np.nan)
         for i, levels in enumerate(self.action):
             action[i, n_beta - levels.shape[0] :] = levels
@@ -606,7 +676,7 @@ class _State:
         )
 
 
-def _fingerprint(data, problem, plan, key, minimiser, inflation, added, schedule) -> dict:
+def _fingerprint(data, problem, plan, key, minimiser, inflation, added, schedule, n_paths) -> dict:
     def digest(*values) -> str:
         h = hashlib.sha256()
         for v in jax.tree.leaves(values):
@@ -622,7 +692,18 @@ def _fingerprint(data, problem, plan, key, minimiser, inflation, added, schedule
         "carry": plan.carry,
         "schedule": digest(schedule.rf),
         "key": digest(jr.key_data(key)),
-        "minimiser": type(minimiser).__name__,
+        "minimiser": repr(minimiser),
+        "n_paths": n_paths,
+        "discretisation": f"{problem.discretisation!r} × {problem.steps_per_obs}",
+        "unknowns": repr(
+            (
+                problem.estimate,
+                problem.state_ranges,
+                problem.param_ranges,
+                problem.state_box,
+                problem.parameter_box,
+            )
+        ),
         "inflation and model error": digest(inflation, added),
     }
 

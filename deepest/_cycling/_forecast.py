@@ -130,6 +130,9 @@ def posterior(problem, unknowns: PyTree[Array], rf, nodes, gauss_newton: bool = 
     mean, std, _, positive, cov, _, _ = _laplace_banded(
         problem, unknowns, rf, None, gauss_newton, held, nodes
     )
+    box = problem.bounds()
+    if box is not None:  # the Newton step may not leave the box (held bounds are not modelled)
+        mean = jax.tree.map(jnp.clip, mean, *box)
     d, p = problem.dim, problem.banded_shape[2]
     width = problem.banded_shape[1]
     keep = jnp.concatenate([jnp.arange(d), width + jnp.arange(p)])  # no midpoint slot

@@ -27,8 +27,9 @@ class CycleResult(AbstractResult):
       (n_obs, D), at each window's end.
     - `analysis_cov`: the joint covariance of the analysis state and the estimated
       parameters (n_obs, D + p, D + p), carried to later windows as their background.
-    - `background_mean`, `background_cov`: the Gaussian of (x, θ) at the start of the
-      window after the last one finished (what a resumed run starts it from).
+    - `background_mean`, `background_cov`: the Gaussian of (x, θ) that the last window
+      finished left for the start of the next (at its own start when it was the last
+      window): what a resumed run starts the next window from.
     - `smoothed`, `smoothed_std`: the estimate given the data up to the end of the last
       window holding the time (a lag of `window − shift + 1` to `window` observation
       times; less at the end of the data).
