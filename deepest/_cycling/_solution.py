@@ -39,7 +39,9 @@ class CycleResult(AbstractResult):
     - `action`: each window's action levels (n_windows, n_beta, n_paths), NaN past the
       β's a window annealed (windows after the first anneal the last `warm` β's).
     - `result`: the [`deepest.RESULTS`][] codes of each window's paths at its last β
-      (n_windows, n_paths); `best`: the path chosen (lowest action) per window.
+      (n_windows, n_paths); `best`: the path chosen (lowest action) per window, −1 for
+      a window without data (its background carried by the model: the Kalman filter's
+      predict step).
     - `seconds`: wall time of each window.
     - `last_path`, `last_midpoints`: the last window's estimate on its grid (resuming
       starts the next window from it).
