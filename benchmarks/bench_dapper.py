@@ -18,7 +18,7 @@ against `deepest.cycle`'s whole call (compilation included) over the same, and i
 steady state (the median window's time), in one run on this CPU.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_dapper.py [--settings all half third
-        sparse] [--window W] [--paths N] [--quick]
+        sparse] [--window W] [--inflation I] [--paths N] [--quick] [--breakdown]
 """
 
 import argparse
@@ -43,9 +43,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "dapper_data")
 SETTINGS = ("all", "half", "third", "sparse")
 # Window (observation intervals) per setting and the inflation of the carried covariance,
-# chosen by measurement on the first 300 observation times (see BENCHMARKS.md).
-WINDOWS = {"all": 4, "half": 6, "third": 8, "sparse": 4}
-INFLATION = 1.05
+# chosen by measurement (see BENCHMARKS.md: windows 2–8, inflation 1.02–1.1 tried).
+WINDOWS = {"all": 6, "half": 6, "third": 8, "sparse": 6}
+INFLATION = {"all": 1.03, "half": 1.03, "third": 1.05, "sparse": 1.03}
 
 
 def _rk4(x, h=0.05, forcing=8.0):
@@ -70,7 +70,7 @@ def load(setting: str, quick: bool):
     return f
 
 
-def run(setting: str, window: int, n_paths: int, quick: bool) -> dict:
+def run(setting: str, window: int, n_paths: int, quick: bool, inflation: float) -> dict:
     f = load(setting, quick)
     dko, observed = int(f["dko"]), tuple(int(i) for i in f["obs_inds"])
     truth = f["xx"][f["kko"]]
@@ -90,7 +90,7 @@ def run(setting: str, window: int, n_paths: int, quick: bool) -> dict:
         discretisation="rk4",
         steps_per_obs=dko,
         n_paths=n_paths,
-        inflation=INFLATION,
+        inflation=inflation,
         background=background,
         progress=False,
     )
@@ -105,6 +105,7 @@ def run(setting: str, window: int, n_paths: int, quick: bool) -> dict:
         "averaged": int(np.sum(f["masko"])),
         "window": window,
         "n_paths": n_paths,
+        "inflation": inflation,
         "deepest": {
             "rmse": ours_rmse,
             "spread": ours_spread,
@@ -120,6 +121,55 @@ def run(setting: str, window: int, n_paths: int, quick: bool) -> dict:
             "seconds_per_obs": float(f[f"{method}_seconds_per_obs"]),
         }
     return row
+
+
+def breakdown(n_obs: int = 170) -> None:
+    """Where a window's time goes (the 'all' setting, W = 6): each stage of `cycle` timed
+    (results made ready), after a first call that compiles."""
+    import collections
+
+    from deepest._cycling import _cycle as stages
+
+    spent = collections.defaultdict(float)
+
+    def timed(name, fn):
+        def wrapped(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if not isinstance(out, deepest.AnnealResult):
+                jax.block_until_ready(out)
+            spent[name] += time.perf_counter() - start
+            return out
+
+        return wrapped
+
+    stages._anneal_checked = timed("annealing (4 paths, 2 β)", stages._anneal_checked)
+    stages.posterior = timed("Laplace Gaussian", stages.posterior)
+    stages.forecast = timed("tangent-linear forecast", stages.forecast)
+    stages.prior_paths = timed("prior paths", stages.prior_paths)
+    f = load("all", False)
+    truth = f["xx"][f["kko"]]
+    model = deepest.models.Lorenz96(8.0)
+    settings = dict(
+        window=6,
+        rm=1.0,
+        key=jr.key(0),
+        discretisation="rk4",
+        inflation=INFLATION["all"],
+        background=deepest.Background(truth[0], diag=np.full(40, 2e-3)),
+        progress=False,
+    )
+    for n in (20, n_obs):  # the first compiles
+        spent.clear()
+        data = deepest.Observations(f["tto"][:n], f["yy"][:n], tuple(range(40)), truth=truth[:n])
+        start = time.perf_counter()
+        result = deepest.cycle(model, data, **settings)
+        total = time.perf_counter() - start
+    w = result.n_windows
+    print(f"{w} windows: {1e3 * total / w:.1f} ms per window")
+    for name, seconds in spent.items():
+        print(f"  {name}: {1e3 * seconds / w:.1f} ms")
+    print(f"  the rest (host work): {1e3 * (total - sum(spent.values())) / w:.1f} ms")
 
 
 def table(rows) -> str:
@@ -150,7 +200,9 @@ def table(rows) -> str:
             ms = f"{1e3 * r['seconds_per_obs']:.1f}"
             if key == "deepest":
                 ms += f" (steady {1e3 * r['steady_seconds_per_obs']:.1f})"
-            label = f"{row['setting']} (W={row['window']})" if key == "deepest" else row["setting"]
+            label = row["setting"]
+            if key == "deepest":
+                label += f" (W={row['window']}, infl {row['inflation']})"
             lines.append(f"| {label} | {name} | " + " | ".join(cells + spread) + f" | {ms} |")
     return "\n".join(lines).replace("nan", "–")
 
@@ -160,18 +212,23 @@ def main():
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
     parser.add_argument("--window", type=int, default=None)
     parser.add_argument("--paths", type=int, default=4)
+    parser.add_argument("--inflation", type=float, default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=None, help="write the rows to this file")
+    parser.add_argument("--breakdown", action="store_true", help="time a window's stages")
     args = parser.parse_args()
     if not os.path.exists(os.path.join(DATA, f"dapper_{args.settings[0]}.npz")):
         raise SystemExit(
             f"No DAPPER data in {DATA}: run `make bench-dapper` (it makes them with DAPPER "
             "1.8.1 in its own Python 3.12 environment, then runs this script)."
         )
+    if args.breakdown:
+        return breakdown()
     rows = []
     for setting in args.settings:
         window = args.window or WINDOWS[setting]
-        row = run(setting, window, args.paths, args.quick)
+        inflation = args.inflation or INFLATION[setting]
+        row = run(setting, window, args.paths, args.quick, inflation)
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(
