@@ -93,7 +93,7 @@ def cycle(
     smoothed with a lag; for a linear model with Gaussian noise every number is the
     Kalman filter's and the Rauch–Tung–Striebel smoother's (tested to 1e-8). For a
     chaotic model the Laplace covariance is a linearisation: an `inflation` of a few per
-    cent (1.05 on Lorenz-96, benchmarks/bench_dapper.py) keeps the spread honest.
+    cent (1.03–1.05 on Lorenz-96, benchmarks/bench_dapper.py) keeps the spread honest.
 
     Each window anneals its paths (all at once, as [`deepest.anneal`][]) with
     Levenberg–Marquardt by default: the first window over the whole `schedule` from the
@@ -152,8 +152,8 @@ def cycle(
 
     **Example:**
 
-        result = deepest.cycle(deepest.models.Lorenz96(8.0), data, window=4, rm=1.0,
-                               discretisation="rk4", inflation=1.05, key=jax.random.key(0))
+        result = deepest.cycle(deepest.models.Lorenz96(8.0), data, window=6, rm=1.0,
+                               discretisation="rk4", inflation=1.03, key=jax.random.key(0))
         result.rmse(data.truth, burn_in=10.0)
     """
     schedule = DEFAULT_SCHEDULE if schedule is None else schedule
