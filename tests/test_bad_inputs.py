@@ -291,7 +291,8 @@ CONFIG = [
         "kind-unknown",
         lambda folder: dx.resolve(TINY, kind="anealing"),
         ValueError,
-        "kind must be one of ('anneal', 'pamc', 'train', 'sweep', 'notebook'); got 'anealing'.",
+        "kind must be one of ('anneal', 'pamc', 'cycle', 'train', 'sweep', 'notebook'); "
+        "got 'anealing'.",
     ),
     # `--set` overrides that are not one
     setting(

@@ -1,6 +1,7 @@
 """Cycled assimilation: [`deepest.cycle`][], window after window, each window's Laplace
 Gaussian the background of a later one."""
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -575,9 +576,12 @@ class _State:
         theirs = {k: v for k, v in done.settings.items() if k != "estimate"}
         differ = [k for k in fingerprint if theirs.get(k) != fingerprint[k]]
         if differ:
+            named = "; ".join(
+                f"{k}: {theirs.get(k)!r} there, {fingerprint[k]!r} here" for k in differ
+            )
             raise ValueError(
                 f"{os.fspath(path)} holds a cycle of another run: its {', '.join(differ)} "
-                "differ from this call's."
+                f"differ from this call's ({named})."
             )
         n = done.n_windows
         for name in (
@@ -692,7 +696,8 @@ def _fingerprint(data, problem, plan, key, minimiser, inflation, added, schedule
         "carry": plan.carry,
         "schedule": digest(schedule.rf),
         "key": digest(jr.key_data(key)),
-        "minimiser": repr(minimiser),
+        "minimiser": type(minimiser).__name__
+        + repr({f.name: getattr(minimiser, f.name) for f in dataclasses.fields(minimiser)}),
         "n_paths": n_paths,
         "discretisation": f"{problem.discretisation!r} × {problem.steps_per_obs}",
         "unknowns": repr(
