@@ -23,11 +23,22 @@ demo: $(STAMP)
 
 # Notebooks run at smoke size (DEEPEST_SMOKE=1); tests run in float64 (tests/conftest.py),
 # in two processes (the suite is bound by XLA compiles, one core each) that share a compilation
-# cache, emptied first, so a program compiled by one module or process is not compiled again. The docs build first
-# (`docs`, a few seconds), failing on any broken reference or warning.
+# cache, emptied first, so a program compiled by one module or process is not compiled again.
+# That pass compiles without LLVM's optimisations (JAX_DISABLE_MOST_OPTIMIZATIONS: a third
+# less time, the same float semantics, XLA's own passes kept). The docs build first (`docs`,
+# a few seconds), failing on any broken reference or warning. The tests marked `timing` (how
+# soon a command answers: tests/test_faults.py) then run on their own, one at a time and
+# fully optimised, as a second test process would load the machine they time; both passes
+# always run, and either failing fails `make test`.
+TEST_ENV := JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax DEEPEST_SMOKE=1 MPLBACKEND=Agg
+
 test: $(STAMP) docs
 	rm -rf $(CURDIR)/.cache/jax
-	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax DEEPEST_SMOKE=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=20 tests --nbmake notebooks
+	status=0; \
+	$(TEST_ENV) JAX_DISABLE_MOST_OPTIMIZATIONS=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal \
+		--durations=20 -m "not timing" tests --nbmake notebooks || status=1; \
+	$(TEST_ENV) $(BIN)/python -m pytest -q -p no:xdist --durations=5 -m timing tests || status=1; \
+	exit $$status
 
 # The lowest versions that pyproject.toml allows, in a venv of their own (.venv-min): each
 # dependency pinned `==` its floor by constraints-minimum.txt (checked against pyproject.toml

@@ -120,6 +120,40 @@ def polish_gap(problem, result, n_paths):
     return worst
 
 
+def per_path_table(name, sizes):
+    """Time per path against paths on one core: `deepest.anneal` as it runs by default
+    (groups of lanes sized to the cache) at every size, and as one program of every lane
+    (`group_size=n`) at 64 and 256 paths, from the same initial paths."""
+    problem, schedule, config = load(name)
+    key = jr.key(config["anneal"]["seed"])
+    init = jax.vmap(problem.init)(jr.split(key, max(sizes)))
+    one_core = jax.devices()[:1]
+    rows = []
+    for n in sizes:
+        u = jax.tree.map(lambda a, n=n: a[:n], init)
+        for group in [None] + ([n] if n in (64, 256) else []):
+            r = deepest.anneal(
+                problem,
+                schedule,
+                n,
+                key,
+                init=u,
+                progress=False,
+                devices=one_core,
+                group_size=group,
+            )
+            label = "one program" if group else "default"
+            rows.append((n, label, r.stats["lanes_per_group"], r.stats["run_time"] / n))
+    best = min(t for _, label, _, t in rows if label == "default")
+    print()
+    print(f"{name}: time per path against paths, one core")
+    print()
+    print("| paths | lanes | lanes per group | s per path | against the best |")
+    print("|---|---|---|---|---|")
+    for n, label, group, t in rows:
+        print(f"| {n} | {label} | {group} | {t:.4f} | {t / best:.2f} |")
+
+
 def lowest_fraction(final, lowest, tol=0.05):
     return float(np.mean(final <= (1 + tol) * lowest))
 
@@ -133,7 +167,20 @@ def main():
     parser.add_argument("--minimisers", nargs="+", default=["lbfgs", "lbfgs64", "optax", "lm"])
     parser.add_argument("--small-sizes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--polish-paths", type=int, default=4)
+    parser.add_argument(
+        "--per-path-sizes",
+        type=int,
+        nargs="*",
+        default=[1, 4, 16, 64, 256, 1024],
+        help="paths at which the first config's time per path is measured (default groups, "
+        "and one program of every path at 64 and 256)",
+    )
     parser.add_argument("--quick", action="store_true", help="L12, 16 paths, L-BFGS and LM")
+    parser.add_argument(
+        "--skip-per-beta",
+        action="store_true",
+        help="leave out the evaluations per β with and without carried curvature (long on L8)",
+    )
     parser.add_argument(
         "--sharded-sizes",
         type=int,
@@ -146,6 +193,7 @@ def main():
         args.sizes, args.small_sizes, args.configs = [16], [16], ["L12"]
         args.sharded_sizes, args.serial_paths, args.polish_paths = [], 1, 0
         args.minimisers = ["lbfgs", "lm"]
+        args.per_path_sizes = [4, 16]
     minimisers = {
         "lbfgs": (
             "deepest.anneal, L-BFGS" + (f", history {args.history}" if args.history != 10 else ""),
@@ -191,6 +239,13 @@ def main():
                     devices=devices,
                     save_betas=range(schedule.n_beta) if n == min(sizes) else None,
                 )
+        # A floor for any method that spends as many evaluations as L-BFGS does: the
+        # vmapped value-and-gradient alone, in a compiled loop, at 64 paths.
+        n_floor = 64
+        y = jax.vmap(lambda u: jax.flatten_util.ravel_pytree(u)[0])(
+            jax.tree.map(lambda a, n=n_floor: a[:n], init)
+        )
+        per_eval = gradient_cost(problem, schedule, init, y)
         lowest = min([np.nanmin(s_final)] + [np.nanmin(r.action[-1]) for r in results.values()])
         s_time = serial["run_time"] / args.serial_paths
         rows.append(
@@ -204,6 +259,8 @@ def main():
                 lowest_fraction(s_final, lowest),
                 serial["compile_time"],
                 1e6 * s_time / serial["iterations"].sum(0).mean(),
+                float("nan"),
+                float("nan"),
             )
         )
         for (m, n, n_dev), r in results.items():
@@ -222,6 +279,10 @@ def main():
                     lowest_fraction(r.action[-1], lowest),
                     r.stats["compile_time"],
                     1e6 * r.stats["run_time"] / (r.stats["loop_steps"] * n),
+                    # per evaluation (a lane's step at a β not yet finished), against the
+                    # vmapped value-and-gradient's
+                    1e6 * r.stats["run_time"] / r.stats["lane_steps"],
+                    r.stats["run_time"] / r.stats["lane_steps"] / per_eval,
                 )
             )
             # What a loop that waits at every β for its slowest path would have run.
@@ -237,13 +298,6 @@ def main():
                     r.stats["lane_steps"] / (synchronous * n),
                 )
             )
-        # A floor for any method that spends as many evaluations as L-BFGS does: the
-        # vmapped value-and-gradient alone, in a compiled loop, at 64 paths.
-        n_floor = 64
-        y = jax.vmap(lambda u: jax.flatten_util.ravel_pytree(u)[0])(
-            jax.tree.map(lambda a: a[:64], init)
-        )
-        per_eval = gradient_cost(problem, schedule, init, y)
         rows.append(
             (
                 name,
@@ -255,6 +309,8 @@ def main():
                 float("nan"),
                 float("nan"),
                 1e6 * per_eval,
+                1e6 * per_eval,
+                1.0,
             )
         )
         if args.polish_paths:
@@ -265,9 +321,16 @@ def main():
         n_carry = min(args.sizes)
         u = jax.tree.map(lambda a, n=n_carry: a[:n], init)
         for label, m in (
-            ("cold start (default)", deepest.LBFGS(history_length=args.history)),
-            ("carried curvature", deepest.LBFGS(history_length=args.history, carry_curvature=True)),
-            ("cold start, no preconditioner", deepest.LBFGS(precondition=False)),
+            ()
+            if args.skip_per_beta
+            else (
+                ("cold start (default)", deepest.LBFGS(history_length=args.history)),
+                (
+                    "carried curvature",
+                    deepest.LBFGS(history_length=args.history, carry_curvature=True),
+                ),
+                ("cold start, no preconditioner", deepest.LBFGS(precondition=False)),
+            )
         ):
             r = deepest.anneal(
                 problem,
@@ -293,15 +356,17 @@ def main():
     print(
         "| config | method | paths | time per path (s) | speed-up vs serial | "
         "evaluations per path | fraction at lowest level (5%) | compile (s) | "
-        "µs per path and step |"
+        "µs per path and step | µs per evaluation | evaluation / value-and-grad |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        name, method, n, t, speed, it, frac, comp, step = row
+        name, method, n, t, speed, it, frac, comp, step, per, ratio = row
         print(
             f"| {name} | {method} | {n} | {t:.3f} | {speed:.1f}x | {it:.0f} | {frac:.2f} | "
-            f"{comp:.1f} | {step:.0f} |"
+            f"{comp:.1f} | {step:.0f} | {per:.0f} | {ratio:.1f}x |"
         )
+    if args.per_path_sizes:
+        per_path_table(args.configs[0], args.per_path_sizes)
     print()
     print("| config | method | worst polish gap (every β, converged paths) |")
     print("|---|---|---|")
@@ -312,7 +377,7 @@ def main():
     print("|---|---|---|---|")
     for name, label, it, _ in per_beta:
         print(f"| {name} | {label} | {it.sum():.0f} | {' '.join(f'{v:.0f}' for v in it)} |")
-    for name in args.configs:
+    for name in args.configs if per_beta else ():
         finals = {label: final for n_, label, _, final in per_beta if n_ == name}
         cold, warm = finals["cold start (default)"], finals["carried curvature"]
         print(

@@ -12,10 +12,12 @@
    partial result and its summary written and published).
 4. Sweep: `deepest.sweep` of `--settings` points × `--sweep-paths` paths (the L = 12
    problem with as many twin data sets, seeds 0, 1, …, and rf0 alternating 1e-6 and
-   1e-5), one compiled program, against the same points annealed by as many
-   `deepest.anneal` calls one after another in this process (whose compiled loop is
-   reused from the second call on). Both clocks include everything from the built
-   problems to the results, compile included; the records agree to 1e-8 relative.
+   1e-5), one index, checkpoint and resume for all (on a CPU its settings run one after
+   another through the program of one problem, in groups of lanes sized to the cache),
+   against the same points annealed by as many `deepest.anneal` calls one after another
+   in this process (whose compiled loop is reused from the second call on). Both clocks
+   include everything from the built problems to the results, compile included (each
+   starts with every compiled program dropped); the records are compared bit for bit.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_long_runs.py [--quick] [--paths 64]
         [--repeats 3] [--settings 16] [--sweep-paths 64] [--skip PART ...]
@@ -168,11 +170,11 @@ def sweep_against_calls(n_settings, n_paths, n_beta=None):
         problem, schedule, _, _ = resolve(config, kind="anneal").build()
         problems.append(problem)
         schedules.append(schedule)
-    jax.clear_caches()
+    forget_programs()
     start = time.perf_counter()
     swept = deepest.sweep(problems, schedules, n_paths, jr.key(1), progress=False)
     sweep_time = time.perf_counter() - start
-    jax.clear_caches()
+    forget_programs()
     start = time.perf_counter()
     calls = [
         deepest.anneal(p, s, n_paths, jr.key(1), progress=False)
@@ -183,7 +185,21 @@ def sweep_against_calls(n_settings, n_paths, n_beta=None):
         float(np.nanmax(np.abs(a.action - b.action) / np.abs(b.action)))
         for a, b in zip(swept, calls, strict=True)
     )
-    return sweep_time, calls_time, swept[0].stats, calls[0].stats, worst
+    same = all(
+        np.array_equal(x, y, equal_nan=True)
+        for a, b in zip(swept, calls, strict=True)
+        for x, y in ((a.action, b.action), (a.iterations, b.iterations), (a.paths, b.paths))
+    )
+    return sweep_time, calls_time, swept[0].stats, calls[0].stats, worst, same
+
+
+def forget_programs():
+    """Drop every compiled program: jax's caches and the annealing runner's own (the loop
+    programs of recent runs, `deepest._annealing._runner._PROGRAMS`)."""
+    from deepest._annealing import _runner
+
+    jax.clear_caches()
+    _runner._PROGRAMS.clear()
 
 
 def main():
@@ -230,18 +246,20 @@ def main():
     if "sweep" not in args.skip:
         n_settings = 2 if quick else args.settings
         n_paths = 4 if quick else args.sweep_paths
-        sweep_time, calls_time, s_stats, c_stats, worst = sweep_against_calls(
+        sweep_time, calls_time, s_stats, c_stats, worst, same = sweep_against_calls(
             n_settings, n_paths, 6 if quick else None
         )
         print(
-            "| L = 12 sweep | settings × paths | one program (s) | separate calls (s) | "
-            "speed-up | compile: sweep, first call (s) | worst rel. diff |"
+            "| L = 12 sweep | settings × paths | sweep (s) | separate calls (s) | "
+            "sweep's speed-up | lanes per group | compile: sweep, first call (s) | "
+            "worst rel. diff | bit for bit |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         print(
             f"| twin seeds × rf0 | {n_settings} × {n_paths} | {sweep_time:.1f} | "
-            f"{calls_time:.1f} | {calls_time / sweep_time:.2f}× | "
-            f"{s_stats['compile_time']:.1f}, {c_stats['compile_time']:.1f} | {worst:.1e} |"
+            f"{calls_time:.1f} | {calls_time / sweep_time:.2f}× | {s_stats['lanes_per_group']} | "
+            f"{s_stats['compile_time']:.1f}, {c_stats['compile_time']:.1f} | {worst:.1e} | "
+            f"{same} |"
         )
 
 

@@ -1,6 +1,7 @@
 """The parts of [`deepest.anneal`][]: its compiled loop, progress meters and solution files.
 
-The loop runs in chunks: `init_loop` gives its state before the first step, `advance_loop`
+The loop runs in chunks: `init_loop` gives its state before the first step, `prepare_loop`
+what its lanes share (made once per run), `advance_loop`
 (filter-jitted: one program per problem structure, shapes and settings, whose traces
 `equinox.debug.get_num_traces(advance_loop)` counts) runs it a chunk further, and
 `loop_records` reads the records off it; `save_checkpoint` and `load_checkpoint` write and
@@ -26,6 +27,7 @@ from ._annealing import (
     loop_finished as loop_finished,
     loop_records as loop_records,
     package_version as package_version,
+    prepare_loop as prepare_loop,
     save_checkpoint as save_checkpoint,
     save_result as save_result,
 )

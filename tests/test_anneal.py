@@ -321,6 +321,11 @@ pairs = list(zip(many, one))
 out["sweep"] = {"rel": max(float(np.max(np.abs(a.action / b.action - 1))) for a, b in pairs),
                 "same_converged": all(np.array_equal(a.converged, b.converged) for a, b in pairs),
                 "n_devices": many[0].stats["n_devices"], "shape": list(many[2].action.shape)}
+try:  # one group per device: a group size is for runs on one device
+    deepest.anneal(problem, schedule, 8, jr.key(2), progress=False, group_size=2)
+    out["group_size"] = "accepted"
+except ValueError as e:
+    out["group_size"] = str(e)
 print(json.dumps(out))
 """
 
@@ -336,6 +341,7 @@ def test_sharded_over_four_devices_matches_one():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "`group_size` cuts a run on one device" in out.pop("group_size")
     for n, row in out.items():
         assert row["n_devices"] == 4
         shapes = {"192": [3, 192], "sweep": [6, 3]}

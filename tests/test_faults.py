@@ -5,6 +5,9 @@ this is the list of bad inputs and faults that docs/reliability.md counts.
 
 The commands run as real processes where the fault is one of processes (locks, signals,
 memory, silences); their stderr is read as it comes, each chunk stamped with its time.
+The tests that assert how soon a command answers are marked `timing`: `make test` runs
+them one at a time after the others, as a second test process loading the machine would
+decide their outcome.
 """
 
 import errno
@@ -130,6 +133,7 @@ class Watched:
 # -- two runs, one folder ----------------------------------------------------------------------
 
 
+@pytest.mark.timing
 def test_a_second_run_for_the_same_out_is_refused_at_once(tmp_path):
     config = write_config(tmp_path, LONG)
     out = str(tmp_path / "run")
@@ -180,6 +184,7 @@ def test_a_lock_held_is_refused_and_a_dead_owners_lock_taken_over(tmp_path):
 # -- checks before any compute -------------------------------------------------------------------
 
 
+@pytest.mark.timing
 def test_a_run_too_large_for_the_memory_is_refused_quickly(tmp_path):
     out = str(tmp_path / "huge")
     run = Watched(
@@ -205,6 +210,7 @@ def test_a_run_too_large_for_the_memory_is_refused_quickly(tmp_path):
     assert not os.path.exists(out + ".lock")
 
 
+@pytest.mark.timing
 def test_twin_data_too_large_are_refused_before_they_are_made(tmp_path, capsys):
     out = tmp_path / "huge"
     args = ["anneal", "configs/lorenz96_L12.yaml", "--out", str(out), "--no-progress"]
@@ -326,6 +332,7 @@ _PHASES = [
 ]
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize(
     "command, config, extra, phase", _PHASES, ids=[f"{c}-{p[:24]}" for c, _, _, p in _PHASES]
 )
@@ -363,6 +370,7 @@ def test_ctrl_c_is_answered_within_two_seconds_in_every_phase(
     assert not os.path.exists(out + ".lock")
 
 
+@pytest.mark.timing
 def test_first_output_within_two_seconds_and_no_silence(tmp_path):
     out = str(tmp_path / "run")
     run = Watched(

@@ -17,6 +17,7 @@ from ._loop import (
     init_loop as init_loop,
     loop_finished as loop_finished,
     loop_records as loop_records,
+    prepare_loop as prepare_loop,
 )
 from ._minimiser import (
     LBFGS as LBFGS,

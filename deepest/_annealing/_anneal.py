@@ -38,6 +38,7 @@ def anneal(
     checkpoint_every: float = 60.0,
     resume: str | os.PathLike | None = None,
     check_memory: bool = True,
+    group_size: int | None = None,
 ) -> AnnealResult:
     r"""Variational annealing: minimise `problem.action(X, R_f)` for R_f = rf0·α^β, β = 0…
 
@@ -96,6 +97,13 @@ def anneal(
       by `jax.eval_shape`, per path) and refuse a run that cannot fit in the memory free
       on the devices, or whose checkpoints cannot fit on their disk, naming the estimate
       and the most paths that fit. `False` tries anyway.
+    - `group_size`: on one device, run the paths in groups of at most this many lanes, one
+      group after another, each through the same compiled program (the results are those
+      of one program of all paths: the paths never interact). Default: on a CPU, as many
+      as fit 2 MiB of loop state (a step's cost per path grows once the lanes' state
+      outgrows the core's cache: BENCHMARKS.md, "Lanes at cache speed"); on an
+      accelerator, all paths in one group. With several devices each runs its share as one
+      group.
 
     The loop runs in chunks of a fraction of a second (one compiled program for every
     chunk), so that the host can act between them. Ctrl-C (SIGINT) stops the run at the
@@ -118,6 +126,7 @@ def anneal(
         dtype,
         progress,
         check_memory,
+        group_size,
     )
     check_checkpointing(checkpoint_every, resume)
     if key is None and init is None:

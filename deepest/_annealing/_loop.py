@@ -46,7 +46,7 @@ class _Lane(eqx.Module):
     model_error: Float[Array, " n_beta"]
     stop_reason: Int[Array, " n_beta"]
     iterations: Int[Array, " n_beta"]
-    saved: Float[Array, "n_save n"]
+    saved: Float[Array, "n_save n"]  # no rows without saved β's
 
 
 class LoopConfig(eqx.Module):
@@ -72,10 +72,10 @@ class LoopConfig(eqx.Module):
         self.progress_meter = progress_meter
 
 
-def _stop_reason(info: StepInfo, lane: _Lane, grad_start, steps, config: LoopConfig):
-    """The stopping rule of one step: a `StopCode`, or −1 to go on."""
+def _stop_reason(info: StepInfo, lane: _Lane, gmax, grad_start, steps, config: LoopConfig):
+    """The stopping rule of one step (`gmax`: max |∇A| at the accepted point): a
+    `StopCode`, or −1 to go on."""
     f = info.action
-    gmax = jnp.max(jnp.abs(info.grad))
     finite = jnp.isfinite(f) & jnp.isfinite(gmax)
     # Relative to the action without a floor, so that an action of 1e-7 is minimised as
     # well as one of 1e3; and only when the local model agrees that little is left.
@@ -115,7 +115,7 @@ def _lane_functions(problem, rf_table, config: LoopConfig, shared):
     the minimiser's `prepare`)."""
     minimiser = config.minimiser
     n_beta = config.n_beta
-    save_betas = jnp.asarray(config.save_betas or (-1,), dtype=jnp.int32)
+    save_betas = jnp.asarray(config.save_betas, dtype=jnp.int32).reshape(-1)
     betas = jnp.arange(n_beta, dtype=jnp.int32)
 
     def init_lane(y):
@@ -144,9 +144,10 @@ def _lane_functions(problem, rf_table, config: LoopConfig, shared):
         y, state, info = minimiser.step(
             problem, lane.y, rf_table[beta], beta, loop_step, lane.state, shared
         )
-        grad_start = jnp.where(info.first, jnp.max(jnp.abs(info.grad)), lane.grad_start)
+        gmax = jnp.max(jnp.abs(info.grad))
+        grad_start = jnp.where(info.first, gmax, lane.grad_start)
         steps = lane.steps + 1
-        code = _stop_reason(info, lane, grad_start, steps, config)
+        code = _stop_reason(info, lane, gmax, grad_start, steps, config)
         done = active & (code >= 0)
         bad = done & (code == StopCode.non_finite)
         at_beta = (betas == beta) & done
@@ -228,7 +229,17 @@ def _init(params, static, y0, rf_table, factors, config: LoopConfig, settings: b
 
 
 def _advance(
-    params, static, y0, rf_table, factors, handle, state, stop_at, config: LoopConfig, settings
+    params,
+    static,
+    y0,
+    rf_table,
+    factors,
+    handle,
+    state,
+    stop_at,
+    config: LoopConfig,
+    settings,
+    shared=None,
 ) -> LoopState:
     """Run the loop from `state` until every lane has finished its schedule, the loop has
     taken `n_beta · max_evaluations` steps, or it has taken `stop_at` steps in all.
@@ -236,9 +247,11 @@ def _advance(
     With `settings` (a leading axis of them on `params`, `y0`, `rf_table`, `factors` and
     the lanes) the body is the vmap of one problem's body: every lane of every setting
     steps at the same loop step, so that each setting's lanes step exactly as in a run of
-    their own."""
+    their own. `shared`: the minimiser's `prepare` of the run if made already (else made
+    here, at every chunk)."""
     prepare, init, step = _problem_lanes(static, config)
-    shared = _over_settings(prepare, settings)(params, y0, rf_table, factors)
+    if shared is None:
+        shared = _over_settings(prepare, settings)(params, y0, rf_table, factors)
     one = (params, y0, rf_table, shared)
     if settings:
         one = jax.tree.map(lambda a: a[0], one)
@@ -394,21 +407,45 @@ def advance_loop(
     config: LoopConfig,
     devices: Sequence[jax.Device],
     settings: bool = False,
+    shared: PyTree = None,
 ) -> LoopState:
     """Run the annealing loop from `state` for at most `stop_at − state.loop_steps` more
     steps (one chunk), then return to the host; the loop is the same whichever chunks it
     is cut into, so a run cut into chunks (and stopped, saved and resumed between them)
     ends bit for bit where a run in one chunk does. `stop_at` is traced: one program for
     every chunk. `settings` as for [`deepest.annealing.init_loop`][]: the loop body is
-    then the vmap over the settings of one problem's body."""
+    then the vmap over the settings of one problem's body. `shared`: what
+    [`deepest.annealing.prepare_loop`][] gave for this run (`None`: made again at each
+    chunk; a run cut into groups of lanes must pass it, since the minimiser's `prepare`
+    may read the first initial path)."""
     params, static = eqx.partition(problem, eqx.is_array)
+    given = () if shared is None else (shared,)
 
-    def run(params, y0, state, rf_table, factors, handle, stop_at):
+    def run(params, y0, state, rf_table, factors, handle, stop_at, *given):
         args = (params, static, y0, rf_table, factors, handle, state, stop_at, config, settings)
-        return _advance(*args)
+        return _advance(*args, *given)
 
     # Split over the devices: every argument but the handle and stop_at along the
     # settings, or the lanes and their state.
     split = (True,) * 5 + (False, False) if settings else (False, True, True) + (False,) * 4
+    split += (settings,) * len(given)
     run = _on_devices(run, devices, split)
-    return run(params, y0, state, rf_table, factors, handle, stop_at)
+    return run(params, y0, state, rf_table, factors, handle, stop_at, *given)
+
+
+@eqx.filter_jit
+def prepare_loop(
+    problem: AbstractProblem,
+    y0: Float[Array, "lanes n"],
+    rf_table: Array,
+    factors: Float[Array, " n_beta"],
+    config: LoopConfig,
+    settings: bool = False,
+) -> PyTree:
+    """What every lane of a run shares (the minimiser's `prepare`: e.g. L-BFGS's
+    preconditioner, from the first initial path), made once for the run and passed to
+    [`deepest.annealing.advance_loop`][] at every chunk. `settings` as for
+    [`deepest.annealing.init_loop`][]."""
+    params, static = eqx.partition(problem, eqx.is_array)
+    prepare, _, _ = _problem_lanes(static, config)
+    return _over_settings(prepare, settings)(params, y0, rf_table, factors)

@@ -26,7 +26,15 @@ import numpy as np
 from .._misc import cast_floating, format_bytes, host_memory
 from ._checkpoint import fingerprints, load_checkpoint, problem_digest, save_checkpoint
 from ._hosts import Hosts
-from ._loop import LoopConfig, advance_loop, init_loop, loop_finished, loop_records
+from ._loop import (
+    LoopConfig,
+    LoopState,
+    advance_loop,
+    init_loop,
+    loop_finished,
+    loop_records,
+    prepare_loop,
+)
 from ._minimiser import LBFGS, AbstractMinimiser
 from ._problem import AbstractProblem
 from ._progress import AbstractProgressMeter, progress_meter
@@ -144,6 +152,7 @@ class RunSettings(eqx.Module):
     dtype: np.dtype
     meter: AbstractProgressMeter
     check_memory: bool = True
+    group_size: int | None = None
 
     @staticmethod
     def check(
@@ -157,6 +166,7 @@ class RunSettings(eqx.Module):
         dtype,
         progress,
         check_memory=True,
+        group_size=None,
     ):
         """The settings of `anneal`'s (or `sweep`'s) arguments, or a clear error."""
         if not isinstance(schedule, AnnealSchedule):
@@ -174,6 +184,8 @@ class RunSettings(eqx.Module):
                 f"`minimiser` must be a deepest.AbstractMinimiser, e.g. deepest.LBFGS() or "
                 f"deepest.LevenbergMarquardt(); got {type(minimiser).__name__}."
             )
+        if group_size is not None and (int(group_size) != group_size or group_size < 1):
+            raise ValueError(f"`group_size` must be a positive integer or None; got {group_size}.")
         save_betas = tuple(sorted({int(b) for b in (save_betas or ())}))
         if any(b < 0 or b >= schedule.n_beta for b in save_betas):
             raise ValueError(f"`save_betas` must lie in [0, {schedule.n_beta}); got {save_betas}.")
@@ -189,6 +201,7 @@ class RunSettings(eqx.Module):
             dtype,
             meter,
             bool(check_memory),
+            None if group_size is None else int(group_size),
         )
 
     def loop_config(self, n_beta: int) -> LoopConfig:
@@ -249,6 +262,7 @@ class RunSettings(eqx.Module):
             "loop_steps": int(np.max(jax.device_get(state.loop_steps))),
             "lane_steps": int(np.sum(iterations[cut])),
             "n_devices": stats["n_devices"],
+            "lanes_per_group": stats["lanes_per_group"],
             "problem": problem_digest(problem),
         }
         return AnnealResult(
@@ -398,34 +412,63 @@ def _run_chunks(
     resume,
     batched=False,
     check_memory=True,
+    group=None,
 ):
     """Run the loop chunk by chunk from a fresh state or a checkpoint (`batched`: with a
     leading axis of settings, as for a sweep). A checkpoint is written every `every`
     seconds, when interrupted, and at the end.
+
+    With `group` lanes (a divisor of the lanes; see `_lanes_per_group`) on one device, the
+    run is cut into units run one after another, each through the same compiled program
+    of `group` lanes (of one setting: a sweep's settings then run one after another too):
+    one loop state for the whole run (its step counters one per unit), one checkpoint,
+    one resume. Each lane steps as in one program of all lanes (the lanes never interact,
+    and what they share, `prepare_loop`, is made once from the whole run's initial paths):
+    bit for bit, but for groups of one lane, which XLA compiles without the batch axis
+    (rounding: 7e-15 relative on the L = 12 config).
 
     **Returns:** `(state, compile_time, run_time, partial)`.
     """
     hosts = Hosts(devices)
     start = time.perf_counter()
     state = init_loop(problem, y0, rf_table, factors, config, devices, batched)
+    units = _units(y0, group, batched, devices)
+    if units is not None:  # a step counter per unit
+        counters = jnp.zeros(y0.shape[:-2] + (y0.shape[-2] // group,), jnp.int32)
+        state = LoopState(state.lanes, counters, counters)
     run_before = 0.0
     if resume is not None:
         state, meta = load_checkpoint(resume, state, fps, put=hosts.put)
         run_before = float(meta["run_time"])
     zero = np.int32(0) if hosts.many else jnp.asarray(0, jnp.int32)
-    args = (problem, y0, rf_table, factors, zero, state, zero, config, devices, batched)
-    advance = _compiled_advance(args)
+    if units is None:
+        whole = None
+        # What the lanes share, made once (one device; several make it at each chunk).
+        shared = None
+        if len(devices) == 1:
+            shared = prepare_loop(problem, y0, rf_table, factors, config, batched)
+        unit_args = {None: (problem, y0, rf_table, factors, batched, shared)}
+    else:
+        whole = jax.tree.map(np.array, jax.device_get(state))  # on the host, writable
+        unit_args = _unit_inputs(units, group, problem, y0, rf_table, factors, config)
+    first = next(iter(unit_args.values()))
+    one_state = (
+        state if units is None else jax.device_put(_take(whole, units[0], group), devices[0])
+    )
+    p, y, rf, fac, b, sh = first
+    advance = _compiled_advance((p, y, rf, fac, zero, one_state, zero, config, devices, b, sh))
     if check_memory:
         _check_compiled_memory(advance, devices)
     compile_time = time.perf_counter() - start
 
     def save(run_time):
         if checkpoint is not None:
-            whole = hosts.get(state)  # every process takes part; process 0 writes
+            # every process takes part; process 0 writes
+            all_lanes = hosts.get(state) if whole is None else whole
             if hosts.writes:
                 meta = {"fingerprints": fps, "run_time": run_time}
                 try:
-                    save_checkpoint(os.fspath(checkpoint), whole, meta)
+                    save_checkpoint(os.fspath(checkpoint), all_lanes, meta)
                 except OSError as e:  # the state stays in memory; the run goes on
                     warnings.warn(
                         f"The checkpoint could not be written to {checkpoint}: {e}. The run "
@@ -434,41 +477,44 @@ def _run_chunks(
                         stacklevel=_user_stacklevel(),
                     )
 
-    def view():  # what the host loop decides by, the same on every process
-        return hosts.get((state.lanes.beta, state.loop_steps))
+    def view(s):  # what the host loop decides by, the same on every process
+        return hosts.get((s.lanes.beta, s.loop_steps))
 
-    beta, loop_steps = view()
     # The bar counts the (path, β) minimisations still to run.
-    done_before = int(np.sum(hosts.get(state.lanes.stop_reason) != 0))
+    all_lanes = state if whole is None else whole
+    done_before = int(np.sum(hosts.get(all_lanes.lanes.stop_reason) != 0))
     handle = config.progress_meter.open(int(np.prod(y0.shape[:-1])) * config.n_beta - done_before)
     chunk, start, saved_at = 8, time.perf_counter(), time.perf_counter()
-    finished = loop_finished((beta, loop_steps), config)
+    finished = loop_finished(view(all_lanes), config)
     try:
         with Interruption() as interrupt:
-            while not finished and not hosts.any(interrupt.hit):
-                began = time.perf_counter()
-                stop_at = int(np.max(loop_steps)) + chunk
-                state = advance(
-                    problem,
-                    y0,
-                    rf_table,
-                    factors,
-                    hosts.scalar(handle),
-                    state,
-                    hosts.scalar(stop_at),
-                    config,
-                    devices,
-                    batched,
-                )
-                beta, loop_steps = view()
-                finished = loop_finished((beta, loop_steps), config)
-                took = time.perf_counter() - began
-                grow = _CHUNK_SECONDS / max(took, 1e-4)
-                chunk = hosts.agree(int(min(max(chunk * min(grow, 2.0), 1), 2**30)))
-                due = time.perf_counter() - saved_at >= every
-                if not finished and hosts.agree(int(due)):
-                    save(run_before + time.perf_counter() - start)
-                    saved_at = time.perf_counter()
+            for unit, (p, y, rf, fac, b, sh) in unit_args.items():
+                if hosts.any(interrupt.hit):
+                    break
+                s = state if unit is None else jax.device_put(_take(whole, unit, group), devices[0])
+                beta, loop_steps = view(s)
+                done = loop_finished((beta, loop_steps), config)
+                while not done and not hosts.any(interrupt.hit):
+                    began = time.perf_counter()
+                    stop_at = int(np.max(loop_steps)) + chunk
+                    handle_, stop_at_ = hosts.scalar(handle), hosts.scalar(stop_at)
+                    s = advance(p, y, rf, fac, handle_, s, stop_at_, config, devices, b, sh)
+                    beta, loop_steps = view(s)
+                    done = loop_finished((beta, loop_steps), config)
+                    took = time.perf_counter() - began
+                    grow = _CHUNK_SECONDS / max(took, 1e-4)
+                    chunk = hosts.agree(int(min(max(chunk * min(grow, 2.0), 1), 2**30)))
+                    if unit is None:
+                        state = s
+                    due = time.perf_counter() - saved_at >= every
+                    if not done and hosts.agree(int(due)):
+                        if unit is not None:
+                            _put(whole, unit, group, jax.device_get(s))
+                        save(run_before + time.perf_counter() - start)
+                        saved_at = time.perf_counter()
+                if unit is not None:
+                    _put(whole, unit, group, jax.device_get(s))
+            finished = loop_finished(view(state if whole is None else whole), config)
             run_time = run_before + time.perf_counter() - start
             save(run_time)
             if not finished:
@@ -480,7 +526,116 @@ def _run_chunks(
                 )
     finally:
         config.progress_meter.close(handle)
-    return state, compile_time, run_time, not finished
+    return (state if whole is None else whole), compile_time, run_time, not finished
+
+
+# On one CPU core a loop step's cost per lane grows once the lanes' state outgrows the
+# caches (BENCHMARKS.md, "Lanes at cache speed"): a run is cut into groups of lanes of
+# at most this much loop state, run one after another.
+_CPU_GROUP_BYTES = 2**21
+_LANE_BYTES: dict = {}  # the loop state's bytes per lane, by the kind of a run's inputs
+
+
+def _lanes_per_group(problem, y0, rf_table, factors, config, devices, batched, group_size):
+    """The lanes of each unit of a run on one device: `group_size` if given, else all of
+    them on an accelerator and as many as fit `_CPU_GROUP_BYTES` of loop state on a CPU;
+    then evened out over the units (20 lanes in groups of at most 8: 3 of 7)."""
+    lanes = y0.shape[-2]
+    if len(devices) > 1:
+        if group_size is not None:
+            raise ValueError(
+                "`group_size` cuts a run on one device into groups of paths; with several "
+                f"devices ({len(devices)}) each runs its share of the paths as one group. "
+                "Pass one device, or group_size=None."
+            )
+        return lanes
+    if group_size is None:
+        if devices[0].platform != "cpu":
+            return lanes
+        args = (problem, y0, rf_table, factors, config, devices, batched)
+        key = _kind(args)
+        per_lane = None if key is None else _LANE_BYTES.get(key)
+        if per_lane is None:
+            shapes = eqx.filter_eval_shape(init_loop, *args)
+            per_lane = _nbytes(shapes.lanes) / int(np.prod(y0.shape[:-1]))
+            if key is not None:
+                if len(_LANE_BYTES) >= _PROGRAMS_KEPT:
+                    _LANE_BYTES.clear()
+                _LANE_BYTES[key] = per_lane
+        group_size = max(1, int(_CPU_GROUP_BYTES // max(per_lane, 1)))
+    n_groups = -(-lanes // min(group_size, lanes))
+    return -(-lanes // n_groups)
+
+
+def _pad_lanes(y0, lanes: int):
+    """`y0` with `lanes` lanes (axis −2): its last path repeated (padding, cut from the
+    results)."""
+    extra = lanes - y0.shape[-2]
+    if extra <= 0:
+        return y0
+    return jnp.concatenate([y0, jnp.repeat(y0[..., -1:, :], extra, axis=-2)], axis=-2)
+
+
+def _units(y0, group, batched, devices):
+    """The units a run on one device is cut into, `(setting or None, group index)`, run
+    one after another; `None` for a run in one program (several devices, or one group of
+    one problem, or an accelerator's sweep, whose settings are a vmap)."""
+    if group is None or len(devices) > 1:
+        return None
+    n_groups = y0.shape[-2] // group
+    if not batched:
+        return None if n_groups == 1 else [(None, g) for g in range(n_groups)]
+    if n_groups == 1 and devices[0].platform != "cpu":
+        return None
+    return [(s, g) for s in range(y0.shape[0]) for g in range(n_groups)]
+
+
+def _index(unit, group):
+    setting, g = unit
+    lanes, counter = slice(g * group, (g + 1) * group), slice(g, g + 1)
+    if setting is None:
+        return lanes, counter
+    return (setting, lanes), (setting, counter)
+
+
+def _take(whole: LoopState, unit, group) -> LoopState:
+    """The loop state of one unit of `whole` (host arrays)."""
+    lanes, counter = _index(unit, group)
+    return LoopState(
+        jax.tree.map(lambda a: a[lanes], whole.lanes),
+        whole.loop_steps[counter],
+        whole.lane_steps[counter],
+    )
+
+
+def _put(whole: LoopState, unit, group, part: LoopState) -> None:
+    """Write one unit's loop state `part` into `whole` (host arrays), in place."""
+    lanes, counter = _index(unit, group)
+    for a, b in zip(jtu.tree_leaves(whole.lanes), jtu.tree_leaves(part.lanes)):
+        a[lanes] = b
+    whole.loop_steps[counter] = part.loop_steps
+    whole.lane_steps[counter] = part.lane_steps
+
+
+def _unit_inputs(units, group, problem, y0, rf_table, factors, config) -> dict:
+    """The loop's inputs of each unit, `{unit: (problem, y0, rf_table, factors, False,
+    shared)}`: its setting's problem, schedule and shared parts (made once per setting,
+    by the program of one problem, as a run of its own makes them) and its lanes' initial
+    paths."""
+    params, static = eqx.partition(problem, eqx.is_array)
+    settings, inputs = {}, {}
+    for unit in units:
+        setting, g = unit
+        if setting not in settings:
+            if setting is None:
+                one = (problem, y0, rf_table, factors)
+            else:
+                p, r, f = jax.tree.map(lambda a, s=setting: a[s], (params, rf_table, factors))
+                one = (eqx.combine(p, static), y0[setting], r, f)
+            settings[setting] = one + (prepare_loop(*one, config),)
+        p, y, r, f, shared = settings[setting]
+        inputs[unit] = (p, y[g * group : (g + 1) * group], r, f, False, shared)
+    return inputs
 
 
 # The compiled loop programs of recent runs, by what jit's cache would key them on: the
@@ -490,9 +645,9 @@ _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 _PROGRAMS_KEPT = 8
 
 
-def _compiled_advance(args):
-    """`advance_loop` lowered and compiled for `args` (apart from the run, to report the
-    compile time), or the program compiled for arguments of the same kind before."""
+def _kind(args):
+    """What jit's cache would key `args` on: the structure, shapes, dtypes and shardings of
+    their arrays and their static parts (`None` if a static part is unhashable)."""
     dynamic, static = eqx.partition(args, eqx.is_array)
     leaves, treedef = jtu.tree_flatten(dynamic)
     kinds = tuple(
@@ -503,8 +658,15 @@ def _compiled_advance(args):
     try:
         key = (treedef, kinds, fixed_def, tuple(fixed))
         hash(key)
-    except TypeError:  # an unhashable static part: compile afresh
-        key = None
+    except TypeError:
+        return None
+    return key
+
+
+def _compiled_advance(args):
+    """`advance_loop` lowered and compiled for `args` (apart from the run, to report the
+    compile time), or the program compiled for arguments of the same kind before."""
+    key = _kind(args)
     if key is not None and key in _PROGRAMS:
         _PROGRAMS.move_to_end(key)
         return _PROGRAMS[key]
@@ -564,7 +726,12 @@ def run_loop(
     timings and device count, and whether it was interrupted.
     """
     config = settings.loop_config(n_beta)
+    group = _lanes_per_group(
+        problem, y0, rf_table, factors, config, devices, batched, settings.group_size
+    )
+    y0 = _pad_lanes(y0, -(-y0.shape[-2] // group) * group)
     fps = fingerprints(problem, y0, rf_table, factors, config, settings.n_paths, len(devices))
+    fps["lanes"]["lanes per group"] = group
     hosts = Hosts(devices)
     problem, y0, rf_table, factors = _place(problem, y0, rf_table, factors, devices, hosts, batched)
     state, compile_time, run_time, partial = _run_chunks(
@@ -580,8 +747,14 @@ def run_loop(
         resume,
         batched,
         settings.check_memory,
+        group,
     )
-    stats = {"run_time": run_time, "compile_time": compile_time, "n_devices": len(devices)}
+    stats = {
+        "run_time": run_time,
+        "compile_time": compile_time,
+        "n_devices": len(devices),
+        "lanes_per_group": group,
+    }
     return hosts.get(state), stats, partial
 
 

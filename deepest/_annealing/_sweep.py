@@ -54,19 +54,22 @@ def sweep(
     checkpoint_every: float = 60.0,
     resume: str | os.PathLike | None = None,
     check_memory: bool = True,
+    group_size: int | None = None,
 ) -> SweepResult:
     """Anneal every point of a sweep: [`deepest.anneal`][] of `problems[i]` with
     `schedules[i]` and `keys[i]`, with `n_paths` paths each and the same settings.
 
     Points whose problems have the same structure and shapes (e.g. other data of the same
-    size, other weights, other R_f schedules of the same length) run as **one** compiled
-    program: a leading axis of settings is vmapped with the paths, so the problems, data,
-    schedules and initial paths are arrays of that program, and a sweep of 16 settings ×
-    256 paths is one launch. Each further shape (e.g. another set of observed components)
-    compiles once more. Each point's result equals its own `anneal` run's (same key): the
-    points do not interact. This is for devices that a single run leaves idle (a GPU): on a
-    CPU a step's cost grows with the lanes' memory, and one large program is slower than
-    the points run one after another (BENCHMARKS.md, "Long runs").
+    size, other weights, other R_f schedules of the same length) form a group with one
+    compiled program, one index, one checkpoint and one resume; each further shape (e.g.
+    another set of observed components) compiles once more. On an accelerator the group
+    is one launch: a leading axis of settings is vmapped with the paths, so the problems,
+    data, schedules and initial paths are arrays of that program. On one CPU, where a
+    step's cost per lane grows with the lanes' memory, the group's points run one after
+    another through the program of one problem, in groups of lanes sized to the cache
+    (`group_size`, as in `anneal`): never slower than separate `anneal` calls
+    (BENCHMARKS.md, "Lanes at cache speed"). Each point's result equals its own `anneal`
+    run's (same key; bit for bit on a CPU): the points do not interact.
 
     **Arguments:** as [`deepest.anneal`][]; `schedules` and `keys` are one per point, or
     one for all (one key gives every point the same initial-path draws). `throw`: raise
@@ -111,6 +114,7 @@ def sweep(
             dtype,
             progress,
             check_memory,
+            group_size,
         )
     devices = tuple(jax.devices() if devices is None else devices)
     if check_memory:  # as if every point ran in one program: the most a sweep can need

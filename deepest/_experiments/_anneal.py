@@ -233,6 +233,7 @@ class RunSection(ConfigSection):
     minimiser: str = "lbfgs"
     history_length: int = default_of(LBFGS, "history_length")
     dtype: Literal["float64", "float32"] = "float64"
+    group_size: int | None = Field(default_of(anneal, "group_size"), ge=1)
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -267,6 +268,7 @@ class RunSection(ConfigSection):
             "max_evaluations": self.max_evaluations,
             "minimiser": self.minimiser_object(),
             "dtype": jnp.dtype(self.dtype),
+            "group_size": self.group_size,
         }
         if output is not None:
             options.update(save_betas=output.save_betas, checkpoint_every=output.checkpoint_every)

@@ -97,7 +97,7 @@ class CycleAnnealSection(AnnealSection):
 
 # keys of an anneal config that `deepest.cycle` does not read: refused unless at their default
 _NOT_READ = {
-    "anneal": ("n_paths", "ftol", "gtol", "max_evaluations"),
+    "anneal": ("n_paths", "ftol", "gtol", "max_evaluations", "group_size"),
     "output": ("forecast_horizon", "save_betas"),
 }
 

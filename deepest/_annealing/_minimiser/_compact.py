@@ -187,20 +187,38 @@ class TridiagonalPreconditioner(eqx.Module):
         """L⁻ᵀz: a direction in z back in x."""
         ld, le = self.diagonal[beta], self.lower[beta]
         zs, zp = self._split(z)
-        a = jnp.concatenate([jnp.zeros_like(ld[:1]), jnp.flip(-le / ld[:-1], 0)])
-        xs = jnp.flip(_linear_recurrence(a, jnp.flip(zs / ld, 0)), 0)
+        a = jnp.concatenate([-le / ld[:-1], jnp.zeros_like(ld[:1])])
+        xs = _linear_recurrence(a, zs / ld, reverse=True)
         return jnp.concatenate([xs.reshape(-1), zp * self.params[beta]])
 
 
-def _linear_recurrence(a, b):
-    """x_n = a_n x_{n−1} + b_n along axis 0 (a_0 = 0), as a parallel prefix scan."""
+def _linear_recurrence(a, b, reverse=False):
+    """x_n = a_n x_{n−1} + b_n along axis 0 (a_0 = 0); with `reverse`, x_n = a_n x_{n+1} + b_n
+    from the last n down (a_{N−1} = 0).
 
-    def combine(earlier, later):
-        a1, b1 = earlier
-        a2, b2 = later
-        return a1 * a2, a2 * b1 + b2
+    A sequential `lax.scan` on a CPU, a parallel prefix scan elsewhere. On one CPU core the
+    prefix scan's log₂N passes over the whole array cost more than N dependent steps on
+    rows that stay in cache (25 + 34 µs against 24 + 28 µs per lane for the two solves of
+    a 64-lane step; `lax.linalg.tridiagonal_solve`, LAPACK's gtsv, 79 + 76 µs); on a GPU
+    the N dependent steps would each be a launch-bound loop iteration.
+    """
 
-    return jax.lax.associative_scan(combine, (a, b))[1]
+    def sequential(a, b):
+        def step(x, ab):
+            x = ab[0] * x + ab[1]
+            return x, x
+
+        return jax.lax.scan(step, jnp.zeros_like(b[0]), (a, b), reverse=reverse)[1]
+
+    def parallel(a, b):
+        def combine(earlier, later):
+            a1, b1 = earlier
+            a2, b2 = later
+            return a1 * a2, a2 * b1 + b2
+
+        return jax.lax.associative_scan(combine, (a, b), reverse=reverse)[1]
+
+    return jax.lax.platform_dependent(a, b, cpu=sequential, default=parallel)
 
 
 class CompactLBFGSState(eqx.Module):
@@ -386,9 +404,11 @@ class CompactLBFGS(eqx.Module):
             y_mem = state.y_mem.at[slot].set(y_row)
             ym_mem, made_at = state.ym_mem, state.made_at
             # One pass over each memory: s_iᵀg, s_iᵀy and y_iᵀg, y_iᵀs, y_iᵀy (BNS §4).
+            # The vectors as rows (k, n), contracted with the memories' rows: on a CPU under
+            # vmap this runs in 20 µs per lane against 36 µs with columns (n, k).
             g_row = g_z.astype(mem)
-            s_p = (s_mem @ jnp.stack([g_row, y_row], axis=1)).astype(dtype)
-            y_p = (y_mem @ jnp.stack([g_row, s_row, y_row], axis=1)).astype(dtype)
+            s_p = jnp.einsum("mn,kn->mk", s_mem, jnp.stack([g_row, y_row])).astype(dtype)
+            y_p = jnp.einsum("mn,kn->mk", y_mem, jnp.stack([g_row, s_row, y_row])).astype(dtype)
             sy = state.sy.at[slot, :].set(y_p[:, 1]).at[:, slot].set(s_p[:, 1])
             yy = state.yy.at[slot, :].set(y_p[:, 2]).at[:, slot].set(y_p[:, 2])
             s_dir, y_dir = s_mem, y_mem
