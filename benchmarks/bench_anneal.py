@@ -21,10 +21,16 @@ same with its memory in float64 instead of float32, the earlier L-BFGS with opta
 two-loop directions (`OptaxLBFGS`, `optax_lbfgs.py`; it was `LBFGS(compact=False)`), and
 the block-banded Levenberg–Marquardt.
 The last three run at `--small-sizes` only. For each
-minimiser the first `--polish-paths` paths of its smallest run are polished at every β
-with scipy's L-BFGS-B (gtol 1e-13, ftol 1e-15) from the reported points: the worst relative
-drop is the "polish gap" (a level that is a minimum has a gap ≤ 1e-6). The evaluations
-per β are reported with and without carried curvature (`LBFGS(carry_curvature=True)`).
+minimiser the first `--polish-paths` paths are annealed again with every β saved (the
+timed runs save none: saved points are loop state) and polished at every β with scipy's
+L-BFGS-B (gtol 1e-13, ftol 1e-15) from the reported points: the worst relative drop is the
+"polish gap" (a level that is a minimum has a gap ≤ 1e-6). The evaluations per β are
+reported with and without carried curvature (`LBFGS(carry_curvature=True)`;
+`--skip-per-beta` leaves them out).
+
+The "one core" rows are one XLA device; XLA may still spread a large operation over the
+machine's other cores, which the serial baseline cannot use: run the script under
+`taskset -c 0` for rows that are one core's.
 
 A "floor" row times the vmapped value-and-gradient alone (64 paths, a
 compiled loop, no optimiser) and multiplies it by the serial baseline's evaluations: no
@@ -237,7 +243,6 @@ def main():
                     progress=False,
                     minimiser=minimisers[m][1],
                     devices=devices,
-                    save_betas=range(schedule.n_beta) if n == min(sizes) else None,
                 )
         # A floor for any method that spends as many evaluations as L-BFGS does: the
         # vmapped value-and-gradient alone, in a compiled loop, at 64 paths.
@@ -314,8 +319,21 @@ def main():
             )
         )
         if args.polish_paths:
+            # The first paths again, every β saved (not in the timed runs: saved rows are
+            # loop state), each level polished.
+            u = jax.tree.map(lambda a: a[: args.polish_paths], init)
             for m in args.minimisers:
-                r = results[m, min(n for mm, n, _ in results if mm == m), 1]
+                r = deepest.anneal(
+                    problem,
+                    schedule,
+                    args.polish_paths,
+                    key,
+                    init=u,
+                    progress=False,
+                    minimiser=minimisers[m][1],
+                    devices=one_core,
+                    save_betas=range(schedule.n_beta),
+                )
                 gaps.append((name, minimisers[m][0], polish_gap(problem, r, args.polish_paths)))
         # evaluations per β with and without carried curvature, same paths
         n_carry = min(args.sizes)

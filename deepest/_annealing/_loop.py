@@ -175,11 +175,21 @@ def _lane_functions(problem, rf_table, config: LoopConfig, shared):
             model_error=record(model, lane.model_error),
             stop_reason=jnp.where(at_beta, code, lane.stop_reason),
             iterations=jnp.where(at_beta, steps, lane.iterations),
-            saved=jnp.where(((save_betas == beta) & done & ~bad)[:, None], y[None], lane.saved),
+            saved=_save(lane.saved, save_betas, beta, done & ~bad, y),
         )
         return new, done, active
 
     return init_lane, step_lane
+
+
+def _save(saved, save_betas, beta, done, y):
+    """`saved` with `y` written to the row of `beta` if it finished (`done`) and is one of
+    the sorted `save_betas`: one row written, not the whole array selected."""
+    if save_betas.shape[0] == 0:
+        return saved
+    row = jnp.minimum(jnp.searchsorted(save_betas, beta), save_betas.shape[0] - 1)
+    hit = done & (save_betas[row] == beta)
+    return saved.at[row].set(jnp.where(hit, y, saved[row]))
 
 
 def _problem_lanes(static, config: LoopConfig):
@@ -213,17 +223,18 @@ def _over_settings(fn, settings: bool, in_axes=0):
     return jax.vmap(fn, in_axes=in_axes) if settings else fn
 
 
-def _init(params, static, y0, rf_table, factors, config: LoopConfig, settings: bool):
-    """The loop state before the first step (`settings`: along a leading axis of them)."""
+def _init(params, static, y0, rf_table, factors, config: LoopConfig, settings: bool, *given):
+    """The loop state before the first step (`settings`: along a leading axis of them;
+    `given`: the run's `shared`, if made already)."""
     prepare, init, _ = _problem_lanes(static, config)
 
-    def arrays(params, y0, rf_table, factors):
+    def arrays(params, y0, rf_table, factors, *given):
         # A solver state may hold non-arrays (e.g. a jaxpr): only the arrays are carried
         # through the loop (and saved); the rest is rebuilt from the problem each time.
-        shared = prepare(params, y0, rf_table, factors)
+        shared = given[0] if given else prepare(params, y0, rf_table, factors)
         return eqx.filter(init(params, y0, rf_table, shared), eqx.is_array)
 
-    lanes = _over_settings(arrays, settings)(params, y0, rf_table, factors)
+    lanes = _over_settings(arrays, settings)(params, y0, rf_table, factors, *given)
     zero = jnp.zeros(y0.shape[:-2] + (1,), jnp.int32)
     return LoopState(lanes, zero, zero)
 
@@ -376,6 +387,7 @@ def init_loop(
     config: LoopConfig,
     devices: Sequence[jax.Device],
     settings: bool = False,
+    shared: PyTree = None,
 ) -> LoopState:
     """The [`deepest.annealing.LoopState`][] of the annealing loop before its first step:
     every lane at its initial path `y0`, at β = 0, with a fresh solver.
@@ -383,15 +395,19 @@ def init_loop(
     With `settings=True` every array of `problem`, `y0`, `rf_table` and `factors` has a
     leading axis of settings (problems of one structure and shapes, e.g. the points of a
     sweep), vmapped: one program for all of them, the settings split over `devices` (their
-    number a multiple of the devices')."""
+    number a multiple of the devices'). `shared`: what [`deepest.annealing.prepare_loop`][]
+    gave for the run (`None`: made from `y0`; lanes that are a part of a run's must pass
+    the run's)."""
     params, static = eqx.partition(problem, eqx.is_array)
+    given = () if shared is None else (shared,)
 
-    def run(params, y0, rf_table, factors):
-        return _init(params, static, y0, rf_table, factors, config, settings)
+    def run(params, y0, rf_table, factors, *given):
+        return _init(params, static, y0, rf_table, factors, config, settings, *given)
 
     # Split over the devices: every argument along the settings, or the lanes.
     split = (True,) * 4 if settings else (False, True, False, False)
-    return _on_devices(run, devices, split)(params, y0, rf_table, factors)
+    split += (settings,) * len(given)
+    return _on_devices(run, devices, split)(params, y0, rf_table, factors, *given)
 
 
 @eqx.filter_jit

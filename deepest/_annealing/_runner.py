@@ -431,26 +431,26 @@ def _run_chunks(
     """
     hosts = Hosts(devices)
     start = time.perf_counter()
-    state = init_loop(problem, y0, rf_table, factors, config, devices, batched)
     units = _units(y0, group, batched, devices)
-    if units is not None:  # a step counter per unit
-        counters = jnp.zeros(y0.shape[:-2] + (y0.shape[-2] // group,), jnp.int32)
-        state = LoopState(state.lanes, counters, counters)
-    run_before = 0.0
-    if resume is not None:
-        state, meta = load_checkpoint(resume, state, fps, put=hosts.put)
-        run_before = float(meta["run_time"])
-    zero = np.int32(0) if hosts.many else jnp.asarray(0, jnp.int32)
     if units is None:
         whole = None
+        state = init_loop(problem, y0, rf_table, factors, config, devices, batched)
         # What the lanes share, made once (one device; several make it at each chunk).
         shared = None
         if len(devices) == 1:
             shared = prepare_loop(problem, y0, rf_table, factors, config, batched)
         unit_args = {None: (problem, y0, rf_table, factors, batched, shared)}
-    else:
-        whole = jax.tree.map(np.array, jax.device_get(state))  # on the host, writable
+    else:  # one state on the host, a step counter per unit; each unit's made by its program
         unit_args = _unit_inputs(units, group, problem, y0, rf_table, factors, config)
+        whole = _init_units(unit_args, config, devices, y0.shape[:-2] + (y0.shape[-2] // group,))
+        state = whole
+    run_before = 0.0
+    if resume is not None:
+        put = hosts.put if whole is None else (lambda a, _: np.array(a))
+        state, meta = load_checkpoint(resume, state, fps, put=put)
+        whole = None if whole is None else state
+        run_before = float(meta["run_time"])
+    zero = np.int32(0) if hosts.many else jnp.asarray(0, jnp.int32)
     first = next(iter(unit_args.values()))
     one_state = (
         state if units is None else jax.device_put(_take(whole, units[0], group), devices[0])
@@ -615,6 +615,23 @@ def _put(whole: LoopState, unit, group, part: LoopState) -> None:
         a[lanes] = b
     whole.loop_steps[counter] = part.loop_steps
     whole.lane_steps[counter] = part.lane_steps
+
+
+def _init_units(unit_args: dict, config, devices, counters: tuple) -> LoopState:
+    """The loop state of a run cut into units (`_unit_inputs`), on the host: each unit's
+    lanes made by the program of one unit, with the run's shared parts; `counters`, the
+    shape of the step counters (settings, if any, then units)."""
+    parts = [
+        jax.device_get(init_loop(p, y, rf, fac, config, devices, False, sh).lanes)
+        for p, y, rf, fac, _, sh in unit_args.values()
+    ]
+    per_setting = counters[-1]
+    settings = [
+        jax.tree.map(lambda *a: np.concatenate(a), *parts[i : i + per_setting])
+        for i in range(0, len(parts), per_setting)
+    ]
+    lanes = settings[0] if len(counters) == 1 else jax.tree.map(lambda *a: np.stack(a), *settings)
+    return LoopState(lanes, np.zeros(counters, np.int32), np.zeros(counters, np.int32))
 
 
 def _unit_inputs(units, group, problem, y0, rf_table, factors, config) -> dict:
