@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # The CPU benchmarks that BENCHMARKS.md records, in the order they run (benchmarks/README.md).
-BENCHMARKS := bench_anneal bench_lbfgs_step bench_lm_step bench_costate bench_training \
+BENCHMARKS := bench_anneal bench_lbfgs_step bench_lane_step bench_lm_step bench_costate bench_training \
 	bench_adjoint bench_tpbvp bench_long_runs bench_uncertainty bench_reliability bench_nakl
 
 .PHONY: install demo test test-minimum docs lint bench bench-quick bench-gpu bench-dapper clean

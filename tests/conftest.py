@@ -27,3 +27,19 @@ def _free_compiled_programs():
     machine)."""
     yield
     jax.clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def _optimised(request):
+    """Tests marked `optimised` compile with every optimisation, also where `make test`'s
+    parallel pass turns most off (JAX_DISABLE_MOST_OPTIMIZATIONS: its tests are bound by
+    compiles; these by running)."""
+    if request.node.get_closest_marker("optimised") is None:
+        yield
+        return
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)

@@ -36,6 +36,7 @@ def _rms_unobserved(result, data, path):
     return float(np.sqrt(np.mean((est[:, unobs] - truth[:, unobs]) ** 2)))
 
 
+@pytest.mark.optimised
 @pytest.mark.parametrize(
     "minimiser", [deepest.LBFGS(), deepest.LevenbergMarquardt()], ids=["lbfgs", "lm"]
 )
@@ -59,6 +60,7 @@ def test_twin_L12_every_path_consistent(minimiser):
     assert result.converged[-1].all()
 
 
+@pytest.mark.optimised
 def test_twin_L8_levels(record_property):
     problem, schedule, data, _, config = config_problem("lorenz96_L8.yaml")
     n_paths = config["anneal"]["n_paths"]

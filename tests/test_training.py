@@ -133,9 +133,10 @@ def test_recurrent_training():
     ys = jax.vmap(rnn)(us) + 0.1
     problem = deepest.training(rnn, us, ys, rm=5.0, weight_init="network", state_noise=0.0)
     u = problem.init(jr.key(2))
-    # States from the forward pass: the model holds exactly, and the measurement term is
-    # R_m times the mean squared readout misfit (0.1²).
-    assert float(problem.model_error(u)) == 0.0
+    # States from the forward pass: the model holds (to rounding: the forward pass of
+    # `init` and of the residuals are two programs, which may round differently), and the
+    # measurement term is R_m times the mean squared readout misfit (0.1²).
+    assert float(problem.model_error(u)) <= 1e-28
     assert float(problem.measurement_error(u)) == pytest.approx(5.0 * 0.01, rel=1e-12)
     hs = u["states"] + 0.2
     u = {**u, "states": hs}

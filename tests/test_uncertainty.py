@@ -140,6 +140,7 @@ def test_laplace_forecast_band_is_the_propagated_gaussian():
     np.testing.assert_allclose(end_cov.diagonal()[:3] ** 0.5, lap.paths_std[0, -1], rtol=1e-12)
 
 
+@pytest.mark.optimised
 def test_pamc_matches_the_gaussian_posterior():
     problem, schedule, result = _linear_gaussian()
     rf = result.rf[-1]

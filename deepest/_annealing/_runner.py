@@ -453,7 +453,7 @@ def _run_chunks(
     zero = np.int32(0) if hosts.many else jnp.asarray(0, jnp.int32)
     first = next(iter(unit_args.values()))
     one_state = (
-        state if units is None else jax.device_put(_take(whole, units[0], group), devices[0])
+        state if units is None else _unit_state(whole, units[0], group, first, config, devices)
     )
     p, y, rf, fac, b, sh = first
     advance = _compiled_advance((p, y, rf, fac, zero, one_state, zero, config, devices, b, sh))
@@ -491,7 +491,9 @@ def _run_chunks(
             for unit, (p, y, rf, fac, b, sh) in unit_args.items():
                 if hosts.any(interrupt.hit):
                     break
-                s = state if unit is None else jax.device_put(_take(whole, unit, group), devices[0])
+                s = state
+                if unit is not None:
+                    s = _unit_state(whole, unit, group, unit_args[unit], config, devices)
                 beta, loop_steps = view(s)
                 done = loop_finished((beta, loop_steps), config)
                 while not done and not hosts.any(interrupt.hit):
@@ -606,6 +608,17 @@ def _take(whole: LoopState, unit, group) -> LoopState:
         whole.loop_steps[counter],
         whole.lane_steps[counter],
     )
+
+
+def _unit_state(whole: LoopState, unit, group, inputs, config, devices) -> LoopState:
+    """One unit's loop state on the device: made afresh by its program if it has not
+    started (as a host copy would lose the weak types of a solver's state, e.g.
+    optimistix's step sizes), else read from `whole`."""
+    part = _take(whole, unit, group)
+    if np.any(part.loop_steps):
+        return jax.device_put(part, devices[0])
+    p, y, rf, fac, _, shared = inputs
+    return init_loop(p, y, rf, fac, config, devices, False, shared)
 
 
 def _put(whole: LoopState, unit, group, part: LoopState) -> None:
