@@ -172,3 +172,23 @@ def test_sweep_runs_one_program_per_shape_and_equals_separate_runs():
         deepest.sweep(problems, schedules[:2], 3, jr.key(4))
     with pytest.raises(ValueError, match="empty"):
         deepest.sweep([], schedules, 3, jr.key(4))
+
+
+def test_prepare_loop_is_the_minimisers_prepare(run):
+    """What a run's lanes share, made once per run, is the minimiser's `prepare` of the
+    whole run's initial paths (so groups of lanes share the first path's preconditioner)."""
+    problem, schedule, _ = run
+    minimiser = deepest.LBFGS()
+    unknowns = jax.vmap(problem.init)(jr.split(jr.key(3), 4))
+    y0 = jax.vmap(lambda u: minimiser.flatten(problem, u))(unknowns)
+    rf = jax.numpy.asarray(schedule.rf)
+    factors = jax.numpy.asarray(schedule.alpha ** np.arange(schedule.n_beta))
+    config = deepest.annealing.LoopConfig(
+        schedule.n_beta, (), 1e-10, 1e-9, 5000, minimiser, deepest.NoProgressMeter()
+    )
+    shared = deepest.annealing.prepare_loop(problem, y0, rf, factors, config)
+    direct = minimiser.prepare(problem, y0, rf, factors)
+    other = minimiser.prepare(problem, y0[1:], rf, factors)  # another first path
+    leaves = jax.tree.leaves
+    assert all(np.allclose(a, b, rtol=1e-12) for a, b in zip(leaves(shared), leaves(direct)))
+    assert not all(np.allclose(a, b) for a, b in zip(leaves(shared), leaves(other)))
