@@ -30,7 +30,7 @@ demo: $(STAMP)
 # soon a command answers: tests/test_faults.py) then run on their own, one at a time and
 # fully optimised, as a second test process would load the machine they time; both passes
 # always run, and either failing fails `make test`.
-TEST_ENV := JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax DEEPEST_SMOKE=1 MPLBACKEND=Agg
+TEST_ENV := JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 DEEPEST_SMOKE=1 MPLBACKEND=Agg
 
 test: $(STAMP) docs
 	rm -rf $(CURDIR)/.cache/jax

@@ -194,6 +194,43 @@ def test_a_failing_window_stops_the_cycle_and_a_resume_finishes_it(tmp_path):
         _cycle(3, 1, resume=tmp_path)
 
 
+def test_ctrl_c_while_a_window_is_recorded_keeps_it_whole(tmp_path, monkeypatch):
+    """A Ctrl-C that lands while a window's estimates are written (here: a SIGINT sent
+    from the middle of the writing, after the analysis and smoothed rows, before the
+    window's action levels) leaves that window recorded whole: the result stops there,
+    marked partial, every row up to its end filled and none after, and a resume from the
+    checkpoint ends as an unbroken run."""
+    import os
+    import signal
+
+    import deepest._cycling._cycle as module
+
+    whole = _cycle(2, 1)
+    original, calls = module.codes_of, []
+
+    def interrupting(*args):
+        calls.append(None)
+        if len(calls) == 3:  # the third window's record
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(*args)
+
+    monkeypatch.setattr(module, "codes_of", interrupting)
+    broken = _cycle(2, 1, checkpoint=tmp_path)
+    monkeypatch.setattr(module, "codes_of", original)
+    assert broken.partial and broken.stopped == "interrupted"
+    assert broken.n_windows == 3 and broken.action.shape[0] == 3
+    end = int(broken.window_ends[-1])
+    np.testing.assert_array_equal(broken.analysis[: end + 1], whole.analysis[: end + 1])
+    # (smoothed rows are refined by later windows: the whole run's differ)
+    assert np.all(np.isfinite(broken.smoothed[: end + 1]))
+    for name in ("analysis", "smoothed", "forecast"):
+        assert np.all(np.isnan(getattr(broken, name)[end + 1 :])), name
+    resumed = _cycle(2, 1, resume=tmp_path)
+    assert not resumed.partial
+    for name in ("forecast", "analysis", "analysis_cov", "smoothed", "smoothed_std", "params"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name))
+
+
 def test_save_and_load(tmp_path):
     result = _cycle(2, 2)
     result.save(tmp_path)

@@ -174,21 +174,56 @@ def test_sweep_runs_one_program_per_shape_and_equals_separate_runs():
         deepest.sweep([], schedules, 3, jr.key(4))
 
 
-def test_prepare_loop_is_the_minimisers_prepare(run):
-    """What a run's lanes share, made once per run, is the minimiser's `prepare` of the
-    whole run's initial paths (so groups of lanes share the first path's preconditioner)."""
-    problem, schedule, _ = run
+def _loop_inputs(problem, schedule, n_paths=4):
+    """A run's flat initial paths, R_f table, factors and loop config (L-BFGS)."""
     minimiser = deepest.LBFGS()
-    unknowns = jax.vmap(problem.init)(jr.split(jr.key(3), 4))
+    unknowns = jax.vmap(problem.init)(jr.split(jr.key(3), n_paths))
     y0 = jax.vmap(lambda u: minimiser.flatten(problem, u))(unknowns)
     rf = jax.numpy.asarray(schedule.rf)
     factors = jax.numpy.asarray(schedule.alpha ** np.arange(schedule.n_beta))
     config = deepest.annealing.LoopConfig(
         schedule.n_beta, (), 1e-10, 1e-9, 5000, minimiser, deepest.NoProgressMeter()
     )
+    return minimiser, y0, rf, factors, config
+
+
+def test_prepare_loop_is_the_minimisers_prepare(run):
+    """What a run's lanes share, made once per run, is the minimiser's `prepare` of the
+    whole run's initial paths (so groups of lanes share the first path's preconditioner)."""
+    problem, schedule, _ = run
+    minimiser, y0, rf, factors, config = _loop_inputs(problem, schedule)
     shared = deepest.annealing.prepare_loop(problem, y0, rf, factors, config)
     direct = minimiser.prepare(problem, y0, rf, factors)
     other = minimiser.prepare(problem, y0[1:], rf, factors)  # another first path
     leaves = jax.tree.leaves
     assert all(np.allclose(a, b, rtol=1e-12) for a, b in zip(leaves(shared), leaves(direct)))
     assert not all(np.allclose(a, b) for a, b in zip(leaves(shared), leaves(other)))
+
+
+def test_each_chunk_reuses_the_loop_states_buffers(run):
+    """The program that runs a chunk is given the loop state donated: the new state is
+    written into the old one's buffers (XLA's memory analysis, which the memory check
+    reads, counts the state once), the state given is consumed, and the chunk ends where
+    `advance_loop` without donation ends, bit for bit."""
+    from deepest._annealing._runner import _compiled_advance
+
+    problem, schedule, _ = run
+    _, y0, rf, factors, config = _loop_inputs(problem, schedule)
+    devices = jax.devices("cpu")[:1]
+    shared = deepest.annealing.prepare_loop(problem, y0, rf, factors, config)
+
+    def fresh():
+        return deepest.annealing.init_loop(problem, y0, rf, factors, config, devices, False, shared)
+
+    zero = jax.numpy.asarray(0, jax.numpy.int32)
+    fixed = (problem, y0, rf, factors, zero, zero + 7, config, devices, False, shared)
+    state = fresh()
+    advance = _compiled_advance((fixed, state))
+    state_bytes = sum(a.nbytes for a in jax.tree.leaves(state))
+    assert advance.compiled.memory_analysis().alias_size_in_bytes == state_bytes
+    new = advance(fixed, state)
+    assert all(a.is_deleted() for a in jax.tree.leaves(state))
+    args = (problem, y0, rf, factors, zero, fresh(), zero + 7, config, devices, False, shared)
+    expected = deepest.annealing.advance_loop(*args)
+    assert int(new.loop_steps[0]) == 7
+    assert all(same_arrays(a, b) for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(expected)))

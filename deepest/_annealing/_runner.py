@@ -456,7 +456,7 @@ def _run_chunks(
         state if units is None else _unit_state(whole, units[0], group, first, config, devices)
     )
     p, y, rf, fac, b, sh = first
-    advance = _compiled_advance((p, y, rf, fac, zero, one_state, zero, config, devices, b, sh))
+    advance = _compiled_advance(((p, y, rf, fac, zero, zero, config, devices, b, sh), one_state))
     if check_memory:
         _check_compiled_memory(advance, devices)
     compile_time = time.perf_counter() - start
@@ -492,15 +492,20 @@ def _run_chunks(
                 if hosts.any(interrupt.hit):
                     break
                 s = state
-                if unit is not None:
-                    s = _unit_state(whole, unit, group, unit_args[unit], config, devices)
+                if unit is not None:  # the first unit's state is the one compiled for
+                    s = (
+                        one_state
+                        if unit == units[0]
+                        else _unit_state(whole, unit, group, unit_args[unit], config, devices)
+                    )
                 beta, loop_steps = view(s)
                 done = loop_finished((beta, loop_steps), config)
                 while not done and not hosts.any(interrupt.hit):
                     began = time.perf_counter()
                     stop_at = int(np.max(loop_steps)) + chunk
                     handle_, stop_at_ = hosts.scalar(handle), hosts.scalar(stop_at)
-                    s = advance(p, y, rf, fac, handle_, s, stop_at_, config, devices, b, sh)
+                    # the loop state is donated: `s` is replaced, never read again
+                    s = advance((p, y, rf, fac, handle_, stop_at_, config, devices, b, sh), s)
                     beta, loop_steps = view(s)
                     done = loop_finished((beta, loop_steps), config)
                     took = time.perf_counter() - began
@@ -693,15 +698,26 @@ def _kind(args):
     return key
 
 
+@eqx.filter_jit(donate="all-except-first")
+def _advance_donating(fixed, state: LoopState) -> LoopState:
+    """`advance_loop` with its loop `state` donated (its buffers become the new state's:
+    no copy of the state per chunk, and the run needs memory for one state, not two);
+    `fixed`, every other argument, in `advance_loop`'s order."""
+    problem, y0, rf_table, factors, handle, stop_at, config, devices, settings, shared = fixed
+    args = (problem, y0, rf_table, factors, handle, state, stop_at, config, devices, settings)
+    return advance_loop(*args, shared)
+
+
 def _compiled_advance(args):
-    """`advance_loop` lowered and compiled for `args` (apart from the run, to report the
-    compile time), or the program compiled for arguments of the same kind before."""
+    """`_advance_donating` lowered and compiled for `args`, `(fixed, state)` (apart from
+    the run, to report the compile time), or the program compiled for arguments of the
+    same kind before."""
     key = _kind(args)
     if key is not None and key in _PROGRAMS:
         _PROGRAMS.move_to_end(key)
         return _PROGRAMS[key]
-    lowered = advance_loop.lower(*args)
-    meter = args[7].progress_meter
+    lowered = _advance_donating.lower(*args)
+    meter = args[0][6].progress_meter
     if type(meter).compiling is not AbstractProgressMeter.compiling:  # it listens: the size
         meter.compiling(lowered.as_text().count("\n"))
     advance = lowered.compile()
@@ -841,7 +857,9 @@ def _check_compiled_memory(compiled, devices) -> None:
     compiled = getattr(compiled, "compiled", compiled)  # equinox's wrapper of jax's
     try:
         analysis = compiled.memory_analysis()
-        need = int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes)
+        # the outputs that reuse a donated input's buffers need no more memory
+        alias = getattr(analysis, "alias_size_in_bytes", 0)
+        need = int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes - alias)
     except (AttributeError, NotImplementedError, RuntimeError, TypeError):
         return  # a backend without the analysis
     free, where = available_memory(devices)

@@ -17,7 +17,7 @@ from jaxtyping import ArrayLike, PRNGKeyArray
 
 from .._annealing import AbstractMinimiser, AnnealSchedule, LevenbergMarquardt, anneal
 from .._annealing._checkpoint import problem_digest
-from .._annealing._runner import RunSettings, _flatten as flatten_paths, run_loop
+from .._annealing._runner import Interruption, RunSettings, _flatten as flatten_paths, run_loop
 from .._assimilation import Assimilation, Background
 from .._data import Inputs, Observations
 from .._misc import cast_floating, renamed_keywords
@@ -607,7 +607,17 @@ class _State:
 
     def record(self, k, a, e, after, run, best, mean, std, cov, fc, problem, first_row=None):
         """Window k's estimates (`run` None and `best` −1: a window without data, its
-        background carried; then only the rows from `first_row` on are smoothed anew)."""
+        background carried; then only the rows from `first_row` on are smoothed anew).
+
+        Written whole or not at all: the estimates are read from the device first, and a
+        Ctrl-C while they are written takes effect once the window is recorded."""
+        mean, std, cov, fc = jax.device_get((mean, std, cov, fc))
+        with Interruption() as interrupt:
+            self._record(k, a, e, after, run, best, mean, std, cov, fc, problem, first_row)
+        if interrupt.hit:
+            raise KeyboardInterrupt
+
+    def _record(self, k, a, e, after, run, best, mean, std, cov, fc, problem, first_row):
         d, spo = self.d, problem.steps_per_obs
         path = np.asarray(mean["path"])
         obs = path[::spo]
