@@ -37,7 +37,7 @@ def _data():
     return deepest.Observations(np.arange(N_OBS) * DT, values, OBSERVED, truth=truth)
 
 
-def _cycle(window, shift, field=_field, data=None, **kwargs):
+def _cycle(window, shift, field=_field, data=None, n_paths=2, **kwargs):
     return deepest.cycle(
         field,
         _data() if data is None else data,
@@ -49,7 +49,7 @@ def _cycle(window, shift, field=_field, data=None, **kwargs):
         steps_per_obs=SPO,
         schedule=SCHEDULE,
         warm=1,
-        n_paths=2,
+        n_paths=n_paths,
         params={"c": C},
         estimate=("c",),
         background=deepest.Background(M0, cov=P0),
@@ -229,6 +229,25 @@ def test_ctrl_c_while_a_window_is_recorded_keeps_it_whole(tmp_path, monkeypatch)
     assert not resumed.partial
     for name in ("forecast", "analysis", "analysis_cov", "smoothed", "smoothed_std", "params"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name))
+
+
+def test_a_cycle_too_large_for_the_memory_is_refused_unless_told_to_try(monkeypatch):
+    # a billion paths: the first window's annealing refuses before anything is allocated
+    with pytest.raises(ValueError, match="1,000,000,000 paths"):
+        _cycle(2, 1, n_paths=10**9)
+    # check_memory=False (the command line's --force) reaches that annealing
+    import deepest._cycling._cycle as module
+
+    seen = []
+
+    def anneal(*args, **kwargs):
+        seen.append(kwargs["check_memory"])
+        raise RuntimeError("stopped here")
+
+    monkeypatch.setattr(module, "anneal", anneal)
+    with pytest.raises(RuntimeError, match="stopped here"):
+        _cycle(2, 1, n_paths=10**9, check_memory=False)
+    assert seen == [False]
 
 
 def test_save_and_load(tmp_path):

@@ -62,6 +62,7 @@ def cycle(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: float = 60.0,
     resume: str | os.PathLike | None = None,
+    check_memory: bool = True,
 ) -> CycleResult:
     r"""Cycled assimilation: anneal window after window along `data`, each window's
     Laplace Gaussian carried forward as the background of a later one — an iterated
@@ -138,6 +139,8 @@ def cycle(
       window fails; `resume`: such a folder (or a saved result) of this same run to go
       on from, bit for bit (a run of other data or settings is refused, naming what
       differs).
+    - `check_memory`: as for [`deepest.anneal`][], checked when the first window's
+      annealing is built (every later window has its shapes); `False` tries anyway.
 
     A window without data is its background carried by the model (the Kalman filter's
     predict step). The forecasts' covariance adds the action's model error per step
@@ -198,7 +201,19 @@ def cycle(
         data, first, plan, key, minimiser, inflation, added, schedule, n_paths
     )
     cycler = _Cycler(
-        data, values, mask, first, later, plan, schedule, n_paths, key, minimiser, inflation, added
+        data,
+        values,
+        mask,
+        first,
+        later,
+        plan,
+        schedule,
+        n_paths,
+        key,
+        minimiser,
+        inflation,
+        added,
+        check_memory,
     )
     state = _State.start(np.asarray(data.times), d, p, plan, first, n_paths)
     if resume is not None:
@@ -261,6 +276,7 @@ class _Cycler(eqx.Module):
     minimiser: AbstractMinimiser
     inflation: float
     added: np.ndarray
+    check_memory: bool
 
     @property
     def n_ref(self) -> int:
@@ -331,6 +347,7 @@ class _Cycler(eqx.Module):
                 progress=False,
                 throw=False,
                 devices=jax.devices()[:1],  # as `_anneal_checked`: resumes are bit for bit
+                check_memory=self.check_memory,
             )
         else:
             run = _anneal_checked(problem, sched, init, self.n_paths, self.minimiser)

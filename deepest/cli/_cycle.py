@@ -119,6 +119,7 @@ def run_cycle(
                 progress=progress,
                 checkpoint=folder.path,
                 resume=folder.path if done else None,
+                check_memory=not force,
                 **arguments,
             )
 
