@@ -195,7 +195,7 @@ def test_a_failing_window_stops_the_cycle_and_a_resume_finishes_it(tmp_path):
 
 
 def test_ctrl_c_while_a_window_is_recorded_keeps_it_whole(tmp_path, monkeypatch):
-    """A Ctrl-C that lands while a window's estimates are written (here: a SIGINT sent
+    """A Ctrl-C that lands while a window's estimates are written (here: two SIGINTs sent
     from the middle of the writing, after the analysis and smoothed rows, before the
     window's action levels) leaves that window recorded whole: the result stops there,
     marked partial, every row up to its end filled and none after, and a resume from the
@@ -210,7 +210,8 @@ def test_ctrl_c_while_a_window_is_recorded_keeps_it_whole(tmp_path, monkeypatch)
 
     def interrupting(*args):
         calls.append(None)
-        if len(calls) == 3:  # the third window's record
+        if len(calls) == 3:  # the third window's record: Ctrl-C pressed twice
+            os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
         return original(*args)
 
@@ -219,6 +220,7 @@ def test_ctrl_c_while_a_window_is_recorded_keeps_it_whole(tmp_path, monkeypatch)
     monkeypatch.setattr(module, "codes_of", original)
     assert broken.partial and broken.stopped == "interrupted"
     assert broken.n_windows == 3 and broken.action.shape[0] == 3
+    assert np.all(broken.seconds > 0)  # the window recorded under the Ctrl-C has its time
     end = int(broken.window_ends[-1])
     np.testing.assert_array_equal(broken.analysis[: end + 1], whole.analysis[: end + 1])
     # (smoothed rows are refined by later windows: the whole run's differ)

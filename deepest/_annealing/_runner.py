@@ -372,18 +372,20 @@ answers it clears it."""
 
 class Interruption:
     """While open, the first SIGINT (in the main thread) or `INTERRUPT` sets `hit`; a
-    second SIGINT raises."""
+    second SIGINT raises, unless `patient` (for a few milliseconds of work that must not
+    be cut: every SIGINT only sets `hit`)."""
 
-    def __init__(self):
+    def __init__(self, patient: bool = False):
         self._hit = False
         self._previous = None
+        self._patient = patient
 
     @property
     def hit(self) -> bool:
         return self._hit or INTERRUPT.is_set()
 
     def _handle(self, signum, frame):
-        if self.hit:
+        if self.hit and not self._patient:
             raise KeyboardInterrupt
         self._hit = True
 

@@ -224,12 +224,15 @@ def cycle(
         try:
             for k in range(state.k, plan.n_windows):
                 began = time.perf_counter()
-                stopped = cycler.window(k, state, check=k == first_k)
+                try:
+                    stopped = cycler.window(k, state, check=k == first_k)
+                finally:  # a window recorded when a Ctrl-C arrived keeps its time too
+                    if state.k == k + 1:
+                        state.seconds[-1] = time.perf_counter() - began
+                        bar.update(1)
                 if stopped is not None:
                     state.stopped = stopped
                     break
-                state.seconds[-1] = time.perf_counter() - began
-                bar.update(1)
                 if checkpoint is not None and time.monotonic() - last_write > checkpoint_every:
                     _write(state.result(fingerprint, partial=True), checkpoint)
                     last_write = time.monotonic()
@@ -629,7 +632,7 @@ class _State:
         Written whole or not at all: the estimates are read from the device first, and a
         Ctrl-C while they are written takes effect once the window is recorded."""
         mean, std, cov, fc = jax.device_get((mean, std, cov, fc))
-        with Interruption() as interrupt:
+        with Interruption(patient=True) as interrupt:
             self._record(k, a, e, after, run, best, mean, std, cov, fc, problem, first_row)
         if interrupt.hit:
             raise KeyboardInterrupt
