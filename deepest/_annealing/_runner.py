@@ -435,7 +435,6 @@ def _run_chunks(
     start = time.perf_counter()
     units = _units(y0, group, batched, devices)
     if units is None:
-        whole = None
         state = init_loop(problem, y0, rf_table, factors, config, devices, batched)
         # What the lanes share, made once (one device; several make it at each chunk).
         shared = None
@@ -444,18 +443,16 @@ def _run_chunks(
         unit_args = {None: (problem, y0, rf_table, factors, batched, shared)}
     else:  # one state on the host, a step counter per unit; each unit's made by its program
         unit_args = _unit_inputs(units, group, problem, y0, rf_table, factors, config)
-        whole = _init_units(unit_args, config, devices, y0.shape[:-2] + (y0.shape[-2] // group,))
-        state = whole
+        state = _init_units(unit_args, config, devices, y0.shape[:-2] + (y0.shape[-2] // group,))
     run_before = 0.0
     if resume is not None:
-        put = hosts.put if whole is None else (lambda a, _: np.array(a))
+        put = hosts.put if units is None else (lambda a, _: np.array(a))
         state, meta = load_checkpoint(resume, state, fps, put=put)
-        whole = None if whole is None else state
         run_before = float(meta["run_time"])
     zero = np.int32(0) if hosts.many else jnp.asarray(0, jnp.int32)
-    first = next(iter(unit_args.values()))
+    first_unit, first = next(iter(unit_args.items()))
     one_state = (
-        state if units is None else _unit_state(whole, units[0], group, first, config, devices)
+        state if units is None else _unit_state(state, first_unit, group, first, config, devices)
     )
     p, y, rf, fac, b, sh = first
     advance = _compiled_advance(((p, y, rf, fac, zero, zero, config, devices, b, sh), one_state))
@@ -465,8 +462,7 @@ def _run_chunks(
 
     def save(run_time):
         if checkpoint is not None:
-            # every process takes part; process 0 writes
-            all_lanes = hosts.get(state) if whole is None else whole
+            all_lanes = hosts.get(state)  # every process takes part; process 0 writes
             if hosts.writes:
                 meta = {"fingerprints": fps, "run_time": run_time}
                 try:
@@ -483,23 +479,21 @@ def _run_chunks(
         return hosts.get((s.lanes.beta, s.loop_steps))
 
     # The bar counts the (path, β) minimisations still to run.
-    all_lanes = state if whole is None else whole
-    done_before = int(np.sum(hosts.get(all_lanes.lanes.stop_reason) != 0))
+    done_before = int(np.sum(hosts.get(state.lanes.stop_reason) != 0))
     handle = config.progress_meter.open(int(np.prod(y0.shape[:-1])) * config.n_beta - done_before)
     chunk, start, saved_at = 8, time.perf_counter(), time.perf_counter()
-    finished = loop_finished(view(all_lanes), config)
+    finished = loop_finished(view(state), config)
     try:
         with Interruption() as interrupt:
             for unit, (p, y, rf, fac, b, sh) in unit_args.items():
                 if hosts.any(interrupt.hit):
                     break
-                s = state
-                if unit is not None:  # the first unit's state is the one compiled for
-                    s = (
-                        one_state
-                        if unit == units[0]
-                        else _unit_state(whole, unit, group, unit_args[unit], config, devices)
-                    )
+                # (a run cut into units: `state` on the host, each unit's on the device)
+                s = (
+                    one_state
+                    if unit == first_unit
+                    else _unit_state(state, unit, group, unit_args[unit], config, devices)
+                )
                 beta, loop_steps = view(s)
                 done = loop_finished((beta, loop_steps), config)
                 while not done and not hosts.any(interrupt.hit):
@@ -518,12 +512,12 @@ def _run_chunks(
                     due = time.perf_counter() - saved_at >= every
                     if not done and hosts.agree(int(due)):
                         if unit is not None:
-                            _put(whole, unit, group, jax.device_get(s))
+                            _put(state, unit, group, jax.device_get(s))
                         save(run_before + time.perf_counter() - start)
                         saved_at = time.perf_counter()
                 if unit is not None:
-                    _put(whole, unit, group, jax.device_get(s))
-            finished = loop_finished(view(state if whole is None else whole), config)
+                    _put(state, unit, group, jax.device_get(s))
+            finished = loop_finished(view(state), config)
             run_time = run_before + time.perf_counter() - start
             save(run_time)
             if not finished:
@@ -535,7 +529,7 @@ def _run_chunks(
                 )
     finally:
         config.progress_meter.close(handle)
-    return (state if whole is None else whole), compile_time, run_time, not finished
+    return state, compile_time, run_time, not finished
 
 
 # On one CPU core a loop step's cost per lane grows once the lanes' state outgrows the
