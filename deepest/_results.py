@@ -52,7 +52,8 @@ class RESULTS(optx.RESULTS):  # pyright: ignore
         "further progress before either convergence rule was met."
     )
     not_reached = (
-        "Not reached: the path turned non-finite at an earlier β, or the run was interrupted first."
+        "Not reached: the path turned non-finite at an earlier β, the run was interrupted "
+        "first, or (a cycle's Gauss–Newton window) only the forecast path was run."
     )
     not_positive_definite = (
         "A Hessian of A₀ is not positive definite: for `laplace` the point is not a strict "

@@ -89,7 +89,8 @@ def test_interrupted_cycle_resumes_to_the_unbroken_arrays(unbroken, tmp_path, mo
         patch.setattr(INTERRUPT, "is_set", ctrl_c)
         assert main(["cycle", config, "--out", str(out), "--no-progress", "--quiet"]) == 130
     partial = deepest.CycleResult.load(out)
-    assert partial.partial and partial.stopped == "interrupted" and partial.n_windows == 1
+    assert partial.partial and partial.stopped == "interrupted"
+    assert 1 <= partial.n_windows < N_WINDOWS  # stopped where it next looked
     assert (out / "summary.txt").read_text().startswith("PARTIAL RESULT")
     assert not (out / "cycle.png").exists()
     assert main(["cycle", "--resume", str(out), "--no-progress", "--quiet"]) == 0

@@ -105,9 +105,15 @@ def _std(cov):
     return np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))[..., :D]
 
 
+@pytest.mark.parametrize("later", ["gauss_newton", "anneal"])
 @pytest.mark.parametrize("window, shift, carry", [(3, 1, "filter"), (2, 2, "smoother")])
-def test_linear_gaussian_is_kalman_and_rts(window, shift, carry):
-    result = _cycle(window, shift, carry=carry)
+def test_linear_gaussian_is_kalman_and_rts(window, shift, carry, later):
+    result = _cycle(window, shift, carry=carry, later=later)
+    # the later windows (their background carried): one compiled path each, or every
+    # path annealed
+    later_ones = result.window_starts > 0 if carry == "filter" else np.arange(result.n_windows) > 0
+    run = np.isfinite(result.action[later_ones, -1])
+    assert run[:, 0].all() and run[:, 1:].all() == (later == "anneal")
     values = np.asarray(_data().values)
     fm, fp, am, ap, _, _ = _kalman(values, N_OBS, window)
     assert result.stopped is None and not result.partial
@@ -151,6 +157,37 @@ def test_linear_gaussian_is_kalman_and_rts(window, shift, carry):
     )
 
 
+def test_a_gauss_newton_window_that_does_not_converge_is_annealed(monkeypatch):
+    """Every compiled window refused (its last step 'too large'): each falls back to the
+    annealer (all its paths run), and the cycle is still the Kalman filter's."""
+    import deepest._cycling._gauss_newton as module
+
+    monkeypatch.setattr(module, "TOLERANCE", -1.0)
+    result = _cycle(3, 1, carry="filter")
+    assert np.isfinite(result.action[:, -1]).all()  # every path of every window ran
+    _, _, am, ap, _, _ = _kalman(np.asarray(_data().values), N_OBS, 3)
+    ends = result.window_ends
+    np.testing.assert_allclose(result.analysis[ends], am[ends, :D], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(result.analysis_cov[ends], ap[ends], rtol=1e-8, atol=1e-10)
+
+
+def test_the_compiled_windows_see_the_time_only_where_the_model_reads_it():
+    """A field of x alone gets one constant grid for every compiled window (faster); one
+    that reads t, or inputs u(t), each window's own times."""
+    from deepest._cycling._gauss_newton import reads_time
+
+    def problem(field, **kwargs):
+        return deepest.Assimilation(
+            field, _data(), rm=RM, params={"c": C}, estimate=("c",), **kwargs
+        )
+
+    assert not reads_time(problem(_field))
+    assert reads_time(problem(_failing))
+    inputs = deepest.Inputs(np.arange(N_OBS) * DT, np.zeros((N_OBS, 1)))
+    driven = problem(lambda t, x, params, u: _field(t, x, params) + u[0], inputs=inputs)
+    assert reads_time(driven)
+
+
 def test_a_window_without_data_carries_its_background():
     # times 3 and 4 unmeasured: the window ending at 4 is the Kalman filter's predict step
     data = _data()
@@ -181,14 +218,16 @@ def test_a_failing_window_stops_the_cycle_and_a_resume_finishes_it(tmp_path):
     broken = _cycle(2, 1, field=_failing, checkpoint=tmp_path)
     assert broken.partial and "non-finite" in broken.stopped
     assert broken.n_windows == 5  # windows ending at 1…5; the one ending at 6 reaches t > 1.05
-    np.testing.assert_array_equal(broken.analysis[:6], whole.analysis[:6])
+    # (to rounding: a field that reads t gets each window's own times, one that does not
+    # the first window's, the same grid shifted)
+    np.testing.assert_allclose(broken.analysis[:6], whole.analysis[:6], rtol=1e-12)
     assert np.all(np.isnan(broken.analysis[6:]))
     saved = deepest.CycleResult.load(tmp_path)
     assert saved.partial and saved.n_windows == 5
-    resumed = _cycle(2, 1, resume=tmp_path)
+    resumed = _cycle(2, 1, resume=tmp_path)  # its first windows the failing field's
     assert not resumed.partial and resumed.stopped is None
     for name in ("forecast", "analysis", "analysis_cov", "smoothed", "smoothed_std", "params"):
-        np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name))
+        np.testing.assert_allclose(getattr(resumed, name), getattr(whole, name), rtol=1e-11)
     # a checkpoint of another run is refused, naming what differs
     with pytest.raises(ValueError, match="window"):
         _cycle(3, 1, resume=tmp_path)
@@ -196,28 +235,27 @@ def test_a_failing_window_stops_the_cycle_and_a_resume_finishes_it(tmp_path):
 
 def test_ctrl_c_while_a_window_is_recorded_keeps_it_whole(tmp_path, monkeypatch):
     """A Ctrl-C that lands while a window's estimates are written (here: two SIGINTs sent
-    from the middle of the writing, after the analysis and smoothed rows, before the
-    window's action levels) leaves that window recorded whole: the result stops there,
-    marked partial, every row up to its end filled and none after, and a resume from the
-    checkpoint ends as an unbroken run."""
+    as the third window's record begins, inside its writing) leaves that window recorded
+    whole: the result stops there, marked partial, every row up to its end filled and
+    none after, and a resume from the checkpoint ends as an unbroken run."""
     import os
     import signal
 
     import deepest._cycling._cycle as module
 
     whole = _cycle(2, 1)
-    original, calls = module.codes_of, []
+    original, calls = module._State._record, []
 
-    def interrupting(*args):
+    def interrupting(self, *args):
         calls.append(None)
         if len(calls) == 3:  # the third window's record: Ctrl-C pressed twice
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
-        return original(*args)
+        return original(self, *args)
 
-    monkeypatch.setattr(module, "codes_of", interrupting)
+    monkeypatch.setattr(module._State, "_record", interrupting)
     broken = _cycle(2, 1, checkpoint=tmp_path)
-    monkeypatch.setattr(module, "codes_of", original)
+    monkeypatch.setattr(module._State, "_record", original)
     assert broken.partial and broken.stopped == "interrupted"
     assert broken.n_windows == 3 and broken.action.shape[0] == 3
     assert np.all(broken.seconds > 0)  # the window recorded under the Ctrl-C has its time
@@ -247,6 +285,7 @@ def test_a_cycle_too_large_for_the_memory_is_refused_unless_told_to_try(monkeypa
         raise RuntimeError("stopped here")
 
     monkeypatch.setattr(module, "anneal", anneal)
+    monkeypatch.setattr(module, "_starts", lambda *args: None)  # no billion draws
     with pytest.raises(RuntimeError, match="stopped here"):
         _cycle(2, 1, n_paths=10**9, check_memory=False)
     assert seen == [False]
@@ -274,6 +313,8 @@ def test_save_and_load(tmp_path):
         (dict(window=2, model_error=np.ones(2)), "`model_error` must be"),
         (dict(window=2, model_error=-np.eye(D)), "positive semidefinite"),
         (dict(window=2, warm=4), "`warm` must be"),
+        (dict(window=2, later="newton"), "`later` must be"),
+        (dict(window=2, iterations=0), "`iterations` must be a positive integer"),
         (
             dict(window=2, background=deepest.Background(np.zeros(2), diag=np.ones(2))),
             "`background`",

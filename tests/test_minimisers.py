@@ -90,8 +90,9 @@ def test_banded_residuals_are_local_in_time(discretisation, steps_per_obs, maske
     assert touched[allowed].all()
 
 
+@pytest.mark.parametrize("one_lane", [False, True])
 @pytest.mark.parametrize("discretisation, steps_per_obs, masked", CASES)
-def test_normal_blocks_match_the_dense_jacobian(discretisation, steps_per_obs, masked):
+def test_normal_blocks_match_the_dense_jacobian(discretisation, steps_per_obs, masked, one_lane):
     problem = _problem(discretisation, steps_per_obs, masked)
     minimiser = deepest.LevenbergMarquardt()
     y = minimiser.flatten(problem, problem.init(jr.key(5)))
@@ -109,7 +110,7 @@ def test_normal_blocks_match_the_dense_jacobian(discretisation, steps_per_obs, m
         class Jacobian:
             mv = staticmethod(linear)
 
-        return banded_normal_equations(Jacobian, residuals, n, d, p, y.dtype)
+        return banded_normal_equations(Jacobian, residuals, n, d, p, y.dtype, one_lane)
 
     blocks = normal(y)
     jac = jax.jit(jax.jacfwd(residual))(y)

@@ -54,6 +54,27 @@ def test_selected_inversion_equals_dense_inverse(p):
     assert bool(out.positive_definite)
 
 
+@pytest.mark.parametrize("p", [0, 2])
+def test_selected_inversion_and_solves_equal_dense_solve(p):
+    from deepest._uncertainty._selected_inversion import (
+        selected_inversion_and_solve,
+        solve_eliminated,
+    )
+
+    n, d = 9, 3
+    blocks, dense = _bordered(n, d, p)
+    rhs = np.random.default_rng(1).normal(size=n * d + p)
+    args = jnp.asarray(rhs[: n * d].reshape(n, d)), jnp.asarray(rhs[n * d :])
+    inverse, (x, theta) = selected_inversion_and_solve(*blocks, *args)
+    exact = np.linalg.solve(dense, rhs)
+    np.testing.assert_allclose(np.r_[np.ravel(x), theta], exact, rtol=1e-11)
+    x, theta = solve_eliminated(*blocks, *args)
+    np.testing.assert_allclose(np.r_[np.ravel(x), theta], exact, rtol=1e-11)
+    reference = deepest.selected_inversion(*blocks)
+    for a, b in zip(jax.tree.leaves(inverse), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_selected_inversion_flags_indefinite():
     blocks, _ = _bordered(6, 2, 1)
     blocks[0] = blocks[0].at[3, 1, 1].set(-50.0)

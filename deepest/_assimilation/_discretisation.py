@@ -18,12 +18,15 @@ class AbstractDiscretisation(eqx.Module):
     Subclasses provide `name` (the string [`deepest.Assimilation`][] accepts for it),
     `has_midpoints` (whether each interval's midpoint state is an unknown too), `order`
     (the order at which the discrete minimiser converges to the continuous one, with
-    [`deepest.discrete_weights`][]) and `residuals`.
+    [`deepest.discrete_weights`][]) and `residuals`; `explicit` (default False) says that
+    the residual is x(n+1) − Φ(x(n)): the next state is the guess minus the residual at it,
+    with no Newton iteration.
     """
 
     name: ClassVar[str]
     has_midpoints: ClassVar[bool]
     order: ClassVar[int]
+    explicit: ClassVar[bool] = False
 
     @abc.abstractmethod
     def residuals(
@@ -48,6 +51,7 @@ class Euler(AbstractDiscretisation):
     name: ClassVar[str] = "euler"
     has_midpoints: ClassVar[bool] = False
     order: ClassVar[int] = 1
+    explicit: ClassVar[bool] = True
 
     def residuals(self, field, ts, path, theta, midpoints=None):
         h = (ts[1:] - ts[:-1])[:, None]
@@ -82,6 +86,7 @@ class RK4(AbstractDiscretisation):
     name: ClassVar[str] = "rk4"
     has_midpoints: ClassVar[bool] = False
     order: ClassVar[int] = 1
+    explicit: ClassVar[bool] = True
 
     def residuals(self, field, ts, path, theta, midpoints=None):
         # the step sizes enter scalar per interval, so the stage times t + h/2 are scalars

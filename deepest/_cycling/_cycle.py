@@ -17,12 +17,20 @@ from jaxtyping import ArrayLike, PRNGKeyArray
 
 from .._annealing import AbstractMinimiser, AnnealSchedule, LevenbergMarquardt, anneal
 from .._annealing._checkpoint import problem_digest
-from .._annealing._runner import Interruption, RunSettings, _flatten as flatten_paths, run_loop
+from .._annealing._runner import (
+    Interruption,
+    RunSettings,
+    _flatten as flatten_paths,
+    check_resources,
+    run_loop,
+)
 from .._assimilation import Assimilation, Background
 from .._data import Inputs, Observations
 from .._misc import cast_floating, renamed_keywords
 from .._results import RESULTS, codes_of, name_of, results_of
+from . import _gauss_newton
 from ._forecast import forecast, posterior, prior_paths
+from ._gauss_newton import Carry, Chunk, run_chunk
 from ._solution import CycleResult
 
 # Measured on DAPPER's Lorenz-96 benchmark (benchmarks/bench_dapper.py).
@@ -58,6 +66,8 @@ def cycle(
     state_bounds=None,
     inputs: Inputs | None = None,
     minimiser: AbstractMinimiser | None = None,
+    later: str = "gauss_newton",
+    iterations: int = 2,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: float = 60.0,
@@ -97,17 +107,34 @@ def cycle(
     chaotic model the Laplace covariance is a linearisation: an `inflation` of a few per
     cent (1.03–1.05 on Lorenz-96, benchmarks/bench_dapper.py) keeps the spread honest.
 
-    Each window anneals its paths (all at once, as [`deepest.anneal`][]) with
-    Levenberg–Marquardt by default: the first window over the whole `schedule` from the
-    usual draws; later ones over its last `warm` β's (the background already constrains
-    the path, so annealing from R_f ≈ 0 is not needed), from the forecast (the last
-    window's estimate continued by the model) and paths drawn from the background and run
-    by the model. The R_f of each window are scaled so that the model error's precision
-    per step, R_f·n_m/n_f, is that of a window with all its data measured, whatever is
-    masked. The lowest path at the last β is taken, polished by a Newton step, and its
-    Laplace Gaussian (the exact Hessian; its Gauss–Newton part where that is not
-    positive definite) gives the standard deviations and the covariance carried on.
-    Every window is one compiled program reused for all of them (same shapes).
+    The first window anneals its paths (all at once, as [`deepest.anneal`][]) with
+    Levenberg–Marquardt by default, and takes the lowest at the last β: over the whole
+    `schedule` from the usual draws; or, given a `background` on all its unknowns (x₀,
+    and θ when estimated), which already constrains its path, over the last `warm` β's
+    from the background's mean and draws of it, run by the model. A later window's
+    background is carried, and it starts from the forecast (the last window's estimate
+    continued by the model):
+
+    - `later="gauss_newton"` (default): `iterations` Gauss–Newton linearisations from the
+      forecast at the schedule's last R_f, the last one's curvature the window's Gaussian
+      (an iterated extended Kalman smoother); consecutive windows run as one compiled
+      program (`lax.scan`, 32 windows a call). A window whose last step is still large
+      (over 20 posterior standard deviations in some unknown), non-finite or without
+      positive definite curvature is annealed instead, as below: once the cycle has locked
+      on, Gauss–Newton from the forecast reaches the same minimum as annealing for a few
+      per cent of its cost (benchmarks/bench_dapper.py: on DAPPER's Lorenz-96, faster per
+      observation time than its iEnKS, and as accurate as annealing every window).
+    - `later="anneal"`: anneal the last `warm` β's of the schedule from the forecast and
+      paths drawn from the background and run by the model (`n_paths` in all), the
+      lowest at the last β taken.
+
+    The R_f of each window are scaled so that the model error's precision per step,
+    R_f·n_m/n_f, is that of a window with all its data measured, whatever is masked. An
+    annealed minimum is polished by a Newton step and its Laplace Gaussian (with
+    `later="anneal"` the exact Hessian's, Gauss–Newton's where that is not positive
+    definite; with `"gauss_newton"` Gauss–Newton's, as every window's) gives the standard
+    deviations and the covariance carried on. Every annealed window is one compiled
+    program reused for all of them (same shapes).
 
     **Arguments:**
 
@@ -122,10 +149,14 @@ def cycle(
       `shift` does not divide the number of intervals) are not assimilated.
     - `carry`: `"smoother"` or `"filter"`, above.
     - `key`: PRNG key for the paths (each window folds its index in).
-    - `schedule`: the [`deepest.AnnealSchedule`][] of the first window; later windows
-      anneal its last `warm` β's (default: R_f = 0.1·10^β, β = 0…7).
-    - `warm`: β's per window after the first (default 2).
-    - `n_paths`: paths per window (default 4).
+    - `schedule`: the [`deepest.AnnealSchedule`][] of a first window without a
+      background; other annealed windows anneal its last `warm` β's, and Gauss–Newton
+      windows work at its last R_f (default: R_f = 0.1·10^β, β = 0…7).
+    - `later`: `"gauss_newton"` or `"anneal"`, above.
+    - `iterations`: Gauss–Newton linearisations per later window (default 2: one step
+      from the forecast, one for the Gaussian and its polish).
+    - `warm`: β's per annealed window after the first (default 2).
+    - `n_paths`: paths per annealed window (default 4).
     - `background`: a [`deepest.Background`][] on the first state (or on it and θ) before
       the first data; default none (the first window from the data alone).
     - `inflation`: multiplicative inflation (> 0) of the carried covariance (default 1:
@@ -150,7 +181,7 @@ def cycle(
     A window whose paths all turn non-finite, or whose Hessian is not positive
     definite, stops the cycle: the finished windows are returned (and written to
     `checkpoint`) with `partial=True` and `stopped` saying why. Ctrl-C does the same
-    between windows.
+    between windows (after the compiled call it lands in: at most 32 windows on).
 
     **Returns:** a [`deepest.CycleResult`][].
 
@@ -164,7 +195,9 @@ def cycle(
     warm = DEFAULT_WARM if warm is None else warm
     n_paths = DEFAULT_PATHS if n_paths is None else n_paths
     minimiser = LevenbergMarquardt() if minimiser is None else minimiser
-    plan = _Plan.check(data, window, shift, schedule, warm, n_paths, inflation, carry)
+    plan = _Plan.check(
+        data, window, shift, schedule, warm, n_paths, inflation, carry, later, iterations
+    )
     if dim is None and data.truth is not None:
         dim = data.truth.shape[1]
     if isinstance(inputs, Inputs):
@@ -200,7 +233,7 @@ def cycle(
     fingerprint = _fingerprint(
         data, first, plan, key, minimiser, inflation, added, schedule, n_paths
     )
-    cycler = _Cycler(
+    cycler = _Cycler.build(
         data,
         values,
         mask,
@@ -220,16 +253,21 @@ def cycle(
         state.resume(resume, fingerprint)
     if state.k < plan.n_windows:
         bar = _bar(progress, plan.n_windows, state.k)
-        first_k, last_write = state.k, time.monotonic()
+        checked, last_write = False, time.monotonic()
         try:
-            for k in range(state.k, plan.n_windows):
-                began = time.perf_counter()
+            while state.k < plan.n_windows:
+                k, began = state.k, time.perf_counter()
+                stopped = None
                 try:
-                    stopped = cycler.window(k, state, check=k == first_k)
-                finally:  # a window recorded when a Ctrl-C arrived keeps its time too
-                    if state.k == k + 1:
-                        state.seconds[-1] = time.perf_counter() - began
-                        bar.update(1)
+                    if not cycler.chunk(state):  # the compiled windows stopped at window k
+                        stopped = cycler.window(k, state, check=not checked)
+                        checked = True
+                finally:  # windows recorded when a Ctrl-C arrived keep their time too
+                    if state.k > k:
+                        state.seconds[k:] = [(time.perf_counter() - began) / (state.k - k)] * (
+                            state.k - k
+                        )
+                        bar.update(state.k - k)
                 if stopped is not None:
                     state.stopped = stopped
                     break
@@ -280,6 +318,94 @@ class _Cycler(eqx.Module):
     inflation: float
     added: np.ndarray
     check_memory: bool
+    compiled: Chunk | None = None  # the later windows' Gauss–Newton program
+
+    @classmethod
+    def build(cls, *args) -> "_Cycler":
+        cycler = cls(*args)
+        plan = cycler.plan
+        if plan.later != "gauss_newton":
+            return cycler
+        eligible = np.array([cycler.eligible(k) for k in range(plan.n_windows)], bool)
+        compiled = Chunk(
+            template=cycler.later,
+            times=jnp.asarray(cycler.data.times),
+            values=jnp.asarray(cycler.values),
+            mask=jnp.asarray(cycler.mask),
+            starts=jnp.asarray(plan.starts),
+            ends=jnp.asarray(plan.ends),
+            eligible=jnp.asarray(eligible),
+            rf=jnp.asarray(np.asarray(cycler.schedule.rf[-1], float)),
+            n_ref=cycler.n_ref,
+            inflation=float(cycler.inflation),
+            added=jnp.asarray(cycler.added),
+            precision=cycler.precision,
+            window=plan.window,
+            shift=plan.shift,
+            filter=plan.carry == "filter",
+            iterations=plan.iterations,
+            tolerance=_gauss_newton.TOLERANCE,
+            grid=None if _gauss_newton.reads_time(cycler.later) else _grid(cycler.data, plan),
+        )
+        return eqx.tree_at(lambda c: c.compiled, cycler, compiled, is_leaf=_is_none)
+
+    def eligible(self, k: int) -> bool:
+        """Whether window k may be run by the compiled program: a later window (its
+        background carried) with data."""
+        if k == 0 or self.plan.carry == "filter" and self.plan.starts[k] == 0:
+            return False
+        a, e = int(self.plan.starts[k]), int(self.plan.ends[k])
+        keep = self.mask[a : a + self.plan.window + 1].copy()
+        rows = np.arange(a, a + self.plan.window + 1)
+        first = a if self.plan.carry == "filter" else e - self.plan.shift
+        keep &= ((rows > first) & (rows <= e))[:, None]
+        return bool(keep.any())
+
+    def chunk(self, state) -> bool:
+        """Run the compiled program from window `state.k` and record the windows it
+        finished; False where it finished none (window `state.k` is the annealer's)."""
+        k, plan = state.k, self.plan
+        if self.compiled is None or not self.eligible(k):
+            return False
+        width = self.later.banded_shape[1]
+        last = dict(state.last_unknowns)
+        last["params"] = self.later.from_banded(
+            jnp.zeros((1, width)), jnp.asarray(state.params[-1])
+        )["params"]
+        c = plan.window // plan.shift if plan.carry == "filter" else 1
+        ring = [int(plan.ends[j]) if j >= 0 else 0 for j in range(k - c, k)]
+        order = np.argsort([j % c for j in range(k - c, k)])
+        ring = np.asarray(ring)[order]
+        before = int(plan.ends[k - 1])
+        carry = Carry(
+            jnp.asarray(state.carry_z),
+            jnp.asarray(state.carry_cov),
+            jnp.asarray(state.analysis_z[ring]),
+            jnp.asarray(state.analysis_cov[ring]),
+            jnp.asarray(state.analysis_z[before]),
+            jnp.asarray(state.analysis_cov[before]),
+            self.later.to_banded(jax.tree.map(jnp.asarray, last))[0],
+            jnp.asarray(state.last_window[0]),
+            jnp.asarray(state.last_window[1]),
+            jnp.asarray(True),
+        )
+        records, done = run_chunk(self.compiled, carry, jnp.asarray(k))
+        records, done = jax.device_get((records, done))
+        n_paths, n_levels = self.n_paths, 1
+        for i in range(int(done)):
+            j = k + i
+            a, e = int(plan.starts[j]), int(plan.ends[j])
+            after = int(plan.starts[min(j + 1, plan.n_windows - 1)])
+            levels = np.full((n_levels, n_paths), np.nan)
+            levels[0, 0] = records["action"][i]
+            codes = np.full(n_paths, codes_of(RESULTS.not_reached))
+            codes[0] = codes_of(RESULTS.successful)
+            one = jax.tree.map(lambda x, i=i: x[i], records)
+            state.record(
+                j, a, e, after, (levels, codes), 0, one["mean"], one["std"], one["covs"],
+                one["forecast"], self.later,
+            )  # fmt: skip
+        return bool(done)
 
     @property
     def n_ref(self) -> int:
@@ -332,11 +458,16 @@ class _Cycler(eqx.Module):
         if n_m == 0:
             return self.carried(k, state, problem, a, e, where)
         scale = self.n_ref / n_m  # the same model precision whatever is masked
-        if k == 0:
+        if k == 0 and not _warm_start(problem):  # no background: the whole schedule
             sched = AnnealSchedule(schedule.rf0 * scale, schedule.alpha, schedule.n_beta)
             init = None
         else:
             sched = AnnealSchedule(schedule.rf[-plan.warm] * scale, schedule.alpha, plan.warm)
+            if check and self.check_memory:  # as `anneal` would, before the paths are drawn
+                settings = RunSettings.check(
+                    sched, self.n_paths, None, None, None, 5000, self.minimiser, None, False
+                )
+                check_resources(problem, sched, settings, jax.devices()[:1], None)
             lower, upper = _box(problem)
             init = _starts(state, problem, k, a, lower, upper, self.key, self.n_paths)
         if check or init is None:  # the first window run: every check of `anneal`
@@ -364,7 +495,10 @@ class _Cycler(eqx.Module):
         rf = jnp.asarray(np.asarray(sched.rf[-1]), chosen["path"].dtype)
         after = int(plan.starts[min(k + 1, plan.n_windows - 1)])  # the next window's start
         nodes = jnp.asarray([e - a, after - a]) * problem.steps_per_obs
-        gaussian = posterior(problem, chosen, rf, nodes)
+        if plan.later == "gauss_newton":  # every window's Gaussian is Gauss–Newton's
+            gaussian = _gauss_newton.posterior(problem, chosen, rf, nodes)
+        else:
+            gaussian = posterior(problem, chosen, rf, nodes)
         if not bool(gaussian[3]):  # not a strict minimum: Gauss–Newton's curvature
             gaussian = posterior(problem, chosen, rf, nodes, True)
         if not bool(gaussian[3]):
@@ -373,7 +507,8 @@ class _Cycler(eqx.Module):
                 "a `background`, or lengthen the window)"
             )
         fc = self.forecast(k, state, problem)
-        state.record(k, a, e, after, run, best, *gaussian[:3], fc, problem)
+        levels = np.asarray(run.action), codes_of(run.result)[-1]
+        state.record(k, a, e, after, levels, best, *gaussian[:3], fc, problem)
         return None
 
     def forecast(self, k: int, state, problem):
@@ -414,7 +549,11 @@ class _Cycler(eqx.Module):
             unknowns["midpoints"] = (path[1:] + path[:-1]) / 2
         covs = jnp.stack([end, then])
         fc = self.forecast(k, state, problem)
-        state.record(k, a, e, after, None, -1, unknowns, stds, covs, fc, problem, e - shift + 1)
+        levels = (
+            np.full((self.plan.warm, self.n_paths), np.nan),
+            np.full(self.n_paths, codes_of(RESULTS.successful)),
+        )
+        state.record(k, a, e, after, levels, -1, unknowns, stds, covs, fc, problem, e - shift + 1)
         return None
 
 
@@ -423,6 +562,8 @@ class _Plan(eqx.Module):
     shift: int
     warm: int
     carry: str
+    later: str
+    iterations: int
     starts: np.ndarray
     ends: np.ndarray
 
@@ -431,7 +572,9 @@ class _Plan(eqx.Module):
         return len(self.ends)
 
     @classmethod
-    def check(cls, data, window, shift, schedule, warm, n_paths, inflation, carry) -> "_Plan":
+    def check(
+        cls, data, window, shift, schedule, warm, n_paths, inflation, carry, later, iterations
+    ) -> "_Plan":
         if not isinstance(data, Observations):
             raise TypeError(f"`data` must be deepest.Observations; got {type(data).__name__}.")
         n_obs = data.times.size
@@ -463,9 +606,13 @@ class _Plan(eqx.Module):
             )
         if not np.isfinite(inflation) or inflation <= 0:
             raise ValueError(f"`inflation` must be positive; got {inflation}.")
+        if later not in ("gauss_newton", "anneal"):
+            raise ValueError(f'`later` must be "gauss_newton" or "anneal"; got {later!r}.')
+        if isinstance(iterations, bool) or int(iterations) != iterations or iterations < 1:
+            raise ValueError(f"`iterations` must be a positive integer; got {iterations!r}.")
         ends = np.arange(shift, n_obs, shift)
         starts = np.maximum(ends - window, 0)
-        return cls(int(window), int(shift), int(warm), carry, starts, ends)
+        return cls(int(window), int(shift), int(warm), carry, later, int(iterations), starts, ends)
 
 
 def _cut(data: Observations, values, mask, a: int, window: int) -> Observations:
@@ -513,14 +660,22 @@ def _box(problem):
     return jnp.asarray(lower), jnp.asarray(upper)
 
 
+def _warm_start(problem) -> bool:
+    """Whether the first window starts warm, as a later one: from draws of a background
+    on all its unknowns (x₀ and θ) that already constrains its path."""
+    background = problem.background
+    return background is not None and background.mean.size == problem.dim + problem.banded_shape[2]
+
+
 def _starts(state, problem, k, a, lower, upper, key, n_paths):
     """The initial paths of window k: the forecast (the last window's estimate on the
     times they share, continued by the model), then draws from the background run by the
-    model; a first window (a = 0) starts from the last one's estimate and the usual draws."""
+    model; a window from the first time (a = 0) starts from the last one's estimate and
+    the usual draws, or (the first window) from the background's mean and draws."""
     draws_key = jr.fold_in(jr.fold_in(key, k), 1)
     d, spo = problem.dim, problem.steps_per_obs
     last = state.last_unknowns
-    if a == 0:
+    if a == 0 and last is not None:
         init = jax.vmap(problem.init)(jr.split(draws_key, n_paths))
         for name, value in last.items():
             init[name] = init[name].at[0].set(value)
@@ -535,6 +690,7 @@ def _starts(state, problem, k, a, lower, upper, key, n_paths):
         mean, cov = problem.background.mean, problem.background.covariance
         chol = jnp.linalg.cholesky(cov)
         init = prior_paths(problem, problem.ts[0], mean, chol, draws_key, n_paths, lower, upper)
+    if a > 0:
         # the forecast: the last window's estimate on the shared times, then the prior
         # mean's path
         shared = (state.last_window[1] - a) * spo
@@ -625,24 +781,24 @@ class _State:
             self.last_window = (int(done.window_starts[-1]), int(ends[-1]))
         self.k = n
 
-    def record(self, k, a, e, after, run, best, mean, std, cov, fc, problem, first_row=None):
-        """Window k's estimates (`run` None and `best` −1: a window without data, its
-        background carried; then only the rows from `first_row` on are smoothed anew).
+    def record(self, k, a, e, after, levels, best, mean, std, cov, fc, problem, first_row=None):
+        """Window k's estimates, its action `levels` (β, path) and the last β's codes
+        (`best` −1: a window without data, its background carried; then only the rows from
+        `first_row` on are smoothed anew).
 
         Written whole or not at all: the estimates are read from the device first, and a
         Ctrl-C while they are written takes effect once the window is recorded."""
         mean, std, cov, fc = jax.device_get((mean, std, cov, fc))
         with Interruption(patient=True) as interrupt:
-            self._record(k, a, e, after, run, best, mean, std, cov, fc, problem, first_row)
+            self._record(k, a, e, after, levels, best, mean, std, cov, fc, problem, first_row)
         if interrupt.hit:
             raise KeyboardInterrupt
 
-    def _record(self, k, a, e, after, run, best, mean, std, cov, fc, problem, first_row):
+    def _record(self, k, a, e, after, levels, best, mean, std, cov, fc, problem, first_row):
         d, spo = self.d, problem.steps_per_obs
         path = np.asarray(mean["path"])
         obs = path[::spo]
-        _, params = problem.to_banded(mean)
-        params = np.asarray(params)
+        params = _flat_params(problem, mean)
         self.analysis[e] = path[(e - a) * spo]
         self.analysis_z[e] = np.concatenate([path[(e - a) * spo], params])
         self.analysis_cov[e] = np.asarray(cov[0])
@@ -657,15 +813,10 @@ class _State:
             new = slice(e - self.plan.shift + 1, e + 1)
             self.forecast[new] = np.asarray(fc_states)[spo::spo]
             self.forecast_std[new] = np.asarray(fc_std)[spo::spo]
-        _, p_std = problem.to_banded(std)
         self.params = np.concatenate([self.params, params[None]])
-        self.params_std = np.concatenate([self.params_std, np.asarray(p_std)[None]])
-        if run is None:
-            self.action.append(np.full((self.plan.warm, self.n_paths), np.nan))
-            self.codes.append(np.full(self.n_paths, codes_of(RESULTS.successful)))
-        else:
-            self.action.append(np.asarray(run.action))
-            self.codes.append(codes_of(run.result)[-1])
+        self.params_std = np.concatenate([self.params_std, _flat_params(problem, std)[None]])
+        self.action.append(levels[0])
+        self.codes.append(levels[1])
         self.best.append(best)
         self.seconds.append(0.0)
         self.last_unknowns = {key: np.asarray(v) for key, v in mean.items() if key != "params"}
@@ -724,6 +875,7 @@ def _fingerprint(data, problem, plan, key, minimiser, inflation, added, schedule
         "shift": plan.shift,
         "warm": plan.warm,
         "carry": plan.carry,
+        "later": plan.later if plan.later == "anneal" else f"gauss_newton × {plan.iterations}",
         "schedule": digest(schedule.rf),
         "key": digest(jr.key_data(key)),
         "minimiser": type(minimiser).__name__
@@ -780,6 +932,23 @@ def _anneal_checked(problem, schedule, init, n_paths, minimiser):
         problem, y0, rf_table, factors, settings, schedule.n_beta, devices, None, 60.0, None
     )
     return settings.result(problem, schedule, state, stats, partial)
+
+
+def _flat_params(problem, unknowns) -> np.ndarray:
+    """The estimated parameters of `unknowns` flattened in `estimate` order (the banded
+    layout's), on the host."""
+    flat = [np.ravel(unknowns["params"][name]) for name in problem.estimate]
+    return np.concatenate(flat) if flat else np.zeros(0)
+
+
+def _grid(data: Observations, plan: "_Plan") -> tuple[float, ...] | None:
+    """The first window's times, where the observation times are equally spaced (to
+    rounding): every window's grid, for a model that does not read t."""
+    times = np.asarray(data.times, float)
+    steps = np.diff(times)
+    if not np.allclose(steps, steps[0], rtol=1e-9, atol=0):
+        return None
+    return tuple(float(t) for t in times[: plan.window + 1])
 
 
 def _chol(background: Background):

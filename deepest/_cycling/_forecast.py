@@ -21,8 +21,9 @@ def _theta(problem, z: Float[Array, " n"]) -> dict[str, Array]:
 def step(problem, t0, h, x: Float[Array, " dim"], theta) -> tuple[Array, Array | None]:
     """One interval of the problem's discretisation from state `x` at `t0`: the state at
     `t0 + h` (and the interval's midpoint state, for a scheme that has one) solving the
-    interval's residuals = 0 by Newton's method (one iteration for an explicit scheme).
-    Differentiable (implicitly) in `x` and `theta`."""
+    interval's residuals = 0 by Newton's method (for an explicit scheme, whose residual is
+    x(n+1) − Φ(x(n)), the guess minus its residual). Differentiable (implicitly) in `x`
+    and `theta`."""
     ts = jnp.stack([t0, t0 + h])
     mids = problem.discretisation.has_midpoints
     guess = x + h * problem.vector_field(t0, x, theta)
@@ -35,6 +36,9 @@ def step(problem, t0, h, x: Float[Array, " dim"], theta) -> tuple[Array, Array |
             problem.vector_field, ts, path, args[1], None if mid is None else mid[None]
         )
         return tuple(r[0] for r in out)
+
+    if problem.discretisation.explicit:
+        return guess - residual(y0, (x, theta))[0], None
 
     scale = 1.0 + jnp.max(jnp.abs(x))
     tol = 1e4 * jnp.finfo(x.dtype).eps

@@ -37,12 +37,15 @@ class CycleResult(AbstractResult):
     - `params`, `params_std`: the estimated parameters after each window (n_windows, p),
       flattened in `estimate` order (`parameters` reads them by name).
     - `action`: each window's action levels (n_windows, n_beta, n_paths), NaN past the
-      β's a window annealed (windows after the first anneal the last `warm` β's).
+      β's a window annealed (annealed windows after the first: the last `warm` β's); a
+      Gauss–Newton window (`later="gauss_newton"`) has one level, at the last β, on
+      path 0 (its one path, from the forecast).
     - `result`: the [`deepest.RESULTS`][] codes of each window's paths at its last β
-      (n_windows, n_paths); `best`: the path chosen (lowest action) per window, −1 for
-      a window without data (its background carried by the model: the Kalman filter's
+      (n_windows, n_paths; a Gauss–Newton window's paths after the first
+      `not_reached`); `best`: the path chosen (lowest action) per window, −1 for a
+      window without data (its background carried by the model: the Kalman filter's
       predict step).
-    - `seconds`: wall time of each window.
+    - `seconds`: wall time of each window (a compiled call's shared by its windows).
     - `last_path`, `last_midpoints`: the last window's estimate on its grid (resuming
       starts the next window from it).
     - `partial`: the run stopped before the last window (interrupted, or `stopped`).

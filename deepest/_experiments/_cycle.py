@@ -49,8 +49,10 @@ class BackgroundConfig(ConfigSection):
 
 class CycleSection(ConfigSection):
     """`cycle`: the windows of [`deepest.cycle`][] (observation intervals per `window`, the
-    `shift` between their ends, the Gaussian they `carry`: "smoother" or "filter"), the
-    β's of each later window (`warm`), its paths (`n_paths`), the carried covariance's
+    `shift` between their ends, the Gaussian they `carry`: "smoother" or "filter"), how
+    each later window finds its minimum (`later`: "gauss_newton" in `iterations`
+    linearisations from the forecast, or "anneal"), the β's of each annealed later window
+    (`warm`), its paths (`n_paths`), the carried covariance's
     `inflation` and added `model_error` (a variance, D variances or a D×D covariance), the
     first window's `background`, and the time `burn_in` that the summary's statistics
     leave out (defaults: the library's)."""
@@ -58,6 +60,8 @@ class CycleSection(ConfigSection):
     window: int = Field(ge=1)
     shift: int = Field(default_of(cycle, "shift"), ge=1)
     carry: Literal["smoother", "filter"] = default_of(cycle, "carry")
+    later: Literal["gauss_newton", "anneal"] = default_of(cycle, "later")
+    iterations: int = Field(default_of(cycle, "iterations"), ge=1)
     warm: int = Field(DEFAULT_WARM, ge=1)
     n_paths: int = Field(DEFAULT_PATHS, ge=1)
     inflation: float = Field(default_of(cycle, "inflation"), gt=0)
@@ -84,8 +88,9 @@ class CycleSection(ConfigSection):
 
 
 class CycleAnnealSection(AnnealSection):
-    """`anneal` of a cycle: the first window's schedule R_f = rf0·alpha^β (β < n_beta; later
-    windows anneal its last `cycle.warm` β's), the paths' `seed`, the minimiser and the
+    """`anneal` of a cycle: the schedule R_f = rf0·alpha^β (β < n_beta) of a first window
+    without a background (windows annealed with one anneal its last `cycle.warm` β's,
+    Gauss–Newton windows work at its last R_f), the paths' `seed`, the minimiser and the
     dtype (defaults: [`deepest.cycle`][]'s). Its other keys are an anneal's own: a cycle
     refuses them (its paths are `cycle.n_paths`)."""
 
@@ -172,6 +177,8 @@ class CycleConfig(AnnealConfig):
             window=c.window,
             shift=c.shift,
             carry=c.carry,
+            later=c.later,
+            iterations=c.iterations,
             warm=c.warm,
             n_paths=c.n_paths,
             inflation=c.inflation,

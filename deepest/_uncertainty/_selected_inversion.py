@@ -128,6 +128,12 @@ def selected_inversion(
 
     **Returns:** a [`deepest.SelectedInverse`][].
     """
+    return _select(diagonal, off, border, corner)[0]
+
+
+def _select(diagonal, off, border, corner):
+    """`selected_inversion`, and the forward elimination's S_n⁻¹, W_n, V_n, B̃_n for
+    `selected_inversion_and_solve`."""
     s_inv, w, v, b_tilde, log_dets, _ = _forward(diagonal, off, border)
     schur = corner - jnp.einsum("nip,niq->pq", b_tilde, v)
     p = corner.shape[0]
@@ -152,4 +158,59 @@ def selected_inversion(
     _, (g_diag, g_border) = jax.lax.scan(backward, zero, (s_inv, w, v), reverse=True)
     log_det = jnp.sum(log_dets) + log_det_theta
     finite = jnp.isfinite(log_det) & jnp.all(jnp.isfinite(g_diag))
-    return SelectedInverse(g_diag, g_border, g_theta, log_det, finite)
+    inverse = SelectedInverse(g_diag, g_border, g_theta, log_det, finite)
+    return inverse, (s_inv, w, v, b_tilde)
+
+
+def selected_inversion_and_solve(
+    diagonal: Float[Array, "n d d"],
+    off: Float[Array, "n-1 d d"],
+    border: Float[Array, "n d p"],
+    corner: Float[Array, "p p"],
+    rhs_states: Float[Array, "n d"],
+    rhs_params: Float[Array, " p"],
+) -> tuple[SelectedInverse, tuple[Float[Array, "n d"], Float[Array, " p"]]]:
+    """[`deepest.selected_inversion`][] of H and the solution (x, θ) of H·(x, θ) =
+    (rhs_states, rhs_params) from the same elimination (as `solve_block_tridiagonal`
+    solves it): u_n = S_n⁻¹(a_n − O_{n−1}ᵀ u_{n−1}) forward, θ = S_θ⁻¹(b − Σ B̃_nᵀ u_n),
+    then x_n = u_n − W_n x_{n+1} − V_n θ backward."""
+    inverse, eliminated = _select(diagonal, off, border, corner)
+    return inverse, _substitute(off, eliminated, inverse.corner, rhs_states, rhs_params)
+
+
+def solve_eliminated(
+    diagonal: Float[Array, "n d d"],
+    off: Float[Array, "n-1 d d"],
+    border: Float[Array, "n d p"],
+    corner: Float[Array, "p p"],
+    rhs_states: Float[Array, "n d"],
+    rhs_params: Float[Array, " p"],
+) -> tuple[Float[Array, "n d"], Float[Array, " p"]]:
+    """The solution of `selected_inversion_and_solve` alone (no selected inverse)."""
+    s_inv, w, v, b_tilde, _, _ = _forward(diagonal, off, border)
+    schur = corner - jnp.einsum("nip,niq->pq", b_tilde, v)
+    g_theta = _cholesky(schur)[0] if corner.shape[0] else schur
+    return _substitute(off, (s_inv, w, v, b_tilde), g_theta, rhs_states, rhs_params)
+
+
+def _substitute(off, eliminated, g_theta, rhs_states, rhs_params):
+    """Forward and back substitution through the block elimination (see
+    `selected_inversion_and_solve`), S_θ⁻¹ = `g_theta`."""
+    s_inv, w, v, b_tilde = eliminated
+    off_prev = jnp.concatenate([jnp.zeros_like(s_inv[:1]), off])
+
+    def forward(u_prev, block):
+        s_inv_n, o_prev, a_n = block
+        u = s_inv_n @ (a_n - o_prev.T @ u_prev)
+        return u, u
+
+    _, u = jax.lax.scan(forward, jnp.zeros_like(rhs_states[0]), (s_inv, off_prev, rhs_states))
+    theta = g_theta @ (rhs_params - jnp.einsum("nip,ni->p", b_tilde, u))
+
+    def backward(x_next, block):
+        u_n, w_n, v_n = block
+        x = u_n - w_n @ x_next - v_n @ theta
+        return x, x
+
+    _, x = jax.lax.scan(backward, jnp.zeros_like(u[0]), (u, w, v), reverse=True)
+    return x, theta

@@ -181,12 +181,13 @@ class _BandedNormal(eqx.Module):
     y: Float[Array, " size"] | None = None
 
 
-def _blocks(jac, n: int, d: int, p: int, dtype):
+def _blocks(jac, n: int, d: int, p: int, dtype, axis: int = -1):
     """The Jacobian's blocks from 2d + p products: states of even and odd times never
     share a residual, so one product per (parity, component) finds all their columns.
 
     The products come out probe-major, (2d + p, n, q) and (2d + p, n − 1, k); the colours
-    are selected there and only then moved to the block layout. (Selecting after moving
+    are selected there and only then moved to the block layout: to `axis` (−1: the
+    residuals' rows before the unknowns', (n, q, d); −2: after, (n, d, q)). (Selecting after moving
     the probe axis last made XLA:CPU fuse the Jacobian-vector products into strided,
     unvectorised transposes, several times slower.)"""
     parity = (jnp.arange(n) % 2)[None, :, None] == jnp.arange(2)[:, None, None]
@@ -206,7 +207,7 @@ def _blocks(jac, n: int, d: int, p: int, dtype):
     first = jnp.where(even[:, :-1], intervals[:d], intervals[d : 2 * d])  # ∂r_n/∂s_n
     second = jnp.where(even[:, :-1], intervals[d : 2 * d], intervals[:d])  # ∂r_n/∂s_{n+1}
     blocks = node_jac, first, second, nodes[2 * d :], intervals[2 * d :]
-    return tuple(jnp.moveaxis(b, 0, -1) for b in blocks)  # (n, q, d), (n − 1, k, d), …
+    return tuple(jnp.moveaxis(b, 0, axis) for b in blocks)  # (n, q, d), (n − 1, k, d), …
 
 
 def _tmul(a, b):
@@ -219,12 +220,20 @@ def _tmul(a, b):
     return out
 
 
-def banded_normal_equations(jac, residual, n: int, d: int, p: int, dtype) -> _BandedNormal:
+def banded_normal_equations(
+    jac, residual, n: int, d: int, p: int, dtype, one_lane: bool = False
+) -> _BandedNormal:
     """JᵀJ in blocks (diagonal (n, d, d), off-diagonal (n − 1, d, d), border (n, d, p),
     corner (p, p)) and the gradient Jᵀr, of banded residuals `residual = (node, interval)`
     with Jacobian `jac` (a linear operator with `mv`), n times, d states per time and p
-    parameters."""
+    parameters.
+
+    The block products are unrolled broadcast sums (`_tmul`), fastest for many lanes
+    under `vmap`; `one_lane=True` makes them batched dots over the residuals' rows laid
+    last (four times faster for a single lane on XLA:CPU)."""
     m, r = residual
+    if one_lane:
+        return _one_lane_normal_equations(jac, m, r, n, d, p, dtype)
     node_jac, first, second, node_params, interval_params = _blocks(jac, n, d, p, dtype)
     diagonal = (
         _tmul(node_jac, node_jac).at[:-1].add(_tmul(first, first)).at[1:].add(_tmul(second, second))
@@ -250,6 +259,32 @@ def banded_normal_equations(jac, residual, n: int, d: int, p: int, dtype) -> _Ba
     grad_p = jnp.einsum("nki,nk->i", node_params, m) + jnp.einsum("nki,nk->i", interval_params, r)
     grad = jnp.concatenate([border_grad[..., p].reshape(-1), grad_p])
     return _BandedNormal(diagonal, off, border_grad[..., :p], corner, grad)
+
+
+def _one_lane_normal_equations(jac, m, r, n, d, p, dtype) -> _BandedNormal:
+    """`banded_normal_equations` for one lane: the blocks with the residuals' rows last,
+    (n, d, q), so that each product is a batched dot over contiguous rows."""
+    # the barrier keeps XLA from fusing the Jacobian's products into the dots' operands
+    # (recomputed per output element there: several times slower)
+    blocks = jax.lax.optimization_barrier(_blocks(jac, n, d, p, dtype, -2))
+    node_jac, first, second, node_params, interval_params = blocks
+
+    def t(a, b):
+        return jnp.einsum("niq,njq->nij", a, b)
+
+    def tv(a, v):
+        return jnp.einsum("niq,nq->ni", a, v)
+
+    diagonal = t(node_jac, node_jac).at[:-1].add(t(first, first)).at[1:].add(t(second, second))
+    border = t(node_jac, node_params).at[:-1].add(t(first, interval_params))
+    border = border.at[1:].add(t(second, interval_params))
+    grad_s = tv(node_jac, m).at[:-1].add(tv(first, r)).at[1:].add(tv(second, r))
+    corner = jnp.einsum("niq,njq->ij", node_params, node_params) + jnp.einsum(
+        "niq,njq->ij", interval_params, interval_params
+    )
+    grad_p = jnp.einsum("niq,nq->i", node_params, m) + jnp.einsum("niq,nq->i", interval_params, r)
+    grad = jnp.concatenate([grad_s.reshape(-1), grad_p])
+    return _BandedNormal(diagonal, t(first, second), border, corner, grad)
 
 
 def solve_by_elimination(aug: Float[Array, "m m+w"], m: int) -> Float[Array, "m w"]:
