@@ -157,6 +157,34 @@ def test_linear_gaussian_is_kalman_and_rts(window, shift, carry, later):
     )
 
 
+def test_gauss_newton_windows_with_midpoint_unknowns_equal_annealed_ones():
+    """Simpson–Hermite (midpoints unknowns; the banded layout's last midpoint slot is
+    padding): the compiled windows run (one path each) and, the problem being linear, give
+    the annealed windows' Gaussians."""
+    kwargs = dict(
+        window=2,
+        rm=RM,
+        key=jr.key(0),
+        discretisation="simpson_hermite",
+        steps_per_obs=SPO,
+        schedule=SCHEDULE,
+        warm=1,
+        n_paths=2,
+        params={"c": C},
+        estimate=("c",),
+        background=deepest.Background(M0, cov=P0),
+        progress=False,
+    )
+    fast = deepest.cycle(_field, _data(), later="gauss_newton", **kwargs)
+    annealed = deepest.cycle(_field, _data(), later="anneal", **kwargs)
+    assert not np.isfinite(fast.action[1:, -1, 1:]).any()  # every later window compiled
+    ends = fast.window_ends
+    for name in ("analysis", "analysis_cov"):
+        a, b = getattr(fast, name)[ends], getattr(annealed, name)[ends]
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(fast.smoothed_std, annealed.smoothed_std, rtol=1e-7)
+
+
 def test_a_gauss_newton_window_that_does_not_converge_is_annealed(monkeypatch):
     """Every compiled window refused (its last step 'too large'): each falls back to the
     annealer (all its paths run), and the cycle is still the Kalman filter's."""
@@ -233,17 +261,20 @@ def test_a_failing_window_stops_the_cycle_and_a_resume_finishes_it(tmp_path):
         _cycle(3, 1, resume=tmp_path)
 
 
-def test_ctrl_c_while_a_window_is_recorded_keeps_it_whole(tmp_path, monkeypatch):
+@pytest.mark.parametrize("later", ["anneal", "gauss_newton"])
+def test_ctrl_c_while_a_window_is_recorded_keeps_it_whole(tmp_path, monkeypatch, later):
     """A Ctrl-C that lands while a window's estimates are written (here: two SIGINTs sent
     as the third window's record begins, inside its writing) leaves that window recorded
-    whole: the result stops there, marked partial, every row up to its end filled and
-    none after, and a resume from the checkpoint ends as an unbroken run."""
+    whole: annealed windows, the result stops there, marked partial, every row up to its end
+    filled and none after, and a resume from the checkpoint ends as an unbroken run;
+    Gauss–Newton windows, every window of the compiled call it lands in is recorded first
+    (here all the later ones: the run ends complete)."""
     import os
     import signal
 
     import deepest._cycling._cycle as module
 
-    whole = _cycle(2, 1)
+    whole = _cycle(2, 1, later=later)
     original, calls = module._State._record, []
 
     def interrupting(self, *args):
@@ -254,8 +285,14 @@ def test_ctrl_c_while_a_window_is_recorded_keeps_it_whole(tmp_path, monkeypatch)
         return original(self, *args)
 
     monkeypatch.setattr(module._State, "_record", interrupting)
-    broken = _cycle(2, 1, checkpoint=tmp_path)
+    broken = _cycle(2, 1, checkpoint=tmp_path, later=later)
     monkeypatch.setattr(module._State, "_record", original)
+    names = ("forecast", "analysis", "analysis_cov", "smoothed", "smoothed_std", "params")
+    if later == "gauss_newton":
+        assert not broken.partial and broken.stopped is None
+        for name in names:
+            np.testing.assert_array_equal(getattr(broken, name), getattr(whole, name))
+        return
     assert broken.partial and broken.stopped == "interrupted"
     assert broken.n_windows == 3 and broken.action.shape[0] == 3
     assert np.all(broken.seconds > 0)  # the window recorded under the Ctrl-C has its time
@@ -265,9 +302,9 @@ def test_ctrl_c_while_a_window_is_recorded_keeps_it_whole(tmp_path, monkeypatch)
     assert np.all(np.isfinite(broken.smoothed[: end + 1]))
     for name in ("analysis", "smoothed", "forecast"):
         assert np.all(np.isnan(getattr(broken, name)[end + 1 :])), name
-    resumed = _cycle(2, 1, resume=tmp_path)
+    resumed = _cycle(2, 1, resume=tmp_path, later=later)
     assert not resumed.partial
-    for name in ("forecast", "analysis", "analysis_cov", "smoothed", "smoothed_std", "params"):
+    for name in names:
         np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name))
 
 

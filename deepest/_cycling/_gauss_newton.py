@@ -43,13 +43,12 @@ class Carry(eqx.Module):
     analysis_cov: Float[Array, "n n"]
     states: Float[Array, "N w"]  # the last estimate in the banded layout
     start: Int[Array, ""]  # its window's first observation time
-    end: Int[Array, ""]  # and last
     ok: Bool[Array, ""]
 
 
-class Chunk(eqx.Module):
-    """The settings every window of the compiled program shares (arrays traced, the rest
-    static)."""
+class Program(eqx.Module):
+    """What every window of the compiled program shares: the later windows' problem, the
+    whole run's data and windows, the carrying settings (arrays traced, the rest static)."""
 
     template: eqx.Module  # the later windows' problem (placeholder data and background)
     times: Float[Array, " n_obs"]
@@ -118,6 +117,9 @@ class Chunk(eqx.Module):
             out["midpoints"] = jax.lax.dynamic_slice_in_dim(
                 jnp.concatenate([last["midpoints"], mids]), moved, problem.n_model - 1
             )
+        if problem.state_box is not None:  # in the box, as the annealed windows' starts
+            lower, upper = jnp.asarray(problem.state_box, z.dtype).T
+            out = {k: v if k == "params" else jnp.clip(v, lower, upper) for k, v in out.items()}
         return problem.to_banded(out)
 
 
@@ -143,10 +145,16 @@ def _gauss_newton(problem, states, params, rf, iterations: int):
     def residuals(s, q):
         return problem.unnormalised_banded_residuals(s, q, rf)
 
+    # Padding slots of the banded layout (the last interval's missing midpoint) are not
+    # unknowns: no residual reads them, and a unit pivot there leaves the rest as it is.
+    live = problem.to_banded(problem.from_banded(jnp.ones_like(states), params))[0] != 0
+    padding = jax.vmap(jnp.diag)((~live).astype(states.dtype))
+
     def normal(s, q):
-        return banded_normal_equations(
+        ne = banded_normal_equations(
             _Jacobian(residuals, s, q), residuals(s, q), n, d, p, s.dtype, one_lane=True
         )
+        return eqx.tree_at(lambda x: x.diagonal, ne, ne.diagonal + padding)
 
     def rhs(ne):
         return -ne.grad[: n * d].reshape(n, d), -ne.grad[n * d :]
@@ -202,31 +210,33 @@ def posterior(problem, unknowns, rf, nodes):
     return laplace(problem, states, params, rf, nodes, 1)[:4]
 
 
-def window(chunk: Chunk, carry: Carry, k):
+def window(program: Program, carry: Carry, k):
     """Window k from `carry`: (the next carry, the window's record)."""
-    problem, n_m, z = chunk.problem(carry, k)
+    problem, n_m, z = program.problem(carry, k)
     spo = problem.steps_per_obs
-    a, e = chunk.starts[k], chunk.ends[k]
-    after = chunk.starts[jnp.minimum(k + 1, len(chunk.starts) - 1)]
-    rf = chunk.rf * chunk.n_ref / n_m
-    states, params = chunk.first_guess(problem, carry, k, z)
+    a, e = program.starts[k], program.ends[k]
+    after = program.starts[jnp.minimum(k + 1, len(program.starts) - 1)]
+    rf = program.rf * program.n_ref / n_m
+    states, params = program.first_guess(problem, carry, k, z)
     nodes = jnp.stack([(e - a) * spo, (after - a) * spo])
-    mean, std, covs, positive, size = laplace(problem, states, params, rf, nodes, chunk.iterations)
+    mean, std, covs, positive, size = laplace(
+        problem, states, params, rf, nodes, program.iterations
+    )
     states, params = problem.to_banded(mean)
     at_end = jnp.concatenate([mean["path"][(e - a) * spo], params])
     at_next = jnp.concatenate([mean["path"][(after - a) * spo], params])
     fc = forecast(
         problem,
-        chunk.times[e - chunk.shift],
+        program.times[e - program.shift],
         carry.analysis_z,
         carry.analysis_cov,
-        chunk.shift * spo,
-        chunk.precision,
+        program.shift * spo,
+        program.precision,
     )
     action = problem.action(mean, rf)
     ok = (
         positive
-        & (size <= chunk.tolerance)
+        & (size <= program.tolerance)
         & jnp.isfinite(action)
         & jnp.all(jnp.isfinite(covs))
         & jnp.all(jnp.isfinite(states))
@@ -241,7 +251,6 @@ def window(chunk: Chunk, carry: Carry, k):
         covs[0],
         states,
         a,
-        e,
         ok,
     )
     record = dict(mean=mean, std=std, covs=covs, forecast=fc, action=action)
@@ -249,15 +258,15 @@ def window(chunk: Chunk, carry: Carry, k):
 
 
 @eqx.filter_jit
-def run_chunk(chunk: Chunk, carry: Carry, first: Int[Array, ""]):
+def run_chunk(program: Program, carry: Carry, first: Int[Array, ""]):
     """Windows first, first + 1, … (`CHUNK` of them) while each is eligible and converges:
     the records of all (those from the first that did not on unused) and how many did."""
 
     def body(carry, k):
-        inside = k < len(chunk.ends)  # the last call's windows past the end: not run
-        k = jnp.minimum(k, len(chunk.ends) - 1)
-        go = carry.ok & inside & chunk.eligible[k]
-        new, record = jax.lax.cond(go, lambda c: window(chunk, c, k), _skip(chunk, k), carry)
+        inside = k < len(program.ends)  # the last call's windows past the end: not run
+        k = jnp.minimum(k, len(program.ends) - 1)
+        go = carry.ok & inside & program.eligible[k]
+        new, record = jax.lax.cond(go, lambda c: window(program, c, k), _skip(program, k), carry)
         done = go & new.ok  # once False, the windows after are not run
         return eqx.tree_at(lambda c: c.ok, new, done), (record, done)
 
@@ -265,11 +274,11 @@ def run_chunk(chunk: Chunk, carry: Carry, first: Int[Array, ""]):
     return records, jnp.sum(done)
 
 
-def _skip(chunk, k):
+def _skip(program, k):
     """The branch of a window not run: the carry marked stopped, blank records."""
 
     def skip(carry):
-        shapes = jax.eval_shape(lambda c: window(chunk, c, k)[1], carry)
+        shapes = jax.eval_shape(lambda c: window(program, c, k)[1], carry)
         blank = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         return eqx.tree_at(lambda c: c.ok, carry, jnp.asarray(False)), blank
 
